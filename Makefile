@@ -1,0 +1,51 @@
+# The commands a newcomer runs. Everything lives in ./.venv and ./.cache (both ignored).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLUSTER := e2e/cluster
+export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
+
+.PHONY: help venv test unit e2e demo cluster cluster-build cluster-down crds clean
+
+help:
+	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
+	@echo "make test          unit tests, then e2e tests on the local cluster"
+	@echo "make cluster       build (first time ~8 min) and start the local control plane"
+	@echo "make cluster-down  stop it; nothing keeps running"
+	@echo "make crds          regenerate crds/ from the API models"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+unit: venv
+	$(BIN)/pytest tests
+
+e2e: venv cluster-build
+	$(BIN)/pytest e2e
+
+test: venv cluster-build
+	$(BIN)/pytest tests e2e
+
+cluster-build:
+	$(CLUSTER)/build.sh
+
+cluster: cluster-build
+	$(CLUSTER)/up.sh
+
+cluster-down:
+	$(CLUSTER)/down.sh
+
+crds: venv
+	$(BIN)/overseer-crds --output crds
+
+demo: venv cluster
+	$(BIN)/python -m e2e.demo
+
+clean: cluster-down
+	rm -rf .cache/control-plane/run

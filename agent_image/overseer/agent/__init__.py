@@ -1,0 +1,1 @@
+"""The agent runtime that runs in each Goal pod."""

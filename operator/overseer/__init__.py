@@ -1,0 +1,1 @@
+"""Overseer: autonomous Claude agents as Kubernetes custom resources."""

@@ -1,0 +1,115 @@
+"""Agent: a kind of worker and the policy around it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from .meta import (
+    ApiModel,
+    Conditions,
+    CustomResource,
+    Duration,
+    PrinterColumn,
+    Quantity,
+    SecretKeySelector,
+)
+
+
+class ModelSpec(ApiModel):
+    """Which Claude model the agent calls, and how."""
+
+    name: str = Field(min_length=1, examples=["claude-sonnet-5-5"])
+    """Model name as the Messages API knows it, e.g. claude-sonnet-5-5."""
+    max_tokens: int = Field(default=8192, ge=1, le=128000)
+    """Upper bound on output tokens per model call."""
+    api_key_secret_ref: SecretKeySelector
+    """Secret key holding the API key; mounted into the goal pods as ANTHROPIC_API_KEY."""
+    base_url: str | None = Field(default=None, alias="baseURL", pattern=r"^https?://")
+    """Any Anthropic-compatible endpoint; defaults to the public API."""
+
+
+class Budget(ApiModel):
+    """Limits on what one goal may spend."""
+
+    max_tokens_per_goal: int | None = Field(default=None, ge=1)
+    """Input plus output tokens a goal may use before it fails with BudgetExhausted."""
+    max_iterations_per_goal: int | None = Field(default=None, ge=1)
+    """Model calls a goal may make."""
+    max_wall_clock: Duration | None = None
+    """How long a goal may run, e.g. 30m."""
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of each goal pod, as in a container's resources."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    """Minimum resources, e.g. {cpu: 250m, memory: 256Mi}."""
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    """Maximum resources, e.g. {cpu: "1", memory: 1Gi}."""
+
+
+class AgentSpec(ApiModel):
+    """Desired state of an Agent."""
+
+    model: ModelSpec
+    """The model this agent calls."""
+    role: str | None = None
+    """One line saying who the agent is, e.g. "Senior Python engineer"."""
+    system_prompt: str | None = None
+    """Instructions given to the model on every goal."""
+    capabilities: list[str] = Field(default_factory=list, max_length=64)
+    """Names of Capability objects in the same namespace this agent may use."""
+    max_concurrent_goals: int = Field(default=1, ge=1, le=1000)
+    """How many of this agent's goals run at once; the rest wait in phase Queued."""
+    budget: Budget = Field(default_factory=Budget)
+    """Default spending limits of each goal; a Goal may override them."""
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """Compute resources of each goal pod."""
+    quota: dict[str, Quantity] | None = None
+    """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu)."""
+    image: str | None = None
+    """Container image of the goal pods; defaults to the operator's agent image."""
+
+
+class AgentStatus(ApiModel):
+    """Observed state of an Agent."""
+
+    conditions: Conditions
+    """Ready and CapabilitiesReady, with reasons."""
+    observed_generation: int | None = None
+    """The metadata.generation last acted on."""
+    service_account_name: str | None = None
+    """The ServiceAccount goal pods of this agent run as."""
+    running_goals: int = 0
+    """Goals with a live pod."""
+    queued_goals: int = 0
+    """Goals waiting for a free slot."""
+    succeeded_goals: int = 0
+    """Goals that finished successfully."""
+    failed_goals: int = 0
+    """Goals that failed."""
+    tokens_used: int = 0
+    """Tokens used by all of this agent's goals."""
+
+
+class Agent(CustomResource):
+    """A kind of worker and the policy around it: model, prompt, capabilities, budget, quota."""
+
+    kind_name: ClassVar[str] = "Agent"
+    plural: ClassVar[str] = "agents"
+    short_names: ClassVar[list[str]] = ["agt"]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status'),
+        PrinterColumn(name="Model", type="string", json_path=".spec.model.name", priority=1),
+        PrinterColumn(name="Running", type="integer", json_path=".status.runningGoals"),
+        PrinterColumn(name="Queued", type="integer", json_path=".status.queuedGoals", priority=1),
+        PrinterColumn(name="Succeeded", type="integer", json_path=".status.succeededGoals"),
+        PrinterColumn(name="Failed", type="integer", json_path=".status.failedGoals"),
+        PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
+    ]
+
+    kind: str = "Agent"
+    spec: AgentSpec
+    status: AgentStatus = Field(default_factory=AgentStatus)

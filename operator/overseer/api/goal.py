@@ -1,0 +1,185 @@
+"""Goal: one piece of work for an agent."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from .agent import Budget
+from .meta import (
+    ApiModel,
+    Conditions,
+    CustomResource,
+    Duration,
+    LabelSelector,
+    LocalObjectReference,
+    PrinterColumn,
+)
+
+
+class Phase(str, Enum):
+    """Readable summary of where a Goal is; conditions carry the details."""
+
+    PENDING = "Pending"
+    BLOCKED = "Blocked"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+
+class ApprovalPolicy(ApiModel):
+    """Which tool calls wait for a person's approval."""
+
+    min_risk: Literal["low", "medium", "high"] = "high"
+    """Calls at or above this risk wait for `kubectl annotate goal/NAME overseer.dev/approve=ID`."""
+
+
+class GoalSpec(ApiModel):
+    """Desired state of a Goal. Exactly one of agentRef or agentSelector names its agent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.agentRef) != has(self.agentSelector)",
+                    "message": "set exactly one of agentRef or agentSelector",
+                },
+                {
+                    "rule": "!has(self.dependsOn) || !has(self.parent) || !(self.parent in self.dependsOn)",
+                    "message": "a goal cannot depend on its own parent",
+                    "fieldPath": ".dependsOn",
+                },
+            ]
+        }
+    )
+
+    description: str = Field(min_length=1, max_length=32768)
+    """The task in prose, as the agent should read it."""
+    agent_ref: LocalObjectReference | None = None
+    """The Agent (same namespace) that works on this goal."""
+    agent_selector: LabelSelector | None = None
+    """Pick an Agent by labels instead; the ready one with the fewest running goals wins."""
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """Higher runs first among an agent's queued goals; ties go to the oldest."""
+    depends_on: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}},
+    )
+    """Names of Goals in the same namespace that must succeed before this one starts.
+    Missing ones keep it Blocked; a failed one or a cycle fails it."""
+    budget: Budget | None = None
+    """Overrides of the agent's per-goal budget."""
+    timeout: Duration | None = None
+    """How long the goal may take from its first start until it fails with reason Timeout."""
+    max_retries: int = Field(default=1, ge=0, le=10)
+    """How many times a failed attempt (pod failed or lost) is retried, with backoff."""
+    parent: str | None = None
+    """The Goal that spawned this one as a sub-goal."""
+    approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    """Which tool calls wait for approval."""
+    cancel: bool = False
+    """Set to true to stop the goal: its pod is deleted and the phase becomes Cancelled."""
+
+
+class TokenUsage(ApiModel):
+    """Tokens used by a goal, by kind."""
+
+    input: int = 0
+    """Uncached input tokens."""
+    output: int = 0
+    """Output tokens."""
+    cache_read: int = 0
+    """Input tokens read from the prompt cache."""
+    cache_write: int = 0
+    """Input tokens written to the prompt cache."""
+    total: int = 0
+    """Sum of all of the above."""
+
+
+class PendingApproval(ApiModel):
+    """A tool call or self-modification waiting for a person's decision."""
+
+    id: str
+    """Pass it to `kubectl annotate goal/NAME overseer.dev/approve=ID` (or deny)."""
+    kind: str
+    """What is asked: toolCall, selfModification, ..."""
+    summary: str
+    """One line describing the request."""
+    detail: str | None = None
+    """The command, diff or payload in full."""
+    requested_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When the agent asked."""
+
+
+class GoalStatus(ApiModel):
+    """Observed state of a Goal."""
+
+    phase: Phase = Phase.PENDING
+    """Pending, Blocked, Queued, Running, AwaitingApproval, Succeeded, Failed or Cancelled."""
+    conditions: Conditions
+    """Ready (resolved and dispatchable), DependenciesMet, Complete, with reasons."""
+    observed_generation: int | None = None
+    """The metadata.generation last acted on."""
+    message: str | None = None
+    """Why the goal is in its phase, in one line."""
+    agent: str | None = None
+    """The Agent working on this goal."""
+    pod: str | None = None
+    """The pod of the current attempt."""
+    attempt: int = 0
+    """The current attempt, from 1."""
+    waiting_for: list[str] = Field(default_factory=list)
+    """Dependencies that have not succeeded yet."""
+    queue_position: int | None = None
+    """Place in the agent's queue while Queued, from 1."""
+    retry_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the next attempt may start after a failed one."""
+    last_exit_code: int | None = None
+    """Exit code of the last finished attempt."""
+    iteration: int = 0
+    """Model calls made so far."""
+    tokens: TokenUsage = Field(default_factory=TokenUsage)
+    """Tokens used so far."""
+    progress: str | None = None
+    """TODO summary such as 3/7."""
+    heartbeat: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """Last sign of life from the agent."""
+    result: str | None = None
+    """What the agent reported when it finished."""
+    pending_approvals: list[PendingApproval] = Field(default_factory=list)
+    """Requests waiting for approval."""
+    started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the first attempt started."""
+    completed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the goal reached a terminal phase."""
+
+
+class Goal(CustomResource):
+    """One piece of work, described in prose, for an agent to carry out in its own pod."""
+
+    kind_name: ClassVar[str] = "Goal"
+    plural: ClassVar[str] = "goals"
+    short_names: ClassVar[list[str]] = ["gl"]
+    printer_columns: ClassVar[list[PrinterColumn]] = [
+        PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
+        PrinterColumn(name="Agent", type="string", json_path=".status.agent"),
+        PrinterColumn(name="Progress", type="string", json_path=".status.progress"),
+        PrinterColumn(name="Tokens", type="integer", json_path=".status.tokens.total"),
+        PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt", priority=1),
+        PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
+    ]
+
+    kind: str = "Goal"
+    spec: GoalSpec
+    status: GoalStatus = Field(default_factory=GoalStatus)

@@ -1,0 +1,162 @@
+"""Types shared by the three resources: names, conditions, durations, quantities."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "overseer.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "overseer"
+
+# Labels and annotations the operator and its users share.
+LABEL_AGENT = f"{GROUP}/agent"
+LABEL_GOAL = f"{GROUP}/goal"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "overseer"
+ANNOTATION_EXIT_CODE = f"{GROUP}/exit-code"
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        # The API server prunes unknown fields; ignoring them here keeps an older
+        # operator working against objects written by a newer schema.
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the Kubernetes API wants it: camelCase, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+Duration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, examples=["90s", "20m", "1h30m"]),
+]
+"""A length of time written like Go's time.Duration: `90s`, `20m`, `1h30m`."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """`1h30m` -> timedelta(hours=1, minutes=30). Raises ValueError on anything else."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration like 90s, 20m or 1h30m")
+    return timedelta(seconds=sum(float(n) * units[u] for n, u in _DURATION_PART.findall(text)))
+
+
+QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$"
+
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+"""A Kubernetes resource quantity: `250m`, `1Gi`, `4`."""
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the object in the same namespace."""
+
+
+class SecretKeySelector(ApiModel):
+    """A key of a Secret in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+    key: str = Field(min_length=1)
+    """Key inside the Secret's data."""
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str
+    """The label key the selector applies to."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to the values."""
+    values: list[str] = Field(default_factory=list)
+    """Values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; an empty selector matches everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels that must all be present with these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    """Set-based requirements that must all hold."""
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """One aspect of an object's state, as the Kubernetes API conventions describe."""
+
+    type: str
+    """CamelCase name of the aspect, e.g. Ready."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase, machine-readable cause of the last transition."""
+    message: str = ""
+    """Human-readable details."""
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    """When status last changed."""
+    observed_generation: int | None = None
+    """The metadata.generation this condition was computed from."""
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+class PrinterColumn(BaseModel):
+    name: str
+    type: Literal["string", "integer", "number", "boolean", "date"]
+    json_path: str
+    description: str = ""
+    priority: int = 0
+
+
+class CustomResource(ApiModel):
+    """Base of the three top-level kinds; class variables describe the CRD."""
+
+    kind_name: ClassVar[str]
+    plural: ClassVar[str]
+    short_names: ClassVar[list[str]] = []
+    printer_columns: ClassVar[list[PrinterColumn]] = []
+
+    api_version: Literal["overseer.dev/v1alpha1"] = API_VERSION
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", "")
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace", "")
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation") or 0)

@@ -1,0 +1,1 @@
+"""The Overseer operator: reconciles Agents, Capabilities and Goals with kopf."""

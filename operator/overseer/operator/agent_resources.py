@@ -1,0 +1,118 @@
+"""What an Agent implies in its namespace: pure renderers, tested without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overseer.api import API_VERSION, GROUP, Agent, Capability
+from overseer.api.meta import LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY
+
+from .settings import Settings
+
+
+def child_name(agent_name: str) -> str:
+    """Name shared by the ServiceAccount, Role, RoleBinding, NetworkPolicy and ResourceQuota of an agent."""
+    return f"overseer-agent-{agent_name}"
+
+
+def owner_reference(obj: Agent | Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION, "kind": obj.kind, "name": obj.name,
+        "uid": obj.metadata["uid"], "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(agent: Agent) -> dict[str, Any]:
+    # Labels chosen here rather than copied from the Agent, so GitOps tracking labels do
+    # not leak onto the children.
+    return {
+        "name": child_name(agent.name),
+        "namespace": agent.namespace,
+        "labels": {LABEL_AGENT: agent.name, LABEL_MANAGED_BY: MANAGED_BY},
+        "ownerReferences": [owner_reference(agent)],
+    }
+
+
+def render_service_account(agent: Agent) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(agent)}
+
+
+def render_role(agent: Agent) -> dict[str, Any]:
+    """Least privilege for the agent's pods: read its Agent, Capabilities and Goals, report on
+    Goal status, create sub-goals and events. No update/patch of Goals themselves, so an agent
+    can never set the approval annotations on its own goal."""
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": [GROUP], "resources": ["agents"], "resourceNames": [agent.name], "verbs": ["get"]},
+        {"apiGroups": [GROUP], "resources": ["goals"], "verbs": ["get", "list", "watch", "create"]},
+        {"apiGroups": [GROUP], "resources": ["goals/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+    if agent.spec.capabilities:
+        rules.insert(1, {"apiGroups": [GROUP], "resources": ["capabilities"],
+                         "resourceNames": sorted(set(agent.spec.capabilities)), "verbs": ["get"]})
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(agent),
+            "rules": rules}
+
+
+def render_role_binding(agent: Agent) -> dict[str, Any]:
+    name = child_name(agent.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _metadata(agent),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": agent.namespace}],
+    }
+
+
+def _ports(ports: list[int], protocol: str = "TCP") -> list[dict[str, Any]]:
+    return [{"protocol": protocol, "port": p} for p in ports]
+
+
+def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings) -> dict[str, Any]:
+    """Default deny for the agent's pods; egress only to DNS, the model API, the Kubernetes API
+    and what its capabilities declare; ingress only to the agent's metrics port."""
+    dns_peer: dict[str, Any] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
+        "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
+    }
+    egress: list[dict[str, Any]] = [
+        {"to": [dns_peer], "ports": _ports([53], "UDP") + _ports([53], "TCP")},
+        {"to": [{"ipBlock": {"cidr": cidr, **({"except": settings.model_egress_except}
+                                              if cidr in ("0.0.0.0/0",) and settings.model_egress_except else {})}}
+                for cidr in settings.model_egress_cidrs],
+         "ports": _ports(settings.model_egress_ports)},
+    ]
+    if settings.api_server_cidrs:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.api_server_cidrs],
+                       "ports": _ports(settings.api_server_ports)})
+    for cap in sorted(capabilities, key=lambda c: c.name):
+        for rule in cap.spec.egress:
+            peer: dict[str, Any]
+            if rule.cidr:
+                peer = {"ipBlock": {"cidr": rule.cidr}}
+            else:
+                peer = {}
+                if rule.namespace_selector is not None:
+                    peer["namespaceSelector"] = rule.namespace_selector.to_api()
+                if rule.pod_selector is not None:
+                    peer["podSelector"] = rule.pod_selector.to_api()
+            entry: dict[str, Any] = {"to": [peer]}
+            if rule.ports:
+                entry["ports"] = _ports(rule.ports, rule.protocol)
+            egress.append(entry)
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _metadata(agent),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_AGENT: agent.name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": _ports([settings.agent_metrics_port])}],
+            "egress": egress,
+        },
+    }
+
+
+def render_resource_quota(agent: Agent) -> dict[str, Any] | None:
+    """The Agent's spec.quota as a ResourceQuota, or None when it sets none."""
+    if not agent.spec.quota:
+        return None
+    return {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _metadata(agent),
+            "spec": {"hard": {k: str(v) for k, v in sorted(agent.spec.quota.items())}}}

@@ -1,0 +1,151 @@
+"""Agent reconciliation: its ServiceAccount, Role, RoleBinding, NetworkPolicy and
+ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from overseer.api import Agent, Capability, Phase
+
+from . import agent_resources as render
+from .conditions import is_true, same_conditions, set_condition
+from .kube import path
+from .runtime import Key, Raw, Runtime, agent_path, patch_status
+
+logger = logging.getLogger(__name__)
+
+
+def deprecated_models() -> dict[str, str]:
+    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
+    try:
+        from anthropic.resources.messages.messages import DEPRECATED_MODELS
+    except ImportError:  # the table moved: better no warning than a crash
+        return {}
+    return dict(DEPRECATED_MODELS)
+
+
+def _collection(obj: dict[str, Any]) -> str:
+    plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
+              "NetworkPolicy": "networkpolicies", "ResourceQuota": "resourcequotas"}[obj["kind"]]
+    return path(obj["apiVersion"], plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+class AgentReconciler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._applied: dict[Key, str] = {}  # fingerprint of the children last applied
+
+    def forget(self) -> None:
+        """Apply every agent's children again on the next reconcile (drift repair)."""
+        self._applied.clear()
+
+    async def check_secret(self, agent: Agent) -> tuple[bool, str, str]:
+        ref = agent.spec.model.api_key_secret_ref
+        secret = await self.rt.kube.get(path("v1", "secrets", agent.namespace, ref.name))
+        if secret is None:
+            return False, "SecretNotFound", (f"Agent {agent.namespace}/{agent.name}: spec.model.apiKeySecretRef.name "
+                                             f"{ref.name!r} does not exist in namespace {agent.namespace}")
+        if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
+            return False, "SecretKeyNotFound", (f"Agent {agent.namespace}/{agent.name}: Secret {ref.name!r} has no key "
+                                                f"{ref.key!r} (spec.model.apiKeySecretRef.key)")
+        return True, "SecretFound", ""
+
+    async def apply_children(self, agent: Agent, caps: list[Capability]) -> None:
+        children = [render.render_service_account(agent), render.render_role(agent),
+                    render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings)]
+        quota = render.render_resource_quota(agent)
+        fingerprint = hashlib.sha256(json.dumps([children, quota], sort_keys=True).encode()).hexdigest()
+        key = (agent.namespace, agent.name)
+        if self._applied.get(key) == fingerprint:
+            return
+        for child in children:
+            await self.rt.kube.apply(_collection(child), child)
+        if quota is not None:
+            await self.rt.kube.apply(_collection(quota), quota)
+        else:
+            await self.rt.kube.delete(path("v1", "resourcequotas", agent.namespace, render.child_name(agent.name)))
+        self._applied[key] = fingerprint
+
+    def goal_counts(self, ns: str, name: str) -> dict[str, int]:
+        counts = {"runningGoals": 0, "queuedGoals": 0, "succeededGoals": 0, "failedGoals": 0, "tokensUsed": 0}
+        for g in self.rt.many("goals_by_agent", (ns, name)):
+            st = g.get("status") or {}
+            phase = st.get("phase")
+            if phase in (Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value):
+                counts["runningGoals"] += 1
+            elif phase == Phase.QUEUED.value:
+                counts["queuedGoals"] += 1
+            elif phase == Phase.SUCCEEDED.value:
+                counts["succeededGoals"] += 1
+            elif phase == Phase.FAILED.value:
+                counts["failedGoals"] += 1
+            counts["tokensUsed"] += int((st.get("tokens") or {}).get("total") or 0)
+        return counts
+
+    async def reconcile(self, key: Key) -> float | None:
+        ns, name = key
+        raw = self.rt.one("agents", key)
+        if raw is None:
+            self._applied.pop(key, None)
+            return None  # children go with it: they carry owner references
+        agent = Agent.model_validate(raw)
+        gen = agent.generation
+        status = raw.get("status") or {}
+        conds: list[dict[str, Any]] = list(status.get("conditions") or [])
+        requeue: float | None = None
+
+        caps_raw = {n: self.rt.one("capabilities", (ns, n)) for n in agent.spec.capabilities}
+        missing = [n for n, c in caps_raw.items() if c is None]
+        unready = [n for n, c in caps_raw.items()
+                   if c is not None and not is_true((c.get("status") or {}).get("conditions") or [], "Ready")]
+        if missing:
+            caps_ok, caps_reason = False, "CapabilityNotFound"
+            caps_msg = (f"Agent {ns}/{name}: spec.capabilities names {', '.join(missing)}, which do not exist in "
+                        f"namespace {ns}")
+        elif unready:
+            caps_ok, caps_reason = False, "CapabilityNotReady"
+            caps_msg = f"capabilities not Ready: {', '.join(unready)} (see kubectl describe capability)"
+        else:
+            caps_ok, caps_reason, caps_msg = True, "AllReady", f"{len(caps_raw)} capabilities ready"
+        conds = set_condition(conds, "CapabilitiesReady", caps_ok, caps_reason, caps_msg, gen)
+
+        secret_ok, secret_reason, secret_msg = await self.check_secret(agent)
+        if not secret_ok:
+            requeue = 30.0  # secrets are not watched (the operator may only get them)
+
+        caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
+        await self.apply_children(agent, caps)
+
+        eol = deprecated_models().get(agent.spec.model.name)
+        if eol:
+            msg = (f"spec.model.name {agent.spec.model.name!r} is deprecated and reaches end of life on {eol}; "
+                   f"choose a current model")
+            conds = set_condition(conds, "ModelSupported", False, "ModelDeprecated", msg, gen)
+        else:
+            conds = set_condition(conds, "ModelSupported", True, "ModelCurrent", "", gen)
+
+        if not caps_ok:
+            ready, reason, message = False, caps_reason, caps_msg
+        elif not secret_ok:
+            ready, reason, message = False, secret_reason, secret_msg
+        else:
+            ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
+        conds = set_condition(conds, "Ready", ready, reason, message, gen)
+
+        changes: dict[str, Any] = {"observedGeneration": gen, "serviceAccountName": render.child_name(name),
+                                   **self.goal_counts(ns, name)}
+        old_conds = status.get("conditions") or []
+        if not same_conditions(conds, old_conds):
+            changes["conditions"] = conds
+            for c in conds:
+                before = next((o for o in old_conds if o.get("type") == c["type"]), None)
+                if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported"):
+                        await self.rt.kube.post_event(raw, "Warning", c["reason"], c["message"])
+                    elif c["type"] == "Ready":
+                        await self.rt.kube.post_event(raw, "Normal", "Ready", c["message"])
+        await patch_status(self.rt.kube, agent_path(ns, name, "status"), raw, changes)
+        return requeue

@@ -1,0 +1,292 @@
+"""Goal reconciliation: resolve the agent, wait for dependencies, queue, run one pod per
+attempt, retry with backoff, time out, and let the pod's phase drive the goal's."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from overseer.api import Agent, Goal, Phase, parse_duration
+from overseer.api.meta import LABEL_ATTEMPT
+
+from . import dispatch
+from .agent_resources import child_name
+from .conditions import is_true, same_conditions, set_condition
+from .dispatch import TERMINAL
+from .kube import now_iso, path
+from .pods import render_pod
+from .runtime import Key, Raw, Runtime, goal_path, patch_status
+
+logger = logging.getLogger(__name__)
+
+LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
+
+
+def _ts(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GoalReconciler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # ---- reading the caches -------------------------------------------------------------
+
+    def goal(self, ns: str, name: str) -> Raw | None:
+        return self.rt.one("goals", (ns, name))
+
+    def pods(self, ns: str, name: str) -> list[Raw]:
+        return sorted(self.rt.many("goal_pods", (ns, name)), key=lambda p: dispatch.attempt_of(p, LABEL_ATTEMPT))
+
+    def live_pods_of_agent(self, ns: str, agent: str) -> int:
+        seen = {p["metadata"]["name"] for p in self.rt.many("agent_pods", (ns, agent))
+                if dispatch.pod_outcome(p).state == "live"}
+        pending = self.rt.inflight.get((ns, agent), set())
+        pending -= {p["metadata"]["name"] for p in self.rt.many("agent_pods", (ns, agent))}
+        return len(seen) + len(pending)
+
+    def resolve_agent(self, goal: Goal, raw: Raw) -> tuple[Raw | None, str]:
+        """The goal's Agent, or None and a message naming the field to fix."""
+        ns = goal.namespace
+        if goal.spec.agent_ref is not None:
+            name = goal.spec.agent_ref.name
+            agent = self.rt.one("agents", (ns, name))
+            if agent is None:
+                return None, (f"Goal {ns}/{goal.name}: spec.agentRef.name {name!r} does not exist in "
+                              f"namespace {ns}; create the Agent or fix the name")
+            return agent, ""
+        selector = goal.spec.agent_selector.to_api() if goal.spec.agent_selector else {}
+        assigned = (raw.get("status") or {}).get("agent")
+        matching = [a for a in self.rt.many("agents_by_namespace", ns)
+                    if dispatch.selector_matches(selector, a["metadata"].get("labels") or {})]
+        if not matching:
+            return None, (f"Goal {ns}/{goal.name}: spec.agentSelector matches no Agent in namespace {ns}; "
+                          f"label an Agent or change the selector")
+        for a in matching:
+            if a["metadata"]["name"] == assigned:
+                return a, ""
+        ready = [a for a in matching if is_true((a.get("status") or {}).get("conditions") or [], "Ready")] or matching
+        best = min(ready, key=lambda a: (self.live_pods_of_agent(ns, a["metadata"]["name"]), a["metadata"]["name"]))
+        return best, ""
+
+    # ---- writing ------------------------------------------------------------------------
+
+    async def update(self, raw: Raw, phase: Phase, reason: str, message: str,
+                     conditions: list[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
+                     **fields: Any) -> None:
+        """Write the goal's status (only what changed) and an Event when the phase moves."""
+        status = raw.get("status") or {}
+        ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        generation = raw["metadata"].get("generation")
+        conds = list(status.get("conditions") or [])
+        for ctype, cstatus, creason, cmessage in conditions:
+            conds = set_condition(conds, ctype, cstatus, creason, cmessage, generation)
+        changes: dict[str, Any] = {"phase": phase.value, "message": message, "observedGeneration": generation}
+        if not same_conditions(conds, status.get("conditions") or []):
+            changes["conditions"] = conds
+        changes.update(fields)
+        moved = status.get("phase", Phase.PENDING.value) != phase.value or (
+            "attempt" in fields and fields["attempt"] != status.get("attempt"))
+        await patch_status(self.rt.kube, goal_path(ns, name, "status"), raw, changes)
+        if moved or (status.get("message") != message and event_type == "Warning"):
+            await self.rt.kube.post_event(raw, event_type, reason, message)
+
+    async def delete_live_pods(self, pods: list[Raw]) -> None:
+        for pod in pods:
+            if dispatch.pod_outcome(pod).state == "live":
+                meta = pod["metadata"]
+                await self.rt.kube.delete(path("v1", "pods", meta["namespace"], meta["name"]))
+
+    def wake_queue(self, ns: str, agent: str) -> None:
+        """A slot of agent may have freed up: reconcile the goals first in its queue."""
+        raw_agent = self.rt.one("agents", (ns, agent))
+        limit = int(((raw_agent or {}).get("spec") or {}).get("maxConcurrentGoals", 1))
+        queued = [g for g in self.rt.many("goals_by_agent", (ns, agent))
+                  if (g.get("status") or {}).get("phase") == Phase.QUEUED.value]
+        for g in heapq.nsmallest(limit, queued, key=dispatch.queue_key):
+            self.rt.goals.add((ns, g["metadata"]["name"]))
+
+    # ---- the reconcile --------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> float | None:
+        ns, name = key
+        raw = self.goal(ns, name)
+        if raw is None:
+            return None
+        goal = Goal.model_validate(raw)
+        status = raw.get("status") or {}
+        phase = status.get("phase", Phase.PENDING.value)
+        pods = self.pods(ns, name)
+
+        if phase in TERMINAL:
+            await self.delete_live_pods(pods)  # a cancel or timeout may have died before the delete
+            return None
+
+        if goal.spec.cancel:
+            await self.delete_live_pods(pods)
+            await self.update(raw, Phase.CANCELLED, "Cancelled", "spec.cancel is true; the goal was stopped",
+                              [("Complete", False, "Cancelled", "cancelled by spec.cancel")],
+                              completedAt=now_iso())
+            return None
+
+        now = _now()
+        next_look: float | None = None
+        if goal.spec.timeout and status.get("startedAt"):
+            deadline = _ts(status["startedAt"]) + parse_duration(goal.spec.timeout)
+            if now >= deadline:
+                await self.delete_live_pods(pods)
+                msg = f"did not finish within spec.timeout {goal.spec.timeout}"
+                await self.update(raw, Phase.FAILED, "Timeout", msg, [("Complete", False, "Timeout", msg)],
+                                  event_type="Warning", completedAt=now_iso())
+                return None
+            next_look = (deadline - now).total_seconds() + 0.5
+
+        attempt = int(status.get("attempt") or 0)
+        latest = pods[-1] if pods else None
+        latest_attempt = dispatch.attempt_of(latest, LABEL_ATTEMPT) if latest else 0
+        agent_name = (latest or {}).get("metadata", {}).get("labels", {}).get("overseer.dev/agent") \
+            or status.get("agent")
+        if latest is not None and latest_attempt >= attempt:
+            self.rt.inflight.get((ns, agent_name or ""), set()).discard(latest["metadata"]["name"])
+            outcome = dispatch.pod_outcome(latest)
+            if outcome.state == "live":
+                # Also adopts a pod created just before a crash, before its status was written.
+                await self.update(raw, Phase(phase) if phase in LIVE else Phase.RUNNING, "Running",
+                                  f"attempt {latest_attempt} running in pod {latest['metadata']['name']}",
+                                  [("Dispatched", True, "PodCreated", latest["metadata"]["name"])],
+                                  agent=agent_name, pod=latest["metadata"]["name"], attempt=latest_attempt,
+                                  startedAt=status.get("startedAt") or now_iso())
+                return next_look
+            if outcome.state == "succeeded":
+                await self.update(raw, Phase.SUCCEEDED, "Succeeded",
+                                  f"attempt {latest_attempt} succeeded",
+                                  [("Complete", True, "Succeeded", f"pod {latest['metadata']['name']} succeeded")],
+                                  agent=agent_name, pod=latest["metadata"]["name"], attempt=latest_attempt,
+                                  lastExitCode=outcome.exit_code, completedAt=now_iso(),
+                                  startedAt=status.get("startedAt") or now_iso())
+                return None
+            if latest_attempt > attempt or phase in LIVE:
+                return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
+                                                 latest["metadata"]["name"])
+        elif phase in LIVE and status.get("pod") and status["pod"] not in self.rt.inflight.get((ns, agent_name or ""), ()):
+            return await self.attempt_failed(raw, goal, attempt, "PodLost", None, status["pod"])
+
+        return await self.dispatch(raw, goal, attempt, now, next_look)
+
+    async def attempt_failed(self, raw: Raw, goal: Goal, attempt: int, reason: str, exit_code: int | None,
+                             pod: str) -> float | None:
+        status = raw.get("status") or {}
+        detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
+        if attempt > goal.spec.max_retries:
+            msg = f"attempt {attempt} failed ({detail}); no retries left (spec.maxRetries {goal.spec.max_retries})"
+            await self.update(raw, Phase.FAILED, "RetriesExhausted", msg,
+                              [("Complete", False, "RetriesExhausted", msg)], event_type="Warning",
+                              attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
+            return None
+        delay = dispatch.backoff_seconds(attempt, self.rt.settings.retry_backoff_seconds,
+                                         self.rt.settings.retry_backoff_max_seconds)
+        retry_at = _now() + timedelta(seconds=delay)
+        msg = f"attempt {attempt} failed ({detail}); retrying at {_iso(retry_at)}"
+        await self.update(raw, Phase.QUEUED, "AttemptFailed", msg,
+                          [("Dispatched", False, "RetryBackoff", msg)], event_type="Warning",
+                          attempt=attempt, pod=pod, lastExitCode=exit_code, retryAt=_iso(retry_at),
+                          startedAt=status.get("startedAt") or now_iso())
+        return delay + 0.5
+
+    async def dispatch(self, raw: Raw, goal: Goal, attempt: int, now: datetime,
+                       next_look: float | None) -> float | None:
+        ns, name = goal.namespace, goal.name
+        status = raw.get("status") or {}
+        agent_raw, problem = self.resolve_agent(goal, raw)
+        if agent_raw is None:
+            await self.update(raw, Phase.PENDING, "AgentNotFound", problem,
+                              [("Dispatched", False, "AgentNotFound", problem)], event_type="Warning")
+            return None
+        agent_name = agent_raw["metadata"]["name"]
+        agent_conditions = (agent_raw.get("status") or {}).get("conditions") or []
+        if not is_true(agent_conditions, "Ready"):
+            why = next((c.get("message") for c in agent_conditions if c.get("type") == "Ready"), "") or "not reconciled yet"
+            msg = f"Agent {agent_name} is not Ready: {why}"
+            await self.update(raw, Phase.PENDING, "AgentNotReady", msg,
+                              [("Dispatched", False, "AgentNotReady", msg)], agent=agent_name)
+            return None
+
+        deps = dispatch.check_dependencies(
+            name, goal.spec.depends_on,
+            phase_of=lambda n: ((self.goal(ns, n) or {}).get("status") or {}).get("phase", "Pending")
+            if self.goal(ns, n) is not None else None,
+            depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
+        )
+        if deps.cycle:
+            msg = "spec.dependsOn forms a cycle: " + " -> ".join(deps.cycle)
+            await self.update(raw, Phase.FAILED, "DependencyCycle", msg,
+                              [("DependenciesMet", False, "DependencyCycle", msg), ("Complete", False, "DependencyCycle", msg)],
+                              event_type="Warning", agent=agent_name, completedAt=now_iso())
+            return None
+        if deps.failed:
+            msg = f"dependencies failed: {', '.join(deps.failed)}"
+            await self.update(raw, Phase.FAILED, "DependencyFailed", msg,
+                              [("DependenciesMet", False, "DependencyFailed", msg), ("Complete", False, "DependencyFailed", msg)],
+                              event_type="Warning", agent=agent_name, completedAt=now_iso())
+            return None
+        if deps.waiting:
+            msg = f"waiting for {', '.join(deps.waiting)}"
+            await self.update(raw, Phase.BLOCKED, "Blocked", msg,
+                              [("DependenciesMet", False, "Waiting", msg), ("Dispatched", False, "DependenciesPending", msg)],
+                              agent=agent_name, waitingFor=deps.waiting)
+            return None
+        dep_condition = [("DependenciesMet", True, "Succeeded", "all dependencies succeeded")] if goal.spec.depends_on else []
+
+        if status.get("retryAt") and _ts(status["retryAt"]) > now:
+            wait = (_ts(status["retryAt"]) - now).total_seconds() + 0.5
+            return min(wait, next_look) if next_look else wait
+
+        async with self.rt.agent_locks[(ns, agent_name)]:
+            limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
+            free = limit - self.live_pods_of_agent(ns, agent_name)
+            me = dispatch.queue_key(raw)
+            ahead = 0
+            if free > 0:
+                for other in self.rt.many("goals_by_agent", (ns, agent_name)):
+                    ost = other.get("status") or {}
+                    if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
+                            and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
+                            and dispatch.queue_key(other) < me):
+                        ahead += 1
+                        if ahead >= free:
+                            break
+            if free <= 0 or ahead >= free:
+                msg = f"waiting for a free slot of agent {agent_name} (maxConcurrentGoals {limit})"
+                await self.update(raw, Phase.QUEUED, "Queued", msg,
+                                  [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
+                                  agent=agent_name, waitingFor=[])
+                return next_look
+
+            agent = self.rt.one("agents", (ns, agent_name))
+            pod = render_pod(goal, Agent.model_validate(agent), attempt + 1, self.rt.settings)
+            pod_name = pod["metadata"]["name"]
+            self.rt.inflight[(ns, agent_name)].add(pod_name)
+            try:
+                await self.rt.kube.create(path("v1", "pods", ns), pod)
+            except Exception:
+                self.rt.inflight[(ns, agent_name)].discard(pod_name)
+                raise
+        started = status.get("startedAt") or now_iso()
+        await self.update(raw, Phase.RUNNING, "Dispatched",
+                          f"attempt {attempt + 1} running in pod {pod_name} as {child_name(agent_name)}",
+                          [*dep_condition, ("Dispatched", True, "PodCreated", pod_name)],
+                          agent=agent_name, pod=pod_name, attempt=attempt + 1, startedAt=started,
+                          waitingFor=[], retryAt=None)
+        if goal.spec.timeout:
+            return (_ts(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5
+        return None

@@ -1,0 +1,88 @@
+"""The pod of one attempt of a Goal: a pure renderer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from overseer.api import Agent, Goal
+from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
+
+from .agent_resources import child_name, owner_reference
+from .settings import Settings
+
+WORKSPACE = "/workspace"
+AGENT_UID = 65532  # the "nonroot" user of distroless-style images
+
+
+def pod_name(goal_name: str, attempt: int) -> str:
+    """Deterministic per attempt, so a restarted operator finds the pod it created instead of
+    creating a second one."""
+    suffix = f"-a{attempt}"
+    if len(goal_name) + len(suffix) <= 63:
+        return goal_name + suffix
+    digest = hashlib.sha256(goal_name.encode()).hexdigest()[:8]
+    return f"{goal_name[:63 - len(suffix) - 9]}-{digest}{suffix}"
+
+
+def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> dict[str, Any]:
+    """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
+    the `restricted` Pod Security level."""
+    model = agent.spec.model
+    env: list[dict[str, Any]] = [
+        {"name": "OVERSEER_GOAL_NAME", "value": goal.name},
+        {"name": "OVERSEER_GOAL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "OVERSEER_GOAL_UID", "value": goal.metadata.get("uid", "")},
+        {"name": "OVERSEER_AGENT_NAME", "value": agent.name},
+        {"name": "OVERSEER_ATTEMPT", "value": str(attempt)},
+        {"name": "OVERSEER_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "OVERSEER_WORKSPACE", "value": WORKSPACE},
+        {"name": "OVERSEER_MODEL", "value": model.name},
+        {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}},
+    ]
+    if model.base_url:
+        env.append({"name": "ANTHROPIC_BASE_URL", "value": model.base_url})
+    resources = agent.spec.resources.to_api()
+    container = {
+        "name": "agent",
+        "image": agent.spec.image or settings.agent_image,
+        "args": ["overseer-agent"],
+        "env": env,
+        "workingDir": WORKSPACE,
+        "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if resources:
+        container["resources"] = resources
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(goal.name, attempt),
+            "namespace": goal.namespace,
+            "labels": {
+                LABEL_AGENT: agent.name, LABEL_GOAL: goal.name, LABEL_ATTEMPT: str(attempt),
+                LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/name": "overseer-agent",
+            },
+            "ownerReferences": [owner_reference(goal)],
+        },
+        "spec": {
+            "serviceAccountName": child_name(agent.name),
+            "restartPolicy": "Never",
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID, "fsGroup": AGENT_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        },
+    }

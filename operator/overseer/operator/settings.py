@@ -1,0 +1,39 @@
+"""Operator configuration: one typed object read from OVERSEER_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the operator; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="OVERSEER_")
+
+    agent_image: str = "overseer/agent:0.1.0"
+    """Image of goal pods when an Agent names none."""
+    workers: int = Field(default=16, ge=1)
+    """Concurrent reconciles per kind."""
+    resync_seconds: float = Field(default=300.0, gt=0)
+    """How often every object is reconciled again to repair drift."""
+    retry_backoff_seconds: float = Field(default=10.0, ge=0)
+    """Delay before the first retry of a failed attempt; doubles per attempt."""
+    retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
+    """Upper bound of the retry delay."""
+    model_egress_cidrs: list[str] = ["0.0.0.0/0"]
+    """Where agents may reach the model API (NetworkPolicy cannot match host names)."""
+    model_egress_except: list[str] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    """Ranges carved out of model_egress_cidrs (the cluster's own networks)."""
+    model_egress_ports: list[int] = [443]
+    """Ports of the model API."""
+    api_server_cidrs: list[str] = []
+    """Kubernetes API server addresses agents may reach (to report status); e.g. ["10.0.0.1/32"]."""
+    api_server_ports: list[int] = [443, 6443]
+    """Ports of the Kubernetes API server."""
+    dns_namespace: str = "kube-system"
+    """Namespace of the cluster DNS pods."""
+    dns_pod_labels: dict[str, str] = {"k8s-app": "kube-dns"}
+    """Labels of the cluster DNS pods agents may query."""
+    agent_metrics_port: int = 9090
+    """Port of the agent's /metrics and /healthz inside goal pods."""

@@ -1,0 +1,98 @@
+"""A work queue of object keys, as controller-runtime has: level-triggered reconciliation.
+
+A key waits in the queue at most once, is never reconciled by two workers at once, and a
+key added while it is being reconciled runs again afterwards. Failures back off per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+
+logger = logging.getLogger(__name__)
+
+# reconcile(key) returns seconds until it wants to look at the key again, or None.
+Reconcile = Callable[[Hashable], Awaitable[float | None]]
+
+
+class WorkQueue:
+    def __init__(self, name: str, *, max_backoff: float = 300.0) -> None:
+        self.name = name
+        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
+        self._queued: set[Hashable] = set()
+        self._active: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+        self._timers: dict[Hashable, tuple[float, asyncio.TimerHandle]] = {}
+        self._failures: dict[Hashable, int] = {}
+        self._max_backoff = max_backoff
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def add(self, key: Hashable) -> None:
+        if key in self._queued:
+            return
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        self._queued.add(key)
+        self._queue.put_nowait(key)
+
+    def add_after(self, key: Hashable, delay: float) -> None:
+        """Add the key after delay seconds; an earlier pending add wins."""
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        due = time.monotonic() + delay
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending[0] <= due:
+                return
+            pending[1].cancel()
+        self._timers[key] = (due, loop.call_later(delay, self._fire, key))
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def start(self, reconcile: Reconcile, workers: int) -> None:
+        for i in range(workers):
+            self._tasks.append(asyncio.create_task(self._work(reconcile), name=f"{self.name}-worker-{i}"))
+
+    async def stop(self) -> None:
+        for _, handle in self._timers.values():
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _work(self, reconcile: Reconcile) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                again = await reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure is retried with backoff
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                delay = min(self._max_backoff, 0.5 * 2 ** min(failures, 12))
+                logger.warning("%s %s: reconcile failed (attempt %d), retrying in %.1fs: %s",
+                               self.name, key, failures, delay, e)
+                again = delay
+            else:
+                self._failures.pop(key, None)
+            finally:
+                self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
+            elif again is not None:
+                self.add_after(key, again)
