@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from overseer.api import API_VERSION, GROUP, Agent, Capability
@@ -67,6 +68,19 @@ def _ports(ports: list[int], protocol: str = "TCP") -> list[dict[str, Any]]:
     return [{"protocol": protocol, "port": p} for p in ports]
 
 
+def _ip_block(cidr: str, excluded: list[str]) -> dict[str, Any]:
+    """An ipBlock for cidr, less each excluded range that lies inside it (whatever cidr is:
+    0.0.0.0/1 contains 10.0.0.0/8 as much as 0.0.0.0/0 does). Only strict subsets are named,
+    as the API server rejects any other `except` entry."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    inside = []
+    for text in excluded:
+        sub = ipaddress.ip_network(text, strict=False)
+        if sub.version == net.version and sub.prefixlen > net.prefixlen and sub.subnet_of(net):  # type: ignore[arg-type]
+            inside.append(text)
+    return {"ipBlock": {"cidr": cidr, **({"except": inside} if inside else {})}}
+
+
 def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings) -> dict[str, Any]:
     """Default deny for the agent's pods; egress only to DNS, the model API, the Kubernetes API
     and what its capabilities declare; ingress only to the agent's metrics port."""
@@ -76,9 +90,7 @@ def render_network_policy(agent: Agent, capabilities: list[Capability], settings
     }
     egress: list[dict[str, Any]] = [
         {"to": [dns_peer], "ports": _ports([53], "UDP") + _ports([53], "TCP")},
-        {"to": [{"ipBlock": {"cidr": cidr, **({"except": settings.model_egress_except}
-                                              if cidr in ("0.0.0.0/0",) and settings.model_egress_except else {})}}
-                for cidr in settings.model_egress_cidrs],
+        {"to": [_ip_block(cidr, settings.model_egress_except) for cidr in settings.model_egress_cidrs],
          "ports": _ports(settings.model_egress_ports)},
     ]
     if settings.api_server_cidrs:

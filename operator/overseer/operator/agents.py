@@ -13,7 +13,7 @@ from overseer.api import Agent, Capability, Phase
 from . import agent_resources as render
 from .conditions import is_true, same_conditions, set_condition
 from .kube import path
-from .runtime import Key, Raw, Runtime, agent_path, patch_status
+from .runtime import Key, Raw, Runtime, agent_path
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class AgentReconciler:
 
         secret_ok, secret_reason, secret_msg = await self.check_secret(agent)
         if not secret_ok:
-            requeue = 30.0  # secrets are not watched (the operator may only get them)
+            requeue = self.rt.settings.secret_recheck_seconds  # secrets are not watched, only read
 
         caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
@@ -147,5 +147,5 @@ class AgentReconciler:
                         await self.rt.kube.post_event(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         await self.rt.kube.post_event(raw, "Normal", "Ready", c["message"])
-        await patch_status(self.rt.kube, agent_path(ns, name, "status"), raw, changes)
+        await self.rt.patch_status(agent_path(ns, name, "status"), raw, changes)
         return requeue

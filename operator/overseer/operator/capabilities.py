@@ -10,7 +10,7 @@ from overseer.api import Capability
 
 from . import dispatch
 from .conditions import same_conditions, set_condition
-from .runtime import Key, Runtime, capability_path, patch_status
+from .runtime import Key, Runtime, capability_path
 
 
 def validate(cap: Capability, exists: Callable[[str], bool],
@@ -54,5 +54,5 @@ class CapabilityReconciler:
             changes["conditions"] = conds
             if not ready:
                 await self.rt.kube.post_event(raw, "Warning", reason, message)
-        await patch_status(self.rt.kube, capability_path(ns, name, "status"), raw, changes)
+        await self.rt.patch_status(capability_path(ns, name, "status"), raw, changes)
         return None

@@ -17,7 +17,7 @@ from .conditions import is_true, same_conditions, set_condition
 from .dispatch import TERMINAL
 from .kube import now_iso, path
 from .pods import render_pod
-from .runtime import Key, Raw, Runtime, goal_path, patch_status
+from .runtime import Key, Raw, Runtime, goal_path
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class GoalReconciler:
         changes.update(fields)
         moved = status.get("phase", Phase.PENDING.value) != phase.value or (
             "attempt" in fields and fields["attempt"] != status.get("attempt"))
-        await patch_status(self.rt.kube, goal_path(ns, name, "status"), raw, changes)
+        await self.rt.patch_status(goal_path(ns, name, "status"), raw, changes)
         if moved or (status.get("message") != message and event_type == "Warning"):
             await self.rt.kube.post_event(raw, event_type, reason, message)
 

@@ -124,7 +124,12 @@ class Operator:
             for key in self.rt.keys("goals"):
                 self.rt.goals.add(key)
 
+    def forget(self, event: str | None, body: Any) -> None:
+        if event == "DELETED":
+            self.rt.written.pop(body["metadata"].get("uid"), None)
+
     def goal_changed(self, event: str | None, namespace: str, name: str, body: Any) -> None:
+        self.forget(event, body)
         self.rt.goals.add((namespace, name))
         phase = (body.get("status") or {}).get("phase")
         finished = event == "DELETED" or phase in TERMINAL
@@ -144,19 +149,24 @@ class Operator:
             self.goals.wake_queue(namespace, agent)
 
     def agent_changed(self, event: str | None, namespace: str, name: str, body: Any) -> None:
+        self.forget(event, body)
         key = (namespace, name)
         self.rt.agents.add(key)
         conditions = (body.get("status") or {}).get("conditions") or []
-        seen = (event == "DELETED", body["metadata"].get("generation"), is_true(conditions, "Ready"))
-        if self._agent_seen.get(key) == seen:
+        seen = (body["metadata"].get("generation"), is_true(conditions, "Ready"))
+        if event == "DELETED":
+            self._agent_seen.pop(key, None)
+        elif self._agent_seen.get(key) == seen:
             return  # only its counts moved: nothing waiting on it can change
-        self._agent_seen[key] = seen
+        else:
+            self._agent_seen[key] = seen
         for goal in self.rt.many("goals_by_namespace", namespace):
             self.rt.goals.add((namespace, goal))
         for cap in (body.get("spec") or {}).get("capabilities") or []:
             self.rt.capabilities.add((namespace, cap))
 
-    def capability_changed(self, namespace: str, name: str) -> None:
+    def capability_changed(self, event: str | None, namespace: str, name: str, body: Any) -> None:
+        self.forget(event, body)
         self.rt.capabilities.add((namespace, name))
         for ns, other in self.rt.keys("capabilities"):
             cap = self.rt.one("capabilities", (ns, other))
@@ -184,8 +194,9 @@ async def agent_event(type: str | None, namespace: str, name: str, body: kopf.Bo
 
 
 @kopf.on.event(GROUP, VERSION, "capabilities")
-async def capability_event(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.capability_changed(namespace, name)
+async def capability_event(type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                           **_: Any) -> None:
+    memo.operator.capability_changed(type, namespace, name, body)
 
 
 # ---- lifecycle -------------------------------------------------------------------------

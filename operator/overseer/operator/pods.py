@@ -22,7 +22,9 @@ def pod_name(goal_name: str, attempt: int) -> str:
     if len(goal_name) + len(suffix) <= 63:
         return goal_name + suffix
     digest = hashlib.sha256(goal_name.encode()).hexdigest()[:8]
-    return f"{goal_name[:63 - len(suffix) - 9]}-{digest}{suffix}"
+    # A name cut right after a dot would put "-" at the start of a DNS label.
+    prefix = goal_name[:63 - len(suffix) - 9].rstrip(".")
+    return f"{prefix}-{digest}{suffix}"
 
 
 def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> dict[str, Any]:

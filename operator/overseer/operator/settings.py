@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     """Delay before the first retry of a failed attempt; doubles per attempt."""
     retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
     """Upper bound of the retry delay."""
+    secret_recheck_seconds: float = Field(default=30.0, gt=0)
+    """How soon an Agent whose API key Secret is missing is checked again (Secrets are not watched)."""
     model_egress_cidrs: list[str] = ["0.0.0.0/0"]
     """Where agents may reach the model API (NetworkPolicy cannot match host names)."""
     model_egress_except: list[str] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

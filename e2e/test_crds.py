@@ -1,0 +1,181 @@
+"""The CRDs in crds/ on a real API server: accepted as structural, validating, explained, listed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.harness import Kubectl, wait_for
+
+CRD_NAMES = {"agents.overseer.dev", "goals.overseer.dev", "capabilities.overseer.dev"}
+
+SAMPLES_YAML = """
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {name: coder, namespace: team-a}
+spec:
+  role: "Senior Python engineer"
+  systemPrompt: "You fix failing tests with minimal diffs."
+  model: {name: claude-sonnet-5-5, maxTokens: 8192, apiKeySecretRef: {name: anthropic, key: api-key}}
+  capabilities: [git, pytest]
+  maxConcurrentGoals: 2
+  budget: {maxTokensPerGoal: 400000, maxIterationsPerGoal: 60, maxWallClock: 30m}
+  resources: {requests: {cpu: 250m, memory: 256Mi}, limits: {cpu: "1", memory: 1Gi}}
+  quota: {pods: "4", requests.cpu: "2", requests.memory: 4Gi}
+---
+apiVersion: overseer.dev/v1alpha1
+kind: Capability
+metadata: {name: pytest, namespace: team-a}
+spec:
+  description: "Run the test suite and report failures"
+  risk: low
+  command: {run: ["python", "-m", "pytest", "-q"]}
+  inputSchema: {type: object, properties: {path: {type: string}}}
+  egress: [{cidr: 10.0.0.0/8, ports: [443]}]
+  requires: []
+---
+apiVersion: overseer.dev/v1alpha1
+kind: Goal
+metadata: {name: fix-ci, namespace: team-a}
+spec:
+  description: "Make tests/test_parser.py pass without changing the tests."
+  agentRef: {name: coder}
+  priority: 10
+  dependsOn: [setup-repo]
+  timeout: 20m
+  maxRetries: 2
+"""
+
+SAMPLES = {doc["kind"]: doc for doc in yaml.safe_load_all(SAMPLES_YAML)}
+
+
+def sample(kind: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """The sample of `kind` moved into `namespace`, with `spec` fields replaced."""
+    obj = copy.deepcopy(SAMPLES[kind])
+    obj["metadata"]["namespace"] = namespace
+    obj["spec"].update(spec)
+    return obj
+
+
+def apply(kubectl: Kubectl, namespace: str, *objs: dict[str, Any], check: bool = True):
+    return kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objs), check=check)
+
+
+def test_crds_are_established_and_structural(crds: list[str], kubectl: Kubectl) -> None:
+    assert CRD_NAMES <= set(crds)
+    for name in sorted(CRD_NAMES):
+        crd = json.loads(kubectl("get", "crd", name, "-o", "json").stdout)
+        conditions = {c["type"]: c for c in crd["status"]["conditions"]}
+        assert conditions["Established"]["status"] == "True", conditions
+        assert conditions["NamesAccepted"]["status"] == "True", conditions
+        assert "NonStructuralSchema" not in conditions, conditions["NonStructuralSchema"]["message"]
+        assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == "overseer"
+        assert crd["status"]["acceptedNames"]["categories"] == ["overseer"]
+
+
+def test_valid_samples_are_accepted_and_defaulted(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
+    out = apply(kubectl, namespace, *(sample(k, namespace) for k in ("Agent", "Capability", "Goal")))
+    assert "agent.overseer.dev/coder created" in out.stdout
+    assert "capability.overseer.dev/pytest created" in out.stdout
+    assert "goal.overseer.dev/fix-ci created" in out.stdout
+
+    cap = json.loads(kubectl("get", "capability", "pytest", "-n", namespace, "-o", "json").stdout)
+    assert cap["spec"]["command"]["timeout"] == "5m"  # defaulted by the API server
+    assert cap["spec"]["inputSchema"] == {"type": "object", "properties": {"path": {"type": "string"}}}
+    assert cap["spec"]["egress"][0]["protocol"] == "TCP"
+    goal = json.loads(kubectl("get", "goal", "fix-ci", "-n", namespace, "-o", "json").stdout)
+    assert goal["spec"]["maxRetries"] == 2 and goal["spec"]["cancel"] is False
+    agent = json.loads(kubectl("get", "agent", "coder", "-n", namespace, "-o", "json").stdout)
+    assert agent["spec"]["quota"] == {"pods": "4", "requests.cpu": "2", "requests.memory": "4Gi"}
+    assert agent["spec"]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+
+
+BAD = {
+    "both-agent-ref-and-selector": (
+        "Goal", {"agentSelector": {"matchLabels": {"team": "a"}}},
+        ["exactly one of agentRef or agentSelector"],
+    ),
+    "neither-agent-ref-nor-selector": (
+        "Goal", {"agentRef": None},
+        ["exactly one of agentRef or agentSelector"],
+    ),
+    "command-and-http": (
+        "Capability", {"http": {"url": "https://tools.example.invalid/run"}},
+        ["exactly one of command, http or mcp"],
+    ),
+    "risk-extreme": ("Capability", {"risk": "extreme"}, ["spec.risk", '"low"', '"medium"', '"high"']),
+    "timeout-soon": ("Goal", {"timeout": "soon"}, ["spec.timeout"]),
+    "priority-high": ("Goal", {"priority": "high"}, ["spec.priority", "integer"]),
+    "max-concurrent-goals-zero": ("Agent", {"maxConcurrentGoals": 0}, ["spec.maxConcurrentGoals"]),
+    "depends-on-itself": ("Goal", {"dependsOn": ["fix-ci"]}, ["cannot depend on itself"]),
+    "egress-cidr-and-selector": (
+        "Capability", {"egress": [{"cidr": "10.0.0.0/8", "podSelector": {"matchLabels": {"app": "db"}}}]},
+        ["spec.egress[0]", "either cidr or namespaceSelector/podSelector"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_manifest_is_rejected_naming_the_field(
+    case: str, crds: list[str], kubectl: Kubectl, namespace: str
+) -> None:
+    kind, spec, expected = BAD[case]
+    obj = sample(kind, namespace, **spec)
+    obj["spec"] = {k: v for k, v in obj["spec"].items() if v is not None}
+    proc = apply(kubectl, namespace, obj, check=False)
+    assert proc.returncode != 0, f"{case} was accepted:\n{proc.stdout}"
+    for text in expected:
+        assert text in proc.stderr, f"{case}: {text!r} not in\n{proc.stderr}"
+    assert "created" not in proc.stdout
+
+
+def test_name_longer_than_a_label_value_is_rejected(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
+    goal = sample("Goal", namespace)
+    goal["metadata"]["name"] = "g" * 64
+    proc = apply(kubectl, namespace, goal, check=False)
+    assert proc.returncode != 0
+    assert "at most 63 characters" in proc.stderr, proc.stderr
+
+
+def test_explain_shows_field_descriptions(crds: list[str], kubectl: Kubectl) -> None:
+    def explained() -> str:
+        out = kubectl("explain", "goal.spec.dependsOn", check=False)
+        return out.returncode == 0 and " ".join(out.stdout.split())
+
+    text = wait_for(explained, timeout=60, description="kubectl explain goal.spec.dependsOn")
+    assert "Names of Goals in the same namespace that must succeed before this one starts." in text
+    assert "a failed one or a cycle fails it" in text
+
+
+def test_get_shows_printer_columns(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
+    apply(kubectl, namespace, *(sample(k, namespace) for k in ("Agent", "Capability", "Goal")))
+    headers = {
+        "goals": ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "AGE"],
+        "agents": ["NAME", "READY", "RUNNING", "SUCCEEDED", "FAILED", "AGE"],
+        "capabilities": ["NAME", "RISK", "READY", "AGE"],
+    }
+    for resource, expected in headers.items():
+        out = kubectl("get", resource, "-n", namespace).stdout
+        assert out.splitlines()[0].split() == expected, out
+    wide = kubectl("get", "goals", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
+    assert {"ATTEMPT", "MESSAGE"} <= set(wide)
+    caps = kubectl("get", "capabilities", "-n", namespace).stdout.splitlines()
+    assert caps[1].split()[:2] == ["pytest", "low"]
+
+
+def test_category_and_short_names(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
+    apply(kubectl, namespace, *(sample(k, namespace) for k in ("Agent", "Capability", "Goal")))
+
+    def listed() -> set[str]:
+        out = kubectl("get", "overseer", "-n", namespace, "-o", "name", check=False)
+        return out.returncode == 0 and set(out.stdout.split())
+
+    names = wait_for(listed, timeout=30, description="kubectl get overseer")
+    assert names == {"agent.overseer.dev/coder", "capability.overseer.dev/pytest", "goal.overseer.dev/fix-ci"}
+    for short, name in (("gl", "goal.overseer.dev/fix-ci"), ("agt", "agent.overseer.dev/coder"),
+                        ("cap", "capability.overseer.dev/pytest")):
+        assert kubectl("get", short, "-n", namespace, "-o", "name").stdout.split() == [name]

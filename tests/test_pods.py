@@ -1,0 +1,214 @@
+"""The pod of one attempt of a Goal."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from overseer.operator.pods import pod_name, render_pod
+
+# Volume types the `restricted` Pod Security level allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod["spec"]
+    return spec["containers"] + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [container] = pod["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
+def assert_restricted(pod: dict[str, Any]) -> None:
+    """The checks of the `restricted` Pod Security Standard that can be made on the manifest."""
+    spec = pod["spec"]
+    pod_sc = spec.get("securityContext", {})
+    for host in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
+        assert not spec.get(host), host
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUMES, volume
+    assert "sysctls" not in pod_sc
+    assert pod_sc.get("runAsUser") != 0
+    for c in containers(pod):
+        sc = c.get("securityContext", {})
+        assert not sc.get("privileged"), c["name"]
+        assert sc.get("allowPrivilegeEscalation") is False, c["name"]
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), c["name"]
+        assert set(sc.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, c["name"]
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, c["name"]
+        assert sc.get("runAsUser", pod_sc.get("runAsUser")) != 0, c["name"]
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), c["name"]
+        assert sc.get("procMount", "Default") == "Default", c["name"]
+        assert not sc.get("windowsOptions", {}).get("hostProcess"), c["name"]
+        assert all("hostPort" not in p for p in c.get("ports", [])), c["name"]
+
+
+# --- security ------------------------------------------------------------------------------------
+
+
+def test_pod_passes_the_restricted_pod_security_level(make_goal, make_agent, settings):
+    assert_restricted(render_pod(make_goal(), make_agent(), 1, settings))
+
+
+def test_pod_runs_as_non_root_with_the_runtime_default_seccomp_profile(make_goal, make_agent, settings):
+    pod = render_pod(make_goal(), make_agent(), 1, settings)
+
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    [container] = pod["spec"]["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_pod_mounts_nothing_from_the_node(make_goal, make_agent, settings):
+    spec = render_pod(make_goal(), make_agent(), 1, settings)["spec"]
+
+    assert not spec.get("hostNetwork")
+    assert all("hostPath" not in v for v in spec["volumes"])
+
+
+def test_pod_runs_as_the_agents_service_account(make_goal, make_agent, settings):
+    pod = render_pod(make_goal(), make_agent("coder"), 1, settings)
+
+    assert pod["spec"]["serviceAccountName"] == "overseer-agent-coder"
+
+
+# --- identity --------------------------------------------------------------------------------------
+
+
+def test_pod_is_labelled_with_its_agent_goal_and_attempt(make_goal, make_agent, settings):
+    labels = render_pod(make_goal("fix-ci"), make_agent("coder"), 3, settings)["metadata"]["labels"]
+
+    assert labels["overseer.dev/agent"] == "coder"
+    assert labels["overseer.dev/goal"] == "fix-ci"
+    assert labels["overseer.dev/attempt"] == "3"
+
+
+def test_pod_is_owned_by_its_goal(make_goal, make_agent, settings):
+    goal = make_goal("fix-ci")
+
+    metadata = render_pod(goal, make_agent(), 1, settings)["metadata"]
+
+    assert metadata["namespace"] == goal.namespace
+    assert metadata["ownerReferences"] == [{
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Goal", "name": "fix-ci", "uid": goal.metadata["uid"],
+        "controller": True, "blockOwnerDeletion": True,
+    }]
+
+
+def test_pod_tells_the_runtime_which_goal_and_agent_it_serves(make_goal, make_agent, settings):
+    goal = make_goal("fix-ci")
+
+    env = env_of(render_pod(goal, make_agent("coder"), 2, settings))
+
+    assert env["OVERSEER_GOAL_NAME"]["value"] == "fix-ci"
+    assert env["OVERSEER_GOAL_UID"]["value"] == goal.metadata["uid"]
+    assert env["OVERSEER_GOAL_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["OVERSEER_AGENT_NAME"]["value"] == "coder"
+    assert env["OVERSEER_ATTEMPT"]["value"] == "2"
+    assert env["OVERSEER_MODEL"]["value"] == "claude-sonnet-5-5"
+
+
+def test_api_key_comes_from_the_agents_secret(make_goal, make_agent, settings):
+    agent = make_agent(model={"apiKeySecretRef": {"name": "team-a-anthropic", "key": "token"}})
+
+    env = env_of(render_pod(make_goal(), agent, 1, settings))
+
+    assert env["ANTHROPIC_API_KEY"] == {"name": "ANTHROPIC_API_KEY", "valueFrom": {
+        "secretKeyRef": {"name": "team-a-anthropic", "key": "token"}}}
+    assert "value" not in env["ANTHROPIC_API_KEY"]
+
+
+def test_base_url_is_passed_only_when_the_agent_sets_one(make_goal, make_agent, settings):
+    default = env_of(render_pod(make_goal(), make_agent(), 1, settings))
+    custom = env_of(render_pod(make_goal(), make_agent(model={"baseURL": "https://llm.internal:8443"}), 1, settings))
+
+    assert "ANTHROPIC_BASE_URL" not in default
+    assert custom["ANTHROPIC_BASE_URL"]["value"] == "https://llm.internal:8443"
+
+
+# --- the container -------------------------------------------------------------------------------
+
+
+def test_pod_uses_the_operators_agent_image_by_default(make_goal, make_agent, settings):
+    [container] = render_pod(make_goal(), make_agent(), 1, settings)["spec"]["containers"]
+
+    assert container["image"] == settings.agent_image
+
+
+def test_agent_image_overrides_the_operators_default(make_goal, make_agent, settings):
+    agent = make_agent(image="registry.example.com/team-a/agent:2.0")
+
+    [container] = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
+
+    assert container["image"] == "registry.example.com/team-a/agent:2.0"
+
+
+def test_pod_gets_the_agents_resources(make_goal, make_agent, settings):
+    agent = make_agent(resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}})
+
+    [container] = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
+
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                      "limits": {"cpu": 1, "memory": "1Gi"}}
+
+
+def test_pod_is_never_restarted_in_place(make_goal, make_agent, settings):
+    # A retry is a new attempt with a new pod, counted by the operator.
+    assert render_pod(make_goal(), make_agent(), 1, settings)["spec"]["restartPolicy"] == "Never"
+
+
+def test_render_pod_is_deterministic(make_goal, make_agent, settings):
+    assert render_pod(make_goal(), make_agent(), 1, settings) == render_pod(make_goal(), make_agent(), 1, settings)
+
+
+# --- pod_name --------------------------------------------------------------------------------------
+
+
+def test_pod_name_is_the_goal_name_and_attempt():
+    assert pod_name("fix-ci", 1) == "fix-ci-a1"
+    assert pod_name("fix-ci", 12) == "fix-ci-a12"
+
+
+def test_pod_name_is_deterministic_and_distinct_per_attempt():
+    long = "g" * 63
+
+    assert pod_name(long, 1) == pod_name(long, 1)
+    assert pod_name(long, 1) != pod_name(long, 2)
+
+
+@pytest.mark.parametrize("length", [1, 59, 60, 61, 62, 63])
+@pytest.mark.parametrize("attempt", [1, 10, 999])
+def test_pod_name_fits_a_dns_label(length, attempt):
+    name = pod_name("g" * length, attempt)
+
+    assert len(name) <= 63
+    assert DNS_SUBDOMAIN.match(name), name
+    assert name.endswith(f"-a{attempt}")
+
+
+def test_long_goal_names_sharing_a_prefix_get_distinct_pods():
+    prefix = "nightly-regression-suite-for-the-payments-service-"  # 50 characters
+    first, second = prefix + "eu-west-1-a", prefix + "eu-west-1-b"
+
+    assert pod_name(first, 1) != pod_name(second, 1)
+    assert len(pod_name(first, 1)) <= 63 and len(pod_name(second, 1)) <= 63
+
+
+@pytest.mark.parametrize("cut", [".", "-"])
+def test_pod_name_is_valid_where_the_goal_name_is_cut(cut):
+    # Goal names are DNS subdomains: the cut may land on a dot, and "x.-digest" is no valid name.
+    goal = "a" * 50 + cut + "b" * 12
+
+    name = pod_name(goal, 1)
+
+    assert len(name) <= 63
+    assert DNS_SUBDOMAIN.match(name), name

@@ -1,0 +1,82 @@
+"""Operator settings come from OVERSEER_* environment variables."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from overseer.operator.settings import Settings
+
+
+def test_defaults_need_no_environment(settings):
+    assert settings.workers == 16
+    assert settings.model_egress_cidrs == ["0.0.0.0/0"]
+    assert settings.model_egress_except == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    assert settings.api_server_cidrs == []
+
+
+def test_scalars_come_from_the_environment(clean_env):
+    clean_env.setenv("OVERSEER_AGENT_IMAGE", "registry.example.com/overseer/agent:1.2.3")
+    clean_env.setenv("OVERSEER_WORKERS", "4")
+    clean_env.setenv("OVERSEER_RESYNC_SECONDS", "12.5")
+    clean_env.setenv("OVERSEER_DNS_NAMESPACE", "dns")
+    clean_env.setenv("OVERSEER_AGENT_METRICS_PORT", "9100")
+
+    settings = Settings()
+
+    assert settings.agent_image == "registry.example.com/overseer/agent:1.2.3"
+    assert settings.workers == 4
+    assert settings.resync_seconds == 12.5
+    assert settings.dns_namespace == "dns"
+    assert settings.agent_metrics_port == 9100
+
+
+def test_lists_come_from_the_environment_as_json(clean_env):
+    clean_env.setenv("OVERSEER_MODEL_EGRESS_CIDRS", '["1.2.3.0/24"]')
+    clean_env.setenv("OVERSEER_MODEL_EGRESS_EXCEPT", "[]")
+    clean_env.setenv("OVERSEER_MODEL_EGRESS_PORTS", "[443, 8443]")
+    clean_env.setenv("OVERSEER_API_SERVER_CIDRS", '["10.96.0.1/32", "172.18.0.2/32"]')
+
+    settings = Settings()
+
+    assert settings.model_egress_cidrs == ["1.2.3.0/24"]
+    assert settings.model_egress_except == []
+    assert settings.model_egress_ports == [443, 8443]
+    assert settings.api_server_cidrs == ["10.96.0.1/32", "172.18.0.2/32"]
+
+
+def test_mappings_come_from_the_environment_as_json(clean_env):
+    clean_env.setenv("OVERSEER_DNS_POD_LABELS", '{"k8s-app": "coredns"}')
+
+    assert Settings().dns_pod_labels == {"k8s-app": "coredns"}
+
+
+def test_variable_names_are_not_case_sensitive(clean_env):
+    clean_env.setenv("overseer_workers", "3")
+
+    assert Settings().workers == 3
+
+
+def test_variables_without_the_prefix_are_ignored(clean_env):
+    clean_env.setenv("WORKERS", "3")
+    clean_env.setenv("AGENT_IMAGE", "elsewhere/agent:9")
+
+    settings = Settings()
+
+    assert settings.workers == 16
+    assert settings.agent_image == "overseer/agent:0.1.0"
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("OVERSEER_WORKERS", "0"),
+    ("OVERSEER_WORKERS", "many"),
+    ("OVERSEER_RESYNC_SECONDS", "0"),
+    ("OVERSEER_MODEL_EGRESS_CIDRS", "1.2.3.0/24"),
+])
+def test_a_bad_value_stops_the_operator_naming_the_setting(clean_env, var, value):
+    clean_env.setenv(var, value)
+
+    with pytest.raises((ValidationError, ValueError)) as error:
+        Settings()
+
+    assert var.removeprefix("OVERSEER_").lower() in str(error.value).lower()
