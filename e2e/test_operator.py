@@ -383,3 +383,18 @@ def test_operator_killed_mid_dispatch_creates_no_duplicate_pod(world: World) -> 
         per_goal[p["metadata"]["labels"]["overseer.dev/goal"]] = per_goal.get(p["metadata"]["labels"]["overseer.dev/goal"], 0) + 1
     assert per_goal == {f"g{i}": 1 for i in range(30)}
     assert all(world.get("goal", f"g{i}")["status"]["attempt"] == 1 for i in range(30))
+
+
+def test_goal_waits_while_the_agents_quota_is_full(world: World) -> None:
+    world.agent("coder", max=3, quota='{pods: "1"}')
+    world.wait_condition("agent", "coder", "Ready", "True")
+    wait_for(lambda: (world.get("resourcequota", "overseer-agent-coder") or {}).get("status", {}).get("hard"),
+             description="quota observed by the resourcequota controller")
+    world.goal("one")
+    world.running_pod("one")
+    world.goal("two")
+    c = world.wait_condition("goal", "two", "Dispatched", "False", "QuotaExceeded")
+    assert "exceeded quota" in c["message"]
+    assert world.phase("two") == "Queued"
+    world.finish("one", 0)
+    world.wait_phase("two", "Running", timeout=30)

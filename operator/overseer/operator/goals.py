@@ -15,7 +15,7 @@ from . import dispatch
 from .agent_resources import child_name
 from .conditions import is_true, same_conditions, set_condition
 from .dispatch import TERMINAL
-from .kube import now_iso, path
+from .kube import ApiError, now_iso, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
 
@@ -278,6 +278,17 @@ class GoalReconciler:
             self.rt.inflight[(ns, agent_name)].add(pod_name)
             try:
                 await self.rt.kube.create(path("v1", "pods", ns), pod)
+            except ApiError as e:
+                self.rt.inflight[(ns, agent_name)].discard(pod_name)
+                if e.status == 403 and "exceeded quota" in e.message:
+                    # The namespace's ResourceQuota is full: wait like any other queued goal.
+                    msg = f"pod {pod_name} would exceed a ResourceQuota: {e.message}"
+                    await self.update(raw, Phase.QUEUED, "QuotaExceeded", msg,
+                                      [*dep_condition, ("Dispatched", False, "QuotaExceeded", msg)],
+                                      event_type="Warning", agent=agent_name, waitingFor=[])
+                    return self.rt.settings.retry_backoff_seconds
+                await self.rt.kube.post_event(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
+                raise
             except Exception:
                 self.rt.inflight[(ns, agent_name)].discard(pod_name)
                 raise

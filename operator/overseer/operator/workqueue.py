@@ -66,6 +66,7 @@ class WorkQueue:
     async def stop(self) -> None:
         for _, handle in self._timers.values():
             handle.cancel()
+        self._timers.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
