@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kube import now_iso
+from overseer.kube import now_iso
 
 
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str,

@@ -15,7 +15,7 @@ from . import dispatch
 from .agent_resources import child_name
 from .conditions import is_true, same_conditions, set_condition
 from .dispatch import TERMINAL
-from .kube import ApiError, now_iso, path
+from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
 

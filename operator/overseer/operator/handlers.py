@@ -22,7 +22,7 @@ from .capabilities import CapabilityReconciler
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
 from .goals import GoalReconciler
-from .kube import Kube
+from overseer.kube import Kube
 from .runtime import Runtime
 from .settings import Settings
 
@@ -225,7 +225,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
         return info
 
     config = Settings()
-    rt = Runtime(kube=Kube(login, pool_size=max(8, config.workers * 2)), settings=config,
+    rt = Runtime(kube=Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2)), settings=config,
                  indexes={name: kwargs[name] for name in INDEXES})
     memo.operator = Operator(rt)
     memo.operator.start()

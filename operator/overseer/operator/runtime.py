@@ -10,7 +10,7 @@ from typing import Any
 
 from overseer.api import API_VERSION
 
-from .kube import Kube, path
+from overseer.kube import Kube, path
 from .settings import Settings
 from .workqueue import WorkQueue
 

@@ -1,8 +1,9 @@
-"""A small async Kubernetes client for the operator's writes.
+"""A small async Kubernetes client, shared by the operator and the agent runtime.
 
-kopf watches; this client writes. One pooled aiohttp session carries every request, and
-bodies stay plain dicts: the official client's model objects cost CPU and memory on the
-hot path for nothing the operator needs.
+One pooled aiohttp session carries every request, and bodies stay plain dicts: the official
+client's model objects cost CPU and memory on the hot path for nothing Overseer needs. The
+official client is used only to find credentials (kubeconfig or in-cluster), so every
+authentication method it knows works here too.
 """
 
 from __future__ import annotations
@@ -12,16 +13,65 @@ import json
 import logging
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-import kopf
 
 logger = logging.getLogger(__name__)
 
-FIELD_MANAGER = "overseer-operator"
+
+class Credentials(Protocol):
+    """Where and how to reach the API server; kopf.ConnectionInfo fits."""
+
+    server: str
+    ca_path: Any
+    ca_data: Any
+    insecure: bool | None
+    username: str | None
+    password: str | None
+    scheme: str | None
+    token: str | None
+    certificate_path: Any
+    certificate_data: Any
+    private_key_path: Any
+    private_key_data: Any
+
+
+@dataclass
+class StaticCredentials:
+    server: str
+    ca_path: str | None = None
+    ca_data: str | None = None
+    insecure: bool | None = None
+    username: str | None = None
+    password: str | None = None
+    scheme: str | None = None
+    token: str | None = None
+    certificate_path: str | None = None
+    certificate_data: str | None = None
+    private_key_path: str | None = None
+    private_key_data: str | None = None
+
+
+def load_credentials() -> StaticCredentials:
+    """Credentials from $KUBECONFIG (or ~/.kube/config) if present, else the pod's ServiceAccount."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(client_configuration=cfg, persist_config=False)
+    except config.ConfigException:
+        config.load_incluster_config(client_configuration=cfg)
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme, token = (auth.split(" ", 1) if auth and " " in auth else ("Bearer", auth))
+    return StaticCredentials(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl, scheme=scheme, token=token,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        username=cfg.username or None, password=cfg.password or None,
+    )
 
 
 class ApiError(Exception):
@@ -53,7 +103,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+def _ssl_context(info: Credentials) -> ssl.SSLContext | bool:
     if info.insecure:
         return False
     ctx = ssl.create_default_context()
@@ -87,15 +137,17 @@ def _to_file(data: str | bytes) -> str:
 class Kube:
     """Async REST calls to the API server with one shared connection pool."""
 
-    def __init__(self, login: Callable[[], Awaitable[kopf.ConnectionInfo]], pool_size: int = 32) -> None:
+    def __init__(self, login: Callable[[], Awaitable[Credentials]], field_manager: str,
+                 pool_size: int = 32) -> None:
         self._login = login
+        self.field_manager = field_manager
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
     async def _connect(self) -> aiohttp.ClientSession:
         info = await self._login()
-        headers = {"User-Agent": FIELD_MANAGER, "Accept": "application/json"}
+        headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         elif info.username and info.password:
@@ -158,14 +210,14 @@ class Kube:
         """Server-side apply under the operator's field manager: create or converge in one call."""
         return await self.request(
             "PATCH", url_path, body=body, content_type="application/apply-patch+yaml",
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            params={"fieldManager": self.field_manager, "force": "true"},
         )
 
     async def merge_patch(self, url_path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch; None if the object is gone."""
         try:
             return await self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json",
-                                      params={"fieldManager": FIELD_MANAGER})
+                                      params={"fieldManager": self.field_manager})
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -181,6 +233,18 @@ class Kube:
                 return False
             raise
 
+    async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Watch events ({type, object}) of a collection until the server ends the stream."""
+        session = self._session or await self._connect()
+        query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}
+        async with session.get(self._server + url_path, params=query,
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=330)) as resp:
+            if resp.status >= 300:
+                raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path)
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
+
     async def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Record a Kubernetes Event on obj (shown by kubectl describe); never raises."""
         meta = obj.get("metadata", {})
@@ -194,8 +258,8 @@ class Kube:
                 "namespace": meta.get("namespace"), "uid": meta.get("uid"),
             },
             "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER, "reportingInstance": FIELD_MANAGER,
+            "source": {"component": self.field_manager},
+            "reportingComponent": self.field_manager, "reportingInstance": self.field_manager,
             "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
         }
         try:
