@@ -14,6 +14,8 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make bench         dispatch benchmark (N = $(BENCH_GOALS)) into docs/performance.md; BENCH_GOALS=100,1000,5000"
+	@echo "make bench-smoke   the same at N = 100, printed only"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,16 @@ crds: venv
 
 demo: venv cluster
 	$(BIN)/python -m e2e.demo
+
+BENCH_GOALS ?= 100,1000
+BENCH_REPEAT ?= 3
+BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
+.PHONY: bench bench-smoke
+bench: venv cluster-build
+	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --docs docs/performance.md $(BENCH_ARGS)
+
+bench-smoke: venv cluster-build
+	$(BIN)/python -m e2e.bench.dispatch --goals 100 $(BENCH_ARGS)
 
 clean: cluster-down
 	rm -rf .cache/control-plane/run

@@ -7,12 +7,14 @@ the ``cluster`` fixture starts it and stops it again at the end of the session.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from e2e import harness
 from e2e.harness import Cluster, K8s, Kubectl, OperatorProcess
+from e2e.agent_runner import AgentRunner, ModelServer
+from e2e.world import FAST, World
 
 E2E_DIR = Path(__file__).resolve().parent
 E2E_TIMEOUT_S = 600
@@ -145,3 +147,47 @@ def operator(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -
     factory = OperatorFactory(cluster, tmp_path, request.node)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def world(namespace: str, kubectl: Kubectl, crds: Any, operator: OperatorFactory, exit_pod: Any) -> World:
+    """A namespace with the operator running on it (fast retries) and an API key Secret."""
+    op = operator.start(namespace, env=FAST)
+    w = World(namespace, kubectl, op, exit_pod)
+    w.secret()
+    return w
+
+
+@pytest.fixture
+def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path) -> Iterator[Any]:
+    """start(scenario_turns, **agent) -> (model server, runner): a scripted model for this
+    namespace's goals, an Agent pointing at it, and the kubelet's part for goal pods."""
+    started: list[Any] = []
+
+    def start(conversations: dict[str, list[Any]], capabilities: str = "[]", budget: str = "",
+              faults: Any = None) -> tuple[ModelServer, AgentRunner]:
+        scenario: dict[str, Any] = {"follow_history": True,
+                                    "conversations": {f"{world.ns}/{k}": v for k, v in conversations.items()}}
+        if faults:
+            scenario["faults"] = faults
+        model = ModelServer(scenario, tmp_path)
+        runner = AgentRunner(cluster, k8s, world.ns, tmp_path).start()
+        started.extend([model, runner])
+        world.apply(f"""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {{name: coder}}
+spec:
+  role: Python engineer
+  model: {{name: claude-sonnet-5-5, maxTokens: 4096, baseURL: "{model.url}",
+           apiKeySecretRef: {{name: anthropic, key: api-key}}}}
+  capabilities: {capabilities}
+  maxConcurrentGoals: 2
+{budget}
+""")
+        world.wait_condition("agent", "coder", "Ready", "True")
+        return model, runner
+
+    yield start
+    for thing in reversed(started):
+        thing.stop()

@@ -1,10 +1,10 @@
 """`make demo`: the local cluster, the CRDs, the operator, and the sample Agent, Capability
-and Goals from manifests/samples/, watched until every Goal is done.
+and Goals from manifests/samples/, worked on by the agent runtime until every Goal is done.
 
-The agent runtime is not part of this release yet, so the demo plays the container's part:
-each goal pod "exits 0" a few seconds after it starts running, and kwok reports it Succeeded
-as a kubelet would. Everything else (dispatch, dependencies, status, events) is the real
-operator on a real API server.
+kwok runs no containers, so the demo plays the kubelet's part: for each goal pod it runs
+`overseer-agent` locally with the pod's environment and ServiceAccount token (e2e/agent_runner.py).
+With ANTHROPIC_API_KEY set, the agent calls Claude; without it, a scripted model stands in
+(e2e/demo-scenario.yaml) and the demo says so.
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import base64
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from e2e import harness
+from e2e.agent_runner import AgentRunner, ModelServer
 
 NAMESPACE = "overseer-demo"
 SAMPLES = harness.REPO / "manifests" / "samples"
-WORK_SECONDS = 3.0  # how long each scripted pod "works" before it exits
+SCENARIO = harness.REPO / "e2e" / "demo-scenario.yaml"
 
 
 def main() -> int:
@@ -36,7 +42,14 @@ def main() -> int:
     if kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0:
         kubectl("delete", "namespace", NAMESPACE, "--wait=true", timeout=120)
     harness.create_namespace(k8s, NAMESPACE)
-    key = os.environ.get("ANTHROPIC_API_KEY", "not-used-by-this-demo")
+    key = os.environ.get("ANTHROPIC_API_KEY", "")
+    workdir = Path(tempfile.mkdtemp(prefix="overseer-demo-"))
+    model = None
+    if not key:
+        model = ModelServer(yaml.safe_load(SCENARIO.read_text()), workdir)
+        print(f"==> ANTHROPIC_API_KEY is not set: a SCRIPTED model stands in for Claude at {model.url}")
+        print(f"    (its answers come from {SCENARIO.relative_to(harness.REPO)}, not from a real model)")
+        key = "scripted"
     kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "anthropic"},
         "data": {"api-key": base64.b64encode(key.encode()).decode()}}))
@@ -46,11 +59,16 @@ def main() -> int:
     log.unlink(missing_ok=True)
     print(f"==> starting overseer-operator (log: {log})")
     op = harness.OperatorProcess(cluster, NAMESPACE, log).start()
+    runner = AgentRunner(cluster, k8s, NAMESPACE, workdir, shared_workspace=True).start()
     try:
         print(f"==> kubectl apply -f {SAMPLES.relative_to(harness.REPO)}/")
         print(kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLES)).stdout.rstrip())
-        print("==> scripted agent: each goal pod exits 0 after %.0fs of \"work\"" % WORK_SECONDS)
-        watch(kubectl, k8s)
+        if model is not None:
+            kubectl("patch", "agent", "coder", "-n", NAMESPACE, "--type=merge",
+                    "-p", json.dumps({"spec": {"model": {"baseURL": model.url}}}))
+            print(f"    (Agent coder patched with spec.model.baseURL={model.url})")
+        print(f"==> an agent process runs for each goal pod, working in {runner.workspace('fix-ci')}")
+        watch(kubectl)
         harness.wait_for(lambda: json.loads(kubectl("get", "agent", "coder", "-n", NAMESPACE, "-o", "json").stdout)
                          ["status"].get("succeededGoals") == 2, description="agent coder counting both goals")
         print("\n==> what the operator created for Agent coder")
@@ -59,35 +77,35 @@ def main() -> int:
         print("\n==> events of Goal fix-ci")
         print(kubectl("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=fix-ci",
                       "--sort-by=.lastTimestamp").stdout.rstrip())
+        for goal in ("setup-repo", "fix-ci"):
+            result = kubectl("get", "goal", goal, "-n", NAMESPACE, "-o", "jsonpath={.status.result}").stdout
+            print(f"\n==> {goal} reported: {result}")
+        print("\n==> the goals' workspace")
+        for f in sorted(runner.workspace("fix-ci").glob("*.py")):
+            print(f"--- {f.name}\n{f.read_text().rstrip()}")
     finally:
+        runner.stop()
         op.stop()
+        if model is not None:
+            model.stop()
     print(f"\nThe cluster keeps running: export KUBECONFIG={cluster.kubeconfig}; stop it with make cluster-down")
     return 0
 
 
-def watch(kubectl: harness.Kubectl, k8s: harness.K8s, timeout: float = 180) -> None:
-    """Print `kubectl get goals` whenever it changes; finish running pods like their container would."""
-    running_since: dict[str, float] = {}
-    last: list[tuple[str, str | None]] = []
+def watch(kubectl: harness.Kubectl, timeout: float = 180) -> None:
+    """Print `kubectl get goals` whenever a goal's phase or progress moves, until all are done."""
+    last: list[tuple[str, Any, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         goals = json.loads(kubectl("get", "goals", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        phases = [(g.get("status") or {}).get("phase") for g in goals]
-        seen = [(g["metadata"]["name"], p) for g, p in zip(goals, phases)]
-        if seen != last:  # print the table when a phase moves, not when AGE ticks
+        seen = [(g["metadata"]["name"], (g.get("status") or {}).get("phase"), (g.get("status") or {}).get("iteration"))
+                for g in goals]
+        if seen != last:  # print the table when something moves, not when AGE ticks
             table = kubectl("get", "goals", "-n", NAMESPACE).stdout.rstrip()
             print(f"\n$ kubectl get goals -n {NAMESPACE}    # {time.strftime('%H:%M:%S')}\n{table}", flush=True)
             last = seen
-        if goals and all(p in ("Succeeded", "Failed", "Cancelled") for p in phases):
+        if goals and all(phase in ("Succeeded", "Failed", "Cancelled") for _, phase, _ in seen):
             return
-        pods = json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        for pod in pods:
-            name = pod["metadata"]["name"]
-            if (pod.get("status") or {}).get("phase") == "Running" and \
-                    harness.EXIT_CODE_ANNOTATION not in (pod["metadata"].get("annotations") or {}):
-                since = running_since.setdefault(name, time.monotonic())
-                if time.monotonic() - since >= WORK_SECONDS:
-                    harness.exit_pod(k8s, NAMESPACE, name, 0)
         time.sleep(0.5)
     raise SystemExit(f"goals did not finish within {timeout:.0f}s; see kubectl describe goals -n {NAMESPACE}")
 

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from e2e.harness import REPO
-from e2e.test_operator import FAST, World
+from e2e.world import FAST, World
 
 
 def operator_kubeconfig(cluster: Any, kubectl: Any, path: Path) -> Path:

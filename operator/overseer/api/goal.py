@@ -121,6 +121,19 @@ class PendingApproval(ApiModel):
     """When the agent asked."""
 
 
+class ApprovalDecision(ApiModel):
+    """A person's answer to a pending approval, taken from the Goal's annotations."""
+
+    id: str
+    """The approval's id."""
+    decision: Literal["approved", "denied"]
+    """approved or denied."""
+    decided_by: str
+    """Who set the annotation, as the API server recorded it (field manager)."""
+    decided_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When the annotation was set."""
+
+
 class GoalStatus(ApiModel):
     """Observed state of a Goal."""
 
@@ -156,8 +169,14 @@ class GoalStatus(ApiModel):
     """Last sign of life from the agent."""
     result: str | None = None
     """What the agent reported when it finished."""
+    failure_reason: str | None = None
+    """Why the agent gave up, when it did (e.g. BudgetExhausted, Refusal); such a failure is not retried."""
+    last_tool: str | None = None
+    """The agent's latest tool call, in one line."""
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
     """Requests waiting for approval."""
+    decisions: list[ApprovalDecision] = Field(default_factory=list)
+    """Approvals and denials so far."""
     started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the first attempt started."""
     completed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})

@@ -13,7 +13,7 @@ from overseer.api import Agent, Capability, Phase
 from . import agent_resources as render
 from .conditions import is_true, same_conditions, set_condition
 from overseer.kube import path
-from .runtime import Key, Raw, Runtime, agent_path
+from .runtime import Key, Runtime, agent_path
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from overseer.api import Agent, Goal, Phase, parse_duration
+from overseer.api import GROUP, Agent, Goal, Phase, parse_duration
 from overseer.api.meta import LABEL_ATTEMPT
 
 from . import dispatch
@@ -22,6 +22,29 @@ from .runtime import Key, Raw, Runtime, goal_path
 logger = logging.getLogger(__name__)
 
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
+EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
+ANNOTATION_APPROVE = f"{GROUP}/approve"
+ANNOTATION_DENY = f"{GROUP}/deny"
+
+
+def record_decisions(raw: Raw) -> list[dict[str, Any]]:
+    """status.decisions plus any new approve/deny annotation, with who set it and when, as the
+    API server's managedFields tell (the agent's own ServiceAccount cannot set these)."""
+    decisions = list((raw.get("status") or {}).get("decisions") or [])
+    known = {d["id"] for d in decisions}
+    notes = raw["metadata"].get("annotations") or {}
+    for key, verdict in ((ANNOTATION_APPROVE, "approved"), (ANNOTATION_DENY, "denied")):
+        approval_id = notes.get(key)
+        if not approval_id or approval_id in known:
+            continue
+        by, at = "unknown", now_iso()
+        for entry in raw["metadata"].get("managedFields") or []:
+            fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
+            if f"f:{key}" in fields:
+                by, at = entry.get("manager", by), entry.get("time", at)
+        decisions.append({"id": approval_id, "decision": verdict, "decidedBy": by, "decidedAt": at})
+        known.add(approval_id)
+    return decisions
 
 
 def _ts(text: str) -> datetime:
@@ -160,13 +183,7 @@ class GoalReconciler:
             self.rt.inflight.get((ns, agent_name or ""), set()).discard(latest["metadata"]["name"])
             outcome = dispatch.pod_outcome(latest)
             if outcome.state == "live":
-                # Also adopts a pod created just before a crash, before its status was written.
-                await self.update(raw, Phase(phase) if phase in LIVE else Phase.RUNNING, "Running",
-                                  f"attempt {latest_attempt} running in pod {latest['metadata']['name']}",
-                                  [("Dispatched", True, "PodCreated", latest["metadata"]["name"])],
-                                  agent=agent_name, pod=latest["metadata"]["name"], attempt=latest_attempt,
-                                  startedAt=status.get("startedAt") or now_iso())
-                return next_look
+                return await self.running(raw, latest, latest_attempt, agent_name, next_look)
             if outcome.state == "succeeded":
                 await self.update(raw, Phase.SUCCEEDED, "Succeeded",
                                   f"attempt {latest_attempt} succeeded",
@@ -183,10 +200,48 @@ class GoalReconciler:
 
         return await self.dispatch(raw, goal, attempt, now, next_look)
 
+    async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
+                      next_look: float | None) -> float | None:
+        """A live pod works on the goal: Running, or AwaitingApproval while the agent waits for a
+        person. Also adopts a pod created just before a crash, before its status was written."""
+        status = raw.get("status") or {}
+        name, pod_name = raw["metadata"]["name"], pod["metadata"]["name"]
+        pending = status.get("pendingApprovals") or []
+        if pending:
+            first = pending[0]["id"]
+            phase, reason = Phase.AWAITING_APPROVAL, "ApprovalRequested"
+            message = (f"{pending[0].get('summary', first)} -- approve with: kubectl annotate goal/{name} "
+                       f"{ANNOTATION_APPROVE}={first} (or {ANNOTATION_DENY}={first})")
+        else:
+            phase, reason = Phase.RUNNING, "Running"
+            message = f"attempt {attempt} running in pod {pod_name}"
+        timeout = self.rt.settings.heartbeat_timeout_seconds
+        beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
+        if timeout and not pending and beat and (_now() - _ts(beat)).total_seconds() > timeout:
+            msg = f"no heartbeat from pod {pod_name} since {beat}; replacing it"
+            await self.rt.kube.post_event(raw, "Warning", "HeartbeatLost", msg)
+            await self.delete_live_pods([pod])
+            return 1.0
+        decisions = record_decisions(raw)
+        extra = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
+        await self.update(raw, phase, reason, message,
+                          [("Dispatched", True, "PodCreated", pod_name)], agent=agent_name, pod=pod_name,
+                          attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)
+        if timeout and not pending:
+            next_look = min(next_look, timeout) if next_look else timeout
+        return next_look
+
     async def attempt_failed(self, raw: Raw, goal: Goal, attempt: int, reason: str, exit_code: int | None,
                              pod: str) -> float | None:
         status = raw.get("status") or {}
         detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
+        if exit_code == EXIT_GAVE_UP:
+            # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
+            why = status.get("failureReason") or "AgentGaveUp"
+            msg = f"attempt {attempt}: {status.get('result') or why} ({detail}); not retried"
+            await self.update(raw, Phase.FAILED, why, msg, [("Complete", False, why, msg)], event_type="Warning",
+                              attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
+            return None
         if attempt > goal.spec.max_retries:
             msg = f"attempt {attempt} failed ({detail}); no retries left (spec.maxRetries {goal.spec.max_retries})"
             await self.update(raw, Phase.FAILED, "RetriesExhausted", msg,

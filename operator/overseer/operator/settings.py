@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     """Delay before the first retry of a failed attempt; doubles per attempt."""
     retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
     """Upper bound of the retry delay."""
+    heartbeat_timeout_seconds: float = Field(default=300.0, ge=0)
+    """A running goal whose agent has not reported for this long gets its pod replaced; 0 = never."""
     secret_recheck_seconds: float = Field(default=30.0, gt=0)
     """How soon an Agent whose API key Secret is missing is checked again (Secrets are not watched)."""
     model_egress_cidrs: list[str] = ["0.0.0.0/0"]

@@ -1,0 +1,156 @@
+"""The agent's link to its Goal object: it follows the Goal's spec and annotations as they
+change, and writes its own part of the status with server-side apply.
+
+The agent owns progress fields (iteration, tokens, progress, heartbeat, result, pending
+approvals); the operator owns phase and conditions. Server-side apply under the agent's own
+field manager keeps the two from overwriting each other. Approvals are read from annotations,
+which the agent's ServiceAccount cannot write: it can never approve itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from overseer.api import API_VERSION, GROUP
+from overseer.kube import ApiError, Kube, now_iso, path
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "overseer-agent"
+ANNOTATION_APPROVE = f"{GROUP}/approve"
+ANNOTATION_DENY = f"{GROUP}/deny"
+ANNOTATION_DENY_REASON = f"{GROUP}/deny-reason"
+ANNOTATION_STEER = f"{GROUP}/steer"
+
+
+class GoalLink:
+    def __init__(self, kube: Kube, namespace: str, name: str, heartbeat_seconds: float = 10.0) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.name = name
+        self.goal: dict[str, Any] = {}
+        self.changed = asyncio.Event()
+        self._state: dict[str, Any] = {}
+        self._heartbeat_seconds = heartbeat_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        return path(API_VERSION, "goals", self.namespace, self.name)
+
+    async def load(self) -> dict[str, Any]:
+        goal = await self.kube.get(self.url)
+        if goal is None:
+            raise LookupError(f"Goal {self.namespace}/{self.name} does not exist")
+        self.goal = goal
+        return goal
+
+    def start(self) -> None:
+        """Follow the Goal and keep the heartbeat fresh until stop()."""
+        self._tasks = [asyncio.create_task(self._follow(), name="goal-watch"),
+                       asyncio.create_task(self._heartbeat(), name="heartbeat")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ---- reading ------------------------------------------------------------------------
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.goal.get("metadata", {}).get("annotations") or {}
+
+    @property
+    def cancelled(self) -> bool:
+        return bool((self.goal.get("spec") or {}).get("cancel")) or bool(
+            self.goal.get("metadata", {}).get("deletionTimestamp"))
+
+    def decision(self, approval_id: str) -> tuple[str, str] | None:
+        """("approved"|"denied", reason) once a person has decided on approval_id."""
+        notes = self.annotations
+        if notes.get(ANNOTATION_APPROVE) == approval_id:
+            return "approved", ""
+        if notes.get(ANNOTATION_DENY) == approval_id:
+            return "denied", notes.get(ANNOTATION_DENY_REASON, "")
+        return None
+
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait for a change of the Goal after which predicate() is truthy; return its value."""
+        async def waiting() -> Any:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                self.changed.clear()
+                await self.changed.wait()
+        return await asyncio.wait_for(waiting(), timeout)
+
+    async def _follow(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                rv = (self.goal.get("metadata") or {}).get("resourceVersion")
+                params = {"fieldSelector": f"metadata.name={self.name}"}
+                if rv:
+                    params["resourceVersion"] = rv
+                async for event in self.kube.watch(path(API_VERSION, "goals", self.namespace), params):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self.goal = event["object"]
+                        self.changed.set()
+                    elif event.get("type") == "DELETED":
+                        self.goal.setdefault("metadata", {})["deletionTimestamp"] = now_iso()
+                        self.changed.set()
+                    elif event.get("type") == "ERROR":  # resourceVersion too old: read afresh
+                        await self.load()
+                        self.changed.set()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the watch is re-established
+                logger.debug("goal watch ended: %s", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                with contextlib.suppress(Exception):
+                    await self.load()
+                    self.changed.set()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    async def report(self, **fields: Any) -> None:
+        """Set agent-owned status fields (camelCase) and apply the whole agent-owned set: with
+        server-side apply, a field left out would be given up."""
+        self._state.update(fields)
+        await self._apply()
+
+    async def _apply(self) -> None:
+        async with self._write_lock:
+            body = {"apiVersion": API_VERSION, "kind": "Goal",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    # None means "not mine any more": left out, server-side apply drops the field.
+                    "status": {**{k: v for k, v in self._state.items() if v is not None}, "heartbeat": now_iso()}}
+            try:
+                await self.kube.request(
+                    "PATCH", self.url + "/status", body=body, content_type="application/apply-patch+yaml",
+                    params={"fieldManager": FIELD_MANAGER, "force": "true"})
+            except ApiError as e:
+                if e.status == 404:
+                    raise LookupError(f"Goal {self.namespace}/{self.name} is gone") from e
+                raise
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            try:
+                await self._apply()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried next time
+                logger.warning("heartbeat not written: %s", e)

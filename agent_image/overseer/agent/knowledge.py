@@ -1,0 +1,1152 @@
+"""The shared knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
+approvals audit.
+
+One `KnowledgeBase` per agent process holds a single async connection, reconnects on its own
+and applies the schema migrations on every connect. Writes never block the execution loop on
+an outage: what cannot be written now is queued in memory and in a local spool file, and a
+background task replays it in order once PostgreSQL answers again. Reads during an outage
+return None or an empty list at once.
+
+Patterns are extracted inside PostgreSQL by a statement trigger on `experiences`, so one
+recorded goal and a million seeded ones go through the same code. Lessons for a new goal are
+found through the recent experiences most like it (full-text search) and the patterns those
+followed, ranked by text rank, recency and how often the pattern worked.
+
+`GoalCheckpoints` gives the execution loop one goal's checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Message = dict[str, Any]
+"""An Anthropic Messages API message: {"role": ..., "content": [...]}."""
+
+# "overseer" in ASCII: the key of the advisory lock that serializes migrations across pods.
+MIGRATION_LOCK = 0x6F76657273656572
+
+QUERY_TERMS = 6          # terms of a new goal's description used to find similar experiences
+COMMON_LEXEME = 0.5      # share of experiences above which a term says little about a goal
+FREQUENCY_TTL = 300.0    # seconds the planner's lexeme frequencies are cached
+
+# ---- schema --------------------------------------------------------------------------------
+
+_SCHEMA_V1 = r"""
+CREATE TABLE checkpoints (
+    goal_uid       text PRIMARY KEY,
+    iteration      integer NOT NULL DEFAULT 0,
+    message_count  integer NOT NULL DEFAULT 0,
+    todos          jsonb NOT NULL DEFAULT '{}',
+    counters       jsonb NOT NULL DEFAULT '{}',
+    last_write     text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per message, appended: a checkpoint never rewrites the history before it.
+CREATE TABLE checkpoint_messages (
+    goal_uid  text NOT NULL REFERENCES checkpoints (goal_uid) ON DELETE CASCADE,
+    seq       integer NOT NULL,
+    message   jsonb NOT NULL,
+    PRIMARY KEY (goal_uid, seq)
+);
+
+-- Error messages that differ only in numbers, paths and ids group together.
+CREATE FUNCTION overseer_normalize_error(err text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT nullif(left(
+        regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+            lower(regexp_replace(btrim(err), '\s+', ' ', 'g')),
+            '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'g'),
+            '\m0x[0-9a-f]+\M', '<hex>', 'g'),
+            '\m(?=[0-9a-f]*[0-9])[0-9a-f]{7,}\M', '<hex>', 'g'),
+            '(?:[a-z]:)?(?:[\w.~-]*/)+[\w.~-]+/?', '<path>', 'g'),
+            '\d+(?:\.\d+)*', '<n>', 'g'),
+        300), '')
+$$;
+
+-- The approach: the first tools used, repeats of one tool in a row collapsed.
+CREATE FUNCTION overseer_approach(actions jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT nullif(string_agg(tool, ' > ' ORDER BY n), '')
+    FROM (SELECT tool, n, row_number() OVER (ORDER BY n) AS step
+          FROM (SELECT a ->> 'tool' AS tool, n, lag(a ->> 'tool') OVER (ORDER BY n) AS previous
+                FROM jsonb_array_elements(actions) WITH ORDINALITY AS t (a, n)) steps
+          WHERE previous IS DISTINCT FROM tool) collapsed
+    WHERE step <= 6
+$$;
+
+-- The key actions in words: "bash (pytest -x: 1 failed) → edit_file (parser.py) → ...".
+CREATE FUNCTION overseer_steps(actions jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT left(coalesce(string_agg(a ->> 'tool'
+               || CASE WHEN coalesce(a ->> 'outcome', '') = '' THEN ''
+                       ELSE ' (' || left(a ->> 'outcome', 60) || ')' END,
+               ' → ' ORDER BY n) FILTER (WHERE n <= 8), '')
+           || CASE WHEN count(*) > 8 THEN ' → …' ELSE '' END, 400)
+    FROM jsonb_array_elements(actions) WITH ORDINALITY AS t (a, n)
+$$;
+
+CREATE TABLE experiences (
+    id                uuid PRIMARY KEY,
+    goal_uid          text NOT NULL,
+    goal_name         text NOT NULL,
+    namespace         text NOT NULL,
+    agent             text NOT NULL,
+    description       text NOT NULL,
+    context_summary   text NOT NULL DEFAULT '',
+    actions           jsonb NOT NULL DEFAULT '[]',
+    outcome           text NOT NULL DEFAULT '',
+    success           boolean NOT NULL,
+    tokens            bigint NOT NULL DEFAULT 0,
+    duration_seconds  double precision NOT NULL DEFAULT 0,
+    error             text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    search            tsvector GENERATED ALWAYS AS (
+                          setweight(to_tsvector('english', left(description, 4000)), 'A')
+                          || setweight(to_tsvector('english', left(outcome, 2000)), 'B')) STORED,
+    approach          text GENERATED ALWAYS AS (overseer_approach(actions)) STORED,
+    error_key         text GENERATED ALWAYS AS (overseer_normalize_error(error)) STORED
+);
+-- fastupdate off: a pending list would be scanned in full by every search until vacuumed.
+CREATE INDEX experiences_search ON experiences USING gin (search) WITH (fastupdate = off);
+-- Lessons take the most recent matches: with a common query the planner walks this index
+-- backwards and stops early; with a rare one it takes the GIN index.
+CREATE INDEX experiences_created ON experiences (created_at);
+CREATE INDEX experiences_goal_uid ON experiences (goal_uid);
+
+-- What an agent did and what went wrong, aggregated over all goals: 'success' patterns are
+-- tool sequences (counted for every goal that followed one, succeeded or not), 'error'
+-- patterns normalized error messages. `search` is the pattern's own text.
+CREATE TABLE patterns (
+    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind                 text NOT NULL CHECK (kind IN ('success', 'error')),
+    agent                text NOT NULL,
+    key                  text NOT NULL,
+    task                 text NOT NULL,
+    detail               text NOT NULL,
+    outcome              text,
+    success_count        integer NOT NULL DEFAULT 0,
+    failure_count        integer NOT NULL DEFAULT 0,
+    usage_count          integer NOT NULL DEFAULT 0,
+    usage_success_count  integer NOT NULL DEFAULT 0,
+    first_seen           timestamptz NOT NULL DEFAULT now(),
+    last_seen            timestamptz NOT NULL DEFAULT now(),
+    search               tsvector GENERATED ALWAYS AS (
+                             to_tsvector('english', left(detail, 1000) || ' '
+                                                    || coalesce(left(outcome, 500), ''))) STORED,
+    UNIQUE (kind, agent, key)
+);
+CREATE INDEX patterns_search ON patterns USING gin (search) WITH (fastupdate = off);
+CREATE INDEX patterns_last_seen ON patterns (last_seen);
+
+CREATE TABLE lesson_usage (
+    write_id    text NOT NULL,
+    pattern_id  bigint NOT NULL REFERENCES patterns (id) ON DELETE CASCADE,
+    goal_uid    text,
+    success     boolean NOT NULL,
+    used_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (write_id, pattern_id)
+);
+CREATE INDEX lesson_usage_pattern ON lesson_usage (pattern_id);
+
+CREATE TABLE decisions (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    goal_uid     text NOT NULL,
+    approval_id  text NOT NULL,
+    kind         text NOT NULL,
+    summary      text NOT NULL DEFAULT '',
+    decision     text NOT NULL CHECK (decision IN ('approved', 'denied')),
+    decided_by   text NOT NULL,
+    decided_at   timestamptz NOT NULL,
+    reason       text NOT NULL DEFAULT '',
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (goal_uid, approval_id)
+);
+
+-- Patterns from the experiences one statement inserted (a single goal or a seeded million).
+CREATE FUNCTION overseer_learn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO patterns AS p (kind, agent, key, task, detail, outcome, success_count, failure_count,
+                               first_seen, last_seen)
+    SELECT 'success', agent, approach,
+           (array_agg(description ORDER BY success DESC, created_at DESC))[1],
+           (array_agg(overseer_steps(actions) ORDER BY success DESC, created_at DESC))[1],
+           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
+           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+           min(created_at), max(created_at)
+    FROM new_experiences
+    WHERE approach IS NOT NULL
+    GROUP BY agent, approach
+    ON CONFLICT (kind, agent, key) DO UPDATE SET
+        task = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.task ELSE p.task END,
+        detail = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.detail ELSE p.detail END,
+        outcome = coalesce(EXCLUDED.outcome, p.outcome),
+        success_count = p.success_count + EXCLUDED.success_count,
+        failure_count = p.failure_count + EXCLUDED.failure_count,
+        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
+
+    INSERT INTO patterns AS p (kind, agent, key, task, detail, outcome, success_count, failure_count,
+                               first_seen, last_seen)
+    SELECT 'error', agent, error_key,
+           (array_agg(description ORDER BY created_at DESC))[1],
+           (array_agg(left(error, 300) ORDER BY created_at DESC))[1],
+           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
+           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+           min(created_at), max(created_at)
+    FROM new_experiences
+    WHERE error_key IS NOT NULL
+    GROUP BY agent, error_key
+    ON CONFLICT (kind, agent, key) DO UPDATE SET
+        task = EXCLUDED.task,
+        detail = EXCLUDED.detail,
+        outcome = coalesce(EXCLUDED.outcome, p.outcome),
+        success_count = p.success_count + EXCLUDED.success_count,
+        failure_count = p.failure_count + EXCLUDED.failure_count,
+        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER experiences_learn AFTER INSERT ON experiences
+    REFERENCING NEW TABLE AS new_experiences
+    FOR EACH STATEMENT EXECUTE FUNCTION overseer_learn();
+"""
+
+# Synthetic experiences for benchmarks: templated tasks over a skewed set of components,
+# a few approaches with different success rates, and errors that differ in numbers and paths.
+_SCHEMA_V2 = r"""
+CREATE FUNCTION overseer_seed_experiences(n integer, agent_name text DEFAULT 'bench',
+                                          until timestamptz DEFAULT now(),
+                                          step interval DEFAULT '30 seconds') RETURNS bigint
+LANGUAGE sql AS $$
+    WITH words AS (
+        SELECT ARRAY['fix', 'add', 'update', 'refactor', 'migrate', 'debug', 'upgrade', 'document',
+                     'speed up', 'remove', 'rename', 'review'] AS verbs,
+               ARRAY['the flaky tests', 'the ci job', 'a memory leak', 'the timeout', 'the docs',
+                     'the api', 'the config', 'the build', 'the deployment', 'the metrics', 'the logging',
+                     'the error handling', 'the retries', 'the schema', 'the parser tests'] AS objects,
+               ARRAY['payment', 'order', 'user', 'search', 'report', 'image', 'email', 'session',
+                     'token', 'inventory', 'billing', 'shipping', 'catalog', 'audit', 'export',
+                     'import', 'webhook', 'ledger', 'pricing', 'review'] AS owners,
+               ARRAY['parser', 'scheduler', 'service', 'worker', 'client', 'controller', 'exporter',
+                     'importer', 'validator', 'cache', 'queue', 'gateway', 'router', 'store',
+                     'indexer', 'renderer', 'notifier', 'resolver', 'planner', 'syncer'] AS things,
+               ARRAY['[{"tool":"bash","outcome":"pytest -x: 1 failed"},{"tool":"edit_file","outcome":"fixed"},'
+                     '{"tool":"bash","outcome":"pytest: passed"}]',
+                     '[{"tool":"read_file"},{"tool":"edit_file"},{"tool":"bash","outcome":"make test"}]',
+                     '[{"tool":"bash","outcome":"git log"},{"tool":"read_file"},{"tool":"edit_file"}]',
+                     '[{"tool":"web_fetch"},{"tool":"edit_file"},{"tool":"bash","outcome":"build"}]',
+                     '[{"tool":"bash","outcome":"kubectl logs"},{"tool":"spawn_goal"}]',
+                     '[{"tool":"edit_file"}]']::jsonb[] AS approaches,
+               ARRAY[0.9, 0.75, 0.6, 0.5, 0.35, 0.2] AS rates
+    ), draws AS (
+        SELECT g, 1 + floor(random() * 12)::int AS v, 1 + floor(random() * 15)::int AS o,
+               1 + floor(power(random(), 2) * 20)::int AS ow, 1 + floor(power(random(), 2) * 20)::int AS th,
+               1 + floor(random() * 6)::int AS a, random() AS r, random() AS e,
+               until - (n - g) * step AS at
+        FROM generate_series(1, n) g
+    ), inserted AS (
+        INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, context_summary,
+                                 actions, outcome, success, tokens, duration_seconds, error, created_at)
+        SELECT gen_random_uuid(), gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name,
+               initcap(w.verbs[d.v]) || ' ' || w.objects[d.o] || ' in the ' || w.owners[d.ow] || ' '
+                   || w.things[d.th] || '. Details: kw' || floor(random() * 2000)::int || ' kw'
+                   || floor(random() * 2000)::int || '.',
+               '', w.approaches[d.a],
+               CASE WHEN d.r < w.rates[d.a] THEN 'done, checks pass' ELSE 'gave up' END,
+               d.r < w.rates[d.a], (1000 + random() * 50000)::bigint, random() * 600,
+               CASE WHEN d.r < w.rates[d.a] AND d.e > 0.1 THEN NULL
+                    ELSE (ARRAY['TimeoutError: timed out after ' || floor(d.e * 300)::int || ' seconds',
+                                'FileNotFoundError: /tmp/build-' || floor(d.e * 1e6)::int || '/out.log',
+                                'pytest: ' || floor(d.e * 40)::int || ' failed in tests/test_'
+                                    || w.things[d.th] || '.py',
+                                'exit status ' || floor(d.e * 255)::int,
+                                'HTTP 503 from gateway after ' || floor(d.e * 9000)::int || ' ms']
+                         )[1 + floor(d.e * 5)::int]
+               END,
+               d.at
+        FROM draws d, words w
+        ORDER BY d.at
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
+$$;
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
+    (2, "benchmark seed function", _SCHEMA_V2),
+]
+"""Versioned, append-only: a released migration is never edited, a new one is added."""
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+    """Apply the migrations this database lacks, each in its own transaction, under an
+    advisory lock so pods starting together do not race. Returns the versions applied."""
+    applied: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())")
+        cur = await conn.execute("SELECT version FROM schema_migrations")
+        done = {row[0] for row in await cur.fetchall()}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql.encode())  # bytes: run as one simple query, many statements
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                   (version, name))
+            applied.append(version)
+            logger.info("knowledge base: applied migration %d (%s)", version, name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+# ---- what is stored ------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """Where a goal's run stands: its whole conversation and the loop's state."""
+
+    goal_uid: str
+    iteration: int
+    messages: list[Message]
+    todos: Any
+    counters: dict[str, Any]
+    updated_at: datetime | None = None
+
+
+@dataclass
+class Action:
+    """One step of a goal: the tool used and a short note on how it went."""
+
+    tool: str
+    outcome: str = ""
+
+
+@dataclass
+class Experience:
+    """A finished goal, as the knowledge base learns from it."""
+
+    goal_uid: str
+    goal_name: str
+    namespace: str
+    agent: str
+    description: str
+    success: bool
+    outcome: str = ""
+    context_summary: str = ""
+    actions: list[Action] = field(default_factory=list)
+    tokens: int = 0
+    duration_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Lesson:
+    """A pattern worth telling the next goal, as prompt-ready text; `id` goes back to
+    `record_lesson_use`."""
+
+    id: int
+    kind: str
+    text: str
+    score: float
+    success_count: int
+    failure_count: int
+    usage_count: int
+
+
+@dataclass
+class Decision:
+    """A person's (or a policy's) answer to an approval request."""
+
+    goal_uid: str
+    approval_id: str
+    kind: str
+    summary: str
+    decision: str
+    decided_by: str
+    decided_at: datetime
+    reason: str = ""
+
+
+# ---- the knowledge base --------------------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """PostgreSQL cannot be reached (or stopped answering) right now."""
+
+
+_UNREACHABLE = object()  # what a read returns when PostgreSQL did not answer
+
+
+# Errors that mean "try again later" rather than "this write is wrong".
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass
+class _Write:
+    """One queued write; `id` makes its replay idempotent."""
+
+    op: str
+    args: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "op": self.op, "args": self.args}, default=str)
+
+
+class KnowledgeBase:
+    """The shared knowledge base of a cluster's agents.
+
+    Writes are applied at once when PostgreSQL answers and queued otherwise (in memory and in
+    `spool`, a local file); queued writes are replayed in order by a background task, and a
+    new instance given the same spool replays what an earlier process left behind. Writes do
+    not raise: a write PostgreSQL rejects as invalid is logged and dropped.
+    """
+
+    def __init__(self, dsn: str, *, spool: Path | str | None = None, connect_timeout: float = 2.0,
+                 query_timeout: float = 5.0, retry_delay: float = 0.5, max_retry_delay: float = 15.0,
+                 lesson_candidates: int = 50) -> None:
+        self.dsn = dsn
+        self.spool = Path(spool) if spool is not None else None
+        self.connect_timeout = connect_timeout
+        self.query_timeout = query_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.lesson_candidates = lesson_candidates
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()            # one user of the connection at a time
+        self._queue: deque[_Write] = deque()
+        self._counts: dict[str, int] = {}      # messages known to be in each goal's checkpoint
+        self._healthy = False
+        self._retry_at = 0.0                   # no new connection attempt from callers before this
+        self._replayer: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._wake = asyncio.Event()           # cuts a replay backoff short
+        self._closed = False
+        self._frequency_cache: tuple[float, dict[str, float]] = (0.0, {})
+        self._load_spool()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> bool:
+        """Connect (migrating the schema) and start replaying any spooled writes. Returns
+        whether PostgreSQL answered; without it the instance still queues writes."""
+        self._closed = False
+        try:
+            async with self._lock:
+                await self._connection(force=True)
+        except Unavailable:
+            pass
+        if self._queue:
+            self._kick()
+        return self._healthy
+
+    async def close(self) -> None:
+        """Stop replaying and disconnect; writes still queued stay in the spool."""
+        self._closed = True
+        if self._replayer is not None:
+            self._replayer.cancel()
+            try:
+                await self._replayer
+            except asyncio.CancelledError:
+                pass
+            self._replayer = None
+        async with self._lock:
+            await self._disconnect()
+
+    async def __aenter__(self) -> KnowledgeBase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last exchange with PostgreSQL worked."""
+        return self._healthy
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes queued for replay (after coalescing checkpoints)."""
+        return len(self._queue)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is in PostgreSQL; False if `timeout` passed first."""
+        if not self._queue:
+            return True
+        self._kick(now=True)
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return not self._queue
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    async def save_checkpoint(self, goal_uid: str, iteration: int, new_messages: Sequence[Message],
+                              todos: Any, counters: Mapping[str, Any]) -> None:
+        """Append the messages added since the last checkpoint and store the loop's state,
+        in one transaction; earlier messages are not written again."""
+        base = self._counts.get(goal_uid)
+        if base is not None:
+            self._counts[goal_uid] = base + len(new_messages)
+        await self._write("checkpoint", {
+            "goal_uid": goal_uid, "base": base, "replace": False, "messages": _clean(list(new_messages)),
+            "state": {"iteration": iteration, "todos": _clean(todos), "counters": _clean(dict(counters))},
+        })
+
+    async def replace_messages(self, goal_uid: str, messages: Sequence[Message]) -> None:
+        """Replace a goal's whole conversation (after compaction); its state is kept."""
+        self._counts[goal_uid] = len(messages)
+        await self._write("checkpoint", {"goal_uid": goal_uid, "base": None, "replace": True,
+                                         "messages": _clean(list(messages)), "state": None})
+
+    async def drop_checkpoint(self, goal_uid: str) -> None:
+        """Forget a goal's checkpoint (its run is over)."""
+        self._counts[goal_uid] = 0
+        await self._write("drop_checkpoint", {"goal_uid": goal_uid})
+
+    async def load_checkpoint(self, goal_uid: str, wait: float = 0.0) -> Checkpoint | None:
+        """The goal's last checkpoint; None if it has none or PostgreSQL cannot be reached
+        within `wait` seconds (then `healthy` is False)."""
+        deadline = time.monotonic() + wait
+        while True:
+            row = await self._read(lambda conn: _fetchone(conn, _LOAD_CHECKPOINT, {"goal_uid": goal_uid}))
+            if row is not _UNREACHABLE or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(self.retry_delay, max(0.0, deadline - time.monotonic())))
+            self._kick(now=True)
+        if row is _UNREACHABLE:
+            return None
+        if row is None:
+            self._counts[goal_uid] = 0
+            return None
+        self._counts[goal_uid] = len(row["messages"])
+        return Checkpoint(goal_uid=goal_uid, iteration=row["iteration"], messages=row["messages"],
+                          todos=row["todos"], counters=row["counters"], updated_at=row["updated_at"])
+
+    def for_goal(self, goal_uid: str, resume_wait: float = 30.0) -> GoalCheckpoints:
+        """The checkpoints of one goal, in the shape the execution loop uses."""
+        return GoalCheckpoints(self, goal_uid, resume_wait)
+
+    # -- experiences and lessons ---------------------------------------------------------------
+
+    async def record_experience(self, experience: Experience) -> None:
+        """Store a finished goal; its success and error patterns are updated with it."""
+        args = asdict(experience)
+        args["actions"] = [_action(a) for a in experience.actions]
+        await self._write("experience", _clean(args))
+
+    async def lessons(self, description: str, agent: str, limit: int = 5) -> list[Lesson]:
+        """The patterns most relevant to a new goal, best first: full-text rank of similar past
+        goals, weighted by their recency and by how often the pattern worked (patterns of
+        other agents count half). Success and failure counts are among the similar goals."""
+        if not description.strip() or limit <= 0:
+            return []
+
+        async def search(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            cur = await conn.execute(_QUERY_LEXEMES, (_clean(description[:4000]),))
+            lexemes = [row[0] for row in await cur.fetchall()]
+            query = _match_query(lexemes, await self._frequencies(conn))
+            if query is None:
+                return []
+            params = {"query": query, "agent": agent, "limit": limit, "candidates": self.lesson_candidates}
+            async with conn.cursor(row_factory=dict_row) as cur:
+                # Never a generic plan: which index pays off depends on how common the terms are.
+                await cur.execute(_LESSONS, params, prepare=False)
+                return await cur.fetchall()
+
+        rows = await self._read(search)
+        if rows is _UNREACHABLE:
+            return []
+        return [Lesson(id=r["id"], kind=r["kind"], text=_lesson_text(r), score=float(r["score"]),
+                       success_count=r["success_count"], failure_count=r["failure_count"],
+                       usage_count=r["usage_count"]) for r in rows]
+
+    async def record_lesson_use(self, lesson_ids: Iterable[int], success: bool, goal_uid: str | None = None) -> None:
+        """Count that these lessons were given to a goal, and whether the goal succeeded."""
+        ids = sorted({int(i) for i in lesson_ids})
+        if ids:
+            await self._write("lesson_use", {"ids": ids, "success": success, "goal_uid": goal_uid})
+
+    async def seed_experiences(self, n: int, agent: str = "bench", batch: int = 50_000,
+                               step_seconds: float = 30.0) -> int:
+        """Insert `n` synthetic experiences (with their patterns) for benchmarks: one every
+        `step_seconds`, the newest now, in time order as real ones arrive."""
+        done = 0
+        end = datetime.now(timezone.utc)
+        while done < n:
+            size = min(batch, n - done)
+            until = end - timedelta(seconds=step_seconds * (n - done - size))
+            async with self._lock:
+                conn = await self._connection(force=True)
+                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s)",
+                                         (size, agent, until, timedelta(seconds=step_seconds)))
+                done += (await cur.fetchone())[0]
+        async with self._lock:
+            conn = await self._connection(force=True)
+            await conn.execute("ANALYZE experiences")
+            await conn.execute("ANALYZE patterns")
+        return done
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    async def record_decision(self, goal_uid: str, approval_id: str, kind: str, summary: str, decision: str,
+                              decided_by: str, decided_at: datetime | str, reason: str = "") -> None:
+        """Audit an approval decision; the first decision for an approval id stands."""
+        if decision not in ("approved", "denied"):
+            raise ValueError(f"decision for approval {approval_id} of goal {goal_uid}: "
+                             f"{decision!r} is neither 'approved' nor 'denied'")
+        at = decided_at.isoformat() if isinstance(decided_at, datetime) else decided_at
+        await self._write("decision", _clean({
+            "goal_uid": goal_uid, "approval_id": approval_id, "kind": kind, "summary": summary,
+            "decision": decision, "decided_by": decided_by, "decided_at": at, "reason": reason}))
+
+    async def decisions(self, goal_uid: str) -> list[Decision]:
+        """The decisions recorded for a goal, oldest first; empty if PostgreSQL is down."""
+        rows = await self._read(lambda conn: _fetchall(conn, _DECISIONS, {"goal_uid": goal_uid}))
+        if rows is _UNREACHABLE:
+            return []
+        return [Decision(**r) for r in rows]
+
+    # -- writing and queueing ------------------------------------------------------------------
+
+    async def _write(self, op: str, args: dict[str, Any]) -> None:
+        write = _Write(op, args)
+        async with self._lock:
+            # Behind queued writes a new one must wait its turn, or a goal's messages would
+            # land out of order.
+            if not self._queue and not self._closed:
+                try:
+                    await self._apply(write)
+                    return
+                except Unavailable:
+                    pass
+                except psycopg.Error:
+                    logger.exception("knowledge base rejected %s write; dropped", op)
+                    return
+            self._enqueue(write)
+            self._spool_append(write)
+        self._kick()
+
+    def _enqueue(self, write: _Write) -> None:
+        """Queue a write; a checkpoint merges into the goal's checkpoint already waiting."""
+        if write.op in ("checkpoint", "drop_checkpoint"):
+            goal = write.args["goal_uid"]
+            if write.op == "drop_checkpoint":
+                self._queue = deque(w for w in self._queue if not _is_checkpoint_of(w, goal))
+            else:
+                last = next((w for w in reversed(self._queue) if _is_checkpoint_of(w, goal)), None)
+                if last is not None and last.op == "checkpoint":
+                    new, old = write.args, last.args
+                    if new["replace"]:
+                        old.update(replace=True, base=None, messages=new["messages"])
+                    else:
+                        old["messages"] = old["messages"] + new["messages"]
+                    if new["state"] is not None:
+                        old["state"] = new["state"]
+                    last.id = write.id
+                    return
+        self._queue.append(write)
+        self._drained.clear()
+
+    def _kick(self, now: bool = False) -> None:
+        """Make sure the replay task runs (at once if `now`)."""
+        if now:
+            self._retry_at = 0.0
+            self._wake.set()
+        if self._closed or not self._queue:
+            return
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.get_running_loop().create_task(self._replay(), name="knowledge-replay")
+
+    async def _replay(self) -> None:
+        delay = self.retry_delay
+        while self._queue and not self._closed:
+            try:
+                await self._replay_once()
+                delay = self.retry_delay
+            except Unavailable:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, self.max_retry_delay)
+        if not self._queue:
+            self._drained.set()
+
+    async def _replay_once(self) -> None:
+        """Apply queued writes in order until the queue is empty or PostgreSQL goes away."""
+        while self._queue:
+            async with self._lock:
+                await self._connection(force=True)
+                write = self._queue[0]
+                try:
+                    await self._apply(write)
+                except psycopg.Error:
+                    logger.exception("knowledge base rejected queued %s write; dropped", write.op)
+                self._queue.popleft()
+                self._spool_rewrite()
+                if write.op == "checkpoint":
+                    logger.info("knowledge base: replayed checkpoint of goal %s", write.args["goal_uid"])
+
+    async def _apply(self, write: _Write) -> None:
+        handler = _APPLY[write.op]
+        result = await self._run(lambda conn: handler(conn, write))
+        if write.op == "checkpoint" and isinstance(result, int):
+            goal = write.args["goal_uid"]
+            pending = sum(len(w.args["messages"]) for w in self._queue
+                          if w is not write and _is_checkpoint_of(w, goal) and w.op == "checkpoint")
+            if self._counts.get(goal) is None:
+                self._counts[goal] = result + pending
+
+    # -- the connection ------------------------------------------------------------------------
+
+    async def _connection(self, force: bool = False) -> psycopg.AsyncConnection[Any]:
+        """The open connection, or a new one (migrated); callers hold `_lock`."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if not force and time.monotonic() < self._retry_at:
+            raise Unavailable("PostgreSQL was unreachable moments ago")
+        try:
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
+                                                connect_timeout=max(2, math.ceil(self.connect_timeout))),
+                self.connect_timeout)
+        except _TRANSIENT as exc:
+            self._mark_down(exc)
+            raise Unavailable(str(exc)) from exc
+        try:
+            await migrate(conn)
+        except psycopg.Error as exc:
+            # Not only an outage: a schema that cannot be migrated (privileges, a bad
+            # migration) must keep writes queued, not have them rejected one by one.
+            await conn.close()
+            if not isinstance(exc, _TRANSIENT):
+                logger.error("knowledge base: migrating the schema failed: %s", exc)
+            self._mark_down(exc)
+            raise Unavailable(str(exc)) from exc
+        if not self._healthy:
+            logger.info("knowledge base: connected")
+        self._conn = conn
+        self._healthy = True
+        return conn
+
+    async def _run(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run `fn` on the connection within the query timeout; callers hold `_lock`."""
+        for fresh in (False, True):
+            reused = self._conn is not None and not self._conn.closed
+            conn = await self._connection(force=fresh)
+            try:
+                return await asyncio.wait_for(fn(conn), self.query_timeout)
+            except _TRANSIENT as exc:
+                await self._disconnect()
+                # A connection the server dropped while it sat idle (a restart) gets one
+                # fresh try; a timeout does not, or the caller would wait twice as long.
+                if not fresh and reused and not isinstance(exc, TimeoutError):
+                    continue
+                self._mark_down(exc)
+                raise Unavailable(str(exc)) from exc
+        raise AssertionError("not reached")
+
+    async def _read(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T | object:
+        """A read that answers `_UNREACHABLE` at once when PostgreSQL is away. Queued writes
+        go first, so a read sees what this process wrote."""
+        if self._queue:
+            if not self._healthy or not await self.flush(self.query_timeout):
+                return _UNREACHABLE
+        async with self._lock:
+            try:
+                return await self._run(fn)
+            except Unavailable:
+                return _UNREACHABLE
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._healthy:
+            logger.warning("knowledge base unreachable, queueing writes: %s", str(exc).strip() or type(exc).__name__)
+        self._healthy = False
+        self._retry_at = time.monotonic() + self.retry_delay
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # a broken connection may fail to close; it is gone either way
+                pass
+
+    async def _frequencies(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
+        """Share of experiences holding each common lexeme (refreshed every few minutes)."""
+        fetched, frequencies = self._frequency_cache
+        if time.monotonic() - fetched > FREQUENCY_TTL:
+            cur = await conn.execute(_LEXEME_FREQUENCIES)
+            frequencies = {lexeme: float(f) for lexeme, f in await cur.fetchall()}
+            self._frequency_cache = (time.monotonic(), frequencies)
+        return frequencies
+
+    # -- the spool -----------------------------------------------------------------------------
+
+    def _load_spool(self) -> None:
+        if self.spool is None or not self.spool.exists():
+            return
+        loaded = 0
+        for line in self.spool.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                write = _Write(data["op"], data["args"], data["id"])
+                if write.op not in _APPLY or not isinstance(write.args, dict):
+                    raise ValueError(write.op)
+            except (ValueError, KeyError, TypeError):
+                logger.warning("knowledge base spool %s: skipped an unreadable line", self.spool)
+                continue
+            self._enqueue(write)
+            loaded += 1
+        if loaded:
+            logger.info("knowledge base: %d writes from spool %s to replay", loaded, self.spool)
+
+    # Local file writes are small appends (only during outages): cheap enough for the loop.
+    def _spool_append(self, write: _Write) -> None:
+        if self.spool is None:
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a", encoding="utf-8") as f:
+            f.write(write.to_json() + "\n")
+
+    def _spool_rewrite(self) -> None:
+        """Leave only the writes still queued in the spool (atomically)."""
+        if self.spool is None:
+            return
+        if not self._queue:
+            self.spool.unlink(missing_ok=True)
+            return
+        tmp = self.spool.with_name(self.spool.name + ".tmp")
+        tmp.write_text("".join(w.to_json() + "\n" for w in self._queue), encoding="utf-8")
+        os.replace(tmp, self.spool)
+
+
+class GoalCheckpoints:
+    """One goal's checkpoints with the `load` / `save` / `replace` methods the execution loop
+    calls. `load` waits up to `resume_wait` seconds for PostgreSQL, because starting a run
+    afresh on top of a checkpoint that could not be read would mix two histories."""
+
+    def __init__(self, kb: KnowledgeBase, goal_uid: str, resume_wait: float = 30.0) -> None:
+        self.kb = kb
+        self.goal_uid = goal_uid
+        self.resume_wait = resume_wait
+
+    async def load(self) -> Checkpoint | None:
+        return await self.kb.load_checkpoint(self.goal_uid, wait=self.resume_wait)
+
+    async def save(self, iteration: int, new_messages: list[Message], todos: Any, counters: dict[str, Any]) -> None:
+        await self.kb.save_checkpoint(self.goal_uid, iteration, new_messages, todos, counters)
+
+    async def replace(self, messages: list[Message]) -> None:
+        await self.kb.replace_messages(self.goal_uid, messages)
+
+    async def drop(self) -> None:
+        await self.kb.drop_checkpoint(self.goal_uid)
+
+
+# ---- SQL per operation -----------------------------------------------------------------------
+
+_LOAD_CHECKPOINT = """
+SELECT c.iteration, c.todos, c.counters, c.updated_at,
+       coalesce((SELECT jsonb_agg(m.message ORDER BY m.seq) FROM checkpoint_messages m
+                 WHERE m.goal_uid = c.goal_uid AND m.seq < c.message_count), '[]') AS messages
+FROM checkpoints c WHERE c.goal_uid = %(goal_uid)s
+"""
+
+_DECISIONS = """
+SELECT goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason
+FROM decisions WHERE goal_uid = %(goal_uid)s ORDER BY decided_at, id
+"""
+
+_QUERY_LEXEMES = """
+SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) AS u ORDER BY u.positions[1] LIMIT 24
+"""
+
+# How often each common lexeme occurs in experiences, from the planner's statistics.
+_LEXEME_FREQUENCIES = """
+SELECT f.lexeme, f.frequency
+FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS f (lexeme, frequency)
+WHERE s.schemaname = current_schema() AND s.tablename = 'experiences' AND s.attname = 'search'
+  AND f.lexeme IS NOT NULL
+"""
+
+# Lessons come from the most recent experiences that share terms with the new goal, grouped
+# by the pattern each followed (its tool sequence, its error), plus patterns whose own text
+# matches. The work is bounded by `candidates`, whatever the size of the table; the text rank
+# is only computed for those. The query is planned with its terms (never a generic plan): at
+# a million experiences, common terms walk experiences_created backwards with the tsquery as
+# a filter and stop after `candidates` matches (a few thousand rows read); rare terms take a
+# bitmap scan of experiences_search. Either way a few milliseconds.
+_LESSONS = """
+WITH hits AS (
+    SELECT e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions, e.error,
+           e.search, e.created_at
+    FROM experiences e
+    WHERE e.search @@ %(query)s::tsquery
+    ORDER BY e.created_at DESC
+    LIMIT %(candidates)s
+), ranked AS (
+    SELECT h.*, ts_rank(h.search, %(query)s::tsquery)
+                / (1.0 + extract(epoch FROM now() - h.created_at) / 2592000.0) AS relevance
+    FROM hits h
+), found AS (
+    SELECT 0 AS source, 'success' AS kind, agent, approach AS key, sum(relevance) AS relevance,
+           count(*) FILTER (WHERE success) AS succeeded, count(*) AS seen,
+           (array_agg(description ORDER BY success DESC, relevance DESC))[1] AS task,
+           overseer_steps((array_agg(actions ORDER BY success DESC, relevance DESC))[1]) AS detail,
+           (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1] AS outcome
+    FROM ranked WHERE approach IS NOT NULL GROUP BY agent, approach
+    UNION ALL
+    SELECT 0, 'error', agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
+           (array_agg(description ORDER BY relevance DESC))[1],
+           (array_agg(left(error, 300) ORDER BY relevance DESC))[1],
+           (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1]
+    FROM ranked WHERE error_key IS NOT NULL GROUP BY agent, error_key
+    UNION ALL
+    SELECT 1, kind, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
+    FROM (SELECT p.*, ts_rank(p.search, %(query)s::tsquery)
+                      / (1.0 + extract(epoch FROM now() - p.last_seen) / 2592000.0) AS relevance
+          FROM patterns p WHERE p.search @@ %(query)s::tsquery
+          ORDER BY p.last_seen DESC LIMIT 20) own_text
+), merged AS (
+    -- a pattern found both ways keeps the counts among the similar goals
+    SELECT kind, agent, key, sum(relevance) AS relevance,
+           (array_agg(succeeded ORDER BY source))[1] AS succeeded, (array_agg(seen ORDER BY source))[1] AS seen,
+           (array_agg(task ORDER BY source))[1] AS task, (array_agg(detail ORDER BY source))[1] AS detail,
+           (array_agg(outcome ORDER BY source))[1] AS outcome
+    FROM found GROUP BY kind, agent, key
+)
+SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
+       m.seen - m.succeeded AS failure_count, p.usage_count,
+       m.relevance
+       * CASE WHEN m.kind = 'success'
+              THEN (m.succeeded + p.usage_success_count + 1.0) / (m.seen + p.usage_count + 2.0)
+              ELSE 0.5 + 0.5 * m.succeeded / greatest(m.seen, 1.0) END
+       * CASE WHEN m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
+FROM merged m JOIN patterns p ON p.kind = m.kind AND p.agent = m.agent AND p.key = m.key
+ORDER BY score DESC, p.id
+LIMIT %(limit)s
+"""
+
+_INSERT_EXPERIENCE = """
+INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, context_summary, actions,
+                         outcome, success, tokens, duration_seconds, error)
+VALUES (%(id)s, %(goal_uid)s, %(goal_name)s, %(namespace)s, %(agent)s, %(description)s, %(context_summary)s,
+        %(actions)s, %(outcome)s, %(success)s, %(tokens)s, %(duration_seconds)s, %(error)s)
+ON CONFLICT (id) DO NOTHING
+"""
+
+_LESSON_USE = """
+WITH used AS (
+    INSERT INTO lesson_usage (write_id, pattern_id, goal_uid, success)
+    SELECT %(write_id)s, p.id, %(goal_uid)s, %(success)s FROM patterns p WHERE p.id = ANY(%(ids)s)
+    ON CONFLICT DO NOTHING
+    RETURNING pattern_id
+)
+UPDATE patterns p SET usage_count = p.usage_count + 1,
+                      usage_success_count = p.usage_success_count + %(success)s::int
+FROM used WHERE p.id = used.pattern_id
+"""
+
+_INSERT_DECISION = """
+INSERT INTO decisions (goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason)
+VALUES (%(goal_uid)s, %(approval_id)s, %(kind)s, %(summary)s, %(decision)s, %(decided_by)s,
+        %(decided_at)s, %(reason)s)
+ON CONFLICT (goal_uid, approval_id) DO NOTHING
+"""
+
+
+async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -> int:
+    """Append (or replace) a goal's messages and store its state; returns the message count.
+
+    `base` is how many messages the writer believed were stored before these: a replay of a
+    write that did commit (its answer lost with the connection) adds nothing twice."""
+    a = write.args
+    goal, messages = a["goal_uid"], a["messages"]
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT message_count, last_write FROM checkpoints WHERE goal_uid = %s FOR UPDATE", (goal,))
+        row = await cur.fetchone()
+        stored, last_write = (row[0], row[1]) if row else (0, None)
+        if a["replace"]:
+            await conn.execute("DELETE FROM checkpoint_messages WHERE goal_uid = %s", (goal,))
+            start, new = 0, messages
+        elif last_write == write.id:
+            start, new = stored, []
+        else:
+            skip = 0 if a["base"] is None else stored - a["base"]
+            if skip < 0 or skip > len(messages):
+                logger.warning("checkpoint of goal %s holds %d messages, the writer expected %s; appending",
+                               goal, stored, a["base"])
+                skip = 0 if skip < 0 else len(messages)
+            start, new = stored, messages[skip:]
+        count = start + len(new)
+        state = a["state"]
+        if state is None:
+            await conn.execute(
+                "INSERT INTO checkpoints (goal_uid, message_count, last_write) VALUES (%s, %s, %s) "
+                "ON CONFLICT (goal_uid) DO UPDATE SET message_count = EXCLUDED.message_count, "
+                "last_write = EXCLUDED.last_write, updated_at = now()", (goal, count, write.id))
+        else:
+            await conn.execute(
+                "INSERT INTO checkpoints (goal_uid, iteration, message_count, todos, counters, last_write) "
+                "VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (goal_uid) DO UPDATE SET iteration = EXCLUDED.iteration, "
+                "message_count = EXCLUDED.message_count, todos = EXCLUDED.todos, counters = EXCLUDED.counters, "
+                "last_write = EXCLUDED.last_write, updated_at = now()",
+                (goal, state["iteration"], count, Jsonb(state["todos"]), Jsonb(state["counters"]), write.id))
+        if new:
+            await conn.execute(
+                "INSERT INTO checkpoint_messages (goal_uid, seq, message) "
+                "SELECT %s, %s + n - 1, m FROM jsonb_array_elements(%s) WITH ORDINALITY AS t (m, n)",
+                (goal, start, Jsonb(new)))
+    return count
+
+
+async def _apply_drop(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
+    await conn.execute("DELETE FROM checkpoints WHERE goal_uid = %s", (write.args["goal_uid"],))
+
+
+async def _apply_experience(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
+    params = dict(write.args, id=uuid.UUID(hex=write.id), actions=Jsonb(write.args["actions"]))
+    await conn.execute(_INSERT_EXPERIENCE, params)
+
+
+async def _apply_lesson_use(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
+    await conn.execute(_LESSON_USE, dict(write.args, write_id=write.id))
+
+
+async def _apply_decision(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
+    await conn.execute(_INSERT_DECISION, write.args)
+
+
+_APPLY: dict[str, Callable[[psycopg.AsyncConnection[Any], _Write], Awaitable[Any]]] = {
+    "checkpoint": _apply_checkpoint,
+    "drop_checkpoint": _apply_drop,
+    "experience": _apply_experience,
+    "lesson_use": _apply_lesson_use,
+    "decision": _apply_decision,
+}
+
+
+async def _fetchone(conn: psycopg.AsyncConnection[Any], sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchone()
+
+
+async def _fetchall(conn: psycopg.AsyncConnection[Any], sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _match_query(lexemes: Sequence[str], frequencies: Mapping[str, float]) -> str | None:
+    """A tsquery for experiences like a new goal: the goal's most telling terms (the rarest
+    among its first lexemes; very common ones only if nothing else is left), any two of which
+    must match. Requiring two terms keeps results relevant; using rare terms keeps the GIN
+    scan short."""
+    seen: dict[str, int] = {}
+    for position, lexeme in enumerate(lexemes):
+        if not lexeme.isdigit() and lexeme not in seen:
+            seen[lexeme] = position
+    ranked = sorted(seen, key=lambda lx: (frequencies.get(lx, 0.0), seen[lx]))
+    telling = [lx for lx in ranked if frequencies.get(lx, 0.0) <= COMMON_LEXEME][:QUERY_TERMS]
+    if len(telling) < 2:
+        telling = ranked[:3]
+    terms = ["'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in telling]
+    if not terms:
+        return None
+    if len(terms) <= 2:
+        return " & ".join(terms)
+    return " | ".join(f"({a} & {b})" for i, a in enumerate(terms) for b in terms[i + 1:])
+
+
+def _is_checkpoint_of(write: _Write, goal_uid: str) -> bool:
+    return write.op in ("checkpoint", "drop_checkpoint") and write.args["goal_uid"] == goal_uid
+
+
+def _action(action: Action | Mapping[str, Any] | tuple[str, str] | str) -> dict[str, str]:
+    if isinstance(action, Action):
+        return {"tool": action.tool, "outcome": action.outcome}
+    if isinstance(action, Mapping):
+        return {"tool": str(action.get("tool", "")), "outcome": str(action.get("outcome", ""))}
+    if isinstance(action, str):
+        return {"tool": action, "outcome": ""}
+    tool, outcome = action
+    return {"tool": str(tool), "outcome": str(outcome)}
+
+
+def _clean(value: Any) -> Any:
+    """`value` without NUL characters, which PostgreSQL text and jsonb cannot hold (tool
+    output sometimes has them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _short(text: str | None, limit: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _lesson_text(row: Mapping[str, Any]) -> str:
+    """A pattern as one or two sentences for a prompt."""
+    task = _short(row["task"], 120)
+    succeeded, failed = row["success_count"], row["failure_count"]
+    total = succeeded + failed
+    if row["kind"] == "error":
+        times = "once" if total == 1 else f"{total} times"
+        text = f'For goals like "{task}", the error "{_short(row["detail"], 200)}" came up {times}'
+        if succeeded and row["outcome"]:
+            text += f" ({succeeded} still succeeded, e.g.: {_short(row['outcome'], 160)})"
+        return text + "."
+    steps = _short(row["detail"], 240)
+    result = f" Result: {_short(row['outcome'], 160)}." if row["outcome"] else ""
+    if succeeded * 2 >= total:
+        return f'For goals like "{task}", this worked {succeeded}/{total} times: {steps}.{result}'
+    return (f'For goals like "{task}", this worked only {succeeded}/{total} times: {steps}; '
+            f"consider another approach.")

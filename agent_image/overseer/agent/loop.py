@@ -1,0 +1,391 @@
+"""The execution loop: call the model with tools, run the tools it asks for, append the
+results, checkpoint, report; until the model stops calling tools, the budget is spent or the
+goal is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anthropic
+
+from overseer.kube import now_iso
+
+from .tools.base import ToolContext, ToolRegistry
+from .tools.todo import TodoList
+
+logger = logging.getLogger(__name__)
+
+RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
+CACHE = {"type": "ephemeral"}
+
+
+@dataclass
+class Budget:
+    max_tokens: int | None = None
+    max_iterations: int | None = None
+    max_seconds: float | None = None
+
+
+@dataclass
+class Counters:
+    """What the loop has done so far; part of every checkpoint."""
+
+    iteration: int = 0
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    seconds: float = 0.0
+    tool_calls: int = 0
+    steer_seen: str = ""          # last steering annotation already delivered
+    partial: list[dict[str, Any]] = field(default_factory=list)  # results of the current round so far
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.cache_read + self.cache_write
+
+    def tokens(self) -> dict[str, int]:
+        return {"input": self.input, "output": self.output, "cacheRead": self.cache_read,
+                "cacheWrite": self.cache_write, "total": self.total}
+
+
+@dataclass
+class Outcome:
+    success: bool
+    result: str
+    reason: str = ""              # CamelCase, for failures the operator should not retry
+    retryable: bool = False
+
+
+@dataclass
+class Checkpoint:
+    messages: list[dict[str, Any]]
+    todos: dict[str, Any]
+    counters: dict[str, Any]
+    iteration: int
+
+
+class Checkpoints(Protocol):
+    async def load(self) -> Checkpoint | None: ...
+    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
+                   counters: dict[str, Any]) -> None: ...
+    async def replace(self, messages: list[dict[str, Any]]) -> None: ...
+
+
+class Link(Protocol):
+    """What the loop needs from its Goal (see goal_link.GoalLink)."""
+
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def annotations(self) -> dict[str, str]: ...
+    def decision(self, approval_id: str) -> tuple[str, str] | None: ...
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any: ...
+    async def report(self, **fields: Any) -> None: ...
+
+
+class ModelUnavailable(Exception):
+    """The model API kept failing past the SDK's own retries: the circuit is open."""
+
+
+@dataclass
+class LoopConfig:
+    model: str
+    max_tokens: int
+    system: str
+    goal_key: str                         # "namespace/name", sent as metadata.user_id
+    min_approval_risk: str = "high"
+    context_tokens: int = 200_000
+    compact_at: float = 0.75
+    breaker_failures: int = 5             # consecutive failed calls before giving up
+    breaker_base_delay: float = 2.0
+
+
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
+SteeringDrain = Callable[[], Awaitable[list[str]]]
+
+
+class AgentLoop:
+    def __init__(self, client: anthropic.AsyncAnthropic, config: LoopConfig, tools: ToolRegistry, ctx: ToolContext,
+                 link: Link, checkpoints: Checkpoints, budget: Budget, todos: TodoList,
+                 publish: Publish | None = None, steering: SteeringDrain | None = None,
+                 rate_limit: Any | None = None, on_decision: Callable[..., Awaitable[None]] | None = None) -> None:
+        self.client = client
+        self.config = config
+        self.tools = tools
+        self.ctx = ctx
+        self.link = link
+        self.checkpoints = checkpoints
+        self.budget = budget
+        self.todos = todos
+        self.publish = publish
+        self.steering = steering
+        self.rate_limit = rate_limit
+        self.on_decision = on_decision
+        self.messages: list[dict[str, Any]] = []
+        self.counters = Counters()
+        self._saved = 0                   # messages already in the checkpoint
+        self._started = time.monotonic()
+        self._failures = 0
+
+    # ---- state ----------------------------------------------------------------------------
+
+    async def resume_or_start(self, task: str) -> None:
+        checkpoint = await self.checkpoints.load()
+        if checkpoint is not None and checkpoint.messages:
+            self.messages = checkpoint.messages
+            self.counters = Counters(**{k: v for k, v in checkpoint.counters.items()
+                                        if k in Counters.__dataclass_fields__})
+            self.todos.replace(TodoList.from_dict(checkpoint.todos).items)
+            self._saved = len(self.messages)
+            logger.info("resuming at iteration %d with %d messages", self.counters.iteration, len(self.messages))
+            await self._emit("resumed", {"iteration": self.counters.iteration})
+        else:
+            self.messages = [{"role": "user", "content": [{"type": "text", "text": task}]}]
+
+    async def _checkpoint(self) -> None:
+        new = self.messages[self._saved:]
+        self.counters.seconds = self._elapsed()
+        await self.checkpoints.save(self.counters.iteration, new, self.todos.to_dict(), vars(self.counters).copy())
+        self._saved = len(self.messages)
+
+    def _elapsed(self) -> float:
+        return self.counters.seconds + (time.monotonic() - self._started)
+
+    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.publish is not None:
+            try:
+                await self.publish(kind, data)
+            except Exception as e:  # noqa: BLE001 - the live stream is best effort
+                logger.debug("event not published: %s", e)
+
+    async def _report(self, **extra: Any) -> None:
+        await self.link.report(iteration=self.counters.iteration, tokens=self.counters.tokens(),
+                               progress=self.todos.summary() if len(self.todos) else None, **extra)
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def run(self, task: str) -> Outcome:
+        await self.resume_or_start(task)
+        self._started = time.monotonic()
+        while True:
+            stop = self._should_stop()
+            if stop is not None:
+                return stop
+            await self._deliver_steering()
+            await self._maybe_compact()
+            pending = self._unanswered_tool_uses()
+            if pending is None:
+                try:
+                    response = await self._call_model()
+                except ModelUnavailable as e:
+                    return Outcome(False, str(e), "ModelUnavailable", retryable=True)
+                except anthropic.APIStatusError as e:  # a request the API refuses for good (400, 401, 403, 404)
+                    return Outcome(False, f"the model API refused the request: {e}", "ModelRequestRejected")
+                self.counters.iteration += 1
+                content = [block.model_dump(exclude_none=True, mode="json") for block in response.content]
+                self.messages.append({"role": "assistant", "content": content})
+                text = "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
+                await self._emit("turn", {"iteration": self.counters.iteration, "stop_reason": response.stop_reason,
+                                          "text": text[:2000]})
+                if response.stop_reason == "refusal":
+                    await self._checkpoint()
+                    return Outcome(False, text or "the model refused", "Refusal")
+                tool_uses = [b for b in content if b.get("type") == "tool_use"]
+                if not tool_uses:
+                    if response.stop_reason == "max_tokens":
+                        self.messages.append({"role": "user", "content": [{
+                            "type": "text", "text": "Your reply was cut off at the output limit. Continue where it stopped."}]})
+                        await self._checkpoint()
+                        continue
+                    await self._checkpoint()
+                    return Outcome(True, text or "done")
+                await self._checkpoint()  # the model's answer is kept: a restart will not ask again
+                pending = (tool_uses, [])
+            tool_uses, results = pending
+            for use in tool_uses[len(results):]:
+                results.append(await self._run_tool(use))
+                self.counters.tool_calls += 1
+                self.counters.partial = list(results)
+                await self._checkpoint()  # each finished tool call is kept: a replaced pod never runs it twice
+            self.counters.partial = []
+            self._finish_results(results)
+            await self._checkpoint()
+            await self._report()
+
+    def _should_stop(self) -> Outcome | None:
+        if self.link.cancelled:
+            return Outcome(False, "the goal was cancelled", "Cancelled")
+        b = self.budget
+        if b.max_tokens is not None and self.counters.total >= b.max_tokens:
+            return Outcome(False, f"token budget spent: {self.counters.total} of {b.max_tokens}", "BudgetExhausted")
+        if b.max_iterations is not None and self.counters.iteration >= b.max_iterations:
+            return Outcome(False, f"iteration budget spent: {self.counters.iteration} of {b.max_iterations}",
+                           "BudgetExhausted")
+        if b.max_seconds is not None and self._elapsed() >= b.max_seconds:
+            return Outcome(False, f"wall-clock budget spent: {self._elapsed():.0f}s of {b.max_seconds:.0f}s",
+                           "BudgetExhausted")
+        return None
+
+    # ---- tool calls ---------------------------------------------------------------------
+
+    def _unanswered_tool_uses(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """The tool calls of the last model answer that still lack results (after a restart,
+        the ones the checkpoint has no result for yet)."""
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            return None
+        uses = [b for b in self.messages[-1]["content"] if b.get("type") == "tool_use"]
+        return (uses, list(self.counters.partial)) if uses else None
+
+    def _finish_results(self, results: list[dict[str, Any]]) -> None:
+        content = list(results)
+        todo = self.todos.render()
+        if todo:  # the current TODO list is re-shown after every round of tool calls
+            content.append({"type": "text", "text": todo})
+        self.messages.append({"role": "user", "content": content})
+
+    async def _run_tool(self, use: dict[str, Any]) -> dict[str, Any]:
+        name, args, use_id = use["name"], use.get("input") or {}, use["id"]
+        assessment = self.tools.assess(name, args, self.ctx)
+        await self._emit("tool_call", {"name": name, "input": args, "risk": assessment.risk,
+                                       "reason": assessment.reason})
+        if RISK_ORDER.get(assessment.risk, 2) >= RISK_ORDER.get(self.config.min_approval_risk, 2):
+            verdict, reason = await self._ask_approval(use_id, name, args, assessment)
+            if verdict != "approved":
+                return {"type": "tool_result", "tool_use_id": use_id, "is_error": True,
+                        "content": f"A person denied this call{': ' + reason if reason else ''}. "
+                                   f"Do not retry it; choose another way or explain why it is needed."}
+        result = await self.tools.run(name, args, self.ctx)
+        await self._emit("tool_result", {"name": name, "summary": result.summary, "is_error": result.is_error,
+                                         "content": result.content[:2000]})
+        await self.link.report(lastTool=(result.summary or name)[:200])
+        return {"type": "tool_result", "tool_use_id": use_id, "content": result.content or "(no output)",
+                "is_error": result.is_error}
+
+    async def _ask_approval(self, use_id: str, name: str, args: dict[str, Any], assessment: Any) -> tuple[str, str]:
+        approval_id = f"{name}-{use_id[-8:]}".lower().replace("_", "-")
+        detail = args.get("command") if isinstance(args.get("command"), str) else json.dumps(args)[:4000]
+        request = {"id": approval_id, "kind": "toolCall",
+                   "summary": f"{name} ({assessment.risk} risk): {assessment.reason}"[:300],
+                   "detail": detail, "requestedAt": now_iso()}
+        await self.link.report(pendingApprovals=[request])
+        await self._emit("approval_requested", request)
+        logger.info("waiting for approval %s: kubectl annotate goal/%s overseer.dev/approve=%s",
+                    approval_id, self.config.goal_key.split("/", 1)[1], approval_id)
+        verdict, reason = await self.link.wait_until(lambda: self.link.decision(approval_id)
+                                                     or (("denied", "the goal was cancelled") if self.link.cancelled else None))
+        await self.link.report(pendingApprovals=[])
+        await self._emit("approval_decided", {"id": approval_id, "decision": verdict, "reason": reason})
+        if self.on_decision is not None:
+            await self.on_decision(approval_id, name, request["summary"], verdict, reason)
+        return verdict, reason
+
+    # ---- steering and context -----------------------------------------------------------
+
+    async def _deliver_steering(self) -> None:
+        notes: list[str] = []
+        steer = self.link.annotations.get("overseer.dev/steer", "")
+        if steer and steer != self.counters.steer_seen:
+            notes.append(steer)
+            self.counters.steer_seen = steer
+        if self.steering is not None:
+            try:
+                notes.extend(await self.steering())
+            except Exception as e:  # noqa: BLE001 - steering is best effort
+                logger.debug("steering queue unavailable: %s", e)
+        if not notes:
+            return
+        text = "\n".join(f"Steering from the person who owns this goal: {n}" for n in notes)
+        # A user turn of its own (the API joins consecutive user turns): history stays append-only.
+        self.messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
+        await self._checkpoint()
+        await self._emit("steering", {"text": text})
+
+    async def _maybe_compact(self) -> None:
+        last_prompt = getattr(self, "_last_prompt_tokens", 0)
+        if last_prompt < self.config.context_tokens * self.config.compact_at or len(self.messages) < 4:
+            return
+        if self.messages[-1]["role"] != "user":
+            return
+        ask = {"type": "text", "text": (
+            "Context is running out. Write a summary of this work for yourself to continue from: the task, "
+            "decisions made and why, files changed, commands that worked or failed, and what is left to do. "
+            "Be complete but brief. Do not call tools.")}
+        history = [*self.messages[:-1], {"role": "user", "content": [*self.messages[-1]["content"], ask]}]
+        response = await self.client.messages.create(
+            model=self.config.model, max_tokens=min(self.config.max_tokens, 4096), system=self.config.system,
+            messages=_strip_local(history), metadata={"user_id": self.config.goal_key})
+        self._count(response.usage)
+        summary = "\n".join(b.text for b in response.content if b.type == "text")
+        task = self.messages[0]["content"]
+        self.messages = [{"role": "user", "content": [*task, {"type": "text", "text":
+                          "Summary of the work so far (older turns were compacted):\n" + summary +
+                          ("\n\n" + self.todos.render() if self.todos.render() else "")}]}]
+        await self.checkpoints.replace(self.messages)
+        self._saved = len(self.messages)
+        self._last_prompt_tokens = 0
+        await self._emit("compacted", {"summary": summary[:2000]})
+
+    # ---- the model ------------------------------------------------------------------------
+
+    def _request(self) -> dict[str, Any]:
+        tools = self.tools.definitions()
+        if tools:
+            tools = [*tools[:-1], {**tools[-1], "cache_control": CACHE}]
+        messages = _strip_local(self.messages)
+        last = messages[-1]
+        if last["content"]:
+            # Breakpoint on the newest turn: the next call reads everything before it from cache.
+            last["content"] = [*last["content"][:-1], {**last["content"][-1], "cache_control": CACHE}]
+        return {"model": self.config.model, "max_tokens": self.config.max_tokens,
+                "system": [{"type": "text", "text": self.config.system, "cache_control": CACHE}],
+                "tools": tools, "messages": messages, "metadata": {"user_id": self.config.goal_key}}
+
+    async def _call_model(self) -> Any:
+        request = self._request()
+        while True:
+            estimate = getattr(self, "_last_prompt_tokens", 0) + self.config.max_tokens // 4
+            if self.rate_limit is not None:
+                await self.rate_limit.acquire(estimate)
+            try:
+                response = await self.client.messages.create(**request)
+            except (anthropic.APIConnectionError, anthropic.RateLimitError, anthropic.InternalServerError,
+                    anthropic.APIStatusError) as e:
+                status = getattr(e, "status_code", None)
+                if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+                    raise  # a request the API will never accept: a bug, not an outage
+                self._failures += 1
+                if self._failures >= self.config.breaker_failures:
+                    raise ModelUnavailable(f"the model API failed {self._failures} times in a row: {e}") from e
+                delay = self.config.breaker_base_delay * 2 ** (self._failures - 1)
+                logger.warning("model call failed (%s); circuit retry in %.1fs", e, delay)
+                await self._emit("model_error", {"error": str(e)[:500], "retry_in": delay})
+                await asyncio.sleep(delay)
+                continue
+            self._failures = 0
+            if self.rate_limit is not None:
+                usage = response.usage
+                await self.rate_limit.settle(estimate, usage.input_tokens + usage.output_tokens
+                                             + (usage.cache_read_input_tokens or 0)
+                                             + (usage.cache_creation_input_tokens or 0))
+            self._count(response.usage)
+            return response
+
+    def _count(self, usage: Any) -> None:
+        self.counters.input += usage.input_tokens or 0
+        self.counters.output += usage.output_tokens or 0
+        self.counters.cache_read += usage.cache_read_input_tokens or 0
+        self.counters.cache_write += usage.cache_creation_input_tokens or 0
+        self._last_prompt_tokens = ((usage.input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+                                    + (usage.cache_creation_input_tokens or 0))
+
+
+def _strip_local(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies the request may decorate (cache_control) without touching the history."""
+    return [{"role": m["role"], "content": list(m["content"])} for m in messages]

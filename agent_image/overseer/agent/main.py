@@ -1,0 +1,136 @@
+"""`overseer-agent`: what a Goal's pod runs. Loads the Goal, its Agent and Capabilities, runs
+the loop, reports the outcome, and exits 0 (succeeded), 1 (failed, worth retrying) or 2
+(failed in a way a retry cannot fix: budget spent, refusal, cancelled)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from typing import Any
+
+import anthropic
+
+from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
+from overseer.kube import Kube, load_credentials, path
+
+from .capability_tools import capability_tool
+from .checkpoint_file import FileCheckpoints
+from .config import AgentSettings
+from .goal_link import GoalLink
+from .health import HealthServer
+from .loop import AgentLoop, Budget, LoopConfig, Outcome
+from .tools import default_registry
+from .tools.base import ToolContext
+from .tools.todo import TodoList
+
+logger = logging.getLogger("overseer.agent")
+
+EXIT_SUCCEEDED, EXIT_RETRY, EXIT_GAVE_UP = 0, 1, 2
+
+GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
+the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
+goal of more than a couple of steps and keep it current. When the goal is done, answer with a
+short report of what you did and the result, without calling a tool."""
+
+
+def system_prompt(agent: Agent, lessons: list[str]) -> str:
+    parts = []
+    if agent.spec.role:
+        parts.append(f"You are: {agent.spec.role}.")
+    if agent.spec.system_prompt:
+        parts.append(agent.spec.system_prompt)
+    parts.append(GUIDANCE)
+    if lessons:
+        parts.append("Lessons from earlier goals (use what applies):\n" + "\n".join(f"- {x}" for x in lessons))
+    return "\n\n".join(parts)
+
+
+def effective_budget(agent: Agent, goal: Goal) -> Budget:
+    """The goal's budget overrides field by field; the agent's fills the rest."""
+    a, g = agent.spec.budget, goal.spec.budget or BudgetSpec()
+    wall = g.max_wall_clock or a.max_wall_clock
+    return Budget(max_tokens=g.max_tokens_per_goal or a.max_tokens_per_goal,
+                  max_iterations=g.max_iterations_per_goal or a.max_iterations_per_goal,
+                  max_seconds=parse_duration(wall).total_seconds() if wall else None)
+
+
+async def run(settings: AgentSettings) -> int:
+    async def login() -> Any:
+        return load_credentials()
+
+    kube = Kube(login, "overseer-agent", pool_size=4)
+    link = GoalLink(kube, settings.goal_namespace, settings.goal_name, settings.heartbeat_seconds)
+    health = HealthServer(settings.health_port, stale_after=max(60.0, settings.heartbeat_seconds * 6))
+    try:
+        goal = Goal.model_validate(await link.load())
+        ns = settings.goal_namespace
+        agent_raw = await kube.get(path(API_VERSION, "agents", ns, settings.agent_name))
+        if agent_raw is None:
+            raise LookupError(f"Agent {ns}/{settings.agent_name} does not exist")
+        agent = Agent.model_validate(agent_raw)
+        capabilities = []
+        for name in agent.spec.capabilities:
+            raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
+            if raw is not None:
+                capabilities.append(Capability.model_validate(raw))
+
+        settings.workspace.mkdir(parents=True, exist_ok=True)
+        todos = TodoList()
+        ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), extras={"todos": todos})
+        registry = default_registry(todos)
+        for cap in capabilities:
+            registry.register(capability_tool(cap))
+
+        lessons: list[str] = []
+        checkpoints = FileCheckpoints(settings.workspace, goal.metadata.get("uid") or goal.name)
+        client = anthropic.AsyncAnthropic(max_retries=4)
+        config = LoopConfig(
+            model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
+            system=system_prompt(agent, lessons), goal_key=f"{ns}/{goal.name}",
+            min_approval_risk=goal.spec.approval_policy.min_risk,
+            context_tokens=settings.context_tokens, compact_at=settings.compact_at)
+        loop = AgentLoop(client, config, registry, ctx, link, checkpoints, effective_budget(agent, goal), todos)
+        await health.start(lambda: loop.counters.iteration)
+        link.start()
+        started = time.monotonic()
+        outcome = await loop.run(goal.spec.description)
+        logger.info("goal %s/%s finished: success=%s reason=%s in %.1fs", ns, goal.name, outcome.success,
+                    outcome.reason, time.monotonic() - started)
+        await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
+                          iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
+                          progress=todos.summary() if len(todos) else None)
+        return exit_code(outcome)
+    finally:
+        await link.stop()
+        await health.stop()
+        await kube.close()
+
+
+def exit_code(outcome: Outcome) -> int:
+    if outcome.success:
+        return EXIT_SUCCEEDED
+    return EXIT_RETRY if outcome.retryable else EXIT_GAVE_UP
+
+
+def _tool_env(settings: AgentSettings) -> dict[str, str]:
+    """The environment of commands the agent runs: no API keys or cluster credentials."""
+    import os
+    hidden = ("ANTHROPIC_", "OVERSEER_", "KUBECONFIG", "KUBERNETES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(hidden)}
+    env["HOME"] = str(settings.workspace)
+    return env
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = AgentSettings()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(settings))
+    return EXIT_RETRY
+
+
+if __name__ == "__main__":
+    sys.exit(main())

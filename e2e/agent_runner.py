@@ -1,0 +1,215 @@
+"""The kubelet's part for goal pods under kwok: containers do not really run there, so this
+runs the agent process locally for each Running goal pod, with that pod's environment, a token
+of the pod's own ServiceAccount (so the agent has exactly its RBAC) and the loopback API URL;
+when the process exits, it annotates the pod with the exit code and kwok reports the phase the
+kubelet would. A pod deleted while its process runs gets the process killed.
+
+Each goal keeps one workspace folder across attempts (as a PersistentVolume would), so a
+replaced pod finds the files its predecessor wrote; with shared_workspace all goals of the
+namespace work in one folder (as on one shared volume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s
+
+LABEL_GOAL = "overseer.dev/goal"
+
+
+@dataclass
+class AgentProcess:
+    pod: str
+    goal: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    killed: bool = False
+
+
+@dataclass
+class AgentRunner:
+    cluster: Cluster
+    k8s: K8s
+    namespace: str
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    shared_workspace: bool = False
+    processes: dict[str, AgentProcess] = field(default_factory=dict)
+    finished: dict[str, int] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=f"agent-runner-{self.namespace}", daemon=True)
+
+    # ---- control ------------------------------------------------------------------------
+
+    def start(self) -> "AgentRunner":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for p in self.processes.values():
+                if p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait(timeout=10)
+
+    def kill(self, pod: str) -> None:
+        """SIGKILL the agent process of pod, as if its container crashed."""
+        with self._lock:
+            p = self.processes[pod]
+            p.killed = True
+            p.proc.send_signal(signal.SIGKILL)
+
+    def log(self, pod: str) -> str:
+        p = self.processes.get(pod)
+        return p.log.read_text(errors="replace") if p and p.log.exists() else ""
+
+    def workspace(self, goal: str) -> Path:
+        path = self.workdir / "workspaces" / ("shared" if self.shared_workspace else goal)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ---- the kubelet's loop ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as e:  # noqa: BLE001 - keep playing the kubelet; tests see the logs
+                print(f"agent runner: {e}", file=sys.stderr)
+            self._stop.wait(0.2)
+
+    def _tick(self) -> None:
+        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL).items
+        present = {p.metadata.name for p in pods}
+        with self._lock:
+            for name, p in list(self.processes.items()):
+                code = p.proc.poll()
+                if name not in present and code is None:
+                    p.proc.kill()  # the pod is gone: so is its container
+                elif code is not None:
+                    self.finished.setdefault(name, code if code >= 0 else 128 - code)
+                    if name in present and name not in self.reported:
+                        self._report_exit(name, self.finished[name])  # retried next tick if it fails
+                        self.reported.add(name)
+        for pod in pods:
+            name = pod.metadata.name
+            if pod.status.phase != "Running" or pod.metadata.deletion_timestamp or name in self.processes:
+                continue
+            if EXIT_CODE_ANNOTATION in (pod.metadata.annotations or {}):
+                continue
+            self._launch(pod)
+
+    def _report_exit(self, pod: str, code: int) -> None:
+        self.k8s.core.patch_namespaced_pod(pod, self.namespace,
+                                           {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}})
+
+    def _launch(self, pod: Any) -> None:
+        name = pod.metadata.name
+        goal = pod.metadata.labels[LABEL_GOAL]
+        container = pod.spec.containers[0]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
+        for var in container.env or []:
+            env[var.name] = self._value(pod, var)
+        env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
+        env["KUBECONFIG"] = str(self._kubeconfig(pod))
+        env.setdefault("OVERSEER_HEALTH_PORT", "0")
+        env["PYTHONUNBUFFERED"] = "1"
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        env.update(self.extra_env)
+        log = self.workdir / f"agent-{name}.log"
+        exe = Path(sys.executable).parent / "overseer-agent"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        with self._lock:
+            self.processes[name] = AgentProcess(name, goal, proc, log)
+
+    def _value(self, pod: Any, var: Any) -> str:
+        if var.value is not None:
+            return var.value
+        source = var.value_from
+        if source.field_ref is not None:
+            return {"metadata.namespace": pod.metadata.namespace, "metadata.name": pod.metadata.name,
+                    "metadata.uid": pod.metadata.uid}[source.field_ref.field_path]
+        if source.secret_key_ref is not None:
+            import base64
+            secret = self.k8s.core.read_namespaced_secret(source.secret_key_ref.name, pod.metadata.namespace)
+            return base64.b64decode(secret.data[source.secret_key_ref.key]).decode()
+        raise ValueError(f"unsupported env source for {var.name}")
+
+    def _kubeconfig(self, pod: Any) -> Path:
+        """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
+        when the pod is deleted), for the loopback API URL."""
+        from kubernetes import client
+
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=3600,
+            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
+                                                           uid=pod.metadata.uid)))
+        token = self.k8s.core.create_namespaced_service_account_token(
+            pod.spec.service_account_name, pod.metadata.namespace, request).status.token
+        path = self.workdir / f"kubeconfig-{pod.metadata.name}"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "local", "cluster": {"server": self.cluster.api_url,
+                                                       "certificate-authority": str(self.cluster.run_dir / "pki" / "ca.crt")}}],
+            "users": [{"name": "pod", "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": "pod",
+                                                     "namespace": pod.metadata.namespace}}],
+        }))
+        return path
+
+
+def wait_exit(runner: AgentRunner, pod: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pod in runner.finished:
+            return runner.finished[pod]
+        time.sleep(0.1)
+    raise AssertionError(f"agent process of pod {pod} did not exit within {timeout}s; log:\n{runner.log(pod)[-3000:]}")
+
+
+class ModelServer:
+    """`overseer-scripted-model` as a subprocess: a stand-in for the Messages API."""
+
+    def __init__(self, scenario: dict[str, Any], workdir: Path) -> None:
+        path = workdir / "scenario.yaml"
+        path.write_text(yaml.safe_dump(scenario))
+        exe = Path(sys.executable).parent / "overseer-scripted-model"
+        self.log = workdir / "model.log"
+        self.proc = subprocess.Popen([str(exe), "--scenario", str(path), "--port", "0", "--log-requests",
+                                      str(workdir / "requests.jsonl")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        match = re.search(r"listening on (http://\S+)", line)
+        assert match, f"scripted model did not start: {line}"
+        self.url = match.group(1)
+        self.requests_path = workdir / "requests.jsonl"
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.requests_path.exists():
+            return []
+        return [json.loads(line) for line in self.requests_path.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
