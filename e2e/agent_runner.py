@@ -131,7 +131,7 @@ class AgentRunner:
             env[var.name] = self._value(pod, var)
         env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
-        env.setdefault("OVERSEER_HEALTH_PORT", "0")
+        env["OVERSEER_HEALTH_PORT"] = "0"  # pods have a port each; processes on one machine do not
         env["PYTHONUNBUFFERED"] = "1"
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env.update(self.extra_env)

@@ -150,9 +150,16 @@ def operator(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture
-def world(namespace: str, kubectl: Kubectl, crds: Any, operator: OperatorFactory, exit_pod: Any) -> World:
+def operator_env() -> dict[str, str]:
+    """Extra environment of the `world` operator; override it in a test module."""
+    return {}
+
+
+@pytest.fixture
+def world(namespace: str, kubectl: Kubectl, crds: Any, operator: OperatorFactory, exit_pod: Any,
+          operator_env: dict[str, str]) -> World:
     """A namespace with the operator running on it (fast retries) and an API key Secret."""
-    op = operator.start(namespace, env=FAST)
+    op = operator.start(namespace, env={**FAST, **operator_env})
     w = World(namespace, kubectl, op, exit_pod)
     w.secret()
     return w

@@ -242,7 +242,8 @@ def test_operator_killed_mid_dispatch_creates_no_duplicate_pod(world: World) -> 
     world.agent("coder", max=30)
     world.wait_condition("agent", "coder", "Ready", "True")
     world.apply("\n---\n".join(GOAL.format(name=f"g{i}", agent="agentRef: {name: coder}", priority=0,
-                                           depends="[]", retries=0, extra="") for i in range(30)))
+                                           depends="[]", retries=0, extra="", description="work")
+                                for i in range(30)))
     for _ in range(3):
         # Kill as soon as dispatch is under way, somewhere between a pod create and its status write.
         wait_for(lambda: world.items("pods", "-l", "overseer.dev/agent=coder") or None, interval=0.05,

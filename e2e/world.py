@@ -42,7 +42,7 @@ apiVersion: overseer.dev/v1alpha1
 kind: Goal
 metadata: {{name: {name}}}
 spec:
-  description: "Make tests/test_parser.py pass without changing the tests."
+  description: {description}
   {agent}
   priority: {priority}
   dependsOn: {depends}
@@ -83,10 +83,11 @@ class World:
                                 labels=labels))
 
     def goal(self, name: str, agent: str = "coder", priority: int = 0, depends: str = "[]", retries: int = 0,
-             extra: str = "", selector: str | None = None) -> None:
+             extra: str = "", selector: str | None = None,
+             description: str = "Make tests/test_parser.py pass without changing the tests.") -> None:
         agent_line = f"agentSelector: {{matchLabels: {selector}}}" if selector else f"agentRef: {{name: {agent}}}"
         self.apply(GOAL.format(name=name, agent=agent_line, priority=priority, depends=depends, retries=retries,
-                               extra=extra))
+                               extra=extra, description=json.dumps(description)))
 
     def phase(self, goal: str) -> str | None:
         obj = self.get("goal", goal)

@@ -258,15 +258,18 @@ def other_load(window: float = 2.0) -> float:
 
 def wait_quiet(limit: float, threshold: float = 0.25) -> float:
     """Wait up to `limit` seconds for two quiet windows in a row (others use < threshold cores)."""
-    deadline = time.monotonic() + limit
-    quiet, load = 0, other_load()
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    quiet, load, said = 0, other_load(), -60.0
+    while time.monotonic() < start + limit:
         quiet = quiet + 1 if load < threshold else 0
         if quiet >= 2:
             break
-        if quiet == 0:
-            log(f"other processes use {load:.2f} cores; waiting for a quiet machine")
+        if quiet == 0 and time.monotonic() - said >= 30:
+            said = time.monotonic()
+            log(f"other processes use {load:.2f} cores; waiting up to {limit:.0f} s for a quiet machine")
         load = other_load()
+    else:
+        log(f"going ahead with other processes at {load:.2f} cores")
     return load
 
 

@@ -15,16 +15,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from overseer.api import API_VERSION, GROUP
+from overseer import approvals
+from overseer.api import API_VERSION
 from overseer.kube import ApiError, Kube, now_iso, path
 
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "overseer-agent"
-ANNOTATION_APPROVE = f"{GROUP}/approve"
-ANNOTATION_DENY = f"{GROUP}/deny"
-ANNOTATION_DENY_REASON = f"{GROUP}/deny-reason"
-ANNOTATION_STEER = f"{GROUP}/steer"
 
 
 class GoalLink:
@@ -75,12 +72,13 @@ class GoalLink:
 
     def decision(self, approval_id: str) -> tuple[str, str] | None:
         """("approved"|"denied", reason) once a person has decided on approval_id."""
-        notes = self.annotations
-        if notes.get(ANNOTATION_APPROVE) == approval_id:
-            return "approved", ""
-        if notes.get(ANNOTATION_DENY) == approval_id:
-            return "denied", notes.get(ANNOTATION_DENY_REASON, "")
-        return None
+        return approvals.decision(self.goal, approval_id)
+
+    def decided_by(self, approval_id: str) -> tuple[str, str]:
+        """(who, when) set the annotation that decided approval_id."""
+        verdict = self.decision(approval_id)
+        key = approvals.APPROVE if verdict and verdict[0] == "approved" else approvals.DENY
+        return approvals.set_by(self.goal, key)
 
     async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Wait for a change of the Goal after which predicate() is truthy; return its value."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import anthropic
 
+from overseer import approvals
 from overseer.kube import now_iso
 
 from .tools.base import ToolContext, ToolRegistry
@@ -129,6 +130,7 @@ class AgentLoop:
         self.rate_limit = rate_limit
         self.on_decision = on_decision
         self.messages: list[dict[str, Any]] = []
+        self.actions: list[tuple[str, str]] = []  # (tool, one-line outcome), for the knowledge base
         self.counters = Counters()
         self._saved = 0                   # messages already in the checkpoint
         self._started = time.monotonic()
@@ -262,6 +264,8 @@ class AgentLoop:
                         "content": f"A person denied this call{': ' + reason if reason else ''}. "
                                    f"Do not retry it; choose another way or explain why it is needed."}
         result = await self.tools.run(name, args, self.ctx)
+        if len(self.actions) < 500:
+            self.actions.append((name, ("error: " if result.is_error else "") + (result.summary or "")[:200]))
         await self._emit("tool_result", {"name": name, "summary": result.summary, "is_error": result.is_error,
                                          "content": result.content[:2000]})
         await self.link.report(lastTool=(result.summary or name)[:200])
@@ -290,7 +294,7 @@ class AgentLoop:
 
     async def _deliver_steering(self) -> None:
         notes: list[str] = []
-        steer = self.link.annotations.get("overseer.dev/steer", "")
+        steer = self.link.annotations.get(approvals.STEER, "")
         if steer and steer != self.counters.steer_seen:
             notes.append(steer)
             self.counters.steer_seen = steer

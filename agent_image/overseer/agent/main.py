@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -16,11 +17,13 @@ import anthropic
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer.kube import Kube, load_credentials, path
 
+from . import live
 from .capability_tools import capability_tool
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
 from .health import HealthServer
+from .knowledge import Action, Experience, KnowledgeBase
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from .tools import default_registry
 from .tools.base import ToolContext
@@ -84,24 +87,64 @@ async def run(settings: AgentSettings) -> int:
         for cap in capabilities:
             registry.register(capability_tool(cap))
 
-        lessons: list[str] = []
-        checkpoints = FileCheckpoints(settings.workspace, goal.metadata.get("uid") or goal.name)
+        uid = goal.metadata.get("uid") or goal.name
+        kb: KnowledgeBase | None = None
+        lessons = []
+        checkpoints: Any = FileCheckpoints(settings.workspace, uid)
+        if settings.database_url:
+            kb = KnowledgeBase(settings.database_url, spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
+            await kb.open()  # down for now: writes queue and replay when it returns
+            checkpoints = kb.for_goal(uid)
+            lessons = await kb.lessons(goal.spec.description, agent.name)
+        redis = live.connect(settings.redis_url)
+        events = live.EventStream(redis, ns, goal.name)
+        steering = live.SteeringQueue(redis, ns, goal.name)
+        limiter = None
+        if settings.requests_per_minute and settings.tokens_per_minute:
+            limiter = live.RateLimiter(redis, os.environ.get("ANTHROPIC_API_KEY", ""),
+                                       requests_per_minute=settings.requests_per_minute,
+                                       tokens_per_minute=settings.tokens_per_minute)
+
+        async def publish(kind: str, data: dict[str, Any]) -> None:
+            await events.publish({"type": kind, "data": data})
+
+        async def drain_steering() -> list[str]:
+            return [m.text for m in await steering.drain()]
+
+        async def on_decision(approval_id: str, tool: str, summary: str, verdict: str, reason: str) -> None:
+            if kb is not None:
+                by, at = link.decided_by(approval_id)
+                await kb.record_decision(uid, approval_id, "toolCall", summary, verdict, by, at, reason)
+
         client = anthropic.AsyncAnthropic(max_retries=4)
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
-            system=system_prompt(agent, lessons), goal_key=f"{ns}/{goal.name}",
+            system=system_prompt(agent, [lesson.text for lesson in lessons]), goal_key=f"{ns}/{goal.name}",
             min_approval_risk=goal.spec.approval_policy.min_risk,
             context_tokens=settings.context_tokens, compact_at=settings.compact_at)
-        loop = AgentLoop(client, config, registry, ctx, link, checkpoints, effective_budget(agent, goal), todos)
+        loop = AgentLoop(client, config, registry, ctx, link, checkpoints, effective_budget(agent, goal), todos,
+                         publish=publish, steering=drain_steering, rate_limit=limiter, on_decision=on_decision)
         await health.start(lambda: loop.counters.iteration)
         link.start()
         started = time.monotonic()
         outcome = await loop.run(goal.spec.description)
+        duration = time.monotonic() - started
         logger.info("goal %s/%s finished: success=%s reason=%s in %.1fs", ns, goal.name, outcome.success,
-                    outcome.reason, time.monotonic() - started)
+                    outcome.reason, duration)
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
                           progress=todos.summary() if len(todos) else None)
+        await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
+        if kb is not None and outcome.reason != "Cancelled":
+            await kb.record_experience(Experience(
+                goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
+                description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],
+                actions=[Action(tool, note) for tool, note in loop.actions], tokens=loop.counters.total,
+                duration_seconds=duration, error=None if outcome.success else outcome.reason))
+            if lessons:
+                await kb.record_lesson_use([lesson.id for lesson in lessons], outcome.success, goal_uid=uid)
+            await kb.flush(timeout=10)
+            await kb.close()
         return exit_code(outcome)
     finally:
         await link.stop()
@@ -117,7 +160,6 @@ def exit_code(outcome: Outcome) -> int:
 
 def _tool_env(settings: AgentSettings) -> dict[str, str]:
     """The environment of commands the agent runs: no API keys or cluster credentials."""
-    import os
     hidden = ("ANTHROPIC_", "OVERSEER_", "KUBECONFIG", "KUBERNETES_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(hidden)}
     env["HOME"] = str(settings.workspace)

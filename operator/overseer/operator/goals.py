@@ -8,7 +8,8 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from overseer.api import GROUP, Agent, Goal, Phase, parse_duration
+from overseer.api import Agent, Goal, Phase, parse_duration
+from overseer.approvals import APPROVE, DENY, record_decisions
 from overseer.api.meta import LABEL_ATTEMPT
 
 from . import dispatch
@@ -23,28 +24,6 @@ logger = logging.getLogger(__name__)
 
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
-ANNOTATION_APPROVE = f"{GROUP}/approve"
-ANNOTATION_DENY = f"{GROUP}/deny"
-
-
-def record_decisions(raw: Raw) -> list[dict[str, Any]]:
-    """status.decisions plus any new approve/deny annotation, with who set it and when, as the
-    API server's managedFields tell (the agent's own ServiceAccount cannot set these)."""
-    decisions = list((raw.get("status") or {}).get("decisions") or [])
-    known = {d["id"] for d in decisions}
-    notes = raw["metadata"].get("annotations") or {}
-    for key, verdict in ((ANNOTATION_APPROVE, "approved"), (ANNOTATION_DENY, "denied")):
-        approval_id = notes.get(key)
-        if not approval_id or approval_id in known:
-            continue
-        by, at = "unknown", now_iso()
-        for entry in raw["metadata"].get("managedFields") or []:
-            fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {}
-            if f"f:{key}" in fields:
-                by, at = entry.get("manager", by), entry.get("time", at)
-        decisions.append({"id": approval_id, "decision": verdict, "decidedBy": by, "decidedAt": at})
-        known.add(approval_id)
-    return decisions
 
 
 def _ts(text: str) -> datetime:
@@ -211,7 +190,7 @@ class GoalReconciler:
             first = pending[0]["id"]
             phase, reason = Phase.AWAITING_APPROVAL, "ApprovalRequested"
             message = (f"{pending[0].get('summary', first)} -- approve with: kubectl annotate goal/{name} "
-                       f"{ANNOTATION_APPROVE}={first} (or {ANNOTATION_DENY}={first})")
+                       f"{APPROVE}={first} (or {DENY}={first})")
         else:
             phase, reason = Phase.RUNNING, "Running"
             message = f"attempt {attempt} running in pod {pod_name}"

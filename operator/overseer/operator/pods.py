@@ -45,6 +45,13 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     ]
     if model.base_url:
         env.append({"name": "ANTHROPIC_BASE_URL", "value": model.base_url})
+    for name, value in (("OVERSEER_DATABASE_URL", settings.agent_database_url),
+                        ("OVERSEER_REDIS_URL", settings.agent_redis_url),
+                        ("OVERSEER_REQUESTS_PER_MINUTE", settings.agent_requests_per_minute or None),
+                        ("OVERSEER_TOKENS_PER_MINUTE", settings.agent_tokens_per_minute or None),
+                        ("OVERSEER_HEALTH_PORT", settings.agent_metrics_port)):
+        if value is not None:
+            env.append({"name": name, "value": str(value)})
     resources = agent.spec.resources.to_api()
     container = {
         "name": "agent",

@@ -39,5 +39,13 @@ class Settings(BaseSettings):
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = {"k8s-app": "kube-dns"}
     """Labels of the cluster DNS pods agents may query."""
+    agent_database_url: str | None = None
+    """PostgreSQL knowledge base handed to goal pods (checkpoints, experiences, lessons)."""
+    agent_redis_url: str | None = None
+    """Redis handed to goal pods (shared rate limit, live events, steering)."""
+    agent_requests_per_minute: int = Field(default=0, ge=0)
+    """Model API requests per minute shared by all goal pods of an API key; 0 = no limit."""
+    agent_tokens_per_minute: int = Field(default=0, ge=0)
+    """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
     agent_metrics_port: int = 9090
     """Port of the agent's /metrics and /healthz inside goal pods."""
