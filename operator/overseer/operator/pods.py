@@ -56,7 +56,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     container = {
         "name": "agent",
         "image": agent.spec.image or settings.agent_image,
-        "args": ["overseer-agent"],
+        "command": ["overseer-agent"],
         "env": env,
         "workingDir": WORKSPACE,
         "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
