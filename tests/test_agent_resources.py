@@ -84,13 +84,21 @@ def test_role_grants_no_capabilities_to_an_agent_without_any(make_agent):
     assert rules_for(role, "capabilities") == []
 
 
-def test_role_grants_only_overseer_resources_and_events(make_agent):
+def test_role_reads_only_the_agents_own_modifications_config_map(make_agent):
+    role = render_role(make_agent("coder"))
+
+    [rule] = rules_for(role, "configmaps")
+    assert rule["resourceNames"] == ["overseer-agent-coder-modifications"]
+    assert rule["verbs"] == ["get"], "an agent that could write its modifications could approve a change to itself"
+
+
+def test_role_grants_only_overseer_resources_events_and_its_modifications(make_agent):
     role = render_role(make_agent(capabilities=["git"]))
 
     granted = {(group, resource) for r in role["rules"] for group in r["apiGroups"] for resource in r["resources"]}
     assert granted == {
         (GROUP, "agents"), (GROUP, "capabilities"), (GROUP, "goals"), (GROUP, "goals/status"),
-        ("", "events"), ("events.k8s.io", "events"),
+        ("", "events"), ("events.k8s.io", "events"), ("", "configmaps"),
     }
     assert verbs_on(role, "events") == {"create"}
     for forbidden in ("secrets", "pods", "pods/exec", "serviceaccounts", "roles", "rolebindings", "*"):

@@ -5,6 +5,7 @@ goal is cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -86,6 +87,8 @@ class Link(Protocol):
     def cancelled(self) -> bool: ...
     @property
     def annotations(self) -> dict[str, str]: ...
+    @property
+    def goal(self) -> dict[str, Any]: ...
     def decision(self, approval_id: str) -> tuple[str, str] | None: ...
     async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any: ...
     async def report(self, **fields: Any) -> None: ...
@@ -106,6 +109,7 @@ class LoopConfig:
     compact_at: float = 0.75
     breaker_failures: int = 5             # consecutive failed calls before giving up
     breaker_base_delay: float = 2.0
+    record_timeout: float = 300.0         # how long an approved self-modification waits for the operator
 
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -278,12 +282,23 @@ class AgentLoop:
         request = {"id": approval_id, "kind": "toolCall",
                    "summary": f"{name} ({assessment.risk} risk): {assessment.reason}"[:300],
                    "detail": detail, "requestedAt": now_iso()}
+        own_request = getattr(self.tools.get(name), "approval_request", None)
+        if own_request is not None:  # a tool that asks in its own terms (a self-modification)
+            request.update(own_request(args))
+            approval_id = request["id"]
         await self.link.report(pendingApprovals=[request])
         await self._emit("approval_requested", request)
         logger.info("waiting for approval %s: kubectl annotate goal/%s overseer.dev/approve=%s",
                     approval_id, self.config.goal_key.split("/", 1)[1], approval_id)
         verdict, reason = await self.link.wait_until(lambda: self.link.decision(approval_id)
                                                      or (("denied", "the goal was cancelled") if self.link.cancelled else None))
+        if verdict == "approved" and request["kind"] != "toolCall":
+            # The operator acts on such a request (stores the modification) before it records the
+            # decision in status: keep the request until then, or it would never see it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await self.link.wait_until(lambda: self.link.cancelled or any(
+                    d.get("id") == approval_id for d in (self.link.goal.get("status") or {}).get("decisions") or []),
+                    timeout=self.config.record_timeout)
         await self.link.report(pendingApprovals=[])
         await self._emit("approval_decided", {"id": approval_id, "decision": verdict, "reason": reason})
         if self.on_decision is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
+from overseer import modifications
 from overseer.kube import Kube, load_credentials, path
 
 from . import live
@@ -27,6 +28,9 @@ from .knowledge import Action, Experience, KnowledgeBase
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from .tools import default_registry
 from .tools.base import ToolContext
+from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
+from .tools.knowledge_search import SearchKnowledge
+from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
 from .tools.todo import TodoList
 
 logger = logging.getLogger("overseer.agent")
@@ -39,13 +43,15 @@ goal of more than a couple of steps and keep it current. When the goal is done, 
 short report of what you did and the result, without calling a tool."""
 
 
-def system_prompt(agent: Agent, lessons: list[str]) -> str:
+def system_prompt(agent: Agent, lessons: list[str], approved: list[str] | None = None) -> str:
     parts = []
     if agent.spec.role:
         parts.append(f"You are: {agent.spec.role}.")
     if agent.spec.system_prompt:
         parts.append(agent.spec.system_prompt)
     parts.append(GUIDANCE)
+    if approved:
+        parts.append("Lessons approved for you by the people who run you:\n" + "\n".join(f"- {x}" for x in approved))
     if lessons:
         parts.append("Lessons from earlier goals (use what applies):\n" + "\n".join(f"- {x}" for x in lessons))
     return "\n\n".join(parts)
@@ -88,6 +94,12 @@ async def run(settings: AgentSettings) -> int:
             registry.register(capability_tool(cap))
 
         uid = goal.metadata.get("uid") or goal.name
+        # Approved self-modifications: lessons for the prompt, script tools (registered last).
+        approved = await load_approved(kube, ns, agent.name)
+        confirm = confirmer(kube, ns, agent.name)
+        registry.register(ProposeLesson(uid, agent.name, confirm))
+        registry.register(ProposeScriptTool(uid, agent.name, confirm, taken=registry.names,
+                                            network_allowed=any(cap.spec.egress for cap in capabilities)))
         kb: KnowledgeBase | None = None
         lessons = []
         checkpoints: Any = FileCheckpoints(settings.workspace, uid)
@@ -96,6 +108,7 @@ async def run(settings: AgentSettings) -> int:
             await kb.open()  # down for now: writes queue and replay when it returns
             checkpoints = kb.for_goal(uid)
             lessons = await kb.lessons(goal.spec.description, agent.name)
+            registry.register(SearchKnowledge(kb, agent.name))
         redis = live.connect(settings.redis_url)
         events = live.EventStream(redis, ns, goal.name)
         steering = live.SteeringQueue(redis, ns, goal.name)
@@ -114,15 +127,27 @@ async def run(settings: AgentSettings) -> int:
         async def on_decision(approval_id: str, tool: str, summary: str, verdict: str, reason: str) -> None:
             if kb is not None:
                 by, at = link.decided_by(approval_id)
-                await kb.record_decision(uid, approval_id, "toolCall", summary, verdict, by, at, reason)
+                kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
+                await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
         client = anthropic.AsyncAnthropic(max_retries=4)
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
-            system=system_prompt(agent, [lesson.text for lesson in lessons]), goal_key=f"{ns}/{goal.name}",
+            system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),
+            goal_key=f"{ns}/{goal.name}",
             min_approval_risk=goal.spec.approval_policy.min_risk,
             context_tokens=settings.context_tokens, compact_at=settings.compact_at)
-        loop = AgentLoop(client, config, registry, ctx, link, checkpoints, effective_budget(agent, goal), todos,
+        budget = effective_budget(agent, goal)
+        if settings.max_subgoal_depth > 0:
+            # Sub-goals are charged to this goal's token budget, including those of an earlier attempt.
+            ledger = TokenLedger(budget, used=lambda: loop.counters.total)
+            subgoals = SpawnSubgoal(kube, ParentGoal(ns, goal.name, goal.metadata.get("uid", ""), goal.spec.parent,
+                                                     goal.spec.priority, goal.spec.approval_policy.to_api()),
+                                    agent.name, ledger, max_depth=settings.max_subgoal_depth)
+            registry.register(subgoals)
+            await subgoals.restore()
+        register_approved(registry, approved.tools)
+        loop = AgentLoop(client, config, registry, ctx, link, checkpoints, budget, todos,
                          publish=publish, steering=drain_steering, rate_limit=limiter, on_decision=on_decision)
         await health.start(lambda: loop.counters.iteration)
         link.start()

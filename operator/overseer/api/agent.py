@@ -92,6 +92,9 @@ class AgentStatus(ApiModel):
     """Goals that failed."""
     tokens_used: int = 0
     """Tokens used by all of this agent's goals."""
+    modifications: int = 0
+    """Approved self-modifications (lessons, script tools) later goals use, i.e. not reverted; they are
+    kept in ConfigMap overseer-agent-NAME-modifications."""
 
 
 class Agent(CustomResource):
@@ -107,6 +110,7 @@ class Agent(CustomResource):
         PrinterColumn(name="Queued", type="integer", json_path=".status.queuedGoals", priority=1),
         PrinterColumn(name="Succeeded", type="integer", json_path=".status.succeededGoals"),
         PrinterColumn(name="Failed", type="integer", json_path=".status.failedGoals"),
+        PrinterColumn(name="Modifications", type="integer", json_path=".status.modifications", priority=1),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 

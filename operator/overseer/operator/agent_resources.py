@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from overseer import modifications
 from overseer.api import API_VERSION, GROUP, Agent, Capability
 from overseer.api.meta import LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -39,14 +40,17 @@ def render_service_account(agent: Agent) -> dict[str, Any]:
 
 
 def render_role(agent: Agent) -> dict[str, Any]:
-    """Least privilege for the agent's pods: read its Agent, Capabilities and Goals, report on
-    Goal status, create sub-goals and events. No update/patch of Goals themselves, so an agent
-    can never set the approval annotations on its own goal."""
+    """Least privilege for the agent's pods: read its Agent, Capabilities, Goals and approved
+    self-modifications, report on Goal status, create sub-goals and events. No update/patch of
+    Goals themselves, so an agent can never set the approval annotations on its own goal, and no
+    write to its modifications ConfigMap, so it can never approve a change to itself."""
     rules: list[dict[str, Any]] = [
         {"apiGroups": [GROUP], "resources": ["agents"], "resourceNames": [agent.name], "verbs": ["get"]},
         {"apiGroups": [GROUP], "resources": ["goals"], "verbs": ["get", "list", "watch", "create"]},
         {"apiGroups": [GROUP], "resources": ["goals/status"], "verbs": ["get", "patch"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [modifications.configmap_name(agent.name)],
+         "verbs": ["get"]},
     ]
     if agent.spec.capabilities:
         rules.insert(1, {"apiGroups": [GROUP], "resources": ["capabilities"],

@@ -8,11 +8,13 @@ import json
 import logging
 from typing import Any
 
+from overseer import modifications
 from overseer.api import Agent, Capability, Phase
 
 from . import agent_resources as render
 from .conditions import is_true, same_conditions, set_condition
-from overseer.kube import path
+from .modification_store import ModificationStore, describe
+from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class AgentReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._applied: dict[Key, str] = {}  # fingerprint of the children last applied
+        self.modifications = ModificationStore(rt.kube)
+        self._not_found: set[tuple[str, str, str]] = set()  # revert ids already warned about
 
     def forget(self) -> None:
         """Apply every agent's children again on the next reconcile (drift repair)."""
@@ -68,6 +72,27 @@ class AgentReconciler:
         else:
             await self.rt.kube.delete(path("v1", "resourcequotas", agent.namespace, render.child_name(agent.name)))
         self._applied[key] = fingerprint
+
+    async def sync_modifications(self, raw: dict[str, Any]) -> int:
+        """Carry out the revert annotation (`overseer.dev/revert=ID[,ID...]`), if any; return how
+        many modifications later goals use."""
+        ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        ids = modifications.revert_ids(raw["metadata"].get("annotations"))
+        if not ids:
+            return len(modifications.active(await self.modifications.data(ns, name)))
+        reverted, missing, data = await self.modifications.revert(raw, ids)
+        for rec in reverted:
+            await self.rt.kube.post_event(raw, "Normal", "ModificationReverted",
+                                          f"{describe(rec)} reverted by {rec['revertedBy']}; later goals no longer "
+                                          f"use it (kept in ConfigMap {modifications.configmap_name(name)})")
+        for missing_id in missing:
+            if (ns, name, missing_id) not in self._not_found:
+                self._not_found.add((ns, name, missing_id))
+                await self.rt.kube.post_event(
+                    raw, "Warning", "ModificationNotFound",
+                    f"Agent {ns}/{name}: annotation {modifications.REVERT} names {missing_id!r}, which ConfigMap "
+                    f"{modifications.configmap_name(name)} does not hold")
+        return len(modifications.active(data))
 
     def goal_counts(self, ns: str, name: str) -> dict[str, int]:
         counts = {"runningGoals": 0, "queuedGoals": 0, "succeededGoals": 0, "failedGoals": 0, "tokensUsed": 0}
@@ -135,7 +160,13 @@ class AgentReconciler:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
         conds = set_condition(conds, "Ready", ready, reason, message, gen)
 
+        try:
+            active = await self.sync_modifications(raw)
+        except ApiError as e:  # the Agent stays usable; the revert is tried again on the next reconcile
+            logger.warning("Agent %s/%s: modifications not read: %s", ns, name, e)
+            active = int(status.get("modifications") or 0)
         changes: dict[str, Any] = {"observedGeneration": gen, "serviceAccountName": render.child_name(name),
+                                   "modifications": active,
                                    **self.goal_counts(ns, name)}
         old_conds = status.get("conditions") or []
         if not same_conditions(conds, old_conds):

@@ -9,13 +9,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from overseer.api import Agent, Goal, Phase, parse_duration
-from overseer.approvals import APPROVE, DENY, record_decisions
+from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.api.meta import LABEL_ATTEMPT
 
 from . import dispatch
 from .agent_resources import child_name
 from .conditions import is_true, same_conditions, set_condition
 from .dispatch import TERMINAL
+from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
@@ -41,6 +42,7 @@ def _iso(dt: datetime) -> str:
 class GoalReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.modifications = ModificationStore(rt.kube)
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class GoalReconciler:
         person. Also adopts a pod created just before a crash, before its status was written."""
         status = raw.get("status") or {}
         name, pod_name = raw["metadata"]["name"], pod["metadata"]["name"]
-        pending = status.get("pendingApprovals") or []
+        pending = [p for p in status.get("pendingApprovals") or [] if decision(raw, p["id"]) is None]
         if pending:
             first = pending[0]["id"]
             phase, reason = Phase.AWAITING_APPROVAL, "ApprovalRequested"
@@ -201,6 +203,7 @@ class GoalReconciler:
             await self.rt.kube.post_event(raw, "Warning", "HeartbeatLost", msg)
             await self.delete_live_pods([pod])
             return 1.0
+        await self.store_modifications(raw, agent_name)
         decisions = record_decisions(raw)
         extra = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
         await self.update(raw, phase, reason, message,
@@ -209,6 +212,35 @@ class GoalReconciler:
         if timeout and not pending:
             next_look = min(next_look, timeout) if next_look else timeout
         return next_look
+
+    async def store_modifications(self, raw: Raw, agent_name: str | None) -> None:
+        """Store the self-modifications a person approved in the agent's ConfigMap. Runs before the
+        decisions are recorded: the agent keeps its request in status until it sees its decision."""
+        approved, problems = approved_requests(raw)
+        ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        for problem in problems:
+            await self.rt.kube.post_event(raw, "Warning", "ModificationRejected", f"Goal {ns}/{name}: {problem}")
+        agent = self.rt.one("agents", (ns, agent_name)) if approved and agent_name else None
+        if agent is None:
+            return
+        try:
+            added = await self.modifications.store(agent, approved)
+        except ApiError as e:
+            if e.status >= 500:
+                raise
+            # Refused for good (too large for a ConfigMap, forbidden, ...): say so and let the
+            # decisions be recorded, so the agent learns now that nothing was stored.
+            await self.rt.kube.post_event(raw, "Warning", "ModificationNotStored",
+                                          f"Goal {ns}/{name}: approved modifications not stored: {e}")
+            return
+        for item in approved:
+            if item.id in added:
+                await self.rt.kube.post_event(
+                    agent, "Normal", "ModificationStored",
+                    f"{describe(item.record)} proposed by goal {name}, approved by {item.record['approvedBy']}; "
+                    f"later goals use it (revert: kubectl annotate agent/{agent_name} overseer.dev/revert={item.id})")
+        if added:
+            self.rt.agents.add((ns, agent_name))  # its count of modifications
 
     async def attempt_failed(self, raw: Raw, goal: Goal, attempt: int, reason: str, exit_code: int | None,
                              pod: str) -> float | None:
