@@ -35,6 +35,10 @@ class GoalLink:
         self._heartbeat_seconds = heartbeat_seconds
         self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
+        self._version = 0                 # bumped by every report()
+        self._applied = 0                 # the version last written
+        self._dirty = asyncio.Event()
+        self._progress = asyncio.Condition()
 
     @property
     def url(self) -> str:
@@ -50,9 +54,12 @@ class GoalLink:
     def start(self) -> None:
         """Follow the Goal and keep the heartbeat fresh until stop()."""
         self._tasks = [asyncio.create_task(self._follow(), name="goal-watch"),
-                       asyncio.create_task(self._heartbeat(), name="heartbeat")]
+                       asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                       asyncio.create_task(self._writer(), name="status-writer")]
 
     async def stop(self) -> None:
+        if self._tasks:
+            await self.flush(timeout=10)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -123,10 +130,51 @@ class GoalLink:
     # ---- writing ------------------------------------------------------------------------
 
     async def report(self, **fields: Any) -> None:
-        """Set agent-owned status fields (camelCase) and apply the whole agent-owned set: with
-        server-side apply, a field left out would be given up."""
+        """Set agent-owned status fields (camelCase). A background writer applies the latest
+        state, so the loop never waits on the API server; flush() waits for it."""
         self._state.update(fields)
-        await self._apply()
+        self._version += 1
+        if not self._tasks:  # not started (tests, early failures): write now
+            await self._apply()
+            self._applied = self._version
+            return
+        self._dirty.set()
+
+    async def flush(self, timeout: float = 30.0) -> bool:
+        """Wait (up to timeout) until everything reported so far is written."""
+        target = self._version
+
+        async def written() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._applied >= target)
+        try:
+            await asyncio.wait_for(written(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            logger.warning("status writes still pending after %.0fs", timeout)
+            return False
+
+    async def _writer(self) -> None:
+        backoff = 0.5
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            version = self._version
+            try:
+                # Always the whole agent-owned set: with server-side apply, a field left out is given up.
+                await self._apply()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - written again after a pause
+                logger.warning("status not written (retrying): %s", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                self._dirty.set()
+                continue
+            backoff = 0.5
+            async with self._progress:
+                self._applied = version
+                self._progress.notify_all()
 
     async def _apply(self) -> None:
         async with self._write_lock:

@@ -139,6 +139,9 @@ class AgentLoop:
         self._saved = 0                   # messages already in the checkpoint
         self._started = time.monotonic()
         self._failures = 0
+        self._cache_mark = -1             # the message that carried the last call's breakpoint
+        self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._publisher: asyncio.Task[None] | None = None
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -165,11 +168,34 @@ class AgentLoop:
         return self.counters.seconds + (time.monotonic() - self._started)
 
     async def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        if self.publish is not None:
+        """Queue an event for the live stream; a background task publishes them in order."""
+        if self.publish is None:
+            return
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_events(), name="events")
+        self._events.put_nowait((kind, data))
+
+    async def _publish_events(self) -> None:
+        assert self.publish is not None
+        while True:
+            kind, data = await self._events.get()
             try:
                 await self.publish(kind, data)
             except Exception as e:  # noqa: BLE001 - the live stream is best effort
                 logger.debug("event not published: %s", e)
+            finally:
+                self._events.task_done()
+
+    async def flush_events(self, timeout: float = 5.0) -> None:
+        """Publish what is queued (bounded by timeout), then stop the publisher."""
+        if self._publisher is None:
+            return
+        try:
+            await asyncio.wait_for(self._events.join(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("%d events not published", self._events.qsize())
+        self._publisher.cancel()
+        self._publisher = None
 
     async def _report(self, **extra: Any) -> None:
         await self.link.report(iteration=self.counters.iteration, tokens=self.counters.tokens(),
@@ -219,7 +245,8 @@ class AgentLoop:
                 results.append(await self._run_tool(use))
                 self.counters.tool_calls += 1
                 self.counters.partial = list(results)
-                await self._checkpoint()  # each finished tool call is kept: a replaced pod never runs it twice
+                if len(results) < len(tool_uses):
+                    await self._checkpoint()  # each finished call is kept: a replaced pod never runs it twice
             self.counters.partial = []
             self._finish_results(results)
             await self._checkpoint()
@@ -336,10 +363,12 @@ class AgentLoop:
             "Context is running out. Write a summary of this work for yourself to continue from: the task, "
             "decisions made and why, files changed, commands that worked or failed, and what is left to do. "
             "Be complete but brief. Do not call tools.")}
-        history = [*self.messages[:-1], {"role": "user", "content": [*self.messages[-1]["content"], ask]}]
-        response = await self.client.messages.create(
-            model=self.config.model, max_tokens=min(self.config.max_tokens, 4096), system=self.config.system,
-            messages=_strip_local(history), metadata={"user_id": self.config.goal_key})
+        # The same tools, system and breakpoints as a normal call, so the summary request reads
+        # the conversation from cache instead of paying for all of it again.
+        request = self._request()
+        request["messages"][-1]["content"].append(ask)
+        request["max_tokens"] = min(self.config.max_tokens, 4096)
+        response = await self.client.messages.create(**request)
         self._count(response.usage)
         summary = "\n".join(b.text for b in response.content if b.type == "text")
         task = self.messages[0]["content"]
@@ -349,6 +378,7 @@ class AgentLoop:
         await self.checkpoints.replace(self.messages)
         self._saved = len(self.messages)
         self._last_prompt_tokens = 0
+        self._cache_mark = -1
         await self._emit("compacted", {"summary": summary[:2000]})
 
     # ---- the model ------------------------------------------------------------------------
@@ -358,10 +388,14 @@ class AgentLoop:
         if tools:
             tools = [*tools[:-1], {**tools[-1], "cache_control": CACHE}]
         messages = _strip_local(self.messages)
-        last = messages[-1]
-        if last["content"]:
-            # Breakpoint on the newest turn: the next call reads everything before it from cache.
-            last["content"] = [*last["content"][:-1], {**last["content"][-1], "cache_control": CACHE}]
+        # A breakpoint on the newest turn lets the next call read everything before it from cache.
+        # The API looks back only 20 blocks from a breakpoint for a cached prefix, and one round
+        # of many parallel tool calls adds more than that: so the previous call's breakpoint stays
+        # too (tools, system and these two make the API's maximum of four).
+        for i in {len(messages) - 1, self._cache_mark}:
+            if 0 <= i < len(messages) and messages[i]["content"]:
+                content = messages[i]["content"]
+                messages[i]["content"] = [*content[:-1], {**content[-1], "cache_control": CACHE}]
         return {"model": self.config.model, "max_tokens": self.config.max_tokens,
                 "system": [{"type": "text", "text": self.config.system, "cache_control": CACHE}],
                 "tools": tools, "messages": messages, "metadata": {"user_id": self.config.goal_key}}
@@ -388,6 +422,7 @@ class AgentLoop:
                 await asyncio.sleep(delay)
                 continue
             self._failures = 0
+            self._cache_mark = len(self.messages) - 1
             if self.rate_limit is not None:
                 usage = response.usage
                 await self.rate_limit.settle(estimate, usage.input_tokens + usage.output_tokens

@@ -159,6 +159,8 @@ async def run(settings: AgentSettings) -> int:
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
                           progress=todos.summary() if len(todos) else None)
+        await link.flush()
+        await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
         if kb is not None and outcome.reason != "Cancelled":
             await kb.record_experience(Experience(

@@ -1,0 +1,237 @@
+"""The execution loop against the scripted model, through the real SDK: no cluster, no database.
+
+Each test runs an AgentLoop with a real ToolRegistry, FileCheckpoints in tmp_path and an
+in-memory stand-in for the Goal link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from overseer.agent.checkpoint_file import FileCheckpoints
+from overseer.agent.loop import AgentLoop, Budget, LoopConfig, Outcome
+from overseer.agent.scripted_model import Scenario, ScriptedModelServer, count_tokens, prompt_blocks
+from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
+from overseer.agent.tools.todo import TodoList
+
+MODEL = "claude-sonnet-5-5"
+GOAL = "team-a/fix-ci"
+TASK = "Make tests/test_parser.py pass without changing the tests."
+# Long enough (about 1300 tokens) for the system prompt to be cached on its own.
+SYSTEM = "You work autonomously on one goal. " + " ".join(
+    f"Rule {i}: keep changes small, run the tests after each edit and report what changed." for i in range(70))
+
+
+class MemoryLink:
+    """The loop's view of its Goal, in memory: never cancelled, no approvals, status kept here."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+        self.reports: list[dict[str, Any]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return False
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def goal(self) -> dict[str, Any]:
+        return {"metadata": {"name": "fix-ci", "namespace": "team-a"}, "spec": {"description": TASK}}
+
+    def decision(self, approval_id: str) -> tuple[str, str] | None:
+        return None
+
+    async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        value = predicate()
+        if not value:
+            raise AssertionError("these tests never wait for a person")
+        return value
+
+    async def report(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.reports.append(fields)
+
+
+class Noop(Tool):
+    """Does nothing but remember its calls; its result is `size` characters long."""
+
+    name = "noop"
+    description = "Does nothing. Used to exercise the loop."
+    input_schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": False}
+
+    def __init__(self, size: int = 40) -> None:
+        self.size = size
+        self.calls: list[dict[str, Any]] = []
+
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        self.calls.append(dict(input))
+        text = f"noop {dict(input)} finished. "
+        return ToolResult((text * (self.size // len(text) + 1))[: self.size], summary=f"noop {dict(input)}")
+
+
+class Crash(Exception):
+    """The pod dies (here: right after a checkpoint was written)."""
+
+
+class CrashingCheckpoints(FileCheckpoints):
+    """FileCheckpoints that crash the loop right after the save `when(counters)` picks."""
+
+    def __init__(self, workspace: Path, goal_uid: str, when: Callable[[dict[str, Any]], bool]) -> None:
+        super().__init__(workspace, goal_uid)
+        self.when = when
+
+    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
+                   counters: dict[str, Any]) -> None:
+        await super().save(iteration, new_messages, todos, counters)
+        if self.when(counters):
+            raise Crash(f"crashed after the checkpoint of iteration {iteration}")
+
+
+@contextlib.asynccontextmanager
+async def model(scenario: Any, max_retries: int = 0) -> AsyncIterator[tuple[ScriptedModelServer, Any]]:
+    async with ScriptedModelServer(scenario) as server:
+        async with anthropic.AsyncAnthropic(base_url=server.url, api_key="test", max_retries=max_retries) as client:
+            yield server, client
+
+
+def make_loop(client: Any, workspace: Path, *, tool: Tool | None = None, budget: Budget | None = None,
+              checkpoints: Any = None, link: MemoryLink | None = None, **config: Any) -> AgentLoop:
+    registry = ToolRegistry([tool or Noop()])
+    settings = {"model": MODEL, "max_tokens": 1024, "system": SYSTEM, "goal_key": GOAL, **config}
+    return AgentLoop(client, LoopConfig(**settings), registry, ToolContext(workspace=workspace),
+                     link or MemoryLink(), checkpoints or FileCheckpoints(workspace, "uid-1"),
+                     budget or Budget(), TodoList())
+
+
+def messages_requests(server: ScriptedModelServer) -> list[Any]:
+    return [r for r in server.requests if r.path == "/v1/messages"]
+
+
+def call_turn(n: int, *ids: str, text: str | None = None) -> dict[str, Any]:
+    """A scripted turn calling noop once per id, with inputs n, n+1, ..."""
+    reply: list[dict[str, Any]] = [{"text": text}] if text else []
+    reply += [{"tool_use": {"name": "noop", "input": {"n": n + i}, **({"id": i_d} if i_d else {})}}
+              for i, i_d in enumerate(ids or ("",))]
+    return {"reply": reply}
+
+
+async def test_a_tool_loop_runs_every_call_and_succeeds(tmp_path: Path) -> None:
+    tool, link = Noop(), MemoryLink()
+    async with model(Scenario.tool_loop(turns=5, tool="noop", input={"n": 1})) as (server, client):
+        loop = make_loop(client, tmp_path, tool=tool, link=link)
+        outcome = await loop.run(TASK)
+    assert outcome == Outcome(True, "Done after 4 calls to noop.")
+    assert len(tool.calls) == 4 and loop.counters.tool_calls == 4
+    assert loop.counters.iteration == 5 and len(messages_requests(server)) == 5
+    assert link.status["iteration"] == 4 and link.status["tokens"]["total"] > 0
+    saved = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert saved is not None and len(saved.messages) == 1 + 2 * 4 + 1
+
+
+async def test_a_reply_cut_at_max_tokens_is_continued(tmp_path: Path) -> None:
+    scenario = {"conversations": {"default": [
+        {"reply": "The parser fails because", "stop_reason": "max_tokens"},
+        {"expect": {"last_user_contains": "cut off at the output limit"}, "reply": "the lexer drops tabs. Fixed."},
+    ]}}
+    async with model(scenario) as (server, client):
+        outcome = await make_loop(client, tmp_path).run(TASK)
+    assert server.mismatches == []
+    assert outcome.success and outcome.result == "the lexer drops tabs. Fixed."
+    assert len(messages_requests(server)) == 2
+
+
+async def test_a_refusal_ends_the_goal_for_good(tmp_path: Path) -> None:
+    scenario = {"conversations": {"default": [{"reply": "I can't help with that.", "stop_reason": "refusal"}]}}
+    async with model(scenario) as (_, client):
+        outcome = await make_loop(client, tmp_path).run(TASK)
+    assert outcome == Outcome(False, "I can't help with that.", "Refusal", retryable=False)
+
+
+async def test_the_iteration_budget_stops_the_loop(tmp_path: Path) -> None:
+    tool = Noop()
+    async with model(Scenario.tool_loop(turns=20, tool="noop")) as (server, client):
+        loop = make_loop(client, tmp_path, tool=tool, budget=Budget(max_iterations=3))
+        outcome = await loop.run(TASK)
+    assert (outcome.success, outcome.reason, outcome.retryable) == (False, "BudgetExhausted", False)
+    assert "iteration budget spent: 3 of 3" in outcome.result
+    assert len(tool.calls) == 3 and len(messages_requests(server)) == 3
+
+
+async def test_the_token_budget_stops_the_loop(tmp_path: Path) -> None:
+    async with model(Scenario.tool_loop(turns=20, tool="noop")) as (server, client):
+        loop = make_loop(client, tmp_path, budget=Budget(max_tokens=2000))
+        outcome = await loop.run(TASK)
+    assert (outcome.success, outcome.reason) == (False, "BudgetExhausted")
+    assert "token budget spent" in outcome.result and loop.counters.total >= 2000
+    assert len(messages_requests(server)) == 2  # the system prompt alone is about 1300 tokens
+
+
+async def test_a_small_context_is_compacted_and_the_goal_still_finishes(tmp_path: Path) -> None:
+    tool = Noop(size=1200)  # about 300 tokens a result
+    turns = [call_turn(i, text=f"Step {i}: checked module {i}; the failure is elsewhere.") for i in range(14)]
+    scenario = {"conversations": {"default": [*turns, {"reply": "All tests pass."}]}}
+    async with model(scenario) as (server, client):
+        loop = make_loop(client, tmp_path, tool=tool, context_tokens=4000, compact_at=0.75)
+        outcome = await loop.run(TASK)
+    assert outcome.success and outcome.result == "All tests pass."
+    requests = messages_requests(server)
+    compactions = [i for i, r in enumerate(requests) if "Context is running out" in str(r.body["messages"][-1])]
+    assert compactions, "no compaction request was sent"
+    after = requests[compactions[0] + 1].body["messages"]
+    assert after[0]["role"] == "user" and "Summary of the work so far" in str(after[0]["content"])
+    assert all(count_tokens(r.body) < 4000 for r in requests)  # no prompt outgrew the context
+    saved = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert saved is not None and saved.messages == loop.messages
+
+
+async def test_every_request_has_at_most_four_cache_breakpoints_and_reads_the_cache(tmp_path: Path) -> None:
+    scenario = {"conversations": {"default": [call_turn(0, "", "", ""), call_turn(3), call_turn(4, "", ""),
+                                              {"reply": "done"}]}}
+    async with model(scenario) as (server, client):
+        loop = make_loop(client, tmp_path)
+        outcome = await loop.run(TASK)
+    assert outcome.success
+    requests = messages_requests(server)
+    assert all(r.status == 200 for r in requests)
+    for r in requests:
+        breakpoints = [b for b in prompt_blocks(r.body) if b.cache_ttl is not None]
+        assert 1 <= len(breakpoints) <= 4, r.body
+    assert loop.counters.cache_read > 0 and loop.counters.cache_write > 0
+
+
+async def test_resuming_after_a_crash_repeats_no_tool_call(tmp_path: Path) -> None:
+    # Two calls a turn with fixed ids; the pod dies after the first call of turn 3 was checkpointed.
+    turns = [call_turn(2 * i, f"toolu_{i}a", f"toolu_{i}b") for i in range(5)]
+    scenario = {"conversations": {"default": [*turns, {"reply": "All ten calls done."}]}, "follow_history": True}
+    tool = Noop()
+    crash_at = lambda counters: counters["iteration"] == 3 and len(counters["partial"]) == 1  # noqa: E731
+    async with model(scenario) as (server, client):
+        first = make_loop(client, tmp_path, tool=tool, checkpoints=CrashingCheckpoints(tmp_path, "uid-1", crash_at))
+        with pytest.raises(Crash):
+            await first.run(TASK)
+        assert [c["n"] for c in tool.calls] == [0, 1, 2, 3, 4]
+        second = make_loop(client, tmp_path, tool=tool, checkpoints=FileCheckpoints(tmp_path, "uid-1"))
+        outcome = await second.run(TASK)
+    assert outcome.success and outcome.result == "All ten calls done."
+    assert [c["n"] for c in tool.calls] == list(range(10))  # each call exactly once, in order
+    assert len(messages_requests(server)) == 6  # 3 before the crash, 3 after: no answer asked for twice
+    assert second.counters.iteration == 6 and second.counters.tool_calls == 10
+
+
+async def test_a_model_outage_ends_retryable_with_model_unavailable(tmp_path: Path) -> None:
+    scenario = {"conversations": {"default": ["never sent"]}, "faults": {"every": 1, "status": 529}}
+    async with model(scenario, max_retries=0) as (server, client):
+        loop = make_loop(client, tmp_path, breaker_failures=3, breaker_base_delay=0.001)
+        outcome = await loop.run(TASK)
+    assert (outcome.success, outcome.reason, outcome.retryable) == (False, "ModelUnavailable", True)
+    assert "failed 3 times in a row" in outcome.result
+    assert [r.status for r in messages_requests(server)] == [529, 529, 529]
