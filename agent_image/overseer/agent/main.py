@@ -121,8 +121,20 @@ async def run(settings: AgentSettings) -> int:
         async def publish(kind: str, data: dict[str, Any]) -> None:
             await events.publish({"type": kind, "data": data})
 
+        # The steering queue is polled in the background, so no model call waits on Redis.
+        steered: list[str] = []
+
+        async def poll_steering() -> None:
+            while True:
+                steered.extend(m.text for m in await steering.drain())
+                await asyncio.sleep(1.0)
+
         async def drain_steering() -> list[str]:
-            return [m.text for m in await steering.drain()]
+            taken = list(steered)
+            steered.clear()
+            return taken
+
+        poller = asyncio.create_task(poll_steering(), name="steering") if redis is not None else None
 
         async def on_decision(approval_id: str, tool: str, summary: str, verdict: str, reason: str) -> None:
             if kb is not None:
@@ -159,6 +171,8 @@ async def run(settings: AgentSettings) -> int:
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
                           progress=todos.summary() if len(todos) else None)
+        if poller is not None:
+            poller.cancel()
         await link.flush()
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
