@@ -16,6 +16,7 @@ help:
 	@echo "make crds          regenerate crds/ from the API models"
 	@echo "make bench         dispatch benchmark (N = $(BENCH_GOALS)) into docs/performance.md; BENCH_GOALS=100,1000,5000"
 	@echo "make bench-smoke   the same at N = 100, printed only"
+	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,12 +53,18 @@ demo: venv cluster
 BENCH_GOALS ?= 100,1000
 BENCH_REPEAT ?= 3
 BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bench-loop
+BENCH_LOOP_ARGS ?=  # e.g. --wait-quiet 300, --no-cluster
 bench: venv cluster-build
 	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --docs docs/performance.md $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
 
 bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.dispatch --goals 100 $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.loop --quick $(BENCH_LOOP_ARGS)
+
+bench-loop: venv cluster-build
+	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
 
 clean: cluster-down
 	rm -rf .cache/control-plane/run
