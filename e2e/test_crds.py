@@ -10,47 +10,10 @@ import pytest
 import yaml
 
 from e2e.harness import Kubectl, wait_for
+from tests.test_crds import SAMPLES  # the manifests a user would write, shared with the unit tests
 
 CRD_NAMES = {"agents.overseer.dev", "goals.overseer.dev", "capabilities.overseer.dev"}
 
-SAMPLES_YAML = """
-apiVersion: overseer.dev/v1alpha1
-kind: Agent
-metadata: {name: coder, namespace: team-a}
-spec:
-  role: "Senior Python engineer"
-  systemPrompt: "You fix failing tests with minimal diffs."
-  model: {name: claude-sonnet-5-5, maxTokens: 8192, apiKeySecretRef: {name: anthropic, key: api-key}}
-  capabilities: [git, pytest]
-  maxConcurrentGoals: 2
-  budget: {maxTokensPerGoal: 400000, maxIterationsPerGoal: 60, maxWallClock: 30m}
-  resources: {requests: {cpu: 250m, memory: 256Mi}, limits: {cpu: "1", memory: 1Gi}}
-  quota: {pods: "4", requests.cpu: "2", requests.memory: 4Gi}
----
-apiVersion: overseer.dev/v1alpha1
-kind: Capability
-metadata: {name: pytest, namespace: team-a}
-spec:
-  description: "Run the test suite and report failures"
-  risk: low
-  command: {run: ["python", "-m", "pytest", "-q"]}
-  inputSchema: {type: object, properties: {path: {type: string}}}
-  egress: [{cidr: 10.0.0.0/8, ports: [443]}]
-  requires: []
----
-apiVersion: overseer.dev/v1alpha1
-kind: Goal
-metadata: {name: fix-ci, namespace: team-a}
-spec:
-  description: "Make tests/test_parser.py pass without changing the tests."
-  agentRef: {name: coder}
-  priority: 10
-  dependsOn: [setup-repo]
-  timeout: 20m
-  maxRetries: 2
-"""
-
-SAMPLES = {doc["kind"]: doc for doc in yaml.safe_load_all(SAMPLES_YAML)}
 
 
 def sample(kind: str, namespace: str, **spec: Any) -> dict[str, Any]:
