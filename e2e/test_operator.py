@@ -250,8 +250,21 @@ def test_operator_killed_mid_dispatch_creates_no_duplicate_pod(world: World) -> 
                  description="dispatch under way")
         world.op.kill()
         world.op.restart()
-    wait_for(lambda: all(world.phase(f"g{i}") == "Running" for i in range(30)), timeout=60,
-             description="all 30 goals running")
+    def phases() -> dict[str, str]:
+        return {g["metadata"]["name"]: f'{(g.get("status") or {}).get("phase")}: {(g.get("status") or {}).get("message")}'
+                for g in world.items("goals") if (g.get("status") or {}).get("phase") != "Running"}
+    last: dict[str, str] = {}
+
+    def all_running() -> bool:
+        last.clear()
+        last.update(phases())
+        return not last
+    try:
+        wait_for(all_running, timeout=90, description="all 30 goals running")
+    except AssertionError as e:
+        pods = sorted((p["metadata"]["name"], p["status"].get("phase"), bool(p["metadata"].get("deletionTimestamp")))
+                      for p in world.items("pods"))
+        raise AssertionError(f"{e}; not running: {last}; pods: {pods}") from None
     pods = world.items("pods", "-l", "overseer.dev/agent=coder")
     per_goal: dict[str, int] = {}
     for p in pods:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 from overseer import modifications
@@ -39,15 +40,24 @@ class AgentReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._applied: dict[Key, str] = {}  # fingerprint of the children last applied
+        self._secrets_found: dict[tuple[str, str, str], float] = {}  # when each Secret was last seen
         self.modifications = ModificationStore(rt.kube)
         self._not_found: set[tuple[str, str, str]] = set()  # revert ids already warned about
 
     def forget(self) -> None:
-        """Apply every agent's children again on the next reconcile (drift repair)."""
+        """Apply every agent's children and read every Secret again on the next reconcile (drift repair)."""
         self._applied.clear()
+        self._secrets_found.clear()
 
     async def check_secret(self, agent: Agent) -> tuple[bool, str, str]:
+        """Whether the API key Secret is there. A found one is trusted for secret_recheck_seconds:
+        agents are reconciled for every change of their goal counts, and a read each time would
+        cost the API server one GET per goal."""
         ref = agent.spec.model.api_key_secret_ref
+        key = (agent.namespace, ref.name, ref.key)
+        found_at = self._secrets_found.get(key)
+        if found_at is not None and time.monotonic() - found_at < self.rt.settings.secret_recheck_seconds:
+            return True, "SecretFound", ""
         secret = await self.rt.kube.get(path("v1", "secrets", agent.namespace, ref.name))
         if secret is None:
             return False, "SecretNotFound", (f"Agent {agent.namespace}/{agent.name}: spec.model.apiKeySecretRef.name "
@@ -55,6 +65,7 @@ class AgentReconciler:
         if ref.key not in (secret.get("data") or {}) and ref.key not in (secret.get("stringData") or {}):
             return False, "SecretKeyNotFound", (f"Agent {agent.namespace}/{agent.name}: Secret {ref.name!r} has no key "
                                                 f"{ref.key!r} (spec.model.apiKeySecretRef.key)")
+        self._secrets_found[key] = time.monotonic()
         return True, "SecretFound", ""
 
     async def apply_children(self, agent: Agent, caps: list[Capability]) -> None:

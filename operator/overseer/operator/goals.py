@@ -10,7 +10,7 @@ from typing import Any
 
 from overseer.api import Agent, Goal, Phase, parse_duration
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
-from overseer.api.meta import LABEL_ATTEMPT
+from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
 from . import dispatch
 from .agent_resources import child_name
@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
+QUEUED_RECHECK_SECONDS = 10.0
+
+
+def running_message(attempt: int, pod: str, agent: str | None) -> str:
+    """The one wording of a running attempt: dispatch and the pod watch must agree on it, or
+    each would rewrite the other's status."""
+    return f"attempt {attempt} running in pod {pod}" + (f" as {child_name(agent)}" if agent else "")
 
 
 def _ts(text: str) -> datetime:
@@ -111,6 +118,12 @@ class GoalReconciler:
                 meta = pod["metadata"]
                 await self.rt.kube.delete(path("v1", "pods", meta["namespace"], meta["name"]))
 
+    async def live_pod_on_server(self, ns: str, name: str) -> bool:
+        """Whether the API server (not the cache) has a live pod of this goal. Read only before a
+        retry: a first attempt's pod name is enough to make its creation idempotent."""
+        pods = await self.rt.kube.get(path("v1", "pods", ns), params={"labelSelector": f"{LABEL_GOAL}={name}"})
+        return any(dispatch.pod_outcome(p).state == "live" for p in (pods or {}).get("items", []))
+
     def wake_queue(self, ns: str, agent: str) -> None:
         """A slot of agent may have freed up: reconcile the goals first in its queue."""
         raw_agent = self.rt.one("agents", (ns, agent))
@@ -195,7 +208,7 @@ class GoalReconciler:
                        f"{APPROVE}={first} (or {DENY}={first})")
         else:
             phase, reason = Phase.RUNNING, "Running"
-            message = f"attempt {attempt} running in pod {pod_name}"
+            message = running_message(attempt, pod_name, agent_name)
         timeout = self.rt.settings.heartbeat_timeout_seconds
         beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
         if timeout and not pending and beat and (_now() - _ts(beat)).total_seconds() > timeout:
@@ -336,8 +349,12 @@ class GoalReconciler:
                 await self.update(raw, Phase.QUEUED, "Queued", msg,
                                   [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                                   agent=agent_name, waitingFor=[])
-                return next_look
+                # Slots are freed by events that wake the queue; look again now and then anyway,
+                # so a wake-up lost to a crash or a race cannot strand a goal.
+                return min(next_look, QUEUED_RECHECK_SECONDS) if next_look else QUEUED_RECHECK_SECONDS
 
+            if attempt >= 1 and await self.live_pod_on_server(ns, name):
+                return 1.0  # the watch has not shown it yet: never start a second attempt beside it
             agent = self.rt.one("agents", (ns, agent_name))
             pod = render_pod(goal, Agent.model_validate(agent), attempt + 1, self.rt.settings)
             pod_name = pod["metadata"]["name"]
@@ -358,9 +375,11 @@ class GoalReconciler:
             except Exception:
                 self.rt.inflight[(ns, agent_name)].discard(pod_name)
                 raise
+        if free > 1:
+            self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
         started = status.get("startedAt") or now_iso()
         await self.update(raw, Phase.RUNNING, "Dispatched",
-                          f"attempt {attempt + 1} running in pod {pod_name} as {child_name(agent_name)}",
+                          running_message(attempt + 1, pod_name, agent_name),
                           [*dep_condition, ("Dispatched", True, "PodCreated", pod_name)],
                           agent=agent_name, pod=pod_name, attempt=attempt + 1, startedAt=started,
                           waitingFor=[], retryAt=None)

@@ -151,15 +151,20 @@ class Operator:
     def agent_changed(self, event: str | None, namespace: str, name: str, body: Any) -> None:
         self.forget(event, body)
         key = (namespace, name)
-        self.rt.agents.add(key)
+        meta = body["metadata"]
         conditions = (body.get("status") or {}).get("conditions") or []
-        seen = (body["metadata"].get("generation"), is_true(conditions, "Ready"))
+        seen = (meta.get("generation"), is_true(conditions, "Ready"),
+                tuple(sorted((meta.get("labels") or {}).items())),
+                tuple(sorted((meta.get("annotations") or {}).items())))
         if event == "DELETED":
             self._agent_seen.pop(key, None)
         elif self._agent_seen.get(key) == seen:
-            return  # only its counts moved: nothing waiting on it can change
+            # Only its status moved, most likely by our own count update: reconciling again
+            # would only feed a write loop. Goal events refresh the counts.
+            return
         else:
             self._agent_seen[key] = seen
+        self.rt.agents.add(key)
         for goal in self.rt.many("goals_by_namespace", namespace):
             self.rt.goals.add((namespace, goal))
         for cap in (body.get("spec") or {}).get("capabilities") or []:
