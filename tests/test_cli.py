@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from overseer import approvals, cli
+from overseer.agent import live
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -220,7 +221,7 @@ def test_long_event_text_is_cut() -> None:
 
 
 def test_stream_entries_decode_like_the_event_stream_yields_them() -> None:
-    decoded = cli.decode_event(b"5-1", {b"type": b"end", b"ts": b"2026-01-01T00:00:00Z",
+    decoded = live.decode_event(b"5-1", {b"type": b"end", b"ts": b"2026-01-01T00:00:00Z",
                                         b"data": b'{"success": true}'})
     assert decoded == {"id": "5-1", "type": "end", "ts": "2026-01-01T00:00:00Z", "data": {"success": True}}
 

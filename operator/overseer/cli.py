@@ -561,24 +561,10 @@ async def cmd_logs(s: Session, args: argparse.Namespace) -> int:
             print(f"{ref}: no events in Redis at {redact(url)} yet (agents publish there when the operator "
                   f"runs with OVERSEER_AGENT_REDIS_URL); phase {_phase(goal)}", file=sys.stderr)
         for entry_id, fields in entries:
-            s.print(format_event(decode_event(entry_id, fields)))
+            s.print(format_event(live.decode_event(entry_id, fields)))
         return 0
     finally:
         await redis.aclose()
-
-
-def decode_event(entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
-    """A stream entry as EventStream.follow yields it: id, type, ts and decoded data."""
-    values = {_text(k): _text(v) for k, v in fields.items()}
-    try:
-        data = json.loads(values.get("data", "null"))
-    except ValueError:
-        data = values.get("data")
-    return {"id": _text(entry_id), "type": values.get("type", ""), "ts": values.get("ts", ""), "data": data}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _follow(s: Session, stream: live.EventStream, redis: Any, args: argparse.Namespace,
@@ -586,8 +572,8 @@ async def _follow(s: Session, stream: live.EventStream, redis: Any, args: argpar
     ref = goal_ref(s.namespace, args.goal)
     if not args.from_start:
         newest = await redis.xrevrange(stream.key, count=1)
-        if newest and decode_event(*newest[0])["type"] == live.EventType.END:
-            s.print(format_event(decode_event(*newest[0])))
+        if newest and live.decode_event(*newest[0])["type"] == live.EventType.END:
+            s.print(format_event(live.decode_event(*newest[0])))
             print(f"{ref} has ended; kubectl overseer logs {args.goal} -n {s.namespace} --from-start "
                   f"shows all its events", file=sys.stderr)
             return 0

@@ -77,6 +77,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def decode_event(entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stream entry as EventStream.follow yields it: id, type, ts and decoded data."""
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    try:
+        data = json.loads(values.get("data", "null"))
+    except ValueError:
+        data = values.get("data")
+    return {"id": _text(entry_id), "type": values.get("type", ""), "ts": values.get("ts", ""), "data": data}
+
+
 class _Outage:
     """Remembers that Redis failed, so callers skip it for a while instead of waiting on timeouts."""
 
@@ -488,14 +498,6 @@ class EventStream:
                 logger.info("Goal %s/%s: event stream delivered its buffered events", self.namespace, self.goal)
             return True
 
-    def _decode(self, entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
-        values = {_text(k): _text(v) for k, v in fields.items()}
-        try:
-            data = json.loads(values.get("data", "null"))
-        except ValueError:
-            data = values.get("data")
-        return {"id": _text(entry_id), "type": values.get("type", ""), "ts": values.get("ts", ""), "data": data}
-
     async def follow(self, from_start: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Yield events (id, type, ts, data) as they arrive, from the first one or only new ones.
 
@@ -511,7 +513,7 @@ class EventStream:
             try:
                 if last is None:
                     newest = await self._redis.xrevrange(self.key, count=1)
-                    if newest and self._decode(*newest[0])["type"] == EventType.END:
+                    if newest and decode_event(*newest[0])["type"] == EventType.END:
                         return
                     last = _text(newest[0][0]) if newest else "0-0"
                 reply = await self._redis.xread({self.key: last}, count=100, block=block_ms)
@@ -524,7 +526,7 @@ class EventStream:
                 if entries and entries[0] and not isinstance(entries[0][0], (str, bytes)):
                     entries = entries[0]  # RESP3 wraps the entries once more
                 for entry_id, fields in entries:
-                    event = self._decode(entry_id, fields)
+                    event = decode_event(entry_id, fields)
                     last = event["id"]
                     yield event
                     if event["type"] == EventType.END:

@@ -8,7 +8,7 @@ from typing import Any
 
 from overseer.api import Phase
 
-TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value}
+TERMINAL = {p.value for p in Phase if p.terminal}
 
 
 def find_cycle(start: str, edges: Callable[[str], Iterable[str]]) -> list[str] | None:
