@@ -362,7 +362,7 @@ def tail(text: str, lines: int = 60) -> str:
 
 
 class OperatorProcess:
-    """``overseer-operator --namespace NS --standalone --liveness URL`` as a subprocess."""
+    """``overseer-operator --namespace NS --liveness URL`` as a subprocess."""
 
     def __init__(
         self,
@@ -389,7 +389,7 @@ class OperatorProcess:
         if not exe.exists():
             raise AssertionError(f"{exe} not found: install the project into this venv (make venv)")
         self.liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
-        cmd = [str(exe), "--namespace", self.namespace, "--standalone", "--liveness", self.liveness_url,
+        cmd = [str(exe), "--namespace", self.namespace, "--liveness", self.liveness_url,
                *self.extra_args]
         self.starts += 1
         with open(self.log_path, "ab") as log:

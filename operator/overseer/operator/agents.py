@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from overseer import modifications
-from overseer.api import Agent, Capability, Phase
+from overseer.api import Agent, Capability
 
 from . import agent_resources as render
 from .conditions import is_true, same_conditions, set_condition
@@ -105,22 +105,6 @@ class AgentReconciler:
                     f"{modifications.configmap_name(name)} does not hold")
         return len(modifications.active(data))
 
-    def goal_counts(self, ns: str, name: str) -> dict[str, int]:
-        counts = {"runningGoals": 0, "queuedGoals": 0, "succeededGoals": 0, "failedGoals": 0, "tokensUsed": 0}
-        for g in self.rt.many("goals_by_agent", (ns, name)):
-            st = g.get("status") or {}
-            phase = st.get("phase")
-            if phase in (Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value):
-                counts["runningGoals"] += 1
-            elif phase == Phase.QUEUED.value:
-                counts["queuedGoals"] += 1
-            elif phase == Phase.SUCCEEDED.value:
-                counts["succeededGoals"] += 1
-            elif phase == Phase.FAILED.value:
-                counts["failedGoals"] += 1
-            counts["tokensUsed"] += int((st.get("tokens") or {}).get("total") or 0)
-        return counts
-
     async def reconcile(self, key: Key) -> float | None:
         ns, name = key
         raw = self.rt.one("agents", key)
@@ -178,7 +162,7 @@ class AgentReconciler:
             active = int(status.get("modifications") or 0)
         changes: dict[str, Any] = {"observedGeneration": gen, "serviceAccountName": render.child_name(name),
                                    "modifications": active,
-                                   **self.goal_counts(ns, name)}
+                                   **self.rt.goal_counts(ns, name)}
         old_conds = status.get("conditions") or []
         if not same_conditions(conds, old_conds):
             changes["conditions"] = conds

@@ -47,7 +47,7 @@ class CapabilityReconciler:
         )
         status = raw.get("status") or {}
         conds = set_condition(list(status.get("conditions") or []), "Ready", ready, reason, message, cap.generation)
-        used_by = sorted(a["metadata"]["name"] for a in self.rt.many("agents_by_namespace", ns)
+        used_by = sorted(a["metadata"]["name"] for a in self.rt.by("agents", "namespace", ns)
                          if name in ((a.get("spec") or {}).get("capabilities") or []))
         changes = {"observedGeneration": cap.generation, "usedBy": used_by}
         if not same_conditions(conds, status.get("conditions") or []):

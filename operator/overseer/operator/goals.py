@@ -57,14 +57,7 @@ class GoalReconciler:
         return self.rt.one("goals", (ns, name))
 
     def pods(self, ns: str, name: str) -> list[Raw]:
-        return sorted(self.rt.many("goal_pods", (ns, name)), key=lambda p: dispatch.attempt_of(p, LABEL_ATTEMPT))
-
-    def live_pods_of_agent(self, ns: str, agent: str) -> int:
-        seen = {p["metadata"]["name"] for p in self.rt.many("agent_pods", (ns, agent))
-                if dispatch.pod_outcome(p).state == "live"}
-        pending = self.rt.inflight.get((ns, agent), set())
-        pending -= {p["metadata"]["name"] for p in self.rt.many("agent_pods", (ns, agent))}
-        return len(seen) + len(pending)
+        return sorted(self.rt.by("pods", "goal", (ns, name)), key=lambda p: dispatch.attempt_of(p, LABEL_ATTEMPT))
 
     def resolve_agent(self, goal: Goal, raw: Raw) -> tuple[Raw | None, str]:
         """The goal's Agent, or None and a message naming the field to fix."""
@@ -78,7 +71,7 @@ class GoalReconciler:
             return agent, ""
         selector = goal.spec.agent_selector.to_api() if goal.spec.agent_selector else {}
         assigned = (raw.get("status") or {}).get("agent")
-        matching = [a for a in self.rt.many("agents_by_namespace", ns)
+        matching = [a for a in self.rt.by("agents", "namespace", ns)
                     if dispatch.selector_matches(selector, a["metadata"].get("labels") or {})]
         if not matching:
             return None, (f"Goal {ns}/{goal.name}: spec.agentSelector matches no Agent in namespace {ns}; "
@@ -87,7 +80,7 @@ class GoalReconciler:
             if a["metadata"]["name"] == assigned:
                 return a, ""
         ready = [a for a in matching if is_true((a.get("status") or {}).get("conditions") or [], "Ready")] or matching
-        best = min(ready, key=lambda a: (self.live_pods_of_agent(ns, a["metadata"]["name"]), a["metadata"]["name"]))
+        best = min(ready, key=lambda a: (self.rt.live_pods_of_agent(ns, a["metadata"]["name"]), a["metadata"]["name"]))
         return best, ""
 
     # ---- writing ------------------------------------------------------------------------
@@ -128,7 +121,7 @@ class GoalReconciler:
         """A slot of agent may have freed up: reconcile the goals first in its queue."""
         raw_agent = self.rt.one("agents", (ns, agent))
         limit = int(((raw_agent or {}).get("spec") or {}).get("maxConcurrentGoals", 1))
-        queued = [g for g in self.rt.many("goals_by_agent", (ns, agent))
+        queued = [g for g in self.rt.by("goals", "queued", (ns, agent))
                   if (g.get("status") or {}).get("phase") == Phase.QUEUED.value]
         for g in heapq.nsmallest(limit, queued, key=dispatch.queue_key):
             self.rt.goals.add((ns, g["metadata"]["name"]))
@@ -332,11 +325,11 @@ class GoalReconciler:
 
         async with self.rt.agent_locks[(ns, agent_name)]:
             limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
-            free = limit - self.live_pods_of_agent(ns, agent_name)
+            free = limit - self.rt.live_pods_of_agent(ns, agent_name)
             me = dispatch.queue_key(raw)
             ahead = 0
             if free > 0:
-                for other in self.rt.many("goals_by_agent", (ns, agent_name)):
+                for other in self.rt.by("goals", "queued", (ns, agent_name)):
                     ost = other.get("status") or {}
                     if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
                             and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)

@@ -19,10 +19,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster (default)")
     p.add_argument("--liveness", metavar="URL", help="serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
-    peering = p.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", action="store_true", help="no peering: the only instance (default)")
-    peering.add_argument("--peering", metavar="NAME", help="coordinate replicas through this KopfPeering")
-    p.add_argument("--priority", type=int, default=0, help="peering priority; give each replica its own")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -30,21 +26,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose, log_prefix=True)
-    if not args.verbose:
-        # kopf logs every handled event at INFO: noise, and measurable CPU at thousands of goals.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
         start_http_server(args.metrics_port)
     namespaces = args.namespace or []
+    # kopf only runs the process here; the operator's informers watch these namespaces.
     asyncio.run(kopf.operator(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
+        clusterwide=True,
         liveness_endpoint=args.liveness,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=args.priority,
+        standalone=True,
+        memo=kopf.Memo(namespaces=namespaces),
     ))
     return 0
 

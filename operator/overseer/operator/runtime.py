@@ -1,38 +1,92 @@
-"""State shared by the reconcilers: the API client, the watch caches and the work queues."""
+"""State shared by the reconcilers: the API client, the caches and the work queues."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from overseer.api import API_VERSION
+from overseer.api import API_VERSION, Phase
+from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
+from .dispatch import pod_outcome
 from .settings import Settings
+from .store import Key, Raw, Store
 from .workqueue import WorkQueue
 
-Key = tuple[str, str]  # (namespace, name)
-Raw = dict[str, Any]
+RUNNING_PHASES = {Phase.RUNNING.value: "runningGoals", Phase.AWAITING_APPROVAL.value: "runningGoals",
+                  Phase.QUEUED.value: "queuedGoals", Phase.SUCCEEDED.value: "succeededGoals",
+                  Phase.FAILED.value: "failedGoals"}
+GOAL_COUNTS = ("runningGoals", "queuedGoals", "succeededGoals", "failedGoals", "tokensUsed")
 
 
-def _values(index: Mapping[Any, Any] | None, key: Any) -> list[Raw]:
-    if index is None:
-        return []
-    store = index.get(key)
-    return list(store) if store is not None else []
+def goal_agent(raw: Raw) -> str | None:
+    """The Agent a goal runs on: the one dispatch chose, else the one it names."""
+    status = raw.get("status") or {}
+    return status.get("agent") or ((raw.get("spec") or {}).get("agentRef") or {}).get("name")
+
+
+def _ns(raw: Raw) -> str:
+    return raw["metadata"].get("namespace") or ""
+
+
+def _goal_by_agent(raw: Raw) -> Iterable[Hashable]:
+    agent = goal_agent(raw)
+    return ((_ns(raw), agent),) if agent else ()
+
+
+def _goal_queued(raw: Raw) -> Iterable[Hashable]:
+    status = raw.get("status") or {}
+    agent = status.get("agent")
+    return ((_ns(raw), agent),) if agent and status.get("phase") == Phase.QUEUED.value else ()
+
+
+def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
+    agent = goal_agent(raw)
+    if not agent:
+        return None
+    status = raw.get("status") or {}
+    amounts = {"tokensUsed": int((status.get("tokens") or {}).get("total") or 0)}
+    category = RUNNING_PHASES.get(status.get("phase"))
+    if category:
+        amounts[category] = 1
+    return (_ns(raw), agent), amounts
+
+
+def _pod_label(label: str, live_only: bool = False):  # noqa: ANN202 - an Indexer
+    def indexer(raw: Raw) -> Iterable[Hashable]:
+        value = (raw["metadata"].get("labels") or {}).get(label)
+        if not value or (live_only and pod_outcome(raw).state != "live"):
+            return ()
+        return ((_ns(raw), value),)
+    return indexer
+
+
+def new_stores() -> dict[str, Store]:
+    """The caches of the four watched kinds and the questions reconcilers ask of them."""
+    return {
+        "goals": Store(
+            indexers={"agent": _goal_by_agent, "queued": _goal_queued, "namespace": lambda g: (_ns(g),),
+                      "dependency": lambda g: [(_ns(g), d) for d in (g.get("spec") or {}).get("dependsOn") or []]},
+            tallies={"agent": _goal_counts}),
+        "agents": Store(indexers={"namespace": lambda a: (_ns(a),)}),
+        "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
+        "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
+                                "live": _pod_label(LABEL_AGENT, live_only=True)}),
+    }
 
 
 @dataclass
 class Runtime:
-    """One per operator process. The indexes are kopf's (kept current by its watches and
-    complete before any reconcile runs), so reconcilers never re-read what a watch delivered."""
+    """One per operator process. The stores are kept current by the informers and complete
+    before any reconcile runs, so reconcilers never re-read what a watch delivered."""
 
     kube: Kube
     settings: Settings
-    indexes: Mapping[str, Mapping[Any, Any]]
+    stores: dict[str, Store] = field(default_factory=new_stores)
     goals: WorkQueue = field(default_factory=lambda: WorkQueue("goals"))
     agents: WorkQueue = field(default_factory=lambda: WorkQueue("agents"))
     capabilities: WorkQueue = field(default_factory=lambda: WorkQueue("capabilities"))
@@ -46,7 +100,7 @@ class Runtime:
     written: dict[str, tuple[str, Raw]] = field(default_factory=dict)
 
     def _fresh(self, raw: Raw) -> Raw:
-        uid = raw.get("metadata", {}).get("uid")
+        uid = raw["metadata"].get("uid")
         entry = self.written.get(uid) if uid else None
         if entry is None:
             return raw
@@ -56,12 +110,31 @@ class Runtime:
         del self.written[uid]  # the watch has caught up
         return raw
 
-    def one(self, index: str, key: Any) -> Raw | None:
-        values = _values(self.indexes.get(index), key)
-        return self._fresh(values[0]) if values else None
+    def is_own_write(self, raw: Raw) -> bool:
+        """Whether this version of the object is exactly the one our last status write produced."""
+        entry = self.written.get(raw["metadata"].get("uid") or "")
+        return entry is not None and entry[1]["metadata"].get("resourceVersion") == raw["metadata"].get("resourceVersion")
 
-    def many(self, index: str, key: Any) -> list[Raw]:
-        return [self._fresh(v) if isinstance(v, dict) else v for v in _values(self.indexes.get(index), key)]
+    def one(self, kind: str, key: Key) -> Raw | None:
+        raw = self.stores[kind].get(key)
+        return self._fresh(raw) if raw is not None else None
+
+    def by(self, kind: str, index: str, value: Hashable) -> list[Raw]:
+        return [self._fresh(raw) for raw in self.stores[kind].by(index, value)]
+
+    def keys(self, kind: str) -> list[Key]:
+        return self.stores[kind].keys()
+
+    def live_pods_of_agent(self, ns: str, agent: str) -> int:
+        """The agent's pods that run, including those created but not seen by the watch yet."""
+        pods = self.stores["pods"]
+        pending = self.inflight.get((ns, agent))
+        unseen = len(pending - pods.names("agent", (ns, agent))) if pending else 0
+        return pods.count("live", (ns, agent)) + unseen
+
+    def goal_counts(self, ns: str, agent: str) -> dict[str, int]:
+        tally = self.stores["goals"].tally("agent", (ns, agent))
+        return {name: tally.get(name, 0) for name in GOAL_COUNTS}
 
     async def patch_status(self, url: str, raw: Raw, changes: dict[str, Any]) -> bool:
         """Merge-patch only the status fields that differ from the freshest known copy.
@@ -76,9 +149,6 @@ class Runtime:
             self.written[uid] = (raw["metadata"].get("resourceVersion"), result)
         return True
 
-    def keys(self, index: str) -> Iterable[Any]:
-        return list(self.indexes.get(index, {}).keys())
-
 
 def goal_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return path(API_VERSION, "goals", namespace, name, subresource)
@@ -90,4 +160,3 @@ def agent_path(namespace: str, name: str | None = None, subresource: str | None 
 
 def capability_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return path(API_VERSION, "capabilities", namespace, name, subresource)
-

@@ -1,0 +1,152 @@
+"""The running operator: informers fill the caches, their events feed the work queues,
+reconcilers do the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Callable
+
+from overseer.api import API_VERSION
+from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
+
+from . import metrics
+from .agents import AgentReconciler
+from .capabilities import CapabilityReconciler
+from .conditions import is_true
+from .dispatch import TERMINAL, pod_outcome
+from .goals import GoalReconciler
+from .informer import Handler, Informer
+from .runtime import Runtime, goal_agent
+from .store import Raw, key_of
+
+logger = logging.getLogger(__name__)
+
+
+def namespace_filter(patterns: list[str]) -> tuple[list[str | None], Callable[[str], bool] | None]:
+    """Which namespaces to watch: plain names get a watch each; any glob (team-*) means one
+    cluster-wide watch filtered here. No patterns: the whole cluster."""
+    if not patterns:
+        return [None], None
+    if any(ch in p for p in patterns for ch in "*?["):
+        return [None], lambda ns: any(fnmatch.fnmatchcase(ns, p) for p in patterns)
+    return list(dict.fromkeys(patterns)), None
+
+
+class Operator:
+    def __init__(self, rt: Runtime, namespaces: list[str] | None = None) -> None:
+        self.rt = rt
+        self.goals = GoalReconciler(rt)
+        self.agents = AgentReconciler(rt)
+        self.capabilities = CapabilityReconciler(rt)
+        self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        watched, accept = namespace_filter(namespaces or [])
+        kinds: list[tuple[str, str, str, Handler, str | None]] = [
+            (API_VERSION, "agents", "agents", self.agent_changed, None),
+            (API_VERSION, "capabilities", "capabilities", self.capability_changed, None),
+            (API_VERSION, "goals", "goals", self.goal_changed, None),
+            # Only goal pods, filtered by the API server, not every pod of the cluster.
+            ("v1", "pods", "pods", self.pod_changed, LABEL_GOAL),
+        ]
+        self.informers = [Informer(rt.kube, api_version, plural, rt.stores[store], handler, namespace=ns,
+                                   label_selector=selector, accept=accept)
+                          for api_version, plural, store, handler, selector in kinds for ns in watched]
+
+    async def run(self) -> None:
+        """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
+        (a goal whose pod is not listed yet would look lost)."""
+        self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.informers]
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
+        workers = self.rt.settings.workers
+        for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),
+                                        (self.rt.capabilities, self.capabilities, "capability")):
+            queue.start(metrics.instrumented(kind, reconciler.reconcile, queue.__len__), workers)
+        self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for queue in (self.rt.goals, self.rt.agents, self.rt.capabilities):
+            await queue.stop()
+        await self.rt.kube.close()
+
+    async def _resync_loop(self) -> None:
+        """Level-triggered safety net: look at everything again now and then (drift, lost events)."""
+        while True:
+            await asyncio.sleep(self.rt.settings.resync_seconds)
+            self.agents.forget()
+            for queue, kind in ((self.rt.capabilities, "capabilities"), (self.rt.agents, "agents"),
+                                (self.rt.goals, "goals")):
+                for key in self.rt.keys(kind):
+                    queue.add(key)
+
+    # ---- what each change means -------------------------------------------------------
+
+    def forget(self, event: str, raw: Raw) -> None:
+        if event == "DELETED":
+            self.rt.written.pop(raw["metadata"].get("uid"), None)
+
+    def goal_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        key = ns, name = key_of(raw)
+        # The echo of our own status write shows nothing the reconcile that wrote it did not know.
+        if event == "DELETED" or not self.rt.is_own_write(raw):
+            self.rt.goals.add(key)
+        self.forget(event, raw)
+        phase = (raw.get("status") or {}).get("phase")
+        finished = event == "DELETED" or phase in TERMINAL
+        if finished or event == "ADDED":
+            for dependent in self.rt.stores["goals"].names("dependency", key):
+                self.rt.goals.add((ns, dependent))
+        agent = goal_agent(raw)
+        if agent:
+            self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second
+            if finished:
+                self.goals.wake_queue(ns, agent)
+
+    def pod_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        labels = raw["metadata"].get("labels") or {}
+        ns = raw["metadata"].get("namespace") or ""
+        outcome = pod_outcome(raw)
+        if event == "MODIFIED" and old is not None and pod_outcome(old) == outcome:
+            return  # scheduled, IP assigned, ...: nothing the goal shows
+        self.rt.goals.add((ns, labels[LABEL_GOAL]))
+        agent = labels.get(LABEL_AGENT)
+        if agent and (event == "DELETED" or outcome.state != "live"):
+            self.goals.wake_queue(ns, agent)
+
+    def agent_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        self.forget(event, raw)
+        key = ns, _ = key_of(raw)
+        meta = raw["metadata"]
+        conditions = (raw.get("status") or {}).get("conditions") or []
+        seen = (meta.get("generation"), is_true(conditions, "Ready"),
+                tuple(sorted((meta.get("labels") or {}).items())),
+                tuple(sorted((meta.get("annotations") or {}).items())))
+        if event == "DELETED":
+            self._agent_seen.pop(key, None)
+        elif self._agent_seen.get(key) == seen:
+            # Only its status moved, most likely by our own count update: reconciling again
+            # would only feed a write loop. Goal events refresh the counts.
+            return
+        else:
+            self._agent_seen[key] = seen
+        self.rt.agents.add(key)
+        for goal in self.rt.stores["goals"].names("namespace", ns):
+            self.rt.goals.add((ns, goal))
+        for cap in (raw.get("spec") or {}).get("capabilities") or []:
+            self.rt.capabilities.add((ns, cap))
+
+    def capability_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        self.forget(event, raw)
+        key = ns, name = key_of(raw)
+        self.rt.capabilities.add(key)
+        for cap in self.rt.stores["capabilities"].by("namespace", ns):
+            if name in ((cap.get("spec") or {}).get("requires") or []):
+                self.rt.capabilities.add(key_of(cap))
+        for agent in self.rt.stores["agents"].by("namespace", ns):
+            if name in ((agent.get("spec") or {}).get("capabilities") or []):
+                self.rt.agents.add(key_of(agent))

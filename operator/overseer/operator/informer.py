@@ -1,0 +1,142 @@
+"""List, then watch: keeps a Store current with one collection of the API server and tells
+the operator what changed, as client-go's informers do.
+
+The objects stay the plain dicts the API server sent. Per event this costs one JSON decode, a
+store update and one call of the handler; no framework keeps copies or diffs it does not need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import aiohttp
+
+from overseer.kube import ApiError, Kube, path
+
+from .store import Key, Raw, Store, key_of
+
+logger = logging.getLogger(__name__)
+
+# handler(event, newest, previous): event is ADDED, MODIFIED or DELETED; for DELETED newest is
+# the last state seen; previous is None for ADDED.
+Handler = Callable[[str, Raw, "Raw | None"], None]
+
+PAGE_SIZE = 500
+WATCH_SECONDS = (240, 300)  # the server ends each watch in this range: spread the reconnects
+MAX_BACKOFF = 30.0
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+class Informer:
+    def __init__(self, kube: Kube, api_version: str, plural: str, store: Store, handler: Handler, *,
+                 namespace: str | None = None, label_selector: str | None = None,
+                 accept: Callable[[str], bool] | None = None) -> None:
+        self.kube = kube
+        self.api_version, self.plural = api_version, plural
+        self.store, self.handler = store, handler
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.accept = accept  # namespace filter for a cluster-wide watch (namespace globs)
+        self.synced = asyncio.Event()  # the first listing is in the store
+        self._kind = ""
+        self.version = ""  # of the newest event seen: where a dropped watch resumes
+
+    def __repr__(self) -> str:
+        where = self.namespace or "all namespaces"
+        return f"Informer({self.plural} in {where}{', ' + self.label_selector if self.label_selector else ''})"
+
+    @property
+    def url(self) -> str:
+        return path(self.api_version, self.plural, self.namespace)
+
+    def _mine(self, key: Key) -> bool:
+        return self.namespace is None or key[0] == self.namespace
+
+    def _wanted(self, raw: Raw) -> bool:
+        return self.accept is None or self.accept(raw["metadata"].get("namespace") or "")
+
+    async def run(self) -> None:
+        """List and watch until cancelled; errors are logged and retried with backoff."""
+        backoff = 0.5
+        while True:
+            try:
+                await self.relist()
+                backoff = 0.5
+                while True:
+                    try:
+                        await self.watch()
+                        backoff = 0.5
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                        logger.info("%s: watch interrupted (%s); resuming from %s", self, e, self.version)
+                        await asyncio.sleep(backoff)
+                        backoff = min(MAX_BACKOFF, backoff * 2)
+            except Expired:
+                logger.info("%s: resourceVersion expired; listing again", self)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - keep the cache alive through any API trouble
+                logger.warning("%s: %s; listing again in %.1fs", self, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def relist(self) -> None:
+        """Read the whole collection into the store and report what changed."""
+        params: dict[str, str] = {"limit": str(PAGE_SIZE)}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        items: list[Raw] = []
+        while True:
+            page = await self.kube.request("GET", self.url, params=params)
+            self._kind = (page.get("kind") or "").removesuffix("List")
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+            params["continue"] = token
+        seen: set[Key] = set()
+        for raw in items:
+            if not self._wanted(raw):
+                continue
+            # List items lack these; Events and owner references need them.
+            raw.setdefault("apiVersion", self.api_version)
+            raw.setdefault("kind", self._kind)
+            seen.add(key_of(raw))
+            self._apply("ADDED", raw)
+        for key in [k for k in self.store.keys() if self._mine(k) and k not in seen]:
+            old = self.store.delete(key)
+            if old is not None:
+                self.handler("DELETED", old, old)
+        self.version = page["metadata"]["resourceVersion"]
+        self.synced.set()
+
+    async def watch(self) -> None:
+        """Follow changes from self.version until the server ends the stream."""
+        params = {"resourceVersion": self.version, "timeoutSeconds": str(random.randint(*WATCH_SECONDS))}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        async for event in self.kube.watch(self.url, params):
+            kind, raw = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if raw.get("code") == 410:
+                    raise Expired()
+                raise ApiError(int(raw.get("code") or 500), raw.get("reason", ""), raw.get("message", ""),
+                               "WATCH", self.url)
+            if kind != "BOOKMARK" and self._wanted(raw):
+                self._apply(kind, raw)
+            self.version = (raw.get("metadata") or {}).get("resourceVersion") or self.version
+
+    def _apply(self, kind: str | None, raw: Raw) -> None:
+        if kind == "DELETED":
+            old = self.store.delete(key_of(raw))
+            self.handler("DELETED", raw, old)
+            return
+        old = self.store.upsert(raw)
+        if old is not None and old["metadata"].get("resourceVersion") == raw["metadata"].get("resourceVersion"):
+            return  # a relist found it unchanged
+        self.handler("ADDED" if old is None else "MODIFIED", raw, old)

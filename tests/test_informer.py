@@ -1,0 +1,117 @@
+"""The informer lists, then watches from the list's version, and lists again when the watch
+expires, reporting objects that vanished in between as deleted."""
+
+import asyncio
+
+import pytest
+
+from overseer.operator.informer import Informer
+from overseer.operator.store import Store
+
+
+def obj(name, rv, ns="team", phase=None):
+    raw = {"metadata": {"namespace": ns, "name": name, "resourceVersion": str(rv)}}
+    if phase:
+        raw["status"] = {"phase": phase}
+    return raw
+
+
+class FakeKube:
+    """Answers list pages and watch streams from scripts; records what was asked."""
+
+    def __init__(self, lists, watches):
+        self.lists, self.watches = list(lists), list(watches)
+        self.asked = []
+
+    async def request(self, method, url, params=None):
+        self.asked.append(("LIST", url, dict(params or {})))
+        return self.lists.pop(0)
+
+    async def watch(self, url, params=None):
+        self.asked.append(("WATCH", url, dict(params or {})))
+        if not self.watches:
+            await asyncio.sleep(3600)
+        for event in self.watches.pop(0):
+            if isinstance(event, Exception):
+                raise event
+            yield event
+
+
+def page(items, rv, token=None):
+    meta = {"resourceVersion": str(rv)}
+    if token:
+        meta["continue"] = token
+    return {"kind": "GoalList", "metadata": meta, "items": items}
+
+
+async def run_until(informer, kube, done):
+    task = asyncio.create_task(informer.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if done():
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_lists_in_pages_then_watches_from_the_lists_version():
+    kube = FakeKube(
+        lists=[page([obj("a", 5)], 9, token="next"), page([obj("b", 7)], 10)],
+        watches=[[{"type": "MODIFIED", "object": {"kind": "Goal", **obj("a", 11, phase="Running")}},
+                  {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+                  {"type": "DELETED", "object": obj("b", 16)}]],
+    )
+    store, seen = Store(), []
+    informer = Informer(kube, "overseer.dev/v1alpha1", "goals", store, lambda e, raw, old: seen.append((e, raw["metadata"]["name"])),
+                        namespace="team", label_selector="x=y")
+    await run_until(informer, kube, lambda: len(seen) == 4)
+    assert seen == [("ADDED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
+    assert informer.synced.is_set()
+    assert store.get(("team", "a"))["status"]["phase"] == "Running"
+    assert store.get(("team", "b")) is None
+    lists = [a for a in kube.asked if a[0] == "LIST"]
+    assert lists[1][2]["continue"] == "next" and lists[0][2]["labelSelector"] == "x=y"
+    watch = next(a for a in kube.asked if a[0] == "WATCH")
+    assert watch[2]["resourceVersion"] == "10" and watch[1].endswith("/namespaces/team/goals")
+
+
+@pytest.mark.asyncio
+async def test_expired_watch_lists_again_and_reports_what_vanished_meanwhile():
+    kube = FakeKube(
+        lists=[page([obj("a", 5), obj("b", 6)], 10), page([obj("a", 5), obj("c", 20)], 21)],
+        watches=[[{"type": "ERROR", "object": {"code": 410, "reason": "Expired"}}]],
+    )
+    store, seen = Store(), []
+    informer = Informer(kube, "overseer.dev/v1alpha1", "goals", store, lambda e, raw, old: seen.append((e, raw["metadata"]["name"])))
+    await run_until(informer, kube, lambda: len(seen) == 4)
+    # a unchanged on the second listing: not reported again
+    assert seen == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c"), ("DELETED", "b")]
+    assert sorted(store.keys()) == [("team", "a"), ("team", "c")]
+
+
+@pytest.mark.asyncio
+async def test_interrupted_watch_resumes_from_the_last_version_seen_without_listing():
+    kube = FakeKube(
+        lists=[page([obj("a", 5)], 10)],
+        watches=[[{"type": "MODIFIED", "object": obj("a", 12)}, ConnectionResetError("peer reset")],
+                 [{"type": "MODIFIED", "object": obj("a", 13)}]],
+    )
+    seen = []
+    informer = Informer(kube, "v1", "pods", Store(), lambda e, raw, old: seen.append(raw["metadata"]["resourceVersion"]))
+    await run_until(informer, kube, lambda: len(seen) == 3)
+    assert seen == ["5", "12", "13"]
+    watches = [a[2]["resourceVersion"] for a in kube.asked if a[0] == "WATCH"]
+    assert watches[:2] == ["10", "12"]
+    assert sum(1 for a in kube.asked if a[0] == "LIST") == 1
+
+
+@pytest.mark.asyncio
+async def test_namespace_filter_drops_objects_of_other_namespaces():
+    kube = FakeKube(lists=[page([obj("a", 1, ns="team-a"), obj("b", 2, ns="ops")], 3)], watches=[])
+    store = Store()
+    informer = Informer(kube, "v1", "pods", store, lambda *a: None, accept=lambda ns: ns.startswith("team-"))
+    await run_until(informer, kube, lambda: informer.synced.is_set())
+    assert store.keys() == [("team-a", "a")]
+    # listed items get the kind and apiVersion that list answers leave out (Events need them)
+    assert (store.get(("team-a", "a"))["kind"], store.get(("team-a", "a"))["apiVersion"]) == ("Goal", "v1")
