@@ -22,7 +22,7 @@ def pod(name, goal_name, agent, phase="Running", deleting=False, ns="team"):
 
 
 def runtime():
-    return Runtime(kube=None, settings=Settings())  # type: ignore[arg-type]
+    return Runtime(kube=None, settings=Settings(), events=None)  # type: ignore[arg-type]
 
 
 def test_goal_counts_follow_each_goal_through_its_phases():

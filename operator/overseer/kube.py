@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +18,6 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import aiohttp
-
-logger = logging.getLogger(__name__)
 
 
 class Credentials(Protocol):
@@ -244,25 +241,3 @@ class Kube:
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)
-
-    async def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record a Kubernetes Event on obj (shown by kubectl describe); never raises."""
-        meta = obj.get("metadata", {})
-        ts = now_iso()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            },
-            "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": self.field_manager},
-            "reportingComponent": self.field_manager, "reportingInstance": self.field_manager,
-            "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-        }
-        try:
-            await self.request("POST", path("v1", "events", meta.get("namespace")), body=event)
-        except (ApiError, aiohttp.ClientError) as e:
-            logger.warning("could not record event %s on %s/%s: %s", reason, meta.get("namespace"), meta.get("name"), e)

@@ -93,13 +93,13 @@ class AgentReconciler:
             return len(modifications.active(await self.modifications.data(ns, name)))
         reverted, missing, data = await self.modifications.revert(raw, ids)
         for rec in reverted:
-            await self.rt.kube.post_event(raw, "Normal", "ModificationReverted",
+            self.rt.events.record(raw, "Normal", "ModificationReverted",
                                           f"{describe(rec)} reverted by {rec['revertedBy']}; later goals no longer "
                                           f"use it (kept in ConfigMap {modifications.configmap_name(name)})")
         for missing_id in missing:
             if (ns, name, missing_id) not in self._not_found:
                 self._not_found.add((ns, name, missing_id))
-                await self.rt.kube.post_event(
+                self.rt.events.record(
                     raw, "Warning", "ModificationNotFound",
                     f"Agent {ns}/{name}: annotation {modifications.REVERT} names {missing_id!r}, which ConfigMap "
                     f"{modifications.configmap_name(name)} does not hold")
@@ -170,8 +170,8 @@ class AgentReconciler:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
                     if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported"):
-                        await self.rt.kube.post_event(raw, "Warning", c["reason"], c["message"])
+                        self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
-                        await self.rt.kube.post_event(raw, "Normal", "Ready", c["message"])
+                        self.rt.events.record(raw, "Normal", "Ready", c["message"])
         await self.rt.patch_status(agent_path(ns, name, "status"), raw, changes)
         return requeue

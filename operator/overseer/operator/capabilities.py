@@ -53,6 +53,6 @@ class CapabilityReconciler:
         if not same_conditions(conds, status.get("conditions") or []):
             changes["conditions"] = conds
             if not ready:
-                await self.rt.kube.post_event(raw, "Warning", reason, message)
+                self.rt.events.record(raw, "Warning", reason, message)
         await self.rt.patch_status(capability_path(ns, name, "status"), raw, changes)
         return None

@@ -57,6 +57,7 @@ class Operator:
     async def run(self) -> None:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
         (a goal whose pod is not listed yet would look lost)."""
+        self.rt.events.start()
         self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.informers]
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
@@ -72,6 +73,7 @@ class Operator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for queue in (self.rt.goals, self.rt.agents, self.rt.capabilities):
             await queue.stop()
+        await self.rt.events.stop()
         await self.rt.kube.close()
 
     async def _resync_loop(self) -> None:

@@ -103,7 +103,7 @@ class GoalReconciler:
             "attempt" in fields and fields["attempt"] != status.get("attempt"))
         await self.rt.patch_status(goal_path(ns, name, "status"), raw, changes)
         if moved or (status.get("message") != message and event_type == "Warning"):
-            await self.rt.kube.post_event(raw, event_type, reason, message)
+            self.rt.events.record(raw, event_type, reason, message)
 
     async def delete_live_pods(self, pods: list[Raw]) -> None:
         for pod in pods:
@@ -206,7 +206,7 @@ class GoalReconciler:
         beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
         if timeout and not pending and beat and (_now() - _ts(beat)).total_seconds() > timeout:
             msg = f"no heartbeat from pod {pod_name} since {beat}; replacing it"
-            await self.rt.kube.post_event(raw, "Warning", "HeartbeatLost", msg)
+            self.rt.events.record(raw, "Warning", "HeartbeatLost", msg)
             await self.delete_live_pods([pod])
             return 1.0
         await self.store_modifications(raw, agent_name)
@@ -225,7 +225,7 @@ class GoalReconciler:
         approved, problems = approved_requests(raw)
         ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
         for problem in problems:
-            await self.rt.kube.post_event(raw, "Warning", "ModificationRejected", f"Goal {ns}/{name}: {problem}")
+            self.rt.events.record(raw, "Warning", "ModificationRejected", f"Goal {ns}/{name}: {problem}")
         agent = self.rt.one("agents", (ns, agent_name)) if approved and agent_name else None
         if agent is None:
             return
@@ -236,12 +236,12 @@ class GoalReconciler:
                 raise
             # Refused for good (too large for a ConfigMap, forbidden, ...): say so and let the
             # decisions be recorded, so the agent learns now that nothing was stored.
-            await self.rt.kube.post_event(raw, "Warning", "ModificationNotStored",
+            self.rt.events.record(raw, "Warning", "ModificationNotStored",
                                           f"Goal {ns}/{name}: approved modifications not stored: {e}")
             return
         for item in approved:
             if item.id in added:
-                await self.rt.kube.post_event(
+                self.rt.events.record(
                     agent, "Normal", "ModificationStored",
                     f"{describe(item.record)} proposed by goal {name}, approved by {item.record['approvedBy']}; "
                     f"later goals use it (revert: kubectl annotate agent/{agent_name} overseer.dev/revert={item.id})")
@@ -363,7 +363,7 @@ class GoalReconciler:
                                       [*dep_condition, ("Dispatched", False, "QuotaExceeded", msg)],
                                       event_type="Warning", agent=agent_name, waitingFor=[])
                     return self.rt.settings.retry_backoff_seconds
-                await self.rt.kube.post_event(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
+                self.rt.events.record(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
                 raise
             except Exception:
                 self.rt.inflight[(ns, agent_name)].discard(pod_name)

@@ -16,6 +16,7 @@ import kopf
 from overseer.kube import Kube
 
 from .controller import Operator
+from .events import EventRecorder
 from .runtime import Runtime
 from .settings import Settings
 
@@ -34,7 +35,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
         return info
 
     config = Settings()
-    rt = Runtime(kube=Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2)), settings=config)
+    kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
+    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     # Filling the caches may take a while on a big cluster: do it beside kopf, which serves
     # liveness meanwhile.
