@@ -60,3 +60,29 @@ async def test_a_full_queue_drops_and_counts_instead_of_blocking_the_reconcile()
     for i in range(5):
         recorder.record(GOAL, "Normal", "Dispatched", str(i))
     assert DROPPED._value.get() - before == 3
+
+
+async def test_events_wait_while_reconciles_are_queued_then_go():
+    kube = SlowKube()
+    kube.release.set()
+    queued = [1]
+    recorder = EventRecorder(kube, workers=1, busy=lambda: bool(queued), yield_seconds=0.01)
+    recorder.start()
+    recorder.record(GOAL, "Normal", "Dispatched", "one")
+    await asyncio.sleep(0.2)
+    assert kube.posted == []
+    queued.clear()
+    await asyncio.sleep(0.1)
+    assert [b["reason"] for _, b in kube.posted] == ["Dispatched"]
+    await recorder.stop()
+
+
+async def test_an_event_waits_a_bounded_time_however_busy():
+    kube = SlowKube()
+    kube.release.set()
+    recorder = EventRecorder(kube, workers=1, busy=lambda: True, yield_seconds=0.001)
+    recorder.start()
+    recorder.record(GOAL, "Normal", "Dispatched", "one")
+    await asyncio.sleep(0.5)
+    assert len(kube.posted) == 1
+    await recorder.stop()

@@ -1,7 +1,8 @@
 """Kubernetes Events, posted beside the reconcile rather than in it.
 
-A reconcile records an Event and goes on; a few workers post them. Under a burst the writes
-that do the work (pods, status) go first and Events follow, as client-go's recorder does it.
+A reconcile records an Event and goes on; a few workers post them while no reconcile waits
+for the API server's attention. Under a burst the writes that do the work (pods, status) go
+first and Events follow, as with client-go's recorder, which also posts asynchronously.
 Events are for people reading `kubectl describe`: one lost in a crash costs nothing that the
 object's status does not also say.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -41,8 +43,11 @@ def event_body(obj: dict[str, Any], type_: str, reason: str, message: str, compo
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, workers: int = 2, limit: int = 10_000) -> None:
+    def __init__(self, kube: Kube, workers: int = 2, limit: int = 10_000,
+                 busy: Callable[[], bool] = lambda: False, yield_seconds: float = 0.05) -> None:
         self.kube = kube
+        self.busy = busy  # whether reconciles are waiting: events then hold back
+        self.yield_seconds = yield_seconds
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(limit)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
@@ -61,6 +66,7 @@ class EventRecorder:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Post what is still waiting (for at most timeout seconds), then stop."""
+        self.busy = lambda: False
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except asyncio.TimeoutError:
@@ -72,6 +78,12 @@ class EventRecorder:
     async def _work(self) -> None:
         while True:
             body = await self._queue.get()
+            # Hold back while there is reconciling to do, but not forever: an event waits at most
+            # a few seconds however busy the operator is.
+            for _ in range(100):
+                if not self.busy():
+                    break
+                await asyncio.sleep(self.yield_seconds)
             try:
                 await self.kube.request("POST", path("v1", "events", body["metadata"]["namespace"]), body=body)
             except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as e:

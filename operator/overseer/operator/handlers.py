@@ -37,6 +37,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     config = Settings()
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
     rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
+    rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     # Filling the caches may take a while on a big cluster: do it beside kopf, which serves
     # liveness meanwhile.
