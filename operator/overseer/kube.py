@@ -1,23 +1,24 @@
 """A small async Kubernetes client, shared by the operator and the agent runtime.
 
 One pooled aiohttp session carries every request, and bodies stay plain dicts: the official
-client's model objects cost CPU and memory on the hot path for nothing Overseer needs. The
-official client is used only to find credentials (kubeconfig or in-cluster), so every
-authentication method it knows works here too.
+client's model objects cost CPU and memory on the hot path for nothing Overseer needs. JSON
+goes through orjson: decoding watch events and answers was a quarter of the operator's CPU
+with the standard library's json. The official client is used only to find credentials
+(kubeconfig or in-cluster), so every authentication method it knows works here too.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 
 class Credentials(Protocol):
@@ -96,8 +97,16 @@ def path(api_version: str, plural: str, namespace: str | None = None, name: str 
     return "/".join(parts)
 
 
+_now_iso: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current second as Kubernetes writes timestamps (formatted once per second: a hot path)."""
+    global _now_iso
+    second = int(time.time())
+    if _now_iso[0] != second:
+        _now_iso = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _now_iso[1]
 
 
 def _ssl_context(info: Credentials) -> ssl.SSLContext | bool:
@@ -166,7 +175,7 @@ class Kube:
         """Send one request; return the decoded JSON answer or raise ApiError."""
         for attempt in (1, 2):
             session = self._session or await self._connect()
-            data = None if body is None else json.dumps(body)
+            data = None if body is None else orjson.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else None
             async with session.request(method, self._server + url_path, data=data, headers=headers,
                                        params=params) as resp:
@@ -174,15 +183,16 @@ class Kube:
                     # Credentials rotated (projected tokens expire): log in again once.
                     await self.close()
                     continue
-                text = await resp.text()
+                raw = await resp.read()
                 if resp.status >= 300:
+                    text = raw.decode(errors="replace")
                     try:
-                        status = json.loads(text)
+                        status = orjson.loads(raw)
                         reason, message = status.get("reason", ""), status.get("message", text)
-                    except ValueError:
+                    except (ValueError, AttributeError):
                         reason, message = resp.reason or "", text
                     raise ApiError(resp.status, reason, message, method, url_path)
-                return json.loads(text) if text else None
+                return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")
 
     async def get(self, url_path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
@@ -240,4 +250,4 @@ class Kube:
                 raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path)
             async for line in resp.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield orjson.loads(line)
