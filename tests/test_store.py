@@ -98,3 +98,28 @@ def test_namespace_filter_watches_names_alone_and_globs_cluster_wide():
     watched, accept = namespace_filter(["team-*", "ops"])
     assert watched == [None]
     assert accept("team-x") and accept("ops") and not accept("other")
+
+
+def test_cached_pods_keep_metadata_and_status_only():
+    from overseer.operator.runtime import slim_pod
+    raw = pod("g1-1", "g1", "coder")
+    raw["metadata"]["managedFields"] = [{"manager": "kwok"}]
+    raw["spec"] = {"containers": [{"name": "agent", "env": [{"name": "X", "value": "y" * 1000}]}]}
+    slim = slim_pod(raw)
+    assert "spec" not in slim and "managedFields" not in slim["metadata"]
+    assert slim["metadata"]["labels"] == raw["metadata"]["labels"] and slim["status"] == {"phase": "Running"}
+
+
+def test_cached_goals_keep_only_the_managed_fields_that_say_who_annotated():
+    from overseer.approvals import set_by
+    from overseer.operator.runtime import slim_goal
+    raw = goal("a", "coder")
+    raw["metadata"]["annotations"] = {"overseer.dev/approve": "req-1"}
+    raw["metadata"]["managedFields"] = [
+        {"manager": "overseer-operator", "fieldsV1": {"f:status": {"f:phase": {}}}},
+        {"manager": "kubectl-annotate", "time": "2026-12-01T10:00:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:overseer.dev/approve": {}}}}},
+    ]
+    slim = slim_goal(raw)
+    assert [e["manager"] for e in slim["metadata"]["managedFields"]] == ["kubectl-annotate"]
+    assert set_by(slim, "overseer.dev/approve") == ("kubectl-annotate", "2026-12-01T10:00:00Z")

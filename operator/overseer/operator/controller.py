@@ -18,7 +18,7 @@ from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
 from .goals import GoalReconciler
 from .informer import Handler, Informer
-from .runtime import Runtime, goal_agent
+from .runtime import Runtime, goal_agent, slim_goal, slim_pod
 from .store import Raw, key_of
 
 logger = logging.getLogger(__name__)
@@ -43,16 +43,16 @@ class Operator:
         self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         watched, accept = namespace_filter(namespaces or [])
-        kinds: list[tuple[str, str, str, Handler, str | None]] = [
-            (API_VERSION, "agents", "agents", self.agent_changed, None),
-            (API_VERSION, "capabilities", "capabilities", self.capability_changed, None),
-            (API_VERSION, "goals", "goals", self.goal_changed, None),
+        kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
+            (API_VERSION, "agents", self.agent_changed, None, None),
+            (API_VERSION, "capabilities", self.capability_changed, None, None),
+            (API_VERSION, "goals", self.goal_changed, None, slim_goal),
             # Only goal pods, filtered by the API server, not every pod of the cluster.
-            ("v1", "pods", "pods", self.pod_changed, LABEL_GOAL),
+            ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod),
         ]
-        self.informers = [Informer(rt.kube, api_version, plural, rt.stores[store], handler, namespace=ns,
-                                   label_selector=selector, accept=accept)
-                          for api_version, plural, store, handler, selector in kinds for ns in watched]
+        self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
+                                   label_selector=selector, accept=accept, transform=transform)
+                          for api_version, plural, handler, selector, transform in kinds for ns in watched]
 
     async def run(self) -> None:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
@@ -89,8 +89,11 @@ class Operator:
     # ---- what each change means -------------------------------------------------------
 
     def forget(self, event: str, raw: Raw) -> None:
-        if event == "DELETED":
-            self.rt.written.pop(raw["metadata"].get("uid"), None)
+        """Drop our copy of a status write once the watch shows it or anything newer."""
+        uid = raw["metadata"].get("uid")
+        entry = self.rt.written.get(uid)
+        if entry is not None and (event == "DELETED" or raw["metadata"].get("resourceVersion") != entry[0]):
+            del self.rt.written[uid]
 
     def goal_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         key = ns, name = key_of(raw)

@@ -36,13 +36,15 @@ class Expired(Exception):
 class Informer:
     def __init__(self, kube: Kube, api_version: str, plural: str, store: Store, handler: Handler, *,
                  namespace: str | None = None, label_selector: str | None = None,
-                 accept: Callable[[str], bool] | None = None) -> None:
+                 accept: Callable[[str], bool] | None = None,
+                 transform: Callable[[Raw], Raw] | None = None) -> None:
         self.kube = kube
         self.api_version, self.plural = api_version, plural
         self.store, self.handler = store, handler
         self.namespace = namespace
         self.label_selector = label_selector
         self.accept = accept  # namespace filter for a cluster-wide watch (namespace globs)
+        self.transform = transform  # what of each object is worth keeping in memory
         self.synced = asyncio.Event()  # the first listing is in the store
         self._kind = ""
         self.version = ""  # of the newest event seen: where a dropped watch resumes
@@ -132,6 +134,8 @@ class Informer:
             self.version = (raw.get("metadata") or {}).get("resourceVersion") or self.version
 
     def _apply(self, kind: str | None, raw: Raw) -> None:
+        if self.transform is not None:
+            raw = self.transform(raw)
         if kind == "DELETED":
             old = self.store.delete(key_of(raw))
             self.handler("DELETED", raw, old)

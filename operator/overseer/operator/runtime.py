@@ -66,6 +66,25 @@ def _pod_label(label: str, live_only: bool = False):  # noqa: ANN202 - an Indexe
     return indexer
 
 
+def slim_pod(raw: Raw) -> Raw:
+    """What the operator reads of a goal pod: its metadata and status. The spec and the
+    managedFields are most of a pod's size, and a cache holds every goal pod."""
+    meta = {k: v for k, v in raw["metadata"].items() if k != "managedFields"}
+    return {"apiVersion": raw.get("apiVersion"), "kind": raw.get("kind"), "metadata": meta,
+            "status": raw.get("status") or {}}
+
+
+def slim_goal(raw: Raw) -> Raw:
+    """A goal without the managedFields entries that do not own an annotation: only those say
+    who approved or denied a request (overseer.approvals.set_by)."""
+    meta = raw["metadata"]
+    fields = meta.get("managedFields")
+    if fields:
+        meta["managedFields"] = [e for e in fields
+                                 if "f:annotations" in ((e.get("fieldsV1") or {}).get("f:metadata") or {})]
+    return raw
+
+
 def new_stores() -> dict[str, Store]:
     """The caches of the four watched kinds and the questions reconcilers ask of them."""
     return {
