@@ -14,8 +14,9 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
-	@echo "make bench         dispatch benchmark (N = $(BENCH_GOALS)) into docs/performance.md; BENCH_GOALS=100,1000,5000"
-	@echo "make bench-smoke   the same at N = 100, printed only"
+	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
+	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
+	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 
 $(BIN)/.installed: pyproject.toml
@@ -50,17 +51,25 @@ crds: venv
 demo: venv cluster
 	$(BIN)/python -m e2e.demo
 
-BENCH_GOALS ?= 100,1000
+BENCH_GOALS ?= 100,1000,5000
 BENCH_REPEAT ?= 3
+BENCH_STEADY ?= 20:60
 BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
-.PHONY: bench bench-smoke bench-loop
+BENCH_SCALE_GOALS ?= 10000
+BENCH_SOAK ?= 3600
+.PHONY: bench bench-smoke bench-loop bench-scale
 BENCH_LOOP_ARGS ?=  # e.g. --wait-quiet 300, --no-cluster
 bench: venv cluster-build
-	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --docs docs/performance.md $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --steady $(BENCH_STEADY) --docs docs/performance.md $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
 
+bench-scale: venv cluster-build
+	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
+
 bench-smoke: venv cluster-build
-	$(BIN)/python -m e2e.bench.dispatch --goals 100 $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.dispatch --goals 100 --steady 10:5 $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.scale --goals 300 --agents 10 --slots 5 --soak 40 --churn 5
 	$(BIN)/python -m e2e.bench.loop --quick $(BENCH_LOOP_ARGS)
 
 bench-loop: venv cluster-build
