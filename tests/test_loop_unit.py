@@ -82,6 +82,38 @@ class Crash(Exception):
     """The pod dies (here: right after a checkpoint was written)."""
 
 
+class PodKilled(BaseException):
+    """The pod is killed while a tool runs: nothing in the registry or the loop catches it."""
+
+
+class Killed(Noop):
+    """Noop whose call number `at` (from 0) does its work, and then the pod is killed."""
+
+    def __init__(self, at: int, side_effects: bool) -> None:
+        super().__init__()
+        self.at = at
+        self.side_effects = side_effects
+
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        result = await super().run(input, ctx)
+        if len(self.calls) == self.at + 1:
+            raise PodKilled(f"killed during call {self.at}")
+        return result
+
+
+class CountingCheckpoints(FileCheckpoints):
+    """FileCheckpoints that note each save as (new messages, results of the round so far)."""
+
+    def __init__(self, workspace: Path, goal_uid: str) -> None:
+        super().__init__(workspace, goal_uid)
+        self.saves: list[tuple[int, int]] = []
+
+    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
+                   counters: dict[str, Any]) -> None:
+        self.saves.append((len(new_messages), len(counters["partial"])))
+        await super().save(iteration, new_messages, todos, counters)
+
+
 class CrashingCheckpoints(FileCheckpoints):
     """FileCheckpoints that crash the loop right after the save `when(counters)` picks."""
 
@@ -235,3 +267,88 @@ async def test_a_model_outage_ends_retryable_with_model_unavailable(tmp_path: Pa
     assert (outcome.success, outcome.reason, outcome.retryable) == (False, "ModelUnavailable", True)
     assert "failed 3 times in a row" in outcome.result
     assert [r.status for r in messages_requests(server)] == [529, 529, 529]
+
+
+@pytest.mark.parametrize("side_effects, saves", [
+    # task and answer, first call, round; answer, round; final answer
+    (True, [(2, 0), (0, 1), (1, 0), (1, 0), (1, 0), (1, 0)]),
+    # task, answer and round; answer and round; final answer
+    (False, [(3, 0), (2, 0), (1, 0)]),
+])
+async def test_a_round_of_calls_without_side_effects_is_saved_once_with_its_answer(
+        tmp_path: Path, side_effects: bool, saves: list[tuple[int, int]]) -> None:
+    tool = Noop()
+    tool.side_effects = side_effects
+    checkpoints = CountingCheckpoints(tmp_path, "uid-1")
+    scenario = {"conversations": {"default": [call_turn(0, "", ""), call_turn(2), {"reply": "done"}]}}
+    async with model(scenario) as (_, client):
+        outcome = await make_loop(client, tmp_path, tool=tool, checkpoints=checkpoints).run(TASK)
+    assert outcome.success and len(tool.calls) == 3
+    assert checkpoints.saves == saves
+    saved = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert saved is not None and len(saved.messages) == 1 + 2 * 2 + 1
+
+
+def two_calls_then_done() -> dict[str, Any]:
+    turns = [call_turn(0, "toolu_0"), call_turn(1, "toolu_1")]
+    return {"conversations": {"default": [*turns, {"reply": "Both calls done."}]}, "follow_history": True}
+
+
+async def test_a_crash_during_a_call_with_side_effects_resumes_with_the_answer_saved_before_it(
+        tmp_path: Path) -> None:
+    tool = Killed(at=1, side_effects=True)
+    async with model(two_calls_then_done()) as (server, client):
+        with pytest.raises(PodKilled):
+            await make_loop(client, tmp_path, tool=tool).run(TASK)
+        saved = await FileCheckpoints(tmp_path, "uid-1").load()
+        assert saved is not None and saved.messages[-1]["role"] == "assistant"  # the answer, before its call ran
+        second = make_loop(client, tmp_path, tool=tool)
+        outcome = await second.run(TASK)
+    assert outcome.success and outcome.result == "Both calls done."
+    assert len(messages_requests(server)) == 3  # the answer of turn 2 was not asked for again
+    assert [c["n"] for c in tool.calls] == [0, 1, 1]  # only the call cut off runs again
+    assert second.counters.iteration == 3 and second.counters.tool_calls == 2
+
+
+async def test_a_crash_during_a_call_without_side_effects_asks_the_model_again(tmp_path: Path) -> None:
+    tool = Killed(at=1, side_effects=False)
+    async with model(two_calls_then_done()) as (server, client):
+        with pytest.raises(PodKilled):
+            await make_loop(client, tmp_path, tool=tool).run(TASK)
+        saved = await FileCheckpoints(tmp_path, "uid-1").load()
+        assert saved is not None and len(saved.messages) == 3  # the task and turn 1; turn 2 was never saved
+        second = make_loop(client, tmp_path, tool=tool)
+        outcome = await second.run(TASK)
+    assert outcome.success and outcome.result == "Both calls done."
+    assert len(messages_requests(server)) == 4  # turn 2 asked for twice, and nothing else
+    assert [c["n"] for c in tool.calls] == [0, 1, 1]
+    assert second.counters.iteration == 3 and second.counters.tool_calls == 2
+    final = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert final is not None and final.messages == second.messages and len(final.messages) == 1 + 2 * 2 + 1
+
+
+async def test_a_call_that_waits_for_a_person_has_its_answer_saved_first(tmp_path: Path) -> None:
+    class Approving(MemoryLink):
+        """Approves at once, noting what the checkpoint held when the request went out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved_at_request: list[dict[str, Any]] = []
+
+        def decision(self, approval_id: str) -> tuple[str, str] | None:
+            return ("approved", "")
+
+        async def report(self, **fields: Any) -> None:
+            if fields.get("pendingApprovals"):
+                saved = await FileCheckpoints(tmp_path, "uid-1").load()
+                self.saved_at_request = saved.messages if saved else []
+            await super().report(**fields)
+
+    tool, link = Noop(), Approving()
+    tool.side_effects, tool.risk = False, "high"
+    async with model(two_calls_then_done()) as (_, client):
+        loop = make_loop(client, tmp_path, tool=tool, link=link)
+        outcome = await loop.run(TASK)
+    assert outcome.success and len(tool.calls) == 2
+    assert link.saved_at_request and link.saved_at_request[-1]["role"] == "assistant"
+    assert link.saved_at_request[-1]["content"][0]["id"] == "toolu_1"

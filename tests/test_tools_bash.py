@@ -103,6 +103,12 @@ def test_assessment_follows_the_classification(tools: ToolRegistry, ctx: ToolCon
     assert dangerous.classification.level == "dangerous"
 
 
+def test_only_read_only_commands_are_without_side_effects(tools: ToolRegistry, ctx: ToolContext) -> None:
+    assert not tools.assess("bash", {"command": "cat README.md | grep -n TODO"}, ctx).side_effects
+    assert tools.assess("bash", {"command": "echo x > notes.txt"}, ctx).side_effects
+    assert tools.assess("bash", {"command": "pytest -q"}, ctx).side_effects
+
+
 CLASSIFICATIONS = [
     # read-only
     ("ls -la", "read-only"),

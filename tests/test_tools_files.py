@@ -197,3 +197,13 @@ def test_overwriting_a_file_is_medium_risk_and_creating_one_low(tools: ToolRegis
     assert tools.assess("write_file", {"path": "NEW.md", "content": ""}, ctx).risk == "low"
     assert tools.assess("edit_file", {"path": "README.md", "old_string": "a", "new_string": "b"}, ctx).risk == "low"
     assert tools.assess("read_file", {"path": "README.md"}, ctx).risk == "low"
+
+
+def test_only_the_tools_that_read_are_without_side_effects(tools: ToolRegistry, ctx: ToolContext) -> None:
+    reads = {"read_file": {"path": "README.md"}, "list_directory": {}, "glob": {"pattern": "*.md"},
+             "grep": {"pattern": "x"}}
+    writes = {"write_file": {"path": "NEW.md", "content": ""},
+              "edit_file": {"path": "README.md", "old_string": "a", "new_string": "b"}}
+    assert all(tools.validate(name, args) is None for name, args in (reads | writes).items())
+    assert not any(tools.assess(name, args, ctx).side_effects for name, args in reads.items())
+    assert all(tools.assess(name, args, ctx).side_effects for name, args in writes.items())

@@ -14,14 +14,17 @@ e2e/cluster/up.sh (started if needed, stopped again if this run started it).
    answer arriving (client.messages.create returns) to the next request leaving, so the
    model's round trip (SDK, HTTP, scripted server) is left out. Cross-check: the same requests
    are replayed as bare SDK calls to a fresh server, and (loop wall time - replay wall time) /
-   iterations is the mean the loop adds. Two set-ups:
+   iterations is the mean the loop adds. Three set-ups:
    (a) file checkpoints in a workspace folder, a no-op Goal link, no events;
    (b) as a goal pod runs: checkpoints in PostgreSQL (KnowledgeBase.for_goal), status writes
        with server-side apply to a Goal on a real API server (GoalLink, watching its Goal and
-       heartbeating), events and steering through Redis (EventStream, SteeringQueue).
+       heartbeating), events through Redis (EventStream) and steering polled from it
+       (SteeringPoller). The tool has no side effects, like a file read: one save a round;
+   (c) as (b), but the tool declares side effects, like a shell command that writes: the
+       model's answer is saved before the call runs, so two saves a round.
 2. Checkpoint writes with 10, 100 and 200 turns of history already stored, for PostgreSQL and
-   the file fallback: per goal, one iteration's three saves as the loop makes them (the
-   model's answer, a finished tool call, the round's results).
+   the file fallback: per goal, the three saves the loop makes for a round of calls with side
+   effects (the model's answer, a finished call, the round's results).
 3. Prompt cache: scripted goals of 30 and 50 turns with a system prompt of about 3000 tokens,
    the built-in tools and file reads of a few hundred tokens each; the share of prompt tokens
    read from cache, cache_read / (input + cache_read + cache_creation), as the scripted server
@@ -339,8 +342,10 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
     link_inner: Any = NullLink()
     publish = steering = None
     redis = None
+    poller: live.SteeringPoller | None = None
     todos = TodoList()
     tool = Noop()
+    tool.side_effects = variant == "c"  # otherwise like a file read
     tool.run = spans.wrap("tool", tool.run)  # type: ignore[method-assign]
     config = LoopConfig(model=MODEL, max_tokens=8192, system=realistic_system_prompt(), goal_key=f"{NAMESPACE}/{uid}")
     checkpoints: Any = None
@@ -353,15 +358,13 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
             checkpoints = kb.for_goal(uid, resume_wait=5)
             redis = live.connect(services.redis_url)
             events = live.EventStream(redis, NAMESPACE, uid)
-            queue = live.SteeringQueue(redis, NAMESPACE, uid)
+            poller = live.SteeringPoller(live.SteeringQueue(redis, NAMESPACE, uid))
+            poller.start()
 
             async def publish_event(kind: str, data: dict[str, Any]) -> None:
                 await events.publish({"type": kind, "data": data})
 
-            async def drain() -> list[str]:
-                return [m.text for m in await queue.drain()]
-
-            publish, steering = spans.wrap("events", publish_event), spans.wrap("steering", drain)
+            publish, steering = spans.wrap("events", publish_event), spans.wrap("steering", poller.take)
             if services.kube is not None:
                 link_inner = await open_goal(services.kube, f"{GOAL_NAME}-{run_no}")
                 link_inner.start()
@@ -376,6 +379,7 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
                 outcome = await loop.run(TASK)
                 wall = time.perf_counter() - started
                 machine_cores, own_cores = cores_busy(sample, cpu_sample())
+                await loop.flush_events()
             bodies = [r.body for r in server.requests if r.path == "/v1/messages"]
         # The same requests as bare SDK calls, to a fresh server playing the same script.
         async with ScriptedModelServer(scenario) as server:
@@ -387,6 +391,8 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
     finally:
         if isinstance(link_inner, GoalLink):
             await link_inner.stop()
+        if poller is not None:
+            await poller.stop()
         if kb is not None:
             await kb.close()
         if redis is not None:
@@ -400,8 +406,10 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
             if lo <= start < hi:
                 per_part.setdefault(part, [0.0] * (len(calls) - 1 - WARMUP))[i - WARMUP] += seconds
     parts = {p: 1000 * statistics.median(v) for p, v in per_part.items()}
+    # Events are published by a background task: their time overlaps the rest, so it is not
+    # subtracted from the gap.
     parts["loop itself"] = 1000 * statistics.median(
-        [g - sum(v[k] for v in per_part.values()) for k, g in enumerate(gaps)])
+        [g - sum(v[k] for p, v in per_part.items() if p != "events") for k, g in enumerate(gaps)])
     cpu = [calls[i + 1].cpu_start - calls[i].cpu_end for i in range(WARMUP, len(calls) - 1)]
     return OverheadRun(variant, iterations, outcome.success, gaps, cpu, [c.end - c.start for c in calls[WARMUP:]],
                        parts, wall, replay, machine_cores, own_cores)
@@ -432,7 +440,7 @@ def counters(i: int, partial: list[dict[str, Any]] | None = None) -> dict[str, A
 
 
 async def checkpoint_samples(store: Any, history: int) -> list[float]:
-    """Prefill `history` turns (untimed), then time one iteration's three saves."""
+    """Prefill `history` turns (untimed), then time the three saves of a round of calls with side effects."""
     task = {"role": "user", "content": [{"type": "text", "text": TASK}]}
     todos = {"items": [{"text": "reproduce", "status": "done"}, {"text": "find the split", "status": "in_progress"}]}
     await store.save(history, [task, *[m for i in range(history) for m in turn_messages(i)]], todos, counters(history))
@@ -671,13 +679,15 @@ def render_loop(info: dict[str, Any], command: str, overhead: dict[str, list[Ove
              f"first {WARMUP} iterations of each run left out.", "",
              "| set-up | iterations × runs | median | p95 | max | median, first / second half of each run "
              "| mean, replay cross-check | median per iteration: "
-             "checkpoints / status / events + steering / tool / loop itself | CPU time of this process, median "
+             "checkpoints / status / steering / tool / loop itself | events, in the background "
+             "| CPU time of this process, median "
              "| model round trip, median | CPU cores busy: machine (this process) | |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"a": "(a) file checkpoints, no-op link, no events",
-             "b": "(b) PostgreSQL checkpoints, " + ("status by server-side apply to a Goal on the local API server"
-                                                   if cluster else "no status writes (no cluster)")
-                  + ", Redis events and steering"}
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    pod = ("(b) PostgreSQL checkpoints, " + ("status by server-side apply to a Goal on the local API server"
+                                            if cluster else "no status writes (no cluster)")
+           + ", Redis events and steering; a tool without side effects")
+    names = {"a": "(a) file checkpoints, no-op link, no events", "b": pod,
+             "c": "(c) as (b), but the tool has side effects: the answer is saved before the call runs"}
     for variant, runs in overhead.items():
         gaps = [g for r in runs for g in r.gaps_s]
         s = stats_ms(gaps)
@@ -692,13 +702,14 @@ def render_loop(info: dict[str, Any], command: str, overhead: dict[str, list[Ove
                      f"{s['p95']:.2f} ms | {s['max']:.1f} ms | {early:.2f} / {late:.2f} ms | "
                      f"{s['mean']:.2f} ms, {cross:.2f} ms | "
                      f"{parts['checkpoint']:.2f} / {parts['status']:.2f} / "
-                     f"{parts['events'] + parts['steering']:.2f} / {parts['tool']:.2f} / "
-                     f"{parts['loop itself']:.2f} ms | "
+                     f"{parts['steering']:.2f} / {parts['tool']:.2f} / "
+                     f"{parts['loop itself']:.2f} ms | {parts['events']:.2f} ms | "
                      f"{statistics.median([c for r in runs for c in r.cpu_s]) * 1000:.2f} ms | {rtt:.2f} ms | "
                      f"{statistics.median([r.machine_cores for r in runs]):.2f} "
                      f"({statistics.median([r.own_cores for r in runs]):.2f}) | {verdict(ok)} |")
     lines += ["", f"Checkpoint writes (target: p95 under {TARGET_CHECKPOINT_P95_MS:.0f} ms at 200 turns, not "
-                  f"growing with the history): one iteration's three saves as the loop makes them, "
+                  f"growing with the history): the three saves of a round of calls with side effects as the "
+                  f"loop makes them (the model's answer, a finished call, the round's results), "
                   f"{goals} goals per history length.", "",
               "| store | turns already stored | saves | median | p95 | max | |", "|---|---|---|---|---|---|---|"]
     for store in ("PostgreSQL", "file"):
@@ -771,9 +782,9 @@ def write_docs(path: Path, key: str, text: str) -> None:
 # ---- main ----------------------------------------------------------------------------------------
 
 async def run_all(args: argparse.Namespace, services: Services, cluster: bool) -> dict[str, Any]:
-    overhead: dict[str, list[OverheadRun]] = {"a": [], "b": []}
+    overhead: dict[str, list[OverheadRun]] = {"a": [], "b": [], "c": []}
     for run_no in range(args.repeat):
-        for variant in ("a", "b"):
+        for variant in overhead:
             if args.wait_quiet:
                 other = await asyncio.to_thread(wait_quiet, args.wait_quiet)
                 log(f"other processes use {other:.2f} cores")
@@ -809,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="100 iterations, 1 run, 10 goals (a smoke test)")
     p.add_argument("--docs", type=Path, help="write the results into this file's Agent loop and Prompt cache sections")
     p.add_argument("--json", type=Path, help="write the raw results here as JSON")
-    p.add_argument("--no-cluster", action="store_true", help="set-up (b) without status writes to an API server")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="set-ups (b) and (c) without status writes to an API server")
     p.add_argument("--keep-cluster", action="store_true", help="leave a cluster this run started running")
     args = p.parse_args(argv)
     if args.quick:

@@ -129,6 +129,20 @@ async def test_each_checkpoint_writes_only_the_new_messages(kb: KnowledgeBase, d
     assert checkpoint.iteration == 200
 
 
+async def test_a_checkpoint_stores_its_messages_and_state_in_one_transaction(kb: KnowledgeBase, dsn: str) -> None:
+    # The loop relies on it: a model's answer saved together with the results of its calls.
+    await kb.save_checkpoint("atomic", 1, [turn(0)], {}, {"iteration": 1})
+    for i in range(1, 4):
+        await kb.save_checkpoint("atomic", i + 1, [turn(2 * i - 1), turn(2 * i)], {"n": i}, {"iteration": i + 1})
+        (state_xmin,), = rows(dsn, "SELECT xmin::text FROM checkpoints WHERE goal_uid = 'atomic'")
+        appended = rows(dsn, "SELECT xmin::text FROM checkpoint_messages WHERE goal_uid = 'atomic' AND seq >= %s",
+                        2 * i - 1)
+        assert appended == [(state_xmin,), (state_xmin,)]
+    checkpoint = await kb.load_checkpoint("atomic")
+    assert checkpoint is not None and checkpoint.messages == [turn(i) for i in range(7)]
+    assert (checkpoint.iteration, checkpoint.todos) == (4, {"n": 3})
+
+
 async def test_compaction_replaces_the_history_and_later_turns_append_to_it(kb: KnowledgeBase) -> None:
     await kb.save_checkpoint("g2", 5, [turn(i) for i in range(10)], {"items": []}, {"iteration": 5})
     summary = {"role": "user", "content": [{"type": "text", "text": "Summary of turns 0-8"}]}

@@ -18,6 +18,7 @@ from overseer.agent.live import (
     EventStream,
     EventType,
     RateLimiter,
+    SteeringPoller,
     SteeringQueue,
     SteeringUnavailable,
     connect,
@@ -422,4 +423,28 @@ async def test_steering_while_redis_is_down(redis_server: RedisServer) -> None:
 
         await eventually(delivered, what="the message is delivered")
     finally:
+        await redis.aclose()
+
+
+async def test_the_poller_takes_steering_off_redis_in_the_background(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    goal = unique("fix-ci")
+    sender = SteeringQueue(redis, "team-a", goal)
+    poller = SteeringPoller(SteeringQueue(redis, "team-a", goal, retry_seconds=0.1), interval=0.05)
+    poller.start()
+    try:
+        assert await poller.take() == []
+        await sender.push("run the tests first", "alice")
+        await sender.push("then fix the linter", "bob")
+        taken: list[str] = []
+
+        async def both_taken() -> bool:
+            taken.extend(await poller.take())
+            return len(taken) == 2
+
+        await eventually(both_taken, what="the poller drains the queue")
+        assert taken == ["run the tests first", "then fix the linter"]
+        assert await redis.llen(sender.key) == 0 and await poller.take() == []
+    finally:
+        await poller.stop()
         await redis.aclose()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +27,8 @@ FIELD_MANAGER = "overseer-agent"
 
 
 class GoalLink:
-    def __init__(self, kube: Kube, namespace: str, name: str, heartbeat_seconds: float = 10.0) -> None:
+    def __init__(self, kube: Kube, namespace: str, name: str, heartbeat_seconds: float = 10.0,
+                 min_write_interval: float = 1.0) -> None:
         self.kube = kube
         self.namespace = namespace
         self.name = name
@@ -39,6 +42,10 @@ class GoalLink:
         self._applied = 0                 # the version last written
         self._dirty = asyncio.Event()
         self._progress = asyncio.Condition()
+        self._min_write_interval = min_write_interval
+        self._last_write = -math.inf
+        self._flushing = 0                # flush() calls waiting: they skip the pause between writes
+        self._hurry = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -131,7 +138,9 @@ class GoalLink:
 
     async def report(self, **fields: Any) -> None:
         """Set agent-owned status fields (camelCase). A background writer applies the latest
-        state, so the loop never waits on the API server; flush() waits for it."""
+        state, at most once every `min_write_interval` seconds, so the loop never waits on the
+        API server and a fast loop does not load it with a write per report; flush() writes at
+        once and waits for it."""
         self._state.update(fields)
         self._version += 1
         if not self._tasks:  # not started (tests, early failures): write now
@@ -147,17 +156,26 @@ class GoalLink:
         async def written() -> None:
             async with self._progress:
                 await self._progress.wait_for(lambda: self._applied >= target)
+        self._flushing += 1
+        self._hurry.set()
         try:
             await asyncio.wait_for(written(), timeout)
             return True
         except asyncio.TimeoutError:
             logger.warning("status writes still pending after %.0fs", timeout)
             return False
+        finally:
+            self._flushing -= 1
 
     async def _writer(self) -> None:
         backoff = 0.5
         while True:
             await self._dirty.wait()
+            pause = self._last_write + self._min_write_interval - time.monotonic()
+            if pause > 0 and not self._flushing:  # reports made meanwhile go out in one write
+                self._hurry.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), pause)
             self._dirty.clear()
             version = self._version
             try:
@@ -172,6 +190,7 @@ class GoalLink:
                 self._dirty.set()
                 continue
             backoff = 0.5
+            self._last_write = time.monotonic()
             async with self._progress:
                 self._applied = version
                 self._progress.notify_all()

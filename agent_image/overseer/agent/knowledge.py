@@ -992,6 +992,24 @@ ON CONFLICT (goal_uid, approval_id) DO NOTHING
 """
 
 
+# A checkpoint in the usual case, as one statement (one round trip, one transaction): the row
+# holds the `base` messages the writer counted, so the new ones go after them. No row updated
+# means another case (a first save, a replay, a mismatch), which _apply_checkpoint handles.
+_APPEND_CHECKPOINT = """
+WITH updated AS (
+    UPDATE checkpoints SET iteration = %(iteration)s, message_count = %(count)s, todos = %(todos)s,
+                           counters = %(counters)s, last_write = %(write_id)s, updated_at = now()
+    WHERE goal_uid = %(goal_uid)s AND message_count = %(base)s
+    RETURNING goal_uid
+), appended AS (
+    INSERT INTO checkpoint_messages (goal_uid, seq, message)
+    SELECT u.goal_uid, %(base)s + t.n - 1, t.m
+    FROM updated u, jsonb_array_elements(%(messages)s) WITH ORDINALITY AS t (m, n)
+)
+SELECT count(*) FROM updated
+"""
+
+
 async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -> int:
     """Append (or replace) a goal's messages and store its state; returns the message count.
 
@@ -999,6 +1017,15 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
     write that did commit (its answer lost with the connection) adds nothing twice."""
     a = write.args
     goal, messages = a["goal_uid"], a["messages"]
+    state = a["state"]
+    if not a["replace"] and a["base"] is not None and state is not None:
+        count = a["base"] + len(messages)
+        cur = await conn.execute(_APPEND_CHECKPOINT, {
+            "goal_uid": goal, "base": a["base"], "count": count, "iteration": state["iteration"],
+            "todos": Jsonb(state["todos"]), "counters": Jsonb(state["counters"]), "write_id": write.id,
+            "messages": Jsonb(messages)})
+        if (await cur.fetchone())[0]:
+            return count
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT message_count, last_write FROM checkpoints WHERE goal_uid = %s FOR UPDATE", (goal,))
@@ -1017,7 +1044,6 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
                 skip = 0 if skip < 0 else len(messages)
             start, new = stored, messages[skip:]
         count = start + len(new)
-        state = a["state"]
         if state is None:
             await conn.execute(
                 "INSERT INTO checkpoints (goal_uid, message_count, last_write) VALUES (%s, %s, %s) "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -616,3 +617,35 @@ class SteeringQueue:
                 logger.warning("Goal %s/%s: ignoring a malformed steering message: %r",
                                self.namespace, self.goal, item)
         return messages
+
+
+class SteeringPoller:
+    """Drains a goal's steering queue in the background every `interval` seconds and keeps
+    the messages for the loop, so no iteration waits on Redis for them: `take` is what the
+    loop is given as its steering source."""
+
+    def __init__(self, queue: SteeringQueue, interval: float = 1.0) -> None:
+        self.queue = queue
+        self.interval = interval
+        self._taken: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._poll(), name="steering")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def take(self) -> list[str]:
+        """The texts drained since the last call, oldest first."""
+        taken, self._taken = self._taken, []
+        return taken
+
+    async def _poll(self) -> None:
+        while True:
+            self._taken.extend(m.text for m in await self.queue.drain())
+            await asyncio.sleep(self.interval)

@@ -18,7 +18,7 @@ import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
-from .tools.base import ToolContext, ToolRegistry
+from .tools.base import Assessment, ToolContext, ToolRegistry
 from .tools.todo import TodoList
 
 logger = logging.getLogger(__name__)
@@ -238,15 +238,23 @@ class AgentLoop:
                         continue
                     await self._checkpoint()
                     return Outcome(True, text or "done")
-                await self._checkpoint()  # the model's answer is kept: a restart will not ask again
                 pending = (tool_uses, [])
+            # What a crash costs. A call with side effects, or one that waits for a person, starts
+            # only once the answer that asked for it is saved, and its result is saved before the
+            # next call starts: a replaced pod resumes with that answer and never repeats a finished
+            # call (one cut off mid-run runs again). A round of calls that change nothing is saved
+            # once, with its answer: a crash before that save costs asking the model again.
             tool_uses, results = pending
             for use in tool_uses[len(results):]:
-                results.append(await self._run_tool(use))
+                assessment = self.tools.assess(use["name"], use.get("input") or {}, self.ctx)
+                effects = assessment.side_effects or self._needs_approval(assessment)
+                if effects and self._saved < len(self.messages):
+                    await self._checkpoint()
+                results.append(await self._run_tool(use, assessment))
                 self.counters.tool_calls += 1
                 self.counters.partial = list(results)
-                if len(results) < len(tool_uses):
-                    await self._checkpoint()  # each finished call is kept: a replaced pod never runs it twice
+                if effects and len(results) < len(tool_uses):
+                    await self._checkpoint()
             self.counters.partial = []
             self._finish_results(results)
             await self._checkpoint()
@@ -283,12 +291,14 @@ class AgentLoop:
             content.append({"type": "text", "text": todo})
         self.messages.append({"role": "user", "content": content})
 
-    async def _run_tool(self, use: dict[str, Any]) -> dict[str, Any]:
+    def _needs_approval(self, assessment: Assessment) -> bool:
+        return RISK_ORDER.get(assessment.risk, 2) >= RISK_ORDER.get(self.config.min_approval_risk, 2)
+
+    async def _run_tool(self, use: dict[str, Any], assessment: Assessment) -> dict[str, Any]:
         name, args, use_id = use["name"], use.get("input") or {}, use["id"]
-        assessment = self.tools.assess(name, args, self.ctx)
         await self._emit("tool_call", {"name": name, "input": args, "risk": assessment.risk,
                                        "reason": assessment.reason})
-        if RISK_ORDER.get(assessment.risk, 2) >= RISK_ORDER.get(self.config.min_approval_risk, 2):
+        if self._needs_approval(assessment):
             verdict, reason = await self._ask_approval(use_id, name, args, assessment)
             if verdict != "approved":
                 return {"type": "tool_result", "tool_use_id": use_id, "is_error": True,

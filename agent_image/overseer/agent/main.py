@@ -121,20 +121,9 @@ async def run(settings: AgentSettings) -> int:
         async def publish(kind: str, data: dict[str, Any]) -> None:
             await events.publish({"type": kind, "data": data})
 
-        # The steering queue is polled in the background, so no model call waits on Redis.
-        steered: list[str] = []
-
-        async def poll_steering() -> None:
-            while True:
-                steered.extend(m.text for m in await steering.drain())
-                await asyncio.sleep(1.0)
-
-        async def drain_steering() -> list[str]:
-            taken = list(steered)
-            steered.clear()
-            return taken
-
-        poller = asyncio.create_task(poll_steering(), name="steering") if redis is not None else None
+        poller = live.SteeringPoller(steering)
+        if redis is not None:
+            poller.start()
 
         async def on_decision(approval_id: str, tool: str, summary: str, verdict: str, reason: str) -> None:
             if kb is not None:
@@ -160,7 +149,7 @@ async def run(settings: AgentSettings) -> int:
             await subgoals.restore()
         register_approved(registry, approved.tools)
         loop = AgentLoop(client, config, registry, ctx, link, checkpoints, budget, todos,
-                         publish=publish, steering=drain_steering, rate_limit=limiter, on_decision=on_decision)
+                         publish=publish, steering=poller.take, rate_limit=limiter, on_decision=on_decision)
         await health.start(lambda: loop.counters.iteration)
         link.start()
         started = time.monotonic()
@@ -171,8 +160,7 @@ async def run(settings: AgentSettings) -> int:
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
                           progress=todos.summary() if len(todos) else None)
-        if poller is not None:
-            poller.cancel()
+        await poller.stop()
         await link.flush()
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})

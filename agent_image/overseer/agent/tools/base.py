@@ -48,6 +48,9 @@ class Assessment:
     risk: Risk
     reason: str
     classification: Classification | None = None
+    side_effects: bool = True
+    """Whether the call may change anything but the loop's own state (its messages and TODO
+    list): files, processes, other objects. The loop checkpoints around calls that may."""
 
 
 @dataclass
@@ -100,6 +103,8 @@ class Tool(ABC):
     """JSON Schema of the input; the registry validates every call against it."""
     risk: Risk = "low"
     """The risk of a call unless `assess` says otherwise."""
+    side_effects: bool = True
+    """Whether a call may change anything but the loop's own state, unless `assess` says otherwise."""
 
     def definition(self) -> dict[str, Any]:
         """The tool as the Messages API takes it in `tools=[...]`."""
@@ -107,7 +112,7 @@ class Tool(ABC):
 
     def assess(self, input: Mapping[str, Any], ctx: ToolContext) -> Assessment:
         """The risk of this call; by default the tool's static risk."""
-        return Assessment(self.risk, f"{self.name} is a {self.risk}-risk tool")
+        return Assessment(self.risk, f"{self.name} is a {self.risk}-risk tool", side_effects=self.side_effects)
 
     def summarize(self, input: Mapping[str, Any]) -> str:
         """One line describing the call before it runs, e.g. for an approval request."""
@@ -173,10 +178,10 @@ class ToolRegistry:
         """The risk of a call. Calls that will be refused (unknown tool, invalid input) are low."""
         tool = self._tools.get(name)
         if tool is None:
-            return Assessment("low", f"unknown tool {name!r}; the call will be refused")
+            return Assessment("low", f"unknown tool {name!r}; the call will be refused", side_effects=False)
         problem = self.validate(name, input)
         if problem is not None:
-            return Assessment("low", f"{problem}; the call will be refused")
+            return Assessment("low", f"{problem}; the call will be refused", side_effects=False)
         try:
             return tool.assess(input, ctx)
         except Exception as exc:  # noqa: BLE001 - an unassessable call is treated as the riskiest

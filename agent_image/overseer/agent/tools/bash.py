@@ -88,7 +88,8 @@ class BashTool(Tool):
 
     def assess(self, input: Mapping[str, Any], ctx: ToolContext) -> Assessment:
         classification = classify_command(input["command"], workspace=ctx.workspace)
-        return Assessment(RISK_OF_LEVEL[classification.level], classification.reason, classification)
+        return Assessment(RISK_OF_LEVEL[classification.level], classification.reason, classification,
+                          side_effects=classification.level != READ_ONLY)
 
     async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         command = input["command"]

@@ -53,6 +53,7 @@ class _FileTool(Tool):
 
 class ReadFile(_FileTool):
     name = "read_file"
+    side_effects = False
     description = (
         "Read a text file in the workspace. Lines are numbered like `cat -n`. "
         "Pass start_line and end_line (1-based, inclusive) to read part of a large file; "
@@ -107,6 +108,7 @@ class ReadFile(_FileTool):
 
 class ListDirectory(_FileTool):
     name = "list_directory"
+    side_effects = False
     description = (
         "List a directory in the workspace: one entry per line, directories end with '/', "
         "files show their size in bytes, symlinks show their target."
@@ -139,6 +141,7 @@ class ListDirectory(_FileTool):
 
 class Glob(_FileTool):
     name = "glob"
+    side_effects = False
     description = (
         "Find paths in the workspace matching a glob pattern such as '**/*.py' or 'src/*.toml'. "
         f"Results are sorted, relative to the workspace, and capped at {GLOB_LIMIT}; "
@@ -181,6 +184,7 @@ class Glob(_FileTool):
 
 class Grep(_FileTool):
     name = "grep"
+    side_effects = False
     description = (
         "Search file contents in the workspace with a Python regular expression. "
         "Returns 'file:line: text' lines, sorted by file, capped at "

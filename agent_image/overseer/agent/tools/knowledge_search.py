@@ -51,6 +51,7 @@ class SearchKnowledge(Tool):
         "additionalProperties": False,
     }
     risk = "low"
+    side_effects = False
 
     def __init__(self, kb: LessonSource, agent: str) -> None:
         self.kb = kb

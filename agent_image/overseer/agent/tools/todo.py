@@ -73,6 +73,7 @@ class TodoList:
 
 class TodoTool(Tool):
     name = "todo"
+    side_effects = False  # the TODO list is part of every checkpoint
     description = (
         "Keep your TODO list for this goal. Send the complete list every time, in order; it "
         "replaces the previous one. Each item has text and a status: pending, in_progress or "

@@ -1,0 +1,60 @@
+"""Smoke runs of the benchmarks (make bench-smoke): small sizes, so they keep working. They
+check that every figure is produced, never that a timing is met: timings belong to
+docs/performance.md, measured on a quiet machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from e2e import harness
+from e2e.harness import Cluster
+
+
+def run_bench(cluster: Cluster, module: str, *args: str, timeout: float = 900) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=harness.REPO, env=cluster.env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def test_dispatch_benchmark_reports_every_contender_and_the_steady_rate(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "dispatch.json"
+    table = run_bench(cluster, "e2e.bench.dispatch", "--goals", "100", "--steady", "10:5", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    burst = {r["contender"]: r for r in results if not r["rate"]}
+    assert set(burst) == {"direct", "baseline", "overseer"}
+    for r in burst.values():
+        assert r["pods"] == 100 and r["all_pods_s"] > 0
+        assert r["latency_observed_s"]["p99"] is not None
+    for name in ("baseline", "overseer"):
+        r = burst[name]
+        assert r["running"] == 100 and r["all_running_s"] > 0
+        assert r["cpu_s"] > 0 and r["rss_peak_kb"] > 0
+        # every goal costs its controller at least the pod and the status write
+        assert r["controller_writes"] >= 200
+    assert burst["baseline"]["controller_own_count"], "the baseline's own count of its writes"
+    steady = [r for r in results if r["rate"]]
+    assert {r["contender"] for r in steady} == {"baseline", "overseer"}
+    assert all(r["pods"] == 50 and r["latency_observed_s"]["p99"] is not None for r in steady)
+    assert "overseer / baseline" in table and "steady rate" in table
+
+
+def test_scale_benchmark_reports_memory_at_rest_and_through_a_short_soak(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    table = run_bench(cluster, "e2e.bench.scale", "--goals", "300", "--agents", "10", "--slots", "5",
+                      "--soak", "40", "--churn", "5", "--json", str(out))
+    r = json.loads(out.read_text())["result"]
+    assert r["placed_s"] > 0 and r["rss_empty_mb"] > 0 and r["rss_rest_mb"] > 0
+    assert len(r["samples"]) >= 4, "an RSS sample every 10 s of the soak"
+    assert r["finished"] > 0, "goals finished, were deleted and replaced during the soak"
+    assert "RSS at rest" in table
+
+
+def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "loop.json"
+    table = run_bench(cluster, "e2e.bench.loop", "--quick", "--json", str(out))
+    assert json.loads(out.read_text())
+    assert "Loop overhead per iteration" in table and "cache share" in table
