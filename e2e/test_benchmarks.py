@@ -56,5 +56,8 @@ def test_scale_benchmark_reports_memory_at_rest_and_through_a_short_soak(cluster
 def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "loop.json"
     table = run_bench(cluster, "e2e.bench.loop", "--quick", "--json", str(out))
-    assert json.loads(out.read_text())
+    raw = json.loads(out.read_text())
+    assert raw["overhead"] and all(runs for runs in raw["overhead"].values()), "both set-ups ran"
+    assert raw["checkpoints"] and all(raw["checkpoints"].values()), "checkpoint saves per history length"
+    assert raw["goals"], "whole scripted goals for the cache share"
     assert "Loop overhead per iteration" in table and "cache share" in table
