@@ -49,6 +49,7 @@ CONTENDERS = ("direct", "baseline", "overseer")
 CLIENT_THREADS = 16
 NODE_PODS = 1000  # pods per fake node (e2e/cluster/manifests/node.yaml)
 MAX_AGENT_SLOTS = 1000  # the Agent schema's maximum maxConcurrentGoals
+AGENT_CPU_REQUEST = 0.25  # cores each goal pod requests (agent_body)
 SECTION_BEGIN = "<!-- dispatch:begin (written by python -m e2e.bench.dispatch --docs) -->"
 SECTION_END = "<!-- dispatch:end -->"
 MUTATING = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"}
@@ -68,7 +69,7 @@ def agent_body(name: str, slots: int) -> dict[str, Any]:
             "model": {"name": "claude-sonnet-5-5", "maxTokens": 8192,
                       "apiKeySecretRef": {"name": "anthropic", "key": "api-key"}},
             "capabilities": [], "maxConcurrentGoals": slots,
-            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+            "resources": {"requests": {"cpu": f"{int(AGENT_CPU_REQUEST * 1000)}m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
         },
     }
 
@@ -323,6 +324,14 @@ class Result:
         return None if self.controller_writes is None else self.controller_writes / self.goals
 
 
+def node_room(node: dict[str, Any]) -> int:
+    """How many benchmark pods (AGENT_CPU_REQUEST each) a node can take."""
+    allocatable = node["status"].get("allocatable", {})
+    cpu = allocatable.get("cpu", "0")
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return min(_count(allocatable.get("pods", "0")), int(cores / AGENT_CPU_REQUEST))
+
+
 def _count(quantity: str) -> int:
     """A count quantity as the API server writes it back ('1k' for 1000)."""
     factor = {"k": 10**3, "M": 10**6}.get(quantity[-1:], 1)
@@ -347,8 +356,11 @@ class Bench:
     def ensure_capacity(self, pods: int) -> None:
         """Enough fake nodes (kwok) for `pods` pods at once: copies of the harness node."""
         nodes = self.api.get("/api/v1/nodes")["items"]
-        capacity = sum(_count(n["status"].get("allocatable", {}).get("pods", "0")) for n in nodes)
-        template = (harness.CLUSTER_DIR / "manifests" / "node.yaml").read_text()
+        capacity = sum(node_room(n) for n in nodes)
+        # Room for NODE_PODS pods by CPU and memory too: a pod the scheduler cannot place is
+        # retried and reported again and again, load that would grow with the run's length.
+        template = (harness.CLUSTER_DIR / "manifests" / "node.yaml").read_text().replace(
+            'cpu: "32", memory: 256Gi', f'cpu: "{NODE_PODS}", memory: {NODE_PODS}Gi')
         names = {n["metadata"]["name"] for n in nodes}
         i = 1
         while capacity < pods:

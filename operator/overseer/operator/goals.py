@@ -323,51 +323,51 @@ class GoalReconciler:
             wait = (_ts(status["retryAt"]) - now).total_seconds() + 0.5
             return min(wait, next_look) if next_look else wait
 
-        async with self.rt.agent_locks[(ns, agent_name)]:
-            limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
-            free = limit - self.rt.live_pods_of_agent(ns, agent_name)
-            me = dispatch.queue_key(raw)
-            ahead = 0
-            if free > 0:
-                for other in self.rt.by("goals", "queued", (ns, agent_name)):
-                    ost = other.get("status") or {}
-                    if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
-                            and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
-                            and dispatch.queue_key(other) < me):
-                        ahead += 1
-                        if ahead >= free:
-                            break
-            if free <= 0 or ahead >= free:
-                msg = f"waiting for a free slot of agent {agent_name} (maxConcurrentGoals {limit})"
-                await self.update(raw, Phase.QUEUED, "Queued", msg,
-                                  [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
-                                  agent=agent_name, waitingFor=[])
-                # Slots are freed by events that wake the queue; look again now and then anyway,
-                # so a wake-up lost to a crash or a race cannot strand a goal.
-                return min(next_look, QUEUED_RECHECK_SECONDS) if next_look else QUEUED_RECHECK_SECONDS
+        if attempt >= 1 and await self.live_pod_on_server(ns, name):
+            return 1.0  # the watch has not shown it yet: never start a second attempt beside it
 
-            if attempt >= 1 and await self.live_pod_on_server(ns, name):
-                return 1.0  # the watch has not shown it yet: never start a second attempt beside it
-            agent = self.rt.one("agents", (ns, agent_name))
-            pod = render_pod(goal, Agent.model_validate(agent), attempt + 1, self.rt.settings)
-            pod_name = pod["metadata"]["name"]
-            self.rt.inflight[(ns, agent_name)].add(pod_name)
-            try:
-                await self.rt.kube.create(path("v1", "pods", ns), pod)
-            except ApiError as e:
-                self.rt.inflight[(ns, agent_name)].discard(pod_name)
-                if e.status == 403 and "exceeded quota" in e.message:
-                    # The namespace's ResourceQuota is full: wait like any other queued goal.
-                    msg = f"pod {pod_name} would exceed a ResourceQuota: {e.message}"
-                    await self.update(raw, Phase.QUEUED, "QuotaExceeded", msg,
-                                      [*dep_condition, ("Dispatched", False, "QuotaExceeded", msg)],
-                                      event_type="Warning", agent=agent_name, waitingFor=[])
-                    return self.rt.settings.retry_backoff_seconds
-                self.rt.events.record(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
-                raise
-            except Exception:
-                self.rt.inflight[(ns, agent_name)].discard(pod_name)
-                raise
+        # From counting the free slots to reserving one there is no await, so no other reconcile
+        # can take the same slot: pod creates of one agent still run side by side.
+        limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
+        free = limit - self.rt.live_pods_of_agent(ns, agent_name)
+        me = dispatch.queue_key(raw)
+        ahead = 0
+        if free > 0:
+            for other in self.rt.by("goals", "queued", (ns, agent_name)):
+                ost = other.get("status") or {}
+                if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
+                        and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
+                        and dispatch.queue_key(other) < me):
+                    ahead += 1
+                    if ahead >= free:
+                        break
+        if free <= 0 or ahead >= free:
+            msg = f"waiting for a free slot of agent {agent_name} (maxConcurrentGoals {limit})"
+            await self.update(raw, Phase.QUEUED, "Queued", msg,
+                              [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
+                              agent=agent_name, waitingFor=[])
+            # Slots are freed by events that wake the queue; look again now and then anyway,
+            # so a wake-up lost to a crash or a race cannot strand a goal.
+            return min(next_look, QUEUED_RECHECK_SECONDS) if next_look else QUEUED_RECHECK_SECONDS
+        pod = render_pod(goal, Agent.model_validate(agent_raw), attempt + 1, self.rt.settings)
+        pod_name = pod["metadata"]["name"]
+        self.rt.inflight[(ns, agent_name)].add(pod_name)
+        try:
+            await self.rt.kube.create(path("v1", "pods", ns), pod)
+        except ApiError as e:
+            self.rt.inflight[(ns, agent_name)].discard(pod_name)
+            if e.status == 403 and "exceeded quota" in e.message:
+                # The namespace's ResourceQuota is full: wait like any other queued goal.
+                msg = f"pod {pod_name} would exceed a ResourceQuota: {e.message}"
+                await self.update(raw, Phase.QUEUED, "QuotaExceeded", msg,
+                                  [*dep_condition, ("Dispatched", False, "QuotaExceeded", msg)],
+                                  event_type="Warning", agent=agent_name, waitingFor=[])
+                return self.rt.settings.retry_backoff_seconds
+            self.rt.events.record(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
+            raise
+        except Exception:
+            self.rt.inflight[(ns, agent_name)].discard(pod_name)
+            raise
         if free > 1:
             self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
         started = status.get("startedAt") or now_iso()

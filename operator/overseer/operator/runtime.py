@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -114,7 +113,6 @@ class Runtime:
     # Pods created but not yet seen by the watch, per (namespace, agent): counted as running so
     # a burst of reconciles cannot overshoot maxConcurrentGoals.
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
-    agent_locks: dict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # Our own status writes, by uid: (resourceVersion the write was based on, object it returned).
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.
