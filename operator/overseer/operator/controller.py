@@ -118,6 +118,8 @@ class Operator:
         outcome = pod_outcome(raw)
         if event == "MODIFIED" and old is not None and pod_outcome(old) == outcome:
             return  # scheduled, IP assigned, ...: nothing the goal shows
+        if event == "ADDED" and self.goals.pod_recorded(raw):
+            return  # the pod dispatch just created and recorded
         self.rt.goals.add((ns, labels[LABEL_GOAL]))
         agent = labels.get(LABEL_AGENT)
         if agent and (event == "DELETED" or outcome.state != "live"):

@@ -376,6 +376,23 @@ class GoalReconciler:
                           [*dep_condition, ("Dispatched", True, "PodCreated", pod_name)],
                           agent=agent_name, pod=pod_name, attempt=attempt + 1, startedAt=started,
                           waitingFor=[], retryAt=None)
+        # The pod's own ADDED event brings no reconcile (pod_recorded), so this is the next look:
+        # the heartbeat check, or the timeout if that comes first.
+        looks = [self.rt.settings.heartbeat_timeout_seconds] if self.rt.settings.heartbeat_timeout_seconds else []
         if goal.spec.timeout:
-            return (_ts(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5
-        return None
+            looks.append((_ts(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5)
+        return min(looks) if looks else None
+
+    def pod_recorded(self, pod: Raw) -> bool:
+        """Whether a newly seen live pod is the one the goal's status already names, as dispatch
+        writes it: then there is nothing to reconcile, only the in-flight reservation to drop."""
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        raw = self.goal(meta.get("namespace") or "", labels.get(LABEL_GOAL, ""))
+        status = (raw or {}).get("status") or {}
+        recorded = (status.get("phase") == Phase.RUNNING.value and status.get("pod") == meta["name"]
+                    and str(status.get("attempt")) == labels.get(LABEL_ATTEMPT)
+                    and dispatch.pod_outcome(pod).state == "live")
+        if recorded:
+            self.rt.inflight.get((meta.get("namespace") or "", status.get("agent") or ""), set()).discard(meta["name"])
+        return recorded
