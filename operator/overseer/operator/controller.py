@@ -16,7 +16,7 @@ from .agents import AgentReconciler
 from .capabilities import CapabilityReconciler
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
-from .goals import GoalReconciler
+from .goals import QUEUE_SWEEP_SECONDS, GoalReconciler
 from .informer import Handler, Informer
 from .runtime import Runtime, goal_agent, slim_goal, slim_pod
 from .store import Raw, key_of
@@ -66,6 +66,7 @@ class Operator:
                                         (self.rt.capabilities, self.capabilities, "capability")):
             queue.start(metrics.instrumented(kind, reconciler.reconcile, queue.__len__), workers)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -75,6 +76,11 @@ class Operator:
             await queue.stop()
         await self.rt.events.stop()
         await self.rt.kube.close()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_SWEEP_SECONDS)
+            self.goals.sweep_queues()
 
     async def _resync_loop(self) -> None:
         """Level-triggered safety net: look at everything again now and then (drift, lost events)."""

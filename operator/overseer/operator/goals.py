@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
-QUEUED_RECHECK_SECONDS = 10.0
+QUEUE_SWEEP_SECONDS = 10.0
 
 
 def running_message(attempt: int, pod: str, agent: str | None) -> str:
@@ -118,13 +118,27 @@ class GoalReconciler:
         return any(dispatch.pod_outcome(p).state == "live" for p in (pods or {}).get("items", []))
 
     def wake_queue(self, ns: str, agent: str) -> None:
-        """A slot of agent may have freed up: reconcile the goals first in its queue."""
+        """Slots of agent may have freed up: reconcile as many goals, first in its queue, as there
+        are free slots (goals waiting out a retry backoff have their own timers)."""
         raw_agent = self.rt.one("agents", (ns, agent))
         limit = int(((raw_agent or {}).get("spec") or {}).get("maxConcurrentGoals", 1))
+        free = limit - self.rt.live_pods_of_agent(ns, agent)
+        if free <= 0:
+            return
+        now = _iso(_now())
         queued = [g for g in self.rt.by("goals", "queued", (ns, agent))
-                  if (g.get("status") or {}).get("phase") == Phase.QUEUED.value]
-        for g in heapq.nsmallest(limit, queued, key=dispatch.queue_key):
+                  if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
+                  and not (g.get("status") or {}).get("retryAt", "") > now]
+        for g in heapq.nsmallest(free, queued, key=dispatch.queue_key):
             self.rt.goals.add((ns, g["metadata"]["name"]))
+
+    def sweep_queues(self) -> None:
+        """Wake every agent's queue. Slots are freed by events that wake the queue; this sweep
+        repairs a wake-up lost to a race (a goal written Queued just as the slot it waits for
+        freed), at a cost that grows with the number of agents, not of queued goals."""
+        for ns, agent in self.rt.keys("agents"):
+            if self.rt.goal_counts(ns, agent)["queuedGoals"]:
+                self.wake_queue(ns, agent)
 
     # ---- the reconcile --------------------------------------------------------------------
 
@@ -346,9 +360,7 @@ class GoalReconciler:
             await self.update(raw, Phase.QUEUED, "Queued", msg,
                               [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                               agent=agent_name, waitingFor=[])
-            # Slots are freed by events that wake the queue; look again now and then anyway,
-            # so a wake-up lost to a crash or a race cannot strand a goal.
-            return min(next_look, QUEUED_RECHECK_SECONDS) if next_look else QUEUED_RECHECK_SECONDS
+            return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
         pod = render_pod(goal, Agent.model_validate(agent_raw), attempt + 1, self.rt.settings)
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent_name)].add(pod_name)
