@@ -94,19 +94,12 @@ class Operator:
 
     # ---- what each change means -------------------------------------------------------
 
-    def forget(self, event: str, raw: Raw) -> None:
-        """Drop our copy of a status write once the watch shows it or anything newer."""
-        uid = raw["metadata"].get("uid")
-        entry = self.rt.written.get(uid)
-        if entry is not None and (event == "DELETED" or raw["metadata"].get("resourceVersion") != entry[0]):
-            del self.rt.written[uid]
-
     def goal_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         key = ns, name = key_of(raw)
         # The echo of our own status write shows nothing the reconcile that wrote it did not know.
         if event == "DELETED" or not self.rt.is_own_write(raw):
             self.rt.goals.add(key)
-        self.forget(event, raw)
+        self.rt.forget(event, raw)
         phase = (raw.get("status") or {}).get("phase")
         finished = event == "DELETED" or phase in TERMINAL
         if finished or event == "ADDED":
@@ -132,7 +125,7 @@ class Operator:
             self.goals.wake_queue(ns, agent)
 
     def agent_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
-        self.forget(event, raw)
+        self.rt.forget(event, raw)
         key = ns, _ = key_of(raw)
         meta = raw["metadata"]
         conditions = (raw.get("status") or {}).get("conditions") or []
@@ -154,7 +147,7 @@ class Operator:
             self.rt.capabilities.add((ns, cap))
 
     def capability_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
-        self.forget(event, raw)
+        self.rt.forget(event, raw)
         key = ns, name = key_of(raw)
         self.rt.capabilities.add(key)
         for cap in self.rt.stores["capabilities"].by("namespace", ns):

@@ -46,7 +46,6 @@ class Informer:
         self.accept = accept  # namespace filter for a cluster-wide watch (namespace globs)
         self.transform = transform  # what of each object is worth keeping in memory
         self.synced = asyncio.Event()  # the first listing is in the store
-        self._kind = ""
         self.version = ""  # of the newest event seen: where a dropped watch resumes
 
     def __repr__(self) -> str:
@@ -95,19 +94,19 @@ class Informer:
         items: list[Raw] = []
         while True:
             page = await self.kube.request("GET", self.url, params=params)
-            self._kind = (page.get("kind") or "").removesuffix("List")
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 break
             params["continue"] = token
+        kind = (page.get("kind") or "").removesuffix("List")
         seen: set[Key] = set()
         for raw in items:
             if not self._wanted(raw):
                 continue
             # List items lack these; Events and owner references need them.
             raw.setdefault("apiVersion", self.api_version)
-            raw.setdefault("kind", self._kind)
+            raw.setdefault("kind", kind)
             seen.add(key_of(raw))
             self._apply("ADDED", raw)
         for key in [k for k in self.store.keys() if self._mine(k) and k not in seen]:

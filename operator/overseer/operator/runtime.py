@@ -124,10 +124,15 @@ class Runtime:
         if entry is None:
             return raw
         based_on, result = entry
-        if raw["metadata"].get("resourceVersion") == based_on:
-            return result
-        del self.written[uid]  # the watch has caught up
-        return raw
+        # The watch has not shown our write yet; once it does, forget() drops the entry.
+        return result if raw["metadata"].get("resourceVersion") == based_on else raw
+
+    def forget(self, event: str, raw: Raw) -> None:
+        """Drop our copy of a status write once the watch shows it or anything newer."""
+        uid = raw["metadata"].get("uid")
+        entry = self.written.get(uid)
+        if entry is not None and (event == "DELETED" or raw["metadata"].get("resourceVersion") != entry[0]):
+            del self.written[uid]
 
     def is_own_write(self, raw: Raw) -> bool:
         """Whether this version of the object is exactly the one our last status write produced."""
