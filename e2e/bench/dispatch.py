@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e import harness
+from e2e.bench.docs import write_section
 from e2e.bench.baseline_controller import AGENTS, GOALS, PODS, Api, ApiError
 
 CONTENDERS = ("direct", "baseline", "overseer")
@@ -679,15 +680,7 @@ def render(results: list[Result], info: dict[str, Any], command: str) -> str:
 
 
 def write_docs(path: Path, text: str) -> None:
-    block = f"{SECTION_BEGIN}\n{text}{SECTION_END}"
-    doc = path.read_text() if path.exists() else "# Performance\n\n## Dispatch\n\n"
-    if SECTION_BEGIN in doc and SECTION_END in doc:
-        head, rest = doc.split(SECTION_BEGIN, 1)
-        doc = head + block + rest.split(SECTION_END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
+    write_section(path, "Dispatch", SECTION_BEGIN, SECTION_END, text)
 
 
 # ---- the profile -------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from typing import Any
 
 import anthropic
 
+from e2e.bench.docs import write_section
 from e2e import harness
 from overseer.agent import live
 from overseer.agent.checkpoint_file import FileCheckpoints
@@ -766,17 +767,7 @@ def render_cache(info: dict[str, Any], command: str, goals: list[GoalRun], compa
 
 
 def write_docs(path: Path, key: str, text: str) -> None:
-    """Replace this benchmark's block in its section, or add the section at the end. Read afresh
-    just before writing: other benchmarks write other sections of the same file."""
-    title, begin, end = SECTIONS[key]
-    block = f"{begin}\n{text}{end}"
-    doc = path.read_text() if path.exists() else "# Performance\n"
-    if begin in doc and end in doc:
-        head, rest = doc.split(begin, 1)
-        doc = head + block + rest.split(end, 1)[1]
-    else:
-        doc = doc.rstrip() + f"\n\n## {title}\n\n{block}\n"
-    path.write_text(doc)
+    write_section(path, *SECTIONS[key], text)
 
 
 # ---- main ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 from e2e import harness
 from e2e.bench.baseline_controller import AGENTS, GOALS, PODS, ApiError
+from e2e.bench.docs import write_section
 from e2e.bench.dispatch import (CLIENT_THREADS, Bench, agent_body, cpu_seconds, goal_body, log, machine,
                                 memory_kb, settle)
 
@@ -182,15 +183,6 @@ def render(r: ScaleResult, info: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(path: Path, text: str) -> None:
-    doc = path.read_text()
-    if SECTION_BEGIN not in doc:
-        raise SystemExit(f"{path} has no {SECTION_BEGIN} ... {SECTION_END} section to write into")
-    head, rest = doc.split(SECTION_BEGIN, 1)
-    _, tail = rest.split(SECTION_END, 1)
-    path.write_text(f"{head}{SECTION_BEGIN}\n{text}{SECTION_END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m e2e.bench.scale", description=__doc__.splitlines()[0])
@@ -227,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text((out_dir / "result.json").read_text())
     if args.docs:
-        write_docs(args.docs, table)
+        write_section(args.docs, "Scale", SECTION_BEGIN, SECTION_END, table)
         log(f"wrote the table into {args.docs}")
     return 0 if result.placed_s is not None and result.samples else 1
 
