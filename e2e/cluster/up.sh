@@ -172,7 +172,8 @@ start() { # start NAME ARGS... : $BIN/NAME in its own session, detached from thi
   setsid -f bash -c 'echo $$ > "$1"; shift; exec "$@"' _ "$RUN/pids/$name.pid" "$BIN/$name" "$@" \
     </dev/null >>"$LOGS/$name.log" 2>&1
   local i
-  for i in $(seq 1 50); do [ -s "$RUN/pids/$name.pid" ] && return 0; sleep 0.1; done
+  # wait for the exec too: until then the PID runs bash, and is_ours would call it dead
+  for i in $(seq 1 50); do is_ours "$name" && return 0; sleep 0.1; done
   die "$name did not start (log: $LOGS/$name.log)"
 }
 wait_healthy() { # wait_healthy NAME TIMEOUT_S CHECK... : poll CHECK, fail early if NAME died
