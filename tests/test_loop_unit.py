@@ -109,9 +109,9 @@ class CountingCheckpoints(FileCheckpoints):
         self.saves: list[tuple[int, int]] = []
 
     async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> None:
+                   counters: dict[str, Any]) -> bool:
         self.saves.append((len(new_messages), len(counters["partial"])))
-        await super().save(iteration, new_messages, todos, counters)
+        return await super().save(iteration, new_messages, todos, counters)
 
 
 class CrashingCheckpoints(FileCheckpoints):
@@ -122,10 +122,31 @@ class CrashingCheckpoints(FileCheckpoints):
         self.when = when
 
     async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> None:
-        await super().save(iteration, new_messages, todos, counters)
+                   counters: dict[str, Any]) -> bool:
+        saved = await super().save(iteration, new_messages, todos, counters)
         if self.when(counters):
             raise Crash(f"crashed after the checkpoint of iteration {iteration}")
+        return saved
+
+
+class LosingCheckpoints(FileCheckpoints):
+    """FileCheckpoints whose `lose`-th save finds the store out of step (a write it rejected,
+    a second writer): nothing lands and the save answers False."""
+
+    def __init__(self, workspace: Path, goal_uid: str, lose: int) -> None:
+        super().__init__(workspace, goal_uid)
+        self.lose, self.saves, self.replaced = lose, 0, 0
+
+    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
+                   counters: dict[str, Any]) -> bool:
+        self.saves += 1
+        if self.saves == self.lose:
+            return False
+        return await super().save(iteration, new_messages, todos, counters)
+
+    async def replace(self, messages: list[dict[str, Any]]) -> None:
+        self.replaced += 1
+        await super().replace(messages)
 
 
 @contextlib.asynccontextmanager
@@ -257,6 +278,17 @@ async def test_resuming_after_a_crash_repeats_no_tool_call(tmp_path: Path) -> No
     assert [c["n"] for c in tool.calls] == list(range(10))  # each call exactly once, in order
     assert len(messages_requests(server)) == 6  # 3 before the crash, 3 after: no answer asked for twice
     assert second.counters.iteration == 6 and second.counters.tool_calls == 10
+
+
+async def test_a_store_out_of_step_gets_the_whole_conversation_and_nothing_is_lost(tmp_path: Path) -> None:
+    checkpoints = LosingCheckpoints(tmp_path, "uid-1", lose=2)
+    async with model(Scenario.tool_loop(turns=4, tool="noop")) as (_, client):
+        loop = make_loop(client, tmp_path, checkpoints=checkpoints)
+        assert (await loop.run(TASK)).success
+    assert checkpoints.replaced == 1
+    saved = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert saved is not None and saved.messages == loop.messages
+    assert saved.iteration == loop.counters.iteration
 
 
 async def test_a_model_outage_ends_retryable_with_model_unavailable(tmp_path: Path) -> None:

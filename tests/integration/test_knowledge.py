@@ -155,6 +155,37 @@ async def test_compaction_replaces_the_history_and_later_turns_append_to_it(kb: 
     assert checkpoint.iteration == 6
 
 
+async def test_a_writer_that_never_read_the_checkpoint_is_asked_for_its_whole_conversation(
+        kb: KnowledgeBase, dsn: str, tmp_path: Path) -> None:
+    assert await kb.save_checkpoint("g12", 2, [turn(0), turn(1), turn(2)], {}, {"iteration": 2})
+    # A pod that could not read that checkpoint in time and started the goal afresh.
+    async with KnowledgeBase(dsn, spool=tmp_path / "fresh.spool") as fresh:
+        mine = [turn(0), {"role": "assistant", "content": [{"type": "text", "text": "another answer"}]},
+                turn(2), turn(3)]
+        assert not await fresh.save_checkpoint("g12", 2, mine, {}, {"iteration": 2})
+        assert rows(dsn, "SELECT count(*) FROM checkpoint_messages WHERE goal_uid = 'g12'") == [(3,)]
+        await fresh.replace_messages("g12", mine)
+        assert await fresh.save_checkpoint("g12", 2, [], {"n": 2}, {"iteration": 2})
+        assert await fresh.save_checkpoint("g12", 3, [turn(4)], {"n": 3}, {"iteration": 3})
+    checkpoint = await kb.load_checkpoint("g12")
+    assert checkpoint is not None
+    assert checkpoint.messages == [*mine, turn(4)]  # one conversation, not two mixed
+    assert (checkpoint.iteration, checkpoint.todos) == (3, {"n": 3})
+
+
+async def test_a_checkpoint_missing_what_its_writer_counted_gets_no_gap(kb: KnowledgeBase, dsn: str,
+                                                                      tmp_path: Path) -> None:
+    assert await kb.save_checkpoint("g13", 1, [turn(0), turn(1)], {}, {"iteration": 1})
+    async with KnowledgeBase(dsn, spool=tmp_path / "other.spool") as other:  # a second writer ends it
+        await other.drop_checkpoint("g13")
+    assert not await kb.save_checkpoint("g13", 2, [turn(2), turn(3)], {}, {"iteration": 2})
+    assert rows(dsn, "SELECT count(*) FROM checkpoint_messages WHERE goal_uid = 'g13'") == [(0,)]
+    await kb.replace_messages("g13", [turn(i) for i in range(4)])
+    assert await kb.save_checkpoint("g13", 2, [], {}, {"iteration": 2})
+    checkpoint = await kb.load_checkpoint("g13")
+    assert checkpoint is not None and checkpoint.messages == [turn(i) for i in range(4)]
+
+
 async def test_a_dropped_checkpoint_is_gone(kb: KnowledgeBase, dsn: str) -> None:
     await kb.save_checkpoint("g3", 1, [turn(0)], {}, {"iteration": 1})
     await kb.drop_checkpoint("g3")

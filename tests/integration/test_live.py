@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from overseer.agent.live import (
     EventStream,
@@ -359,6 +360,35 @@ async def test_events_published_while_redis_is_down_are_delivered_when_it_return
         delivered = [event async for event in stream.follow(from_start=True)]
         # Redis came back empty (the test server keeps nothing on disk): what it holds is the buffer.
         assert [e["data"].get("turn") for e in delivered] == [2, 3, 4, None]
+    finally:
+        await redis.aclose()
+
+
+async def test_events_published_while_one_is_in_flight_keep_the_newest_and_lose_none_unsaid(
+        redis_server: RedisServer) -> None:
+    gate = asyncio.Event()
+
+    class SlowRedis(Redis):
+        async def xadd(self, *args: Any, **kwargs: Any) -> Any:
+            await gate.wait()  # a slow network: the first send is still on its way
+            return await super().xadd(*args, **kwargs)
+
+    redis = SlowRedis.from_url(redis_server.url, decode_responses=True)
+    stream = EventStream(redis, "team-a", unique("fix-ci"), buffer_size=2)
+    try:
+        publishes = [asyncio.create_task(stream.publish({"type": EventType.TURN, "data": {"turn": 0}}))]
+        await asyncio.sleep(0.05)
+        for turn in range(1, 4):  # overflow the buffer while turn 0 is being sent
+            publishes.append(asyncio.create_task(stream.publish({"type": EventType.TURN, "data": {"turn": turn}})))
+            await asyncio.sleep(0)
+        assert (stream.buffered, stream.dropped) == (2, 1)
+        gate.set()
+        await asyncio.gather(*publishes)
+        await stream.publish({"type": EventType.END, "data": {}})
+        delivered = [event async for event in stream.follow(from_start=True)]
+        # Sent: the one in flight and the newest two; dropped and counted: turn 1.
+        assert [e["data"].get("turn") for e in delivered] == [0, 2, 3, None]
+        assert stream.dropped == 1
     finally:
         await redis.aclose()
 

@@ -37,7 +37,7 @@ class FileCheckpoints:
                           iteration=state["iteration"])
 
     async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> None:
+                   counters: dict[str, Any]) -> bool:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._count is None:
             self._count = json.loads(self.state_path.read_text())["message_count"] if self.state_path.exists() else 0
@@ -55,6 +55,7 @@ class FileCheckpoints:
         self._count = count + len(new_messages)
         self._write_state({"iteration": iteration, "todos": todos, "counters": counters,
                            "message_count": self._count})
+        return True  # its own count is the truth: one writer per workspace and goal
 
     async def replace(self, messages: list[dict[str, Any]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -445,6 +445,7 @@ class KnowledgeBase:
         self._lock = asyncio.Lock()            # one user of the connection at a time
         self._queue: deque[_Write] = deque()
         self._counts: dict[str, int] = {}      # messages known to be in each goal's checkpoint
+        self._diverged: set[str] = set()       # goals whose stored conversation is not the writer's
         self._healthy = False
         self._retry_at = 0.0                   # no new connection attempt from callers before this
         self._replayer: asyncio.Task[None] | None = None
@@ -514,9 +515,13 @@ class KnowledgeBase:
     # -- checkpoints ---------------------------------------------------------------------------
 
     async def save_checkpoint(self, goal_uid: str, iteration: int, new_messages: Sequence[Message],
-                              todos: Any, counters: Mapping[str, Any]) -> None:
+                              todos: Any, counters: Mapping[str, Any]) -> bool:
         """Append the messages added since the last checkpoint and store the loop's state,
-        in one transaction; earlier messages are not written again."""
+        in one transaction; earlier messages are not written again.
+
+        False when the stored conversation turned out not to be the one the writer holds (a
+        write PostgreSQL rejected, a second writer, a start afresh past an unreadable
+        checkpoint): nothing was appended, and the writer should `replace_messages` whole."""
         base = self._counts.get(goal_uid)
         if base is not None:
             self._counts[goal_uid] = base + len(new_messages)
@@ -524,10 +529,15 @@ class KnowledgeBase:
             "goal_uid": goal_uid, "base": base, "replace": False, "messages": _clean(list(new_messages)),
             "state": {"iteration": iteration, "todos": _clean(todos), "counters": _clean(dict(counters))},
         })
+        if goal_uid in self._diverged:
+            self._diverged.discard(goal_uid)
+            return False
+        return True
 
     async def replace_messages(self, goal_uid: str, messages: Sequence[Message]) -> None:
         """Replace a goal's whole conversation (after compaction); its state is kept."""
         self._counts[goal_uid] = len(messages)
+        self._diverged.discard(goal_uid)
         await self._write("checkpoint", {"goal_uid": goal_uid, "base": None, "replace": True,
                                          "messages": _clean(list(messages)), "state": None})
 
@@ -654,6 +664,7 @@ class KnowledgeBase:
                     pass
                 except psycopg.Error:
                     logger.exception("knowledge base rejected %s write; dropped", op)
+                    self._lost(write)
                     return
             self._enqueue(write)
             self._spool_append(write)
@@ -716,6 +727,7 @@ class KnowledgeBase:
                     await self._apply(write)
                 except psycopg.Error:
                     logger.exception("knowledge base rejected queued %s write; dropped", write.op)
+                    self._lost(write)
                 self._queue.popleft()
                 self._spool_rewrite()
                 if write.op == "checkpoint":
@@ -724,12 +736,20 @@ class KnowledgeBase:
     async def _apply(self, write: _Write) -> None:
         handler = _APPLY[write.op]
         result = await self._run(lambda conn: handler(conn, write))
-        if write.op == "checkpoint" and isinstance(result, int):
+        if write.op == "checkpoint" and result is _DIVERGED:
+            self._lost(write)
+        elif write.op == "checkpoint" and isinstance(result, int):
             goal = write.args["goal_uid"]
             pending = sum(len(w.args["messages"]) for w in self._queue
                           if w is not write and _is_checkpoint_of(w, goal) and w.op == "checkpoint")
             if self._counts.get(goal) is None:
                 self._counts[goal] = result + pending
+
+    def _lost(self, write: _Write) -> None:
+        """A checkpoint write did not land as its writer believes: the next save says so."""
+        if write.op == "checkpoint":
+            self._diverged.add(write.args["goal_uid"])
+            self._counts.pop(write.args["goal_uid"], None)
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -870,8 +890,8 @@ class GoalCheckpoints:
     async def load(self) -> Checkpoint | None:
         return await self.kb.load_checkpoint(self.goal_uid, wait=self.resume_wait)
 
-    async def save(self, iteration: int, new_messages: list[Message], todos: Any, counters: dict[str, Any]) -> None:
-        await self.kb.save_checkpoint(self.goal_uid, iteration, new_messages, todos, counters)
+    async def save(self, iteration: int, new_messages: list[Message], todos: Any, counters: dict[str, Any]) -> bool:
+        return await self.kb.save_checkpoint(self.goal_uid, iteration, new_messages, todos, counters)
 
     async def replace(self, messages: list[Message]) -> None:
         await self.kb.replace_messages(self.goal_uid, messages)
@@ -1010,11 +1030,16 @@ SELECT count(*) FROM updated
 """
 
 
-async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -> int:
-    """Append (or replace) a goal's messages and store its state; returns the message count.
+_DIVERGED = object()  # _apply_checkpoint: the stored conversation is not the writer's
 
-    `base` is how many messages the writer believed were stored before these: a replay of a
-    write that did commit (its answer lost with the connection) adds nothing twice."""
+
+async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -> int | object:
+    """Append (or replace) a goal's messages and store its state; returns the message count,
+    or _DIVERGED (writing nothing) when the stored messages do not match the writer's.
+
+    `base` is how many messages the writer believed were stored before these (None: it never
+    read the checkpoint, so it believes there were none): a replay of a write that did commit,
+    its answer lost with the connection, adds nothing twice."""
     a = write.args
     goal, messages = a["goal_uid"], a["messages"]
     state = a["state"]
@@ -1037,11 +1062,15 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
         elif last_write == write.id:
             start, new = stored, []
         else:
-            skip = 0 if a["base"] is None else stored - a["base"]
-            if skip < 0 or skip > len(messages):
-                logger.warning("checkpoint of goal %s holds %d messages, the writer expected %s; appending",
-                               goal, stored, a["base"])
-                skip = 0 if skip < 0 else len(messages)
+            # stored - base messages of this write already landed (part of a merged write
+            # committed before its answer was lost); a writer that never read the checkpoint
+            # expects none
+            skip = stored - a["base"] if a["base"] is not None else (0 if stored == 0 else -1)
+            if not 0 <= skip <= len(messages):
+                # Appending would leave a gap or mix two conversations.
+                logger.warning("checkpoint of goal %s holds %d messages, its writer expected %s; "
+                               "asking for the whole conversation", goal, stored, a["base"] or 0)
+                return _DIVERGED
             start, new = stored, messages[skip:]
         count = start + len(new)
         if state is None:

@@ -473,10 +473,13 @@ class EventStream:
         if self._redis is None:
             return
         self._buffer.append(fields)
+        self._trim()
+        await self.flush()
+
+    def _trim(self) -> None:
         while len(self._buffer) > self._buffer_size:
             self._buffer.popleft()
             self.dropped += 1
-        await self.flush()
 
     async def flush(self) -> bool:
         """Deliver buffered events unless Redis is known to be down; True when none are left."""
@@ -485,9 +488,15 @@ class EventStream:
         async with self._lock:
             try:
                 while self._buffer:
-                    fields = self._buffer[0]
-                    await self._redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
-                    self._buffer.popleft()
+                    # Out of the buffer while in flight: a publish that overflows the buffer
+                    # meanwhile drops the oldest event waiting, not this one.
+                    fields = self._buffer.popleft()
+                    try:
+                        await self._redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+                    except BaseException:
+                        self._buffer.appendleft(fields)
+                        self._trim()
+                        raise
                     if fields["type"] == EventType.END:
                         await self._redis.expire(self.key, self.retention_seconds)
             except _UNAVAILABLE as exc:

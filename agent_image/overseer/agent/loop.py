@@ -75,8 +75,9 @@ class Checkpoint:
 
 class Checkpoints(Protocol):
     async def load(self) -> Checkpoint | None: ...
+    # False: the store's conversation is not the loop's; it wants the whole one by `replace`
     async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> None: ...
+                   counters: dict[str, Any]) -> bool: ...
     async def replace(self, messages: list[dict[str, Any]]) -> None: ...
 
 
@@ -161,7 +162,10 @@ class AgentLoop:
     async def _checkpoint(self) -> None:
         new = self.messages[self._saved:]
         self.counters.seconds = self._elapsed()
-        await self.checkpoints.save(self.counters.iteration, new, self.todos.to_dict(), vars(self.counters).copy())
+        state = (self.todos.to_dict(), vars(self.counters).copy())
+        if not await self.checkpoints.save(self.counters.iteration, new, *state):
+            await self.checkpoints.replace(self.messages)
+            await self.checkpoints.save(self.counters.iteration, [], *state)
         self._saved = len(self.messages)
 
     def _elapsed(self) -> float:
