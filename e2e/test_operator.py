@@ -225,6 +225,24 @@ def test_cancel_stops_the_goal(world: World) -> None:
              description="the cancelled goal's pod is deleted")
 
 
+def test_cancelling_a_goal_stops_its_sub_goals(world: World) -> None:
+    world.agent("coder", max=3)
+    world.goal("lead")
+    world.running_pod("lead")
+    world.goal("lead-part", extra="  parent: lead")
+    part_pod = world.running_pod("lead-part")
+    world.kubectl("patch", "goal", "lead", "-n", world.ns, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    stopped = world.wait_phase("lead-part", "Cancelled")
+    assert "parent goal lead is Cancelled" in stopped["status"]["message"]
+    assert world.condition("goal", "lead-part", "Complete")["reason"] == "ParentEnded"
+    wait_for(lambda: (p := world.get("pod", part_pod)) is None or p["metadata"].get("deletionTimestamp"),
+             description="the sub-goal's pod is deleted")
+    # A sub-goal created after its parent ended never starts.
+    world.goal("lead-late", extra="  parent: lead")
+    world.wait_phase("lead-late", "Cancelled")
+    assert not world.goal_pods("lead-late")
+
+
 def test_goal_waits_for_a_missing_agent_and_selects_by_labels(world: World) -> None:
     world.goal("early", agent="later")
     world.wait_phase("early", "Pending")

@@ -16,7 +16,7 @@ from .agents import AgentReconciler
 from .capabilities import CapabilityReconciler
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
-from .goals import QUEUE_SWEEP_SECONDS, GoalReconciler
+from .goals import QUEUE_SWEEP_SECONDS, STOPS_SUBGOALS, GoalReconciler
 from .informer import Handler, Informer
 from .runtime import Runtime, goal_agent, slim_goal, slim_pod
 from .store import Raw, key_of
@@ -105,6 +105,9 @@ class Operator:
         if finished or event == "ADDED":
             for dependent in self.rt.stores["goals"].names("dependency", key):
                 self.rt.goals.add((ns, dependent))
+        if phase in STOPS_SUBGOALS:
+            for child in self.rt.stores["goals"].names("parent", key):
+                self.rt.goals.add((ns, child))
         agent = goal_agent(raw)
         if agent:
             self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second

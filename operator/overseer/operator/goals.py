@@ -24,6 +24,8 @@ from .runtime import Key, Raw, Runtime, goal_path
 logger = logging.getLogger(__name__)
 
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
+# A parent that ended in one of these has nobody left to read its sub-goals' results.
+STOPS_SUBGOALS = {Phase.CANCELLED.value, Phase.FAILED.value}
 EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
 QUEUE_SWEEP_SECONDS = 10.0
 
@@ -160,6 +162,14 @@ class GoalReconciler:
             await self.delete_live_pods(pods)
             await self.update(raw, Phase.CANCELLED, "Cancelled", "spec.cancel is true; the goal was stopped",
                               [("Complete", False, "Cancelled", "cancelled by spec.cancel")],
+                              completedAt=now_iso())
+            return None
+        parent_phase = ((self.goal(ns, goal.spec.parent) or {}).get("status") or {}).get("phase") \
+            if goal.spec.parent else None
+        if parent_phase in STOPS_SUBGOALS:
+            msg = f"parent goal {goal.spec.parent} is {parent_phase}; the sub-goal was stopped"
+            await self.delete_live_pods(pods)
+            await self.update(raw, Phase.CANCELLED, "ParentEnded", msg, [("Complete", False, "ParentEnded", msg)],
                               completedAt=now_iso())
             return None
 

@@ -89,7 +89,8 @@ def new_stores() -> dict[str, Store]:
     return {
         "goals": Store(
             indexers={"agent": _goal_by_agent, "queued": _goal_queued, "namespace": lambda g: (_ns(g),),
-                      "dependency": lambda g: [(_ns(g), d) for d in (g.get("spec") or {}).get("dependsOn") or []]},
+                      "dependency": lambda g: [(_ns(g), d) for d in (g.get("spec") or {}).get("dependsOn") or []],
+                      "parent": lambda g: [(_ns(g), p)] if (p := (g.get("spec") or {}).get("parent")) else []},
             tallies={"agent": _goal_counts}),
         "agents": Store(indexers={"namespace": lambda a: (_ns(a),)}),
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
