@@ -28,7 +28,9 @@ def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: 
                                               exit_pod: Any, tmp_path: Path) -> None:
     kubectl("apply", "-k", str(REPO / "manifests" / "base"))
     config = operator_kubeconfig(cluster, kubectl, tmp_path / "operator.kubeconfig")
-    op = operator.start(namespace, env={**FAST, "KUBECONFIG": str(config)})
+    # As deployed with several replicas: holding the Lease in overseer-system is part of the role.
+    op = operator.start(namespace, "--leader-elect", "--leader-elect-namespace", "overseer-system",
+                        env={**FAST, "KUBECONFIG": str(config)})
     world = World(namespace, kubectl, op, exit_pod)
     world.secret()
     world.capability("pytest")
@@ -43,3 +45,5 @@ def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: 
     world.wait_phase("stop-me", "Cancelled")
     log = op.log_text()
     assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+    assert "holding Lease overseer-system/overseer-operator" in log
+    assert op.stop() == 0 and "released Lease" in op.log_text()

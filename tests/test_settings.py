@@ -80,3 +80,22 @@ def test_a_bad_value_stops_the_operator_naming_the_setting(clean_env, var, value
         Settings()
 
     assert var.removeprefix("OVERSEER_").lower() in str(error.value).lower()
+
+
+def test_lease_timings_that_would_let_two_leaders_overlap_are_refused(clean_env):
+    clean_env.setenv("OVERSEER_LEASE_DURATION_SECONDS", "8")
+    clean_env.setenv("OVERSEER_LEASE_RENEW_DEADLINE_SECONDS", "10")
+
+    with pytest.raises(ValidationError) as error:
+        Settings()
+
+    assert "OVERSEER_LEASE_RENEW_DEADLINE_SECONDS < OVERSEER_LEASE_DURATION_SECONDS" in str(error.value)
+
+
+def test_the_operator_refuses_a_bad_setting_before_it_starts(clean_env, capsys):
+    from overseer.operator.main import main
+
+    clean_env.setenv("OVERSEER_WORKERS", "0")
+
+    assert main(["--namespace", "team-a"]) == 2
+    assert "OVERSEER_* environment" in capsys.readouterr().err

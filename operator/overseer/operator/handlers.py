@@ -17,6 +17,8 @@ from overseer.kube import Kube
 
 from .controller import Operator
 from .events import EventRecorder
+from .leader import LeaderElection
+from .metrics import LEADER
 from .runtime import Runtime
 from .settings import Settings
 
@@ -34,14 +36,34 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
             raise kopf.LoginError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
         return info
 
-    config = Settings()
+    config: Settings = memo.settings
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
     rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
-    # Filling the caches may take a while on a big cluster: do it beside kopf, which serves
+    memo.election = LeaderElection(
+        kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,
+        renew_deadline=config.lease_renew_deadline_seconds, retry_period=config.lease_retry_period_seconds,
+    ) if memo.get("lease_namespace") else None
+    # Waiting for the Lease and filling the caches may take a while: beside kopf, which serves
     # liveness meanwhile.
-    memo.operator_task = asyncio.create_task(memo.operator.run(), name="operator")
+    memo.operator_task = asyncio.create_task(lead(memo), name="operator")
+
+
+async def lead(memo: kopf.Memo) -> None:
+    """Reconcile, as the leader when elected; on losing the Lease stop reconciling at once and
+    end the process (non-zero: its pod restarts and waits for the Lease again)."""
+    election: LeaderElection | None = memo.election
+    if election is None:
+        LEADER.set(1)
+        await memo.operator.run()
+        return
+    await election.acquire()
+    await memo.operator.run()
+    await election.hold()
+    await memo.operator.stop()
+    memo.lost_lease = True
+    memo.stop.set()
 
 
 @kopf.on.cleanup()
@@ -50,3 +72,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if operator is not None:
         memo.operator_task.cancel()
         await operator.stop()
+        if memo.election is not None:
+            await memo.election.release()
+            await operator.rt.kube.close()

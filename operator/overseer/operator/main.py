@@ -8,6 +8,10 @@ import sys
 
 import kopf
 from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from .leader import default_namespace
+from .settings import Settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -16,6 +20,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
                        help="watch this namespace (repeatable; globs like team-* work)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster (default)")
+    p.add_argument("--leader-elect", action="store_true",
+                   help="run as one of several replicas: only the holder of Lease overseer-operator reconciles")
+    p.add_argument("--leader-elect-namespace", metavar="NS",
+                   help="namespace of that Lease (default: POD_NAMESPACE, the pod's own, or overseer-system)")
     p.add_argument("--liveness", metavar="URL", help="serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -24,20 +32,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"overseer-operator: invalid configuration (OVERSEER_* environment): {e}", file=sys.stderr)
+        return 2
     kopf.configure(verbose=args.verbose, log_prefix=True)
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
         start_http_server(args.metrics_port)
-    namespaces = args.namespace or []
+    lease_namespace = (args.leader_elect_namespace or default_namespace()) if args.leader_elect else None
+    return asyncio.run(run(settings, args.namespace or [], lease_namespace, args.liveness))
+
+
+async def run(settings: Settings, namespaces: list[str], lease_namespace: str | None, liveness: str | None) -> int:
     # kopf only runs the process here; the operator's informers watch these namespaces.
-    asyncio.run(kopf.operator(
-        clusterwide=True,
-        liveness_endpoint=args.liveness,
-        standalone=True,
-        memo=kopf.Memo(namespaces=namespaces),
-    ))
-    return 0
+    memo = kopf.Memo(settings=settings, namespaces=namespaces, lease_namespace=lease_namespace,
+                     stop=asyncio.Event(), lost_lease=False)
+    await kopf.operator(clusterwide=True, liveness_endpoint=liveness, standalone=True, memo=memo,
+                        stop_flag=memo.stop)
+    return 1 if memo.lost_lease else 0
 
 
 if __name__ == "__main__":

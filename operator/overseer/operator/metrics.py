@@ -11,6 +11,7 @@ RECONCILES = Counter("overseer_reconcile_total", "Reconciles by kind and result"
 RECONCILE_SECONDS = Histogram("overseer_reconcile_duration_seconds", "Time spent in one reconcile", ["kind"],
                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 QUEUE_DEPTH = Gauge("overseer_workqueue_depth", "Keys waiting in a work queue", ["kind"])
+LEADER = Gauge("overseer_leader", "1 while this replica reconciles (holds the Lease, under --leader-elect)")
 
 
 def instrumented(kind: str, reconcile: Callable[[Hashable], Awaitable[float | None]],

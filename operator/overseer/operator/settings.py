@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,3 +49,17 @@ class Settings(BaseSettings):
     """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
     agent_metrics_port: int = 9090
     """Port of the agent's /metrics and /healthz inside goal pods."""
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    """Under --leader-elect: how long a Lease nobody renews stays taken."""
+    lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    """Under --leader-elect: a leader that cannot renew for this long stops reconciling."""
+    lease_retry_period_seconds: float = Field(default=2.0, gt=0)
+    """Under --leader-elect: how often the Lease is renewed, or tried by a waiting replica."""
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        if not self.lease_retry_period_seconds < self.lease_renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "OVERSEER_LEASE_RETRY_PERIOD_SECONDS < OVERSEER_LEASE_RENEW_DEADLINE_SECONDS < "
+                "OVERSEER_LEASE_DURATION_SECONDS must hold (a leader must stop before its Lease can be taken)")
+        return self
