@@ -154,7 +154,8 @@ class Runtime:
         """The agent's pods that run, including those created but not seen by the watch yet."""
         pods = self.stores["pods"]
         pending = self.inflight.get((ns, agent))
-        unseen = len(pending - pods.names("agent", (ns, agent))) if pending else 0
+        # a few pods in flight against all the agent's pods: look each one up, not the other way
+        unseen = sum(not pods.holds("agent", (ns, agent), (ns, p)) for p in pending) if pending else 0
         return pods.count("live", (ns, agent)) + unseen
 
     def goal_counts(self, ns: str, agent: str) -> dict[str, int]:
