@@ -1,6 +1,7 @@
 """What wakes a goal: its pod's first watch event only if dispatch did not record it already,
 a freed slot only as many queued goals as there are free slots."""
 
+from overseer.operator.controller import Operator
 from overseer.operator.goals import GoalReconciler
 from overseer.operator.runtime import Runtime
 from overseer.operator.settings import Settings
@@ -21,19 +22,32 @@ def pod(name="fix-bug-1", attempt="1", phase="Pending"):
         "status": {"phase": phase}}
 
 
-def test_the_pod_dispatch_recorded_drops_its_reservation_and_needs_no_reconcile():
+def test_the_pod_dispatch_recorded_needs_no_reconcile():
     rt, goals = setup()
     assert goals.pod_recorded(pod())
-    assert rt.inflight[("team", "coder")] == set()
+    rt.stores["pods"].upsert(pod())
+    Operator(rt).pod_changed("ADDED", pod(), None)
+    assert len(rt.goals) == 0
 
 
 def test_any_other_pod_is_reconciled():
     assert not setup(phase="Pending")[1].pod_recorded(pod())        # status not written yet (crash between)
     assert not setup()[1].pod_recorded(pod("fix-bug-2", attempt="2"))  # an attempt the status does not name
     assert not setup()[1].pod_recorded(pod(phase="Failed"))            # already over
-    rt, goals = setup(phase="Pending")
-    goals.pod_recorded(pod())
-    assert rt.inflight[("team", "coder")] == {"fix-bug-1"}
+    rt, _ = setup(phase="Pending")
+    rt.stores["pods"].upsert(pod())
+    Operator(rt).pod_changed("ADDED", pod(), None)
+    assert len(rt.goals) == 1
+
+
+def test_a_pods_first_watch_event_ends_its_reservation_so_it_is_counted_once():
+    for phase in ("Running", "Pending"):  # recorded by dispatch, or the watch came first
+        rt, _ = setup(phase=phase)
+        assert rt.live_pods_of_agent("team", "coder") == 1  # in flight
+        rt.stores["pods"].upsert(pod())
+        Operator(rt).pod_changed("ADDED", pod(), None)
+        assert rt.inflight[("team", "coder")] == set()
+        assert rt.live_pods_of_agent("team", "coder") == 1  # from the cache
 
 
 def queue_world(slots=2, live=1):

@@ -117,6 +117,8 @@ class Operator:
     def pod_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         labels = raw["metadata"].get("labels") or {}
         ns = raw["metadata"].get("namespace") or ""
+        # In the cache now, so counted there: no longer in flight.
+        self.rt.inflight.get((ns, labels.get(LABEL_AGENT, "")), set()).discard(raw["metadata"]["name"])
         outcome = pod_outcome(raw)
         if event == "MODIFIED" and old is not None and pod_outcome(old) == outcome:
             return  # scheduled, IP assigned, ...: nothing the goal shows

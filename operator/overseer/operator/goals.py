@@ -191,7 +191,6 @@ class GoalReconciler:
         agent_name = (latest or {}).get("metadata", {}).get("labels", {}).get("overseer.dev/agent") \
             or status.get("agent")
         if latest is not None and latest_attempt >= attempt:
-            self.rt.inflight.get((ns, agent_name or ""), set()).discard(latest["metadata"]["name"])
             outcome = dispatch.pod_outcome(latest)
             if outcome.state == "live":
                 return await self.running(raw, latest, latest_attempt, agent_name, next_look)
@@ -407,14 +406,11 @@ class GoalReconciler:
 
     def pod_recorded(self, pod: Raw) -> bool:
         """Whether a newly seen live pod is the one the goal's status already names, as dispatch
-        writes it: then there is nothing to reconcile, only the in-flight reservation to drop."""
+        writes it: then there is nothing to reconcile."""
         meta = pod["metadata"]
         labels = meta.get("labels") or {}
         raw = self.goal(meta.get("namespace") or "", labels.get(LABEL_GOAL, ""))
         status = (raw or {}).get("status") or {}
-        recorded = (status.get("phase") == Phase.RUNNING.value and status.get("pod") == meta["name"]
-                    and str(status.get("attempt")) == labels.get(LABEL_ATTEMPT)
-                    and dispatch.pod_outcome(pod).state == "live")
-        if recorded:
-            self.rt.inflight.get((meta.get("namespace") or "", status.get("agent") or ""), set()).discard(meta["name"])
-        return recorded
+        return (status.get("phase") == Phase.RUNNING.value and status.get("pod") == meta["name"]
+                and str(status.get("attempt")) == labels.get(LABEL_ATTEMPT)
+                and dispatch.pod_outcome(pod).state == "live")

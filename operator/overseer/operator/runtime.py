@@ -152,11 +152,9 @@ class Runtime:
 
     def live_pods_of_agent(self, ns: str, agent: str) -> int:
         """The agent's pods that run, including those created but not seen by the watch yet."""
-        pods = self.stores["pods"]
-        pending = self.inflight.get((ns, agent))
-        # a few pods in flight against all the agent's pods: look each one up, not the other way
-        unseen = sum(not pods.holds("agent", (ns, agent), (ns, p)) for p in pending) if pending else 0
-        return pods.count("live", (ns, agent)) + unseen
+        # A pod leaves `inflight` with its first watch event (Operator.pod_changed), so the two
+        # never count the same pod.
+        return self.stores["pods"].count("live", (ns, agent)) + len(self.inflight.get((ns, agent), ()))
 
     def goal_counts(self, ns: str, agent: str) -> dict[str, int]:
         tally = self.stores["goals"].tally("agent", (ns, agent))

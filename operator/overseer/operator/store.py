@@ -75,11 +75,6 @@ class Store:
         keys = self._indexes[index].get(value)
         return {k[1] for k in keys} if keys else set()
 
-    def holds(self, index: str, value: Hashable, key: Key) -> bool:
-        """Whether the object key is filed under value in index."""
-        keys = self._indexes[index].get(value)
-        return keys is not None and key in keys
-
     def count(self, index: str, value: Hashable) -> int:
         keys = self._indexes[index].get(value)
         return len(keys) if keys else 0
