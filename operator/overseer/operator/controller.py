@@ -69,13 +69,13 @@ class Operator:
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
 
     async def stop(self) -> None:
+        """Stop watching and reconciling (again: a no-op). The client stays open for its owner."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for queue in (self.rt.goals, self.rt.agents, self.rt.capabilities):
             await queue.stop()
         await self.rt.events.stop()
-        await self.rt.kube.close()
 
     async def _sweep_loop(self) -> None:
         while True:

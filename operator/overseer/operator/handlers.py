@@ -74,4 +74,4 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await operator.stop()
         if memo.election is not None:
             await memo.election.release()
-            await operator.rt.kube.close()
+        await operator.rt.kube.close()
