@@ -47,6 +47,7 @@ class AgentRunner:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     shared_workspace: bool = False
+    interval: float = 0.2  # seconds between looks at the pods
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -95,7 +96,7 @@ class AgentRunner:
                 self._tick()
             except Exception as e:  # noqa: BLE001 - keep playing the kubelet; tests see the logs
                 print(f"agent runner: {e}", file=sys.stderr)
-            self._stop.wait(0.2)
+            self._stop.wait(self.interval)
 
     def _tick(self) -> None:
         pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL).items

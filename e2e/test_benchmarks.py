@@ -61,3 +61,17 @@ def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster,
     assert raw["checkpoints"] and all(raw["checkpoints"].values()), "checkpoint saves per history length"
     assert raw["goals"], "whole scripted goals for the cache share"
     assert "Loop overhead per iteration" in table and "cache share" in table
+
+
+def test_start_benchmark_times_every_step_of_a_goal_and_the_operator_start(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "start.json"
+    table = run_bench(cluster, "e2e.bench.start", "--goals", "3", "--json", str(out))
+    r = json.loads(out.read_text())["result"]
+    assert len(r["starts"]) == 3
+    for s in r["starts"]:
+        moments = [s["apply"], s["pod_created"], s["process_started"], s["loaded"], s["first_request"]]
+        assert None not in moments and moments == sorted(moments), f"every step, in order: {s}"
+        assert s["agent_cpu_s"] > 0
+    assert r["operator_caches_s"] > 0 and r["operator_caches_cpu_s"] > 0 and r["operator_rss_idle_mb"] > 0
+    assert set(r["imports_cpu_s"]) == {"pass", "import overseer.agent.main", "import overseer.operator.main"}
+    assert "apply → first model request" in table and "caches filled" in table

@@ -85,6 +85,8 @@ async def run(settings: AgentSettings) -> int:
             raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
             if raw is not None:
                 capabilities.append(Capability.model_validate(raw))
+        logger.info("goal %s/%s: loaded Goal, Agent %s and %d capabilities", ns, goal.name, agent.name,
+                    len(capabilities))
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
         todos = TodoList()

@@ -1,0 +1,388 @@
+"""The start benchmark: from the apply of a Goal to its agent's first model request, and the
+operator's own start.
+
+    python -m e2e.bench.start [--goals 50] [--docs docs/performance.md] [--json PATH] [--keep-cluster]
+
+On the local control plane (started if needed): one namespace, an API key Secret and an Agent
+whose model is a scripted Messages API server in this process (it answers every request at once
+with a final text), `overseer-operator --namespace NS` as a subprocess, and the kubelet's part
+played by e2e/agent_runner.py (it starts the agent process once kwok reports the pod Running).
+
+1. The operator: from its process start to `caches filled` in its log (wall time, CPU seconds,
+   RSS then), and its RSS idle once the Agent is Ready.
+2. N goals, one at a time (each once the previous agent process has exited, so every start is
+   measured on an otherwise idle cluster), with these moments per goal:
+   apply (this process POSTs the Goal) -> pod created (first seen by a watch) -> agent process
+   started (the runner's Popen returned) -> Goal/Agent loaded (the agent's log line) -> first
+   model request (it reaches the model server). The agent process's CPU seconds when its first
+   request arrives come from /proc/PID/stat.
+3. Imports alone: CPU seconds of `python -c "import overseer.agent.main"` (and of the
+   operator's main, and of a bare interpreter), median of five runs.
+
+The machine is shared: start costs are CPU seconds, which other processes inflate far less than
+wall time; the load average and the share of the machine others kept busy are reported with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from e2e import harness
+from e2e.agent_runner import AgentRunner
+from e2e.bench.baseline_controller import AGENTS, GOALS, PODS
+from e2e.bench.dispatch import Bench, Watcher, busy_seconds, cpu_seconds, log, machine, memory_kb, percentile, settle
+from e2e.bench.docs import write_section
+from overseer.agent.scripted_model import ScriptedModelServer
+
+SECTION_BEGIN = "<!-- start:begin (written by python -m e2e.bench.start --docs) -->"
+SECTION_END = "<!-- start:end -->"
+AGENT = "coder"
+TARGET_FIRST_REQUEST_S = 1.0  # apply -> first model request, p50, with a warm pod (issue target: 2 s without)
+TARGET_AGENT_CPU_S = 1.0      # agent process CPU before its first request
+LOADED = "loaded Goal"        # the agent's log line once it has read its Goal, Agent and Capabilities
+STEPS = ("pod created", "agent process started", "Goal/Agent loaded", "first model request")
+
+
+@dataclass
+class GoalStart:
+    goal: str
+    apply: float                         # wall-clock times (time.time()) of each moment
+    pod_created: float | None = None
+    process_started: float | None = None
+    loaded: float | None = None
+    first_request: float | None = None
+    agent_cpu_s: float | None = None     # the agent process's CPU seconds at its first request
+
+    def moments(self) -> list[float | None]:
+        return [self.apply, self.pod_created, self.process_started, self.loaded, self.first_request]
+
+
+@dataclass
+class StartResult:
+    goals: int
+    operator_caches_s: float | None = None      # process start -> "caches filled"
+    operator_caches_cpu_s: float | None = None
+    operator_rss_caches_mb: float | None = None
+    operator_rss_idle_mb: float | None = None   # Agent Ready, operator settled
+    imports_cpu_s: dict[str, float] = field(default_factory=dict)
+    starts: list[GoalStart] = field(default_factory=list)
+    loadavg: tuple[list[float], list[float]] = ([], [])  # at the start and at the end
+    others_busy: float | None = None            # share of all cores busy with anything but the agent processes
+
+
+# ---- the model server ------------------------------------------------------------------------------
+
+class StampedModelServer(ScriptedModelServer):
+    """The scripted model, noting when each conversation's first request arrives and how much CPU
+    the agent process that sent it had used by then."""
+
+    def __init__(self, pid_of: Callable[[str], int | None]) -> None:
+        super().__init__({"conversations": {"default": [{"reply": "Done: nothing to change."}]}})
+        self.pid_of = pid_of
+        self.first: dict[str, tuple[float, float | None]] = {}  # conversation -> (time, agent CPU seconds)
+
+    async def _read(self, request: Any) -> Any:
+        arrived = time.time()
+        record, refusal = await super()._read(request)
+        if request.path == "/v1/messages" and record.conversation not in self.first:
+            pid = self.pid_of(record.conversation)
+            try:
+                cpu = cpu_seconds(pid) if pid else None
+            except OSError:
+                cpu = None
+            self.first[record.conversation] = (arrived, cpu)
+        return record, refusal
+
+
+class ModelThread(threading.Thread):
+    """The model server on its own event loop, so this process's waiting never delays an answer."""
+
+    def __init__(self, server: StampedModelServer) -> None:
+        super().__init__(daemon=True, name="model")
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.join(timeout=10)
+
+
+@dataclass
+class TimedRunner(AgentRunner):
+    """The kubelet's part, noting when each goal's agent process was started."""
+
+    started: dict[str, float] = field(default_factory=dict)  # goal -> time its process was started
+
+    def _launch(self, pod: Any) -> None:
+        super()._launch(pod)
+        self.started.setdefault(pod.metadata.labels["overseer.dev/goal"], time.time())
+
+    def pid_of_goal(self, goal: str) -> int | None:
+        return next((p.proc.pid for p in list(self.processes.values()) if p.goal == goal), None)
+
+    def pod_of_goal(self, goal: str) -> str | None:
+        return next((p.pod for p in list(self.processes.values()) if p.goal == goal), None)
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+def import_cpu(code: str, runs: int = 5) -> float:
+    """Median CPU seconds (user + system) of `python -c CODE`, interpreter start included."""
+    samples = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=harness.REPO)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        samples.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(samples)
+
+
+def log_time(line: str) -> float:
+    """The wall-clock time of a line logged with logging's default asctime (local time, ms)."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def operator_start(bench: Bench, ns: str, out_dir: Path, r: StartResult) -> harness.OperatorProcess:
+    """Start the operator, timing its start to `caches filled`; return it running."""
+    op = harness.OperatorProcess(bench.cluster, ns, out_dir / "operator.log",
+                                 env={"OVERSEER_RESYNC_SECONDS": "600"}, startup_timeout=120)
+    done = threading.Event()
+
+    def watch(t0: float) -> None:
+        offset = 0
+        while not done.is_set():
+            if op.proc is not None and op.log_path.exists():
+                with open(op.log_path, errors="replace") as f:
+                    f.seek(offset)
+                    text = f.read()
+                if "caches filled" in text:
+                    r.operator_caches_s = time.time() - t0
+                    r.operator_caches_cpu_s = cpu_seconds(op.proc.pid)
+                    r.operator_rss_caches_mb = memory_kb(op.proc.pid)["VmRSS"] / 1024
+                    return
+                offset += len(text.encode())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, args=(time.time(),), daemon=True)
+    watcher.start()
+    try:
+        op.start()
+        watcher.join(timeout=120)
+    finally:
+        done.set()
+    return op
+
+
+def run(bench: Bench, n: int, out_dir: Path) -> StartResult:
+    r = StartResult(n)
+    r.loadavg = (list(os.getloadavg()), [])
+    ns = bench.namespace("start", n)
+    k8s = harness.K8s(bench.cluster)
+    runner = TimedRunner(bench.cluster, k8s, ns, out_dir, interval=0.05)
+    model = StampedModelServer(lambda conversation: runner.pid_of_goal(conversation.split("/", 1)[1]))
+    model_thread = ModelThread(model)
+    model_thread.start()
+    model_thread.ready.wait(30)
+    op = None
+    try:
+        agent = {"apiVersion": "overseer.dev/v1alpha1", "kind": "Agent", "metadata": {"name": AGENT},
+                 "spec": {"role": "Senior Python engineer",
+                          "model": {"name": "claude-sonnet-5-5", "maxTokens": 4096, "baseURL": model.url,
+                                    "apiKeySecretRef": {"name": "anthropic", "key": "api-key"}},
+                          "capabilities": [], "maxConcurrentGoals": 2}}
+        bench.api.request("POST", AGENTS.format(ns=ns), agent)
+        op = operator_start(bench, ns, out_dir, r)
+        assert op.pid is not None
+        harness.wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                                     (bench.api.get(f"{AGENTS.format(ns=ns)}/{AGENT}").get("status") or {})
+                                     .get("conditions") or []), timeout=120, description=f"Agent {AGENT} Ready")
+        settle(op.pid, quiet=2.0, limit=60)
+        r.operator_rss_idle_mb = memory_kb(op.pid)["VmRSS"] / 1024
+        log(f"start: operator caches filled after {r.operator_caches_s or 0:.2f} s, "
+            f"{r.operator_caches_cpu_s or 0:.2f} s CPU; idle RSS {r.operator_rss_idle_mb:.0f} MB")
+
+        url = PODS.format(ns=ns)
+        pods = Watcher(bench.api, url, bench.api.get(url)["metadata"]["resourceVersion"], "pods")
+        pods.start()
+        pods.opened.wait(30)
+        offset = time.time() - time.perf_counter()  # the watcher notes perf_counter times
+        runner.start()
+        busy0, wall0, children0 = busy_seconds(), time.monotonic(), _children_cpu()
+        for i in range(n):
+            name = f"start-{i:03d}"
+            key = f"{ns}/{name}"
+            body = {"apiVersion": "overseer.dev/v1alpha1", "kind": "Goal", "metadata": {"name": name},
+                    "spec": {"description": f"Start benchmark goal {i}: answer at once.", "agentRef": {"name": AGENT}}}
+            g = GoalStart(name, time.time())
+            bench.api.request("POST", GOALS.format(ns=ns), body)
+            harness.wait_for(lambda: key in model.first, timeout=120, interval=0.02,
+                             description=f"the first model request of goal {name}")
+            pod = runner.pod_of_goal(name)
+            assert pod is not None
+            harness.wait_for(lambda: pod in runner.finished, timeout=120, interval=0.02,
+                             description=f"the agent process of {name} to exit")
+            if runner.finished[pod] != 0:
+                raise AssertionError(f"agent of {name} exited {runner.finished[pod]}:\n{runner.log(pod)[-3000:]}")
+            g.first_request, g.agent_cpu_s = model.first[key]
+            g.process_started = runner.started.get(name)
+            seen = pods.seen.get(pod)
+            g.pod_created = seen + offset if seen is not None else None
+            line = next((x for x in runner.log(pod).splitlines() if LOADED in x), None)
+            g.loaded = log_time(line) if line else None
+            r.starts.append(g)
+            if (i + 1) % 10 == 0 or i + 1 == n:
+                log(f"start: {i + 1}/{n} goals; last apply -> first request {g.first_request - g.apply:.2f} s, "
+                    f"agent CPU {g.agent_cpu_s or 0:.2f} s")
+        wall = time.monotonic() - wall0
+        # What else kept the machine busy while goals started: all busy CPU but the agents' own
+        # (the runner reaps each agent process, so their CPU is in this process's children's).
+        r.others_busy = (max(0.0, busy_seconds() - busy0 - (_children_cpu() - children0))
+                        / (wall * len(os.sched_getaffinity(0))))
+        pods.stop.set()
+    finally:
+        runner.stop()
+        if op is not None:
+            op.stop()
+        model_thread.stop()
+        k8s.close()
+        bench.delete_namespace(ns)
+    r.loadavg = (r.loadavg[0], list(os.getloadavg()))
+    return r
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- reporting ---------------------------------------------------------------------------------------
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _commit() -> str:
+    """'commit abc1234; ', or '' outside a git checkout."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=harness.REPO, capture_output=True, text=True)
+    return f"commit {out.stdout.strip()}; " if out.returncode == 0 and out.stdout.strip() else ""
+
+
+def _p(values: list[float], q: float) -> str:
+    v = percentile(values, q)
+    return "—" if v is None else f"{v:.2f} s"
+
+
+def render(r: StartResult, info: dict[str, Any], command: str) -> str:
+    rows = []
+    starts = [s for s in r.starts if None not in s.moments()]
+    names = ["apply", *STEPS]
+    for i in range(1, len(names)):
+        spans = [s.moments()[i] - s.moments()[i - 1] for s in starts]  # type: ignore[operator]
+        rows.append(f"| {names[i - 1]} → {names[i]} | {_p(spans, 0.5)} | {_p(spans, 0.95)} |")
+    total = [s.first_request - s.apply for s in starts]  # type: ignore[operator]
+    cpu = [s.agent_cpu_s for s in r.starts if s.agent_cpu_s is not None]
+    p50 = percentile(total, 0.5)
+    verdict = "—" if p50 is None else ("meets" if p50 < 2.0 else "**misses**")
+    cpu50 = percentile(cpu, 0.5)
+    cpu_verdict = "—" if cpu50 is None else ("meets" if cpu50 < TARGET_AGENT_CPU_S else "**misses**")
+    load0, load1 = r.loadavg
+    lines = [
+        f"{info['date']}; {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB RAM; Python {info['python']}, "
+        f"anthropic {_version('anthropic')}; {_commit()}"
+        f"`{command}`. Load average (1 min) {load0[0] if load0 else 0:.1f} at the start, "
+        f"{load1[0] if load1 else 0:.1f} at the end; while the goals started, everything but their agent processes "
+        f"(other work on the machine, the control plane, the operator) kept {100 * (r.others_busy or 0):.0f} % of "
+        f"its cores busy, so wall times are long and CPU seconds are the figures to compare.",
+        "",
+        f"**A goal's start** ({len(starts)} goals, one at a time, no warm pods):",
+        "",
+        "| step | p50 | p95 |",
+        "|---|---|---|",
+        *rows,
+        f"| **apply → first model request** | **{_p(total, 0.5)}** | **{_p(total, 0.95)}** |",
+        f"| agent process CPU before its first request | {_p(cpu, 0.5)} | {_p(cpu, 0.95)} |",
+        "",
+        f"Target: apply → first model request p50 under 2 s without a warm pod ({verdict}); agent CPU before "
+        f"the first request under {TARGET_AGENT_CPU_S:g} s ({cpu_verdict}).",
+        "",
+        "**The operator's start** (one Agent, no goals):",
+        "",
+        "| process start → caches filled | CPU to caches filled | RSS then | RSS idle, Agent Ready |",
+        "|---|---|---|---|",
+        f"| {r.operator_caches_s or 0:.2f} s | {r.operator_caches_cpu_s or 0:.2f} s | "
+        f"{r.operator_rss_caches_mb or 0:.0f} MB | {r.operator_rss_idle_mb or 0:.0f} MB |",
+        "",
+        "**Imports alone** (CPU seconds of `python -c ...`, interpreter start included, median of 5):",
+        "",
+        "| code | CPU |",
+        "|---|---|",
+        *[f"| `{code}` | {sec:.2f} s |" for code, sec in r.imports_cpu_s.items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+IMPORTS = ("pass", "import overseer.agent.main", "import overseer.operator.main")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="python -m e2e.bench.start", description=__doc__.splitlines()[0])
+    p.add_argument("--goals", type=int, default=50, help="goals started one after another (default 50)")
+    p.add_argument("--docs", type=Path, help="write the tables into this file's Start section")
+    p.add_argument("--json", type=Path, help="write the raw result here as JSON")
+    p.add_argument("--keep-cluster", action="store_true", help="leave a cluster this run started running")
+    args = p.parse_args(argv)
+    command = "python -m e2e.bench.start " + " ".join(argv)
+    info = machine()
+    out_dir = harness.cache_dir() / "bench" / ("start-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"starting the control plane ({harness.control_plane_dir()}); logs and raw results in {out_dir}")
+    cluster = harness.start_cluster()
+    bench = Bench(cluster, 1, out_dir)
+    try:
+        harness.install_crds(bench.kubectl)
+        result = run(bench, args.goals, out_dir)
+    finally:
+        if cluster.started_here and not args.keep_cluster:
+            log("stopping the control plane this run started")
+            harness.stop_cluster()
+    result.imports_cpu_s = {code: import_cpu(code) for code in IMPORTS}
+    table = render(result, info, command)
+    print(table)
+    (out_dir / "result.json").write_text(json.dumps({"machine": info, "command": command,
+                                                     "result": asdict(result)}, indent=1))
+    if args.json:
+        args.json.write_text((out_dir / "result.json").read_text())
+    if args.docs:
+        write_section(args.docs, "Start", SECTION_BEGIN, SECTION_END, table)
+        log(f"wrote the tables into {args.docs}")
+    complete = [s for s in result.starts if None not in s.moments()]
+    return 0 if len(complete) == args.goals and result.operator_caches_s is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
