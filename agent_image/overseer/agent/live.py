@@ -30,18 +30,21 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+if TYPE_CHECKING:  # redis is imported only when a Redis URL is given: about 0.3 s of CPU at every start
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
-# What "Redis is not there" looks like: refused or timed-out connections, a server that is
-# loading or read-only, and anything else the client raises instead of answering.
-_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+def _unavailable() -> tuple[type[BaseException], ...]:
+    """What "Redis is not there" looks like: refused or timed-out connections, a server that is
+    loading or read-only, and anything else the client raises instead of answering. (Only a
+    client, which imported redis already, raises these.)"""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, asyncio.TimeoutError)
 
 Mode = Literal["shared", "local"]
 
@@ -54,6 +57,10 @@ def connect(url: str | None, *, connect_timeout: float = 0.5, timeout: float = 1
     """
     if not url:
         return None
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     return Redis.from_url(
         url,
         socket_connect_timeout=connect_timeout,
@@ -336,7 +343,7 @@ class RateLimiter:
                         keys=self._keys,
                         args=[round(self.window_seconds * 1_000_000), self.requests_per_minute,
                               self.tokens_per_minute, tokens, grant_id])
-                except _UNAVAILABLE as exc:
+                except _unavailable() as exc:
                     if self._outage.failed():
                         logger.warning("Rate limiter %s: Redis unavailable (%s); limiting locally to "
                                        "1/%d of the limits", self.key_hash[:8], _reason(exc),
@@ -390,7 +397,7 @@ class RateLimiter:
             return
         try:
             await self._settle_script(keys=self._keys[1:], args=[grant.id, actual])
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             # The grant ages out of the window on its own; the next acquire falls back.
             logger.debug("Rate limiter %s: could not settle grant %s: %s", self.key_hash[:8], grant.id, exc)
 
@@ -499,7 +506,7 @@ class EventStream:
                         raise
                     if fields["type"] == EventType.END:
                         await self._redis.expire(self.key, self.retention_seconds)
-            except _UNAVAILABLE as exc:
+            except _unavailable() as exc:
                 if self._outage.failed():
                     logger.warning("Goal %s/%s: event stream unavailable (%s); buffering up to %d events",
                                    self.namespace, self.goal, _reason(exc), self._buffer_size)
@@ -527,7 +534,7 @@ class EventStream:
                         return
                     last = _text(newest[0][0]) if newest else "0-0"
                 reply = await self._redis.xread({self.key: last}, count=100, block=block_ms)
-            except _UNAVAILABLE as exc:
+            except _unavailable() as exc:
                 logger.debug("Goal %s/%s: following events: %s", self.namespace, self.goal, exc)
                 await asyncio.sleep(min(self._outage.retry_seconds, 1.0))
                 continue
@@ -596,7 +603,7 @@ class SteeringQueue:
                 pipe.rpush(self.key, payload)
                 pipe.expire(self.key, self.retention_seconds)
                 await pipe.execute()
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             raise SteeringUnavailable(
                 f"Goal {self.namespace}/{self.goal}: steering queue unavailable: {_reason(exc)}") from exc
         return message
@@ -610,7 +617,7 @@ class SteeringQueue:
                 pipe.lrange(self.key, 0, -1)
                 pipe.delete(self.key)
                 raw, _ = await pipe.execute()
-        except _UNAVAILABLE as exc:
+        except _unavailable() as exc:
             if self._outage.failed():
                 logger.warning("Goal %s/%s: steering queue unavailable (%s)", self.namespace, self.goal,
                                _reason(exc))

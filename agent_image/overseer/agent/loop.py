@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anthropic
+from .sdk import anthropic
 
 from overseer import approvals
 from overseer.kube import now_iso

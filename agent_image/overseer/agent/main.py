@@ -10,13 +10,14 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
+from .sdk import anthropic
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer import modifications
-from overseer.kube import Kube, load_credentials, path
+from overseer.kube import Kube, path
+from overseer.kubeconfig import pod_credentials
 
 from . import live
 from .capability_tools import capability_tool
@@ -24,7 +25,6 @@ from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
 from .health import HealthServer
-from .knowledge import Action, Experience, KnowledgeBase
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from .tools import default_registry
 from .tools.base import ToolContext
@@ -32,6 +32,9 @@ from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_app
 from .tools.knowledge_search import SearchKnowledge
 from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
 from .tools.todo import TodoList
+
+if TYPE_CHECKING:  # psycopg is imported only when the knowledge base is configured
+    from .knowledge import KnowledgeBase
 
 logger = logging.getLogger("overseer.agent")
 
@@ -68,7 +71,7 @@ def effective_budget(agent: Agent, goal: Goal) -> Budget:
 
 async def run(settings: AgentSettings) -> int:
     async def login() -> Any:
-        return load_credentials()
+        return pod_credentials()
 
     kube = Kube(login, "overseer-agent", pool_size=4)
     link = GoalLink(kube, settings.goal_namespace, settings.goal_name, settings.heartbeat_seconds)
@@ -106,6 +109,8 @@ async def run(settings: AgentSettings) -> int:
         lessons = []
         checkpoints: Any = FileCheckpoints(settings.workspace, uid)
         if settings.database_url:
+            from .knowledge import KnowledgeBase
+
             kb = KnowledgeBase(settings.database_url, spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
             await kb.open()  # down for now: writes queue and replay when it returns
             checkpoints = kb.for_goal(uid)
@@ -167,6 +172,8 @@ async def run(settings: AgentSettings) -> int:
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
         if kb is not None and outcome.reason != "Cancelled":
+            from .knowledge import Action, Experience
+
             await kb.record_experience(Experience(
                 goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
                 description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],

@@ -3,10 +3,14 @@ ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal cou
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from overseer import modifications
@@ -21,13 +25,35 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
+@functools.cache
 def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
-    try:
-        from anthropic.resources.messages.messages import DEPRECATED_MODELS
-    except ImportError:  # the table moved: better no warning than a crash
-        return {}
-    return dict(DEPRECATED_MODELS)
+    """Model name -> end-of-life date, as the installed anthropic SDK knows them. Read from the
+    SDK's data file without importing the SDK: importing it costs the operator seconds of CPU
+    at start and tens of MB for good, for one small table."""
+    spec = importlib.util.find_spec("anthropic")  # finds the package without running it
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        table = Path(folder) / "_data" / "deprecated_models.py"
+        if table.is_file():
+            return _dict_literal(table.read_text(), "DEPRECATED_MODELS")
+    logger.warning("the anthropic SDK's table of deprecated models was not found: ModelSupported stays True")
+    return {}
+
+
+def _dict_literal(source: str, name: str) -> dict[str, str]:
+    """The dict literal assigned to `name` in a module's source, or {} when it is not one."""
+    for node in ast.parse(source).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if getattr(target, "id", None) == name and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                break
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+    logger.warning("the anthropic SDK's %s is not a literal table any more: ModelSupported stays True", name)
+    return {}
 
 
 def _collection(obj: dict[str, Any]) -> str:
