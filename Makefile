@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 CLUSTER := e2e/cluster
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv test unit e2e demo cluster cluster-build cluster-down crds clean
+.PHONY: help venv lint test unit e2e demo cluster cluster-build cluster-down crds clean
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
 	@echo "make test          unit tests, then e2e tests on the local cluster"
+	@echo "make lint          ruff, mypy and the import contracts (pyproject.toml); CI runs it before the tests"
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
@@ -26,6 +27,13 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# ruff (bug-catching rules, no formatting), mypy on the product packages, import-linter's
+# layer contracts; all configured in pyproject.toml, caches under .cache/.
+lint: venv
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy
+	$(BIN)/python .ci/lint_imports.py
 
 unit: venv
 	$(BIN)/pytest tests
