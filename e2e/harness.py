@@ -159,7 +159,7 @@ class Kubectl:
     def __call__(
         self,
         *args: str,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | None = None,
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
@@ -201,19 +201,19 @@ class K8s:
 
     # alternative spellings, for readability at the call site
     @property
-    def CoreV1Api(self):  # noqa: N802
+    def CoreV1Api(self):
         return self.core
 
     @property
-    def CustomObjectsApi(self):  # noqa: N802
+    def CustomObjectsApi(self):
         return self.custom
 
     @property
-    def RbacAuthorizationV1Api(self):  # noqa: N802
+    def RbacAuthorizationV1Api(self):
         return self.rbac
 
     @property
-    def NetworkingV1Api(self):  # noqa: N802
+    def NetworkingV1Api(self):
         return self.networking
 
     def close(self) -> None:

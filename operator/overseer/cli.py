@@ -443,7 +443,7 @@ class Session:
     async def _login() -> StaticCredentials:
         try:
             return load_credentials()
-        except Exception as e:  # noqa: BLE001 - the kubernetes client raises several kinds here
+        except Exception as e:
             where = os.environ.get("KUBECONFIG") or "~/.kube/config"
             raise CliError(f"no usable kubeconfig at {where}, and not in a pod ({e}): "
                            f"set KUBECONFIG or pass --kubeconfig") from e

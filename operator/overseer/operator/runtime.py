@@ -56,7 +56,7 @@ def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
     return (_ns(raw), agent), amounts
 
 
-def _pod_label(label: str, live_only: bool = False):  # noqa: ANN202 - an Indexer
+def _pod_label(label: str, live_only: bool = False):
     def indexer(raw: Raw) -> Iterable[Hashable]:
         value = (raw["metadata"].get("labels") or {}).get(label)
         if not value or (live_only and pod_outcome(raw).state != "live"):
