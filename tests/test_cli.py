@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from overseer import approvals, cli
-from overseer.agent import live
+from overseer import live
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -62,7 +62,7 @@ import anthropic
 
 from e2e.bench.docs import write_section
 from e2e import harness
-from overseer.agent import live
+from overseer import live
 from overseer.agent.checkpoint_file import FileCheckpoints
 from overseer.agent.goal_link import GoalLink
 from overseer.agent.knowledge import KnowledgeBase

@@ -26,8 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from redis.exceptions import RedisError
 
-from overseer import approvals
-from overseer.agent import live
+from overseer import approvals, live
 from overseer.api import API_VERSION, Phase
 from overseer.kube import ApiError, Kube, StaticCredentials, load_credentials, path
 

@@ -15,10 +15,9 @@ from typing import Any
 import anthropic
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
-from overseer import modifications
+from overseer import live, modifications
 from overseer.kube import Kube, load_credentials, path
 
-from . import live
 from .capability_tools import capability_tool
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
@@ -26,6 +25,7 @@ from .goal_link import GoalLink
 from .health import HealthServer
 from .knowledge import Action, Experience, KnowledgeBase
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
+from .ratelimit import RateLimiter
 from .tools import default_registry
 from .tools.base import ToolContext
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
@@ -114,7 +114,7 @@ async def run(settings: AgentSettings) -> int:
         steering = live.SteeringQueue(redis, ns, goal.name)
         limiter = None
         if settings.requests_per_minute and settings.tokens_per_minute:
-            limiter = live.RateLimiter(redis, os.environ.get("ANTHROPIC_API_KEY", ""),
+            limiter = RateLimiter(redis, os.environ.get("ANTHROPIC_API_KEY", ""),
                                        requests_per_minute=settings.requests_per_minute,
                                        tokens_per_minute=settings.tokens_per_minute)
 
