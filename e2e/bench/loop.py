@@ -5,7 +5,7 @@ and compaction, with the scripted model behind the real `anthropic` SDK.
                              [--quick] [--no-cluster] [--keep-cluster] [--json PATH]
 
 Everything runs in this process except the services, which are real and on 127.0.0.1:
-PostgreSQL and Redis (started here in throwaway folders, as tests/integration/servers.py
+PostgreSQL and Redis (started here in throwaway folders, as testsupport/servers.py
 does; PostgreSQL with fsync and synchronous commit on) and the local control plane of
 e2e/cluster/up.sh (started if needed, stopped again if this run started it).
 
@@ -79,7 +79,7 @@ from overseer.agent.tools import default_registry
 from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
 from overseer.agent.tools.todo import TodoList
 from overseer.kube import Kube, load_credentials
-from tests.integration.servers import PostgresServer, RedisServer, _pg_bin, _wait_port
+from testsupport.servers import PostgresServer, RedisServer, pg_bin, wait_port
 
 MODEL = "claude-sonnet-5-5"
 NAMESPACE = "bench-loop"
@@ -284,9 +284,9 @@ class DurablePostgres(PostgresServer):
 
     def start(self) -> None:
         opts = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1"
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
+        self._run(pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
                   "-w", "start")
-        _wait_port(self.port)
+        wait_port(self.port)
 
 
 @dataclass
@@ -657,7 +657,7 @@ def machine(workdir: Path) -> dict[str, Any]:
     where = str(workdir.resolve())
     fs = max((m for m in mounts if where == m[1] or where.startswith(m[1].rstrip("/") + "/")),
              key=lambda m: len(m[1]), default=["?", "/", "?"])
-    pg = subprocess.run([_pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    pg = subprocess.run([pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
     redis = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"], capture_output=True,
                            text=True).stdout.split(" v=")[-1].split()[0]
     return {"nproc": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,

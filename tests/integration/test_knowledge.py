@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from overseer.agent.knowledge import MIGRATIONS, Action, Experience, KnowledgeBase, migrate
-from tests.integration.servers import PostgresServer
+from testsupport.servers import PostgresServer
 
 
 @pytest.fixture
