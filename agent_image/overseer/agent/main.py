@@ -1,6 +1,6 @@
 """`overseer-agent`: what a Goal's pod runs. Loads the Goal, its Agent and Capabilities, runs
-the loop, reports the outcome, and exits 0 (succeeded), 1 (failed, worth retrying) or 2
-(failed in a way a retry cannot fix: budget spent, refusal, cancelled)."""
+the loop, reports the outcome, and exits with one of the goal pod contract's codes
+(overseer.contract.ExitCode: succeeded, failed and worth retrying, or failed for good)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import anthropic
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer import live, modifications
+from overseer.contract import ExitCode
 from overseer.kube import Kube, load_credentials, path
 
 from .capability_tools import capability_tool
@@ -34,8 +35,6 @@ from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
 from .tools.todo import TodoList
 
 logger = logging.getLogger("overseer.agent")
-
-EXIT_SUCCEEDED, EXIT_RETRY, EXIT_GAVE_UP = 0, 1, 2
 
 GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
 the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
@@ -181,10 +180,10 @@ async def run(settings: AgentSettings) -> int:
         await kube.close()
 
 
-def exit_code(outcome: Outcome) -> int:
+def exit_code(outcome: Outcome) -> ExitCode:
     if outcome.success:
-        return EXIT_SUCCEEDED
-    return EXIT_RETRY if outcome.retryable else EXIT_GAVE_UP
+        return ExitCode.SUCCEEDED
+    return ExitCode.RETRY if outcome.retryable else ExitCode.GAVE_UP
 
 
 def _tool_env(settings: AgentSettings) -> dict[str, str]:
@@ -200,7 +199,7 @@ def main() -> int:
     settings = AgentSettings()
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(settings))
-    return EXIT_RETRY
+    return ExitCode.RETRY
 
 
 if __name__ == "__main__":

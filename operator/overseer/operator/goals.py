@@ -10,6 +10,7 @@ from typing import Any
 
 from overseer.api import Agent, Goal, Phase, parse_duration
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
+from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
 from . import dispatch
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 # A parent that ended in one of these has nobody left to read its sub-goals' results.
 STOPS_SUBGOALS = {Phase.CANCELLED.value, Phase.FAILED.value}
-EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
 QUEUE_SWEEP_SECONDS = 10.0
 
 
@@ -275,7 +275,7 @@ class GoalReconciler:
                              pod: str) -> float | None:
         status = raw.get("status") or {}
         detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
-        if exit_code == EXIT_GAVE_UP:
+        if exit_code == ExitCode.GAVE_UP:
             # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
             why = status.get("failureReason") or "AgentGaveUp"
             msg = f"attempt {attempt}: {status.get('result') or why} ({detail}); not retried"

@@ -6,13 +6,11 @@ import hashlib
 from typing import Any
 
 from overseer.api import Agent, Goal
+from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
 from .settings import Settings
-
-WORKSPACE = "/workspace"
-AGENT_UID = 65532  # the "nonroot" user of distroless-style images
 
 
 def pod_name(goal_name: str, attempt: int) -> str:
@@ -32,31 +30,27 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     the `restricted` Pod Security level."""
     model = agent.spec.model
     env: list[dict[str, Any]] = [
-        {"name": "OVERSEER_GOAL_NAME", "value": goal.name},
-        {"name": "OVERSEER_GOAL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "OVERSEER_GOAL_UID", "value": goal.metadata.get("uid", "")},
-        {"name": "OVERSEER_AGENT_NAME", "value": agent.name},
-        {"name": "OVERSEER_ATTEMPT", "value": str(attempt)},
-        {"name": "OVERSEER_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "OVERSEER_WORKSPACE", "value": WORKSPACE},
-        {"name": "OVERSEER_MODEL", "value": model.name},
-        {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {
+        {"name": Env.GOAL_NAME, "value": goal.name},
+        {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": Env.AGENT_NAME, "value": agent.name},
+        {"name": Env.WORKSPACE, "value": WORKSPACE},
+        {"name": Env.ANTHROPIC_API_KEY, "valueFrom": {"secretKeyRef": {
             "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}},
     ]
     if model.base_url:
-        env.append({"name": "ANTHROPIC_BASE_URL", "value": model.base_url})
-    for name, value in (("OVERSEER_DATABASE_URL", settings.agent_database_url),
-                        ("OVERSEER_REDIS_URL", settings.agent_redis_url),
-                        ("OVERSEER_REQUESTS_PER_MINUTE", settings.agent_requests_per_minute or None),
-                        ("OVERSEER_TOKENS_PER_MINUTE", settings.agent_tokens_per_minute or None),
-                        ("OVERSEER_HEALTH_PORT", settings.agent_metrics_port)):
+        env.append({"name": Env.ANTHROPIC_BASE_URL, "value": model.base_url})
+    for name, value in ((Env.DATABASE_URL, settings.agent_database_url),
+                        (Env.REDIS_URL, settings.agent_redis_url),
+                        (Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
+                        (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
+                        (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
             env.append({"name": name, "value": str(value)})
     resources = agent.spec.resources.to_api()
     container = {
         "name": "agent",
         "image": agent.spec.image or settings.agent_image,
-        "command": ["overseer-agent"],
+        "command": [COMMAND],
         "env": env,
         "workingDir": WORKSPACE,
         "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
