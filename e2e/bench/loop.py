@@ -68,7 +68,7 @@ from overseer.agent.goal_link import GoalLink
 from overseer.agent.knowledge import KnowledgeBase
 from overseer.agent.loop import AgentLoop, Budget, LoopConfig
 from overseer.agent.main import GUIDANCE
-from overseer.agent.scripted_model import (
+from overseer.testing.scripted_model import (
     LOOKBACK_BLOCKS,
     Scenario,
     ScriptedModelServer,

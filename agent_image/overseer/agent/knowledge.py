@@ -35,6 +35,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from .checkpoint import Checkpoint
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -328,18 +330,6 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 
 
 # ---- what is stored ------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    """Where a goal's run stands: its whole conversation and the loop's state."""
-
-    goal_uid: str
-    iteration: int
-    messages: list[Message]
-    todos: Any
-    counters: dict[str, Any]
-    updated_at: datetime | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
+from .checkpoint import Checkpoints
 from .tools.base import Assessment, ToolContext, ToolRegistry
 from .tools.todo import TodoList
 
@@ -63,22 +64,6 @@ class Outcome:
     result: str
     reason: str = ""              # CamelCase, for failures the operator should not retry
     retryable: bool = False
-
-
-@dataclass
-class Checkpoint:
-    messages: list[dict[str, Any]]
-    todos: dict[str, Any]
-    counters: dict[str, Any]
-    iteration: int
-
-
-class Checkpoints(Protocol):
-    async def load(self) -> Checkpoint | None: ...
-    # False: the store's conversation is not the loop's; it wants the whole one by `replace`
-    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> bool: ...
-    async def replace(self, messages: list[dict[str, Any]]) -> None: ...
 
 
 class Link(Protocol):
