@@ -16,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = ["overseer", "overseer.api", "overseer.operator", "overseer.operator.handlers", "overseer.agent",
-           "overseer.agent.main", "overseer.contract", "overseer.live", "overseer.cli", "overseer.testing.scripted_model"]
+           "overseer.agent.main", "overseer.agent.tools.shell", "overseer.contract", "overseer.live", "overseer.cli",
+           "overseer.testing.scripted_model"]
 COMMANDS = ["overseer-operator", "overseer-crds", "overseer-agent", "overseer-scripted-model", "kubectl-overseer"]
 
 
