@@ -406,4 +406,4 @@ async def test_a_script_tools_output_is_capped(tmp_path: Path):
 
     result = await tool.run({}, ToolContext(workspace=tmp_path, output_limit=1000))
 
-    assert not result.is_error and len(result.content) < 1300 and "dropped" in result.content
+    assert not result.is_error and len(result.content) < 1300 and "output truncated" in result.content

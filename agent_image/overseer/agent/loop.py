@@ -19,12 +19,11 @@ from overseer import approvals
 from overseer.kube import now_iso
 
 from .checkpoint import Checkpoints
-from .tools.base import Assessment, ToolContext, ToolRegistry
+from .tools.base import Assessment, ToolContext, ToolRegistry, risk_at_least
 from .tools.todo import TodoList
 
 logger = logging.getLogger(__name__)
 
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 CACHE = {"type": "ephemeral"}
 
 
@@ -281,7 +280,7 @@ class AgentLoop:
         self.messages.append({"role": "user", "content": content})
 
     def _needs_approval(self, assessment: Assessment) -> bool:
-        return RISK_ORDER.get(assessment.risk, 2) >= RISK_ORDER.get(self.config.min_approval_risk, 2)
+        return risk_at_least(assessment.risk, self.config.min_approval_risk)
 
     async def _run_tool(self, use: dict[str, Any], assessment: Assessment) -> dict[str, Any]:
         name, args, use_id = use["name"], use.get("input") or {}, use["id"]
