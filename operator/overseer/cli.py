@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, None)
     # Options given after the subcommand land here too; SUPPRESS keeps an absent one from
     # overwriting a value given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -553,7 +553,7 @@ async def cmd_logs(s: Session, args: argparse.Namespace) -> int:
         if args.follow:
             return await _follow(s, stream, redis, args)
         entries = await (redis.xrange(stream.key) if args.from_start
-                         else redis.xrevrange(stream.key, count=max(1, args.tail)))
+                         else redis.xrevrange(stream.key, count=max(1, args.tail))) or []
         if not args.from_start:
             entries = list(reversed(entries))
         if not entries:

@@ -13,7 +13,7 @@ import base64
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,20 +22,32 @@ import orjson
 
 
 class Credentials(Protocol):
-    """Where and how to reach the API server; kopf.ConnectionInfo fits."""
+    """Where and how to reach the API server; kopf.ConnectionInfo (frozen) fits: read-only."""
 
-    server: str
-    ca_path: Any
-    ca_data: Any
-    insecure: bool | None
-    username: str | None
-    password: str | None
-    scheme: str | None
-    token: str | None
-    certificate_path: Any
-    certificate_data: Any
-    private_key_path: Any
-    private_key_data: Any
+    @property
+    def server(self) -> str: ...
+    @property
+    def ca_path(self) -> Any: ...
+    @property
+    def ca_data(self) -> Any: ...
+    @property
+    def insecure(self) -> bool | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def scheme(self) -> str | None: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def certificate_path(self) -> Any: ...
+    @property
+    def certificate_data(self) -> Any: ...
+    @property
+    def private_key_path(self) -> Any: ...
+    @property
+    def private_key_data(self) -> Any: ...
 
 
 @dataclass
@@ -240,7 +252,7 @@ class Kube:
                 return False
             raise
 
-    async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events ({type, object}) of a collection until the server ends the stream."""
         session = self._session or await self._connect()
         query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}

@@ -76,9 +76,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode_event(entry_id: Any, fields: Mapping[Any, Any]) -> dict[str, Any]:
+def decode_event(entry_id: Any, fields: Mapping[Any, Any] | None) -> dict[str, Any]:
     """A stream entry as EventStream.follow yields it: id, type, ts and decoded data."""
-    values = {_text(k): _text(v) for k, v in fields.items()}
+    values = {_text(k): _text(v) for k, v in (fields or {}).items()}
     try:
         data = json.loads(values.get("data", "null"))
     except ValueError:
@@ -217,7 +217,8 @@ class EventStream:
                     # meanwhile drops the oldest event waiting, not this one.
                     fields = self._buffer.popleft()
                     try:
-                        await self._redis.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+                        entry: dict[Any, Any] = fields  # redis-py types the fields invariantly
+                        await self._redis.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
                     except BaseException:
                         self._buffer.appendleft(fields)
                         self._trim()
@@ -256,7 +257,8 @@ class EventStream:
                 logger.debug("Goal %s/%s: following events: %s", self.namespace, self.goal, exc)
                 await asyncio.sleep(min(self._outage.retry_seconds, 1.0))
                 continue
-            streams = reply.items() if isinstance(reply, dict) else (reply or [])
+            # RESP2 answers a list of [key, entries], RESP3 a dict: typed loosely by redis-py.
+            streams: Any = reply.items() if isinstance(reply, dict) else (reply or [])
             for _key, entries in streams:
                 if entries and entries[0] and not isinstance(entries[0][0], (str, bytes)):
                     entries = entries[0]  # RESP3 wraps the entries once more

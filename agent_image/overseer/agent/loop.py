@@ -304,7 +304,7 @@ class AgentLoop:
     async def _ask_approval(self, use_id: str, name: str, args: dict[str, Any], assessment: Any) -> tuple[str, str]:
         approval_id = f"{name}-{use_id[-8:]}".lower().replace("_", "-")
         detail = args.get("command") if isinstance(args.get("command"), str) else json.dumps(args)[:4000]
-        request = {"id": approval_id, "kind": "toolCall",
+        request: dict[str, Any] = {"id": approval_id, "kind": "toolCall",
                    "summary": f"{name} ({assessment.risk} risk): {assessment.reason}"[:300],
                    "detail": detail, "requestedAt": now_iso()}
         own_request = getattr(self.tools.get(name), "approval_request", None)

@@ -209,12 +209,12 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], seen: frozenset[str], i
         # anything else (e.g. pydantic's own annotations) is dropped
 
     if "enum" in out and "type" not in out:
-        types = {type(v) for v in out["enum"]}
-        if types == {str}:
+        enum_types = {type(v) for v in out["enum"]}
+        if enum_types == {str}:
             out["type"] = "string"
-        elif types <= {int}:
+        elif enum_types <= {int}:
             out["type"] = "integer"
-        elif types == {bool}:
+        elif enum_types == {bool}:
             out["type"] = "boolean"
 
     if out.get("x-kubernetes-int-or-string"):
@@ -331,11 +331,18 @@ def _printer_columns(kind_cls: type[CustomResource]) -> list[dict[str, Any]]:
     return columns
 
 
+def _model_of(kind_cls: type[CustomResource], name: str) -> type[BaseModel]:
+    model = kind_cls.model_fields[name].annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{kind_cls.__name__}.{name} must be a pydantic model, not {model!r}")
+    return model
+
+
 def openapi_schema(kind_cls: type[CustomResource]) -> dict[str, Any]:
     """The `openAPIV3Schema` of one kind."""
     fields = kind_cls.model_fields
-    spec_schema = structural_schema(fields["spec"].annotation)
-    status_schema = structural_schema(fields["status"].annotation, status=True)
+    spec_schema = structural_schema(_model_of(kind_cls, "spec"))
+    status_schema = structural_schema(_model_of(kind_cls, "status"), status=True)
     spec_schema["description"] = fields["spec"].description or spec_schema.get("description", "")
     status_schema["description"] = fields["status"].description or status_schema.get("description", "")
     root: dict[str, Any] = {

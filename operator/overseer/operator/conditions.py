@@ -18,7 +18,7 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | s
         "status": status_text,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now_iso() if changed else old["lastTransitionTime"],
+        "lastTransitionTime": old["lastTransitionTime"] if old is not None and not changed else now_iso(),
     }
     if generation is not None:
         new["observedGeneration"] = generation

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import logging
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from overseer.api import Agent, Goal, Phase, parse_duration
@@ -88,7 +89,7 @@ class GoalReconciler:
     # ---- writing ------------------------------------------------------------------------
 
     async def update(self, raw: Raw, phase: Phase, reason: str, message: str,
-                     conditions: list[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
+                     conditions: Sequence[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
                      **fields: Any) -> None:
         """Write the goal's status (only what changed) and an Event when the phase moves."""
         status = raw.get("status") or {}
@@ -234,7 +235,7 @@ class GoalReconciler:
             return 1.0
         await self.store_modifications(raw, agent_name)
         decisions = record_decisions(raw)
-        extra = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
+        extra: dict[str, Any] = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
         await self.update(raw, phase, reason, message,
                           [("Dispatched", True, "PodCreated", pod_name)], agent=agent_name, pod=pod_name,
                           attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)

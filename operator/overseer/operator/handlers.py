@@ -24,7 +24,8 @@ from .settings import Settings
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
+                  logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     settings.posting.reporting_component = "overseer-operator"
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60

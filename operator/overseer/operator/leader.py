@@ -141,7 +141,8 @@ class LeaderElection:
 
     def _spec(self, old: dict[str, Any] | None) -> dict[str, Any]:
         now = _micro_time()
-        mine = bool(old) and old.get("holderIdentity") == self.identity
+        old = old or {}
+        mine = old.get("holderIdentity") == self.identity
         return {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_seconds),
                 "acquireTime": old["acquireTime"] if mine and old.get("acquireTime") else now, "renewTime": now,
-                "leaseTransitions": (old or {}).get("leaseTransitions", 0) + (0 if mine or not old else 1)}
+                "leaseTransitions": old.get("leaseTransitions", 0) + (0 if mine or not old else 1)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -14,7 +15,7 @@ QUEUE_DEPTH = Gauge("overseer_workqueue_depth", "Keys waiting in a work queue", 
 LEADER = Gauge("overseer_leader", "1 while this replica reconciles (holds the Lease, under --leader-elect)")
 
 
-def instrumented(kind: str, reconcile: Callable[[Hashable], Awaitable[float | None]],
+def instrumented(kind: str, reconcile: Callable[[Any], Awaitable[float | None]],
                  depth: Callable[[], int]) -> Callable[[Hashable], Awaitable[float | None]]:
     """Wrap a reconcile function with its counters and timing."""
     ok, failed = RECONCILES.labels(kind, "ok"), RECONCILES.labels(kind, "error")

@@ -118,7 +118,7 @@ class ModificationStore:
                     rec.update(reverted=True, revertedBy=by, revertedAt=at)
                     changed[rec["id"]] = json.dumps(rec, sort_keys=True)
                     reverted.append(rec)
-            if not changed or await self._patch(url, cm, changed):
+            if not changed or (cm is not None and await self._patch(url, cm, changed)):
                 return reverted, missing, {**data, **changed}
         raise RuntimeError(f"ConfigMap {meta['namespace']}/{modifications.configmap_name(meta['name'])} kept changing")
 

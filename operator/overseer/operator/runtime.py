@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from overseer.kube import Kube, path
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .settings import Settings
-from .store import Key, Raw, Store
+from .store import Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
 from .workqueue import WorkQueue
 
 RUNNING_PHASES = {Phase.RUNNING.value: "runningGoals", Phase.AWAITING_APPROVAL.value: "runningGoals",
@@ -50,13 +50,13 @@ def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
         return None
     status = raw.get("status") or {}
     amounts = {"tokensUsed": int((status.get("tokens") or {}).get("total") or 0)}
-    category = RUNNING_PHASES.get(status.get("phase"))
+    category = RUNNING_PHASES.get(str(status.get("phase")))
     if category:
         amounts[category] = 1
     return (_ns(raw), agent), amounts
 
 
-def _pod_label(label: str, live_only: bool = False):
+def _pod_label(label: str, live_only: bool = False) -> Callable[[Raw], Iterable[Hashable]]:
     def indexer(raw: Raw) -> Iterable[Hashable]:
         value = (raw["metadata"].get("labels") or {}).get(label)
         if not value or (live_only and pod_outcome(raw).state != "live"):

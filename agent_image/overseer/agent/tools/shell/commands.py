@@ -291,8 +291,8 @@ def _h_git(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> li
         if sub == "branch":
             changing -= {"-a"}
         flagged = [t for t in texts if t.startswith("-")]
-        positional = [t for t in texts if not t.startswith("-")]
-        read = not changing.intersection(flagged) and (not positional or bool(listing.intersection(flagged)))
+        names = [t for t in texts if not t.startswith("-")]
+        read = not changing.intersection(flagged) and (not names or bool(listing.intersection(flagged)))
     if sub == "stash":
         read = texts[:1] in (["list"], ["show"])
     if sub == "worktree":
