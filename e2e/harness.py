@@ -159,7 +159,7 @@ class Kubectl:
     def __call__(
         self,
         *args: str,
-        input: str | None = None,
+        input: str | None = None,  # named as subprocess.run names it
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:

@@ -442,7 +442,7 @@ class Session:
     async def _login() -> StaticCredentials:
         try:
             return load_credentials()
-        except Exception as e:
+        except Exception as e:  # the kubernetes client raises several kinds here
             where = os.environ.get("KUBECONFIG") or "~/.kube/config"
             raise CliError(f"no usable kubeconfig at {where}, and not in a pod ({e}): "
                            f"set KUBECONFIG or pass --kubeconfig") from e

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from overseer.kube import Kube, path
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .settings import Settings
-from .store import Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
+from .store import Indexer, Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
 from .workqueue import WorkQueue
 
 RUNNING_PHASES = {Phase.RUNNING.value: "runningGoals", Phase.AWAITING_APPROVAL.value: "runningGoals",
@@ -56,7 +56,7 @@ def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
     return (_ns(raw), agent), amounts
 
 
-def _pod_label(label: str, live_only: bool = False) -> Callable[[Raw], Iterable[Hashable]]:
+def _pod_label(label: str, live_only: bool = False) -> Indexer:
     def indexer(raw: Raw) -> Iterable[Hashable]:
         value = (raw["metadata"].get("labels") or {}).get(label)
         if not value or (live_only and pod_outcome(raw).state != "live"):

@@ -2,7 +2,6 @@
 may touch (rules, commands, classify), and the one way a tool runs a process (runner)."""
 
 from .classify import classify_command
-from .lexer import ParseError
 from .runner import ProcessOutcome, run_command, run_process
 
-__all__ = ["ParseError", "ProcessOutcome", "classify_command", "run_command", "run_process"]
+__all__ = ["ProcessOutcome", "classify_command", "run_command", "run_process"]
