@@ -129,9 +129,9 @@ class OperatorFactory:
         item.stash[OPERATORS] = self.processes
 
     def start(self, namespace: str, *extra_args: str, env: dict[str, str] | None = None,
-              startup_timeout: float = 30) -> OperatorProcess:
+              startup_timeout: float = 30, executable: Path | None = None) -> OperatorProcess:
         log_path = self.tmp_path / f"operator-{len(self.processes) + 1}-{namespace}.log"
-        op = OperatorProcess(self.cluster, namespace, log_path, extra_args, env, startup_timeout)
+        op = OperatorProcess(self.cluster, namespace, log_path, extra_args, env, startup_timeout, executable)
         self.processes.append(op)
         return op.start()
 

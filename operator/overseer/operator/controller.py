@@ -42,6 +42,8 @@ class Operator:
         self.capabilities = CapabilityReconciler(rt)
         self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.watching: list[tuple[Informer, asyncio.Task[None]]] = []  # each informer and its task
+        self.started = False  # run() was called: informers started, reconcilers once they are filled
         watched, accept = namespace_filter(namespaces or [])
         kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
             (API_VERSION, "agents", self.agent_changed, None, None),
@@ -58,7 +60,9 @@ class Operator:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
         (a goal whose pod is not listed yet would look lost)."""
         self.rt.events.start()
-        self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.informers]
+        self.watching = [(i, asyncio.create_task(i.run(), name=repr(i))) for i in self.informers]
+        self._tasks = [task for _, task in self.watching]
+        self.started = True
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
         workers = self.rt.settings.workers
