@@ -206,6 +206,9 @@ T_ETCD=$(now_ms)
 
 # ---------- 3. kube-apiserver -----------------------------------------------------------------
 # Default admission plugins (PodSecurity, ResourceQuota, ServiceAccount, ...) stay on.
+# The lease endpoint reconciler publishes the API server in Service default/kubernetes and its
+# EndpointSlice (127.0.0.1:$API_PORT here) as on any cluster; the operator names that address in
+# each Agent's NetworkPolicy. Nothing connects to addresses read from objects.
 step "kube-apiserver on https://127.0.0.1:$API_PORT"
 start kube-apiserver \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
@@ -216,7 +219,7 @@ start kube-apiserver \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range=10.96.0.0/16 \
   --authorization-mode=Node,RBAC \
-  --endpoint-reconciler-type=none \
+  --endpoint-reconciler-type=lease \
   --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
   --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
   --requestheader-extra-headers-prefix=X-Remote-Extra- \
