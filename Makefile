@@ -14,6 +14,7 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make install-check install-wheel.sh (what the images run) into a clean folder; both commands from it"
 	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
@@ -64,7 +65,12 @@ AGENT_IMAGE ?= $(IMAGE_REGISTRY)overseer/agent
 IMAGE_TAG ?= $(VERSION)
 CONTAINER_ENGINES := docker podman buildah
 CONTAINER_ENGINE ?= $(firstword $(foreach e,$(CONTAINER_ENGINES),$(if $(shell command -v $(e) 2>/dev/null),$(e))))
-.PHONY: images
+.PHONY: images install-check
+# What the images hold, where no engine runs: install-wheel.sh into a clean folder, then both
+# commands from it against the local cluster (make test runs it too).
+install-check: venv cluster-build
+	$(BIN)/pytest e2e/test_install.py
+
 images:
 	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
 	  echo "make images: no container engine found (looked for $(CONTAINER_ENGINES) on PATH)." >&2; \
