@@ -33,9 +33,10 @@ def test_readyz_waits_for_every_cache_and_names_the_one_it_cannot_fill(cluster: 
     kubectl("apply", "-n", namespace, "-f", "-", input=ROLE.format(extra=""))
     token = kubectl("create", "token", "limited-operator", "-n", namespace, "--duration=1h").stdout.strip()
     config = token_kubeconfig(cluster, token, tmp_path / "limited.kubeconfig")
-    op = operator.start(namespace, env={"KUBECONFIG": str(config)})
+    # (The API server's addresses given, it needs no EndpointSlices from namespace default.)
+    op = operator.start(namespace, env={"KUBECONFIG": str(config), "OVERSEER_API_SERVER_CIDRS": '["192.0.2.1/32"]'})
 
-    status, reason = wait_for(lambda: (r := op.probe("/readyz")) if "Forbidden" in r[1] else None,
+    status, reason = wait_for(lambda: r if "Forbidden" in (r := op.probe("/readyz"))[1] else None,
                               description="/readyz naming the cache it cannot fill")
     assert status == 503
     assert reason.startswith(f"caches not filled: Informer(pods in {namespace}, overseer.dev/goal): ")

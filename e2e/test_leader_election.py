@@ -35,8 +35,8 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     # Only the leader counts as ready (a Service or a rollout sees the one that reconciles); the
     # standby is alive, and says whom it waits for.
     wait_for(lambda: first.probe("/readyz") == (200, "ok"), description="the leader's /readyz")
-    assert second.probe("/readyz") == (503, f"standby: waiting for Lease {namespace}/overseer-operator "
-                                            f"(held by {leader})")
+    standby = (503, f"standby: waiting for Lease {namespace}/overseer-operator (held by {leader})")
+    wait_for(lambda: second.probe("/readyz") == standby, description="the standby's /readyz")
     assert second.probe("/healthz") == (200, "ok")
     world = World(namespace, kubectl, first, exit_pod)
     world.secret()

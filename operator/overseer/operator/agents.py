@@ -31,6 +31,12 @@ def deprecated_models() -> dict[str, str]:
     return dict(DEPRECATED_MODELS)
 
 
+# Read once, when the operator loads: importing anthropic takes seconds of CPU (tens on a busy
+# machine), which inside the first Agent reconcile blocked the event loop past a leader's renew
+# deadline (/healthz showed "event loop blocked for 36 s").
+DEPRECATED_MODELS = deprecated_models()
+
+
 def api_server_condition(agent: Agent, api_server: APIServerEgress | None) -> tuple[bool, str, str]:
     """Whether the agent's NetworkPolicy lets its goal pods reach the API server they report to."""
     if api_server is not None:
@@ -152,7 +158,7 @@ class AgentReconciler:
 
         conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)
 
-        eol = deprecated_models().get(agent.spec.model.name)
+        eol = DEPRECATED_MODELS.get(agent.spec.model.name)
         if eol:
             msg = (f"spec.model.name {agent.spec.model.name!r} is deprecated and reaches end of life on {eol}; "
                    f"choose a current model")
