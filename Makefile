@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER := e2e/cluster
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint test unit e2e demo cluster cluster-build cluster-down crds clean
+.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds clean
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -15,6 +15,8 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make install-check install-wheel.sh (what the images run) into a clean folder; both commands from it"
+	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
@@ -41,7 +43,12 @@ unit: venv
 e2e: venv cluster-build
 	$(BIN)/pytest e2e
 
-test: venv cluster-build
+# PostgreSQL, Redis, Go, curl, openssl: checked first, so a machine without them stops at once
+# with the install command instead of failing in the middle of the suite.
+prerequisites:
+	@tests/prerequisites.sh
+
+test: prerequisites venv cluster-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:
@@ -55,6 +62,33 @@ cluster-down:
 
 crds: venv
 	$(BIN)/overseer-crds --output crds
+
+# The images' names and tag, in one place: the tag is the package version in pyproject.toml,
+# which is also what the operator asks for by default (overseer/agent:VERSION) and the chart's
+# appVersion. Override any of them: make images IMAGE_REGISTRY=ghcr.io/acme/ IMAGE_TAG=dev
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE_REGISTRY ?=
+OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)overseer/operator
+AGENT_IMAGE ?= $(IMAGE_REGISTRY)overseer/agent
+IMAGE_TAG ?= $(VERSION)
+CONTAINER_ENGINES := docker podman buildah
+CONTAINER_ENGINE ?= $(firstword $(foreach e,$(CONTAINER_ENGINES),$(if $(shell command -v $(e) 2>/dev/null),$(e))))
+.PHONY: images install-check
+# What the images hold, where no engine runs: install-wheel.sh into a clean folder, then both
+# commands from it against the local cluster (make test runs it too).
+install-check: venv cluster-build
+	$(BIN)/pytest e2e/test_install.py
+
+images:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+	  echo "make images: no container engine found (looked for $(CONTAINER_ENGINES) on PATH)." >&2; \
+	  echo "Install one of them, or name one: make images CONTAINER_ENGINE=/path/to/podman" >&2; \
+	  exit 1; fi
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { \
+	  echo "make images: $(CONTAINER_ENGINE) is installed but does not work ('$(CONTAINER_ENGINE) info' failed:" \
+	       "is its daemon running?)" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f operator/Dockerfile -t $(OPERATOR_IMAGE):$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f agent_image/Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) .
 
 demo: venv cluster
 	$(BIN)/python -m e2e.demo

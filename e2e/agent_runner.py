@@ -47,6 +47,7 @@ class AgentRunner:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     shared_workspace: bool = False
+    executable: Path | None = None  # overseer-agent of another install (default: this venv's)
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -136,7 +137,7 @@ class AgentRunner:
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env.update(self.extra_env)
         log = self.workdir / f"agent-{name}.log"
-        exe = Path(sys.executable).parent / "overseer-agent"
+        exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
             proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT)

@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from e2e.harness import REPO
+from e2e.harness import REPO, token_kubeconfig
 from e2e.world import FAST, World
 
 
 def operator_kubeconfig(cluster: Any, kubectl: Any, path: Path) -> Path:
     """A kubeconfig holding a token of the operator's own ServiceAccount (what it gets in a pod)."""
     token = kubectl("create", "token", "overseer-operator", "-n", "overseer-system", "--duration=1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
-                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    }))
-    return path
+    return token_kubeconfig(cluster, token, path)
 
 
 def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: Any, namespace: str, operator: Any,

@@ -16,6 +16,7 @@ from overseer.operator.agent_resources import (
     render_role_binding,
     render_service_account,
 )
+from overseer.operator.api_server import api_server_egress
 from overseer.operator.settings import Settings
 
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
@@ -234,11 +235,21 @@ def test_network_policy_leaves_the_api_server_closed_unless_configured(make_agen
 def test_network_policy_opens_the_configured_api_server(make_agent, clean_env):
     settings = Settings(api_server_cidrs=["10.96.0.1/32", "172.18.0.2/32"])
 
-    policy = render_network_policy(make_agent(), [], settings)
+    policy = render_network_policy(make_agent(), [], settings, api_server_egress(settings, []))
 
     rule = rule_reaching(policy, "10.96.0.1/32")
     assert rule == {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.2/32"}}],
                     "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}
+
+
+def test_network_policy_opens_the_api_servers_published_endpoints(make_agent, settings):
+    slices = [{"addressType": "IPv4", "endpoints": [{"addresses": ["172.18.0.2"], "conditions": {"ready": True}}],
+               "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]
+
+    policy = render_network_policy(make_agent(), [], settings, api_server_egress(settings, slices))
+
+    assert rule_reaching(policy, "172.18.0.2/32") == {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}],
+                                                      "ports": [{"protocol": "TCP", "port": 6443}]}
 
 
 def test_capability_cidr_becomes_an_ip_block_with_its_ports(make_agent, make_capability, settings):

@@ -66,6 +66,10 @@ class StaticCredentials:
     private_key_data: str | None = None
 
 
+# A watch silent for this long is a dead connection: the server ends every watch sooner.
+WATCH_READ_SECONDS = 330
+
+
 def load_credentials() -> StaticCredentials:
     """Credentials from $KUBECONFIG (or ~/.kube/config) if present, else the pod's ServiceAccount."""
     from kubernetes import client, config
@@ -257,7 +261,7 @@ class Kube:
         session = self._session or await self._connect()
         query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}
         async with session.get(self._server + url_path, params=query,
-                               timeout=aiohttp.ClientTimeout(total=None, sock_read=330)) as resp:
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_READ_SECONDS)) as resp:
             if resp.status >= 300:
                 raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path)
             async for line in resp.content:

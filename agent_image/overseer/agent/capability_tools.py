@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from overseer import __version__
 from overseer.api import Capability, parse_duration
 
 from .tools.base import Tool, ToolContext, ToolResult
@@ -68,7 +69,7 @@ class McpCapability(CapabilityTool):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             init = await _rpc(session, mcp.url, headers, "initialize", {
                 "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "overseer-agent", "version": "0.1.0"}}, 1)
+                "clientInfo": {"name": "overseer-agent", "version": __version__}}, 1)
             if init.get("session"):
                 headers["Mcp-Session-Id"] = init["session"]
             async with session.post(mcp.url, headers=headers,

@@ -4,6 +4,7 @@ the loop, reports the outcome, and exits with one of the goal pod contract's cod
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 import anthropic
+from pydantic import ValidationError
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer import live, modifications
@@ -194,9 +196,28 @@ def _tool_env(settings: AgentSettings) -> dict[str, str]:
     return env
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fields = ", ".join(f"OVERSEER_{name.upper()}" for name in AgentSettings.model_fields)
+    p = argparse.ArgumentParser(
+        prog="overseer-agent", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Work on one Goal: what the operator runs in each goal pod. Configured by the pod's "
+                    "environment, which the operator sets; takes no arguments.",
+        epilog=f"environment: {fields}; ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL (read by the anthropic SDK); "
+               f"KUBECONFIG or the pod's service account.\n"
+               f"exit codes: {EXIT_SUCCEEDED} succeeded, {EXIT_RETRY} failed (worth retrying), "
+               f"{EXIT_GAVE_UP} failed for good (budget, refusal, cancelled, bad configuration)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = AgentSettings()
+    try:
+        settings = AgentSettings()
+    except ValidationError as e:
+        print(f"overseer-agent: invalid configuration (OVERSEER_* environment, set by the operator): {e}",
+              file=sys.stderr)
+        return EXIT_GAVE_UP
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(settings))
     return ExitCode.RETRY

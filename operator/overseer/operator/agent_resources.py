@@ -9,6 +9,7 @@ from overseer import modifications
 from overseer.api import API_VERSION, GROUP, Agent, Capability
 from overseer.api.meta import LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY
 
+from .api_server import APIServerEgress
 from .settings import Settings
 
 
@@ -85,9 +86,11 @@ def _ip_block(cidr: str, excluded: list[str]) -> dict[str, Any]:
     return {"ipBlock": {"cidr": cidr, **({"except": inside} if inside else {})}}
 
 
-def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings) -> dict[str, Any]:
+def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings,
+                          api_server: APIServerEgress | None = None) -> dict[str, Any]:
     """Default deny for the agent's pods; egress only to DNS, the model API, the Kubernetes API
-    and what its capabilities declare; ingress only to the agent's metrics port."""
+    (when its addresses are known) and what its capabilities declare; ingress only to the
+    agent's metrics port."""
     dns_peer: dict[str, Any] = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
         "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
@@ -97,9 +100,9 @@ def render_network_policy(agent: Agent, capabilities: list[Capability], settings
         {"to": [_ip_block(cidr, settings.model_egress_except) for cidr in settings.model_egress_cidrs],
          "ports": _ports(settings.model_egress_ports)},
     ]
-    if settings.api_server_cidrs:
-        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.api_server_cidrs],
-                       "ports": _ports(settings.api_server_ports)})
+    if api_server is not None:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in api_server.cidrs],
+                       "ports": _ports(list(api_server.ports))})
     for cap in sorted(capabilities, key=lambda c: c.name):
         for rule in cap.spec.egress:
             peer: dict[str, Any]

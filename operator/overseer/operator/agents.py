@@ -13,6 +13,7 @@ from overseer import modifications
 from overseer.api import Agent, Capability
 
 from . import agent_resources as render
+from .api_server import SLICES_SOURCE, APIServerEgress
 from .conditions import is_true, same_conditions, set_condition
 from .modification_store import ModificationStore, describe
 from overseer.kube import ApiError, path
@@ -28,6 +29,22 @@ def deprecated_models() -> dict[str, str]:
     except ImportError:  # the table moved: better no warning than a crash
         return {}
     return dict(DEPRECATED_MODELS)
+
+
+# Read once, when the operator loads: importing anthropic takes seconds of CPU (tens on a busy
+# machine), which inside the first Agent reconcile blocked the event loop past a leader's renew
+# deadline (/healthz showed "event loop blocked for 36 s").
+DEPRECATED_MODELS = deprecated_models()
+
+
+def api_server_condition(agent: Agent, api_server: APIServerEgress | None) -> tuple[bool, str, str]:
+    """Whether the agent's NetworkPolicy lets its goal pods reach the API server they report to."""
+    if api_server is not None:
+        return True, "Allowed", f"goal pods may reach the API server at {api_server.describe()}"
+    return False, "APIServerAddressUnknown", (
+        f"Agent {agent.namespace}/{agent.name}: NetworkPolicy {render.child_name(agent.name)} opens no way to the "
+        f"API server: OVERSEER_API_SERVER_CIDRS is unset and no {SLICES_SOURCE} names an address. Under a network "
+        f"plugin that enforces NetworkPolicy, goal pods cannot report; set OVERSEER_API_SERVER_CIDRS on the operator")
 
 
 def _collection(obj: dict[str, Any]) -> str:
@@ -70,7 +87,7 @@ class AgentReconciler:
 
     async def apply_children(self, agent: Agent, caps: list[Capability]) -> None:
         children = [render.render_service_account(agent), render.render_role(agent),
-                    render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings)]
+                    render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings, self.rt.api_server)]
         quota = render.render_resource_quota(agent)
         fingerprint = hashlib.sha256(json.dumps([children, quota], sort_keys=True).encode()).hexdigest()
         key = (agent.namespace, agent.name)
@@ -139,7 +156,9 @@ class AgentReconciler:
         caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
 
-        eol = deprecated_models().get(agent.spec.model.name)
+        conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)
+
+        eol = DEPRECATED_MODELS.get(agent.spec.model.name)
         if eol:
             msg = (f"spec.model.name {agent.spec.model.name!r} is deprecated and reaches end of life on {eol}; "
                    f"choose a current model")
@@ -169,7 +188,7 @@ class AgentReconciler:
             for c in conds:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
-                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported"):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])

@@ -13,6 +13,7 @@ from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from . import metrics
 from .agents import AgentReconciler
+from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, api_server_egress
 from .capabilities import CapabilityReconciler
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
@@ -42,6 +43,8 @@ class Operator:
         self.capabilities = CapabilityReconciler(rt)
         self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.watching: list[tuple[Informer, asyncio.Task[None]]] = []  # each informer and its task
+        self.started = False  # run() was called: informers started, reconcilers once they are filled
         watched, accept = namespace_filter(namespaces or [])
         kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
             (API_VERSION, "agents", self.agent_changed, None, None),
@@ -53,12 +56,19 @@ class Operator:
         self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
                                    label_selector=selector, accept=accept, transform=transform)
                           for api_version, plural, handler, selector, transform in kinds for ns in watched]
+        rt.api_server = api_server_egress(rt.settings, [])
+        if rt.api_server is None:  # not configured: follow what the API server publishes
+            self.informers.append(Informer(rt.kube, SLICES_API_VERSION, "endpointslices", rt.stores["endpointslices"],
+                                           self.api_server_changed, namespace=SLICES_NAMESPACE,
+                                           label_selector=SLICES_SELECTOR))
 
     async def run(self) -> None:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
         (a goal whose pod is not listed yet would look lost)."""
         self.rt.events.start()
-        self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.informers]
+        self.watching = [(i, asyncio.create_task(i.run(), name=repr(i))) for i in self.informers]
+        self._tasks = [task for _, task in self.watching]
+        self.started = True
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
         workers = self.rt.settings.workers
@@ -150,6 +160,15 @@ class Operator:
             self.rt.goals.add((ns, goal))
         for cap in (raw.get("spec") or {}).get("capabilities") or []:
             self.rt.capabilities.add((ns, cap))
+
+    def api_server_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        found = api_server_egress(self.rt.settings, self.rt.stores["endpointslices"].values())
+        if found == self.rt.api_server:
+            return
+        logger.info("goal pods reach the API server at %s", found.describe() if found else "no known address")
+        self.rt.api_server = found
+        for key in self.rt.keys("agents"):  # their NetworkPolicies name the addresses
+            self.rt.agents.add(key)
 
     def capability_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         self.rt.forget(event, raw)

@@ -1,4 +1,4 @@
-"""kopf wiring: kopf runs the process (logging, credentials, liveness, signals); the
+"""kopf wiring: kopf runs the process (logging, credentials, signals); the
 operator's own informers and work queues (controller.py) do the watching and reconciling.
 
 kopf's per-event machinery (handler invocation, diff-base copies of every body) cost more CPU
@@ -17,6 +17,7 @@ from overseer.kube import Kube
 
 from .controller import Operator
 from .events import EventRecorder
+from .health import Probes
 from .leader import LeaderElection
 from .metrics import LEADER
 from .runtime import Runtime
@@ -46,8 +47,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
         kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,
         renew_deadline=config.lease_renew_deadline_seconds, retry_period=config.lease_retry_period_seconds,
     ) if memo.get("lease_namespace") else None
-    # Waiting for the Lease and filling the caches may take a while: beside kopf, which serves
-    # liveness meanwhile.
+    probes: Probes = memo.probes
+    probes.operator, probes.election = memo.operator, memo.election
+    memo.beat_task = asyncio.create_task(probes.beat(), name="health-beat")
+    # Waiting for the Lease and filling the caches may take a while: beside kopf.
     memo.operator_task = asyncio.create_task(lead(memo), name="operator")
 
 
@@ -71,6 +74,7 @@ async def lead(memo: kopf.Memo) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     operator = getattr(memo, "operator", None)
     if operator is not None:
+        memo.beat_task.cancel()
         memo.operator_task.cancel()
         await operator.stop()
         if memo.election is not None:

@@ -11,6 +11,7 @@ from overseer.api import API_VERSION, Phase
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
+from .api_server import APIServerEgress
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .settings import Settings
@@ -85,7 +86,7 @@ def slim_goal(raw: Raw) -> Raw:
 
 
 def new_stores() -> dict[str, Store]:
-    """The caches of the four watched kinds and the questions reconcilers ask of them."""
+    """The caches of the watched kinds and the questions reconcilers ask of them."""
     return {
         "goals": Store(
             indexers={"agent": _goal_by_agent, "queued": _goal_queued, "namespace": lambda g: (_ns(g),),
@@ -96,6 +97,8 @@ def new_stores() -> dict[str, Store]:
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
         "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
+        # the kubernetes Service's, when OVERSEER_API_SERVER_CIDRS does not say where the API server is
+        "endpointslices": Store(),
     }
 
 
@@ -118,6 +121,8 @@ class Runtime:
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.
     written: dict[str, tuple[str, Raw]] = field(default_factory=dict)
+    # Where goal pods reach the API server (their NetworkPolicy), None while unknown.
+    api_server: APIServerEgress | None = None
 
     def _fresh(self, raw: Raw) -> Raw:
         uid = raw["metadata"].get("uid")

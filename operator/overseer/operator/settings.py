@@ -5,14 +5,23 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from overseer import __version__
+
+AGENT_IMAGE_REPOSITORY = "overseer/agent"
+
+
+def default_agent_image() -> str:
+    """The agent image built from the same release as this operator (`make images` tags it so)."""
+    return f"{AGENT_IMAGE_REPOSITORY}:{__version__}"
+
 
 class Settings(BaseSettings):
     """Every knob of the operator; the README's configuration table lists them."""
 
     model_config = SettingsConfigDict(env_prefix="OVERSEER_")
 
-    agent_image: str = "overseer/agent:0.1.0"
-    """Image of goal pods when an Agent names none."""
+    agent_image: str = Field(default_factory=default_agent_image)
+    """Image of goal pods when an Agent names none; by default the agent image of this release."""
     workers: int = Field(default=16, ge=1)
     """Concurrent reconciles per kind."""
     resync_seconds: float = Field(default=300.0, gt=0)
