@@ -41,6 +41,14 @@ app.kubernetes.io/name: overseer-operator
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The pods' labels: no helm.sh/chart or managed-by, which say how an install was made. */}}
+{{- define "overseer.podLabels" -}}
+{{ include "overseer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: overseer
+app.kubernetes.io/component: operator
+{{- end -}}
+
 {{/* An image reference; the tag defaults to the chart's appVersion (the package version). */}}
 {{- define "overseer.image" -}}
 {{- $img := index . 0 -}}{{- $root := index . 1 -}}
