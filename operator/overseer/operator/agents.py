@@ -3,6 +3,7 @@ ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal cou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,8 +22,11 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
+@functools.cache
 def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
+    """Model name -> end-of-life date, as the anthropic SDK itself knows them. Importing the SDK
+    takes seconds (tens on a busy node): handlers.lead loads this once in a thread, before the
+    event loop has a Lease to renew."""
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
     except ImportError:  # the table moved: better no warning than a crash
