@@ -13,6 +13,7 @@ bound to the pod). The one rewrite: the ports it listens on (--liveness, --healt
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from e2e.agent_runner import AgentProcess, AgentRunner
-from e2e.harness import REPO, _no_proxy_env, cache_dir, free_port, operator_executable
+from e2e.harness import REPO, _no_proxy_env, cache_dir, control_plane_dir, free_port, operator_executable
 
 CHART = REPO / "charts" / "overseer"
 MANIFESTS = REPO / "manifests"
@@ -134,6 +135,21 @@ def normalized(obj: dict[str, Any]) -> dict[str, Any]:
     if not annotations:
         meta.pop("annotations", None)
     return obj
+
+
+def kustomize(layout: str) -> list[dict[str, Any]]:
+    """The objects of manifests/LAYOUT, as `kubectl kustomize` builds them."""
+    kubectl = control_plane_dir() / "bin" / "kubectl"
+    return objects(subprocess.run([str(kubectl), "kustomize", str(MANIFESTS / layout)], check=True,
+                                  capture_output=True, text=True).stdout)
+
+
+def delete_kustomize_install(kubectl: Any, layout: str) -> None:
+    """Delete what `kubectl apply -k manifests/LAYOUT` made, but the CRDs (and with them every
+    Goal) and the namespaces."""
+    docs = [o for o in kustomize(layout) if o["kind"] not in ("CustomResourceDefinition", "Namespace")]
+    kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=true", timeout=120,
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
 
 
 OVERLAY_VALUES = {

@@ -5,23 +5,16 @@ apply to the real API server (dry run first, then for real)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e import harness
-from e2e.chart import (MANIFESTS, NAMESPACE, OVERLAY_VALUES, OVERLAY_WATCH_NAMESPACE, exists, helm_path, key,
-                       normalized, objects, template)
+from e2e.chart import (MANIFESTS, NAMESPACE, OVERLAY_VALUES, OVERLAY_WATCH_NAMESPACE, delete_kustomize_install,
+                       exists, helm_path, key, kustomize, normalized, objects, template)
 
 LAYOUTS = {"base": [], "overlays/ha": OVERLAY_VALUES["ha"], "overlays/namespaced": OVERLAY_VALUES["namespaced"]}
-
-
-def kustomize(directory: str) -> list[dict[str, Any]]:
-    kubectl = harness.control_plane_dir() / "bin" / "kubectl"
-    return objects(subprocess.run([str(kubectl), "kustomize", str(MANIFESTS / directory)], check=True,
-                                          capture_output=True, text=True).stdout)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -33,14 +26,6 @@ def test_kustomize_layout_is_the_chart_object_by_object(layout: str) -> None:
     assert sorted(built) == sorted(chart), f"manifests/{layout} and the chart differ in objects: run make manifests"
     for k in chart:
         assert built[k] == chart[k], f"{k} differs between manifests/{layout} and the chart: run make manifests"
-
-
-def delete_all_but_crds(kubectl: harness.Kubectl, layout: str) -> None:
-    """Everything a layout applied except the CRDs (other tests' Goals live in them)."""
-    keep = {"CustomResourceDefinition", "Namespace"}
-    docs = [o for o in kustomize(layout) if o["kind"] not in keep]
-    kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=true", input=json.dumps({"apiVersion": "v1",
-            "kind": "List", "items": docs}), timeout=120)
 
 
 def test_kubectl_apply_k_base_and_overlays(kubectl: harness.Kubectl, tmp_path: Path) -> None:
@@ -69,7 +54,7 @@ def test_kubectl_apply_k_base_and_overlays(kubectl: harness.Kubectl, tmp_path: P
         assert pdb["spec"]["minAvailable"] == 2
 
         # Namespaced mode from scratch: nothing cluster-wide for the operator, a Role in team-a.
-        delete_all_but_crds(kubectl, "overlays/ha")
+        delete_kustomize_install(kubectl, "overlays/ha")
         kubectl("apply", "-k", str(MANIFESTS / "overlays" / "namespaced"))
         args = deployment()["spec"]["template"]["spec"]["containers"][0]["args"]
         assert f"--namespace={OVERLAY_WATCH_NAMESPACE}" in args and "--all-namespaces" not in args
@@ -79,5 +64,5 @@ def test_kubectl_apply_k_base_and_overlays(kubectl: harness.Kubectl, tmp_path: P
                       f"--as=system:serviceaccount:{NAMESPACE}:overseer-operator", check=False).stdout.strip()
         assert can == "no"
     finally:
-        delete_all_but_crds(kubectl, "overlays/namespaced")
+        delete_kustomize_install(kubectl, "overlays/namespaced")
         kubectl("delete", "namespace", OVERLAY_WATCH_NAMESPACE, "--ignore-not-found", "--wait=false")
