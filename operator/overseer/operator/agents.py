@@ -3,6 +3,7 @@ ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal cou
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -23,15 +24,21 @@ logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them. Importing the SDK
-    takes seconds (tens on a busy node): handlers.lead loads this once in a thread, before the
-    event loop has a Lease to renew."""
+def _sdk_deprecated_models() -> dict[str, str]:
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
     except ImportError:  # the table moved: better no warning than a crash
         return {}
     return dict(DEPRECATED_MODELS)
+
+
+async def deprecated_models() -> dict[str, str]:
+    """Model name -> end-of-life date, as the anthropic SDK itself knows them. The first call
+    imports the SDK in a thread: that takes seconds (28 s on a busy 2-core node), which on the
+    event loop would stall everything, renewing the leader's Lease included."""
+    if _sdk_deprecated_models.cache_info().currsize:
+        return _sdk_deprecated_models()
+    return await asyncio.to_thread(_sdk_deprecated_models)
 
 
 def _collection(obj: dict[str, Any]) -> str:
@@ -143,7 +150,7 @@ class AgentReconciler:
         caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
 
-        eol = deprecated_models().get(agent.spec.model.name)
+        eol = (await deprecated_models()).get(agent.spec.model.name)
         if eol:
             msg = (f"spec.model.name {agent.spec.model.name!r} is deprecated and reaches end of life on {eol}; "
                    f"choose a current model")

@@ -15,7 +15,6 @@ import kopf
 
 from overseer.kube import Kube
 
-from .agents import deprecated_models
 from .controller import Operator
 from .events import EventRecorder
 from .leader import LeaderElection
@@ -54,7 +53,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
 async def lead(memo: kopf.Memo) -> None:
     """Reconcile, as the leader when elected; on losing the Lease stop reconciling at once and
     end the process (non-zero: its pod restarts and waits for the Lease again)."""
-    await asyncio.to_thread(deprecated_models)  # a blocking import would stall renewing the Lease
     election: LeaderElection | None = memo.election
     if election is None:
         LEADER.set(1)
