@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -308,3 +309,27 @@ def test_listening_ports_are_the_only_rewrite() -> None:
     assert rewritten[:2] == args[:2]
     assert rewritten[2] == f"--liveness=http://127.0.0.1:{ports['liveness']}/healthz"
     assert rewritten[3] == f"--metrics-port={ports['metrics']}"
+
+
+def test_admission_policy_files_are_installed_as_they_are(tmp_path: Path) -> None:
+    chart = tmp_path / "overseer"
+    shutil.copytree(CHART, chart)
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "overseer-test-policy"},
+              "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": ["overseer.dev"], "apiVersions": ["*"],
+                                                               "operations": ["UPDATE"], "resources": ["goals"]}]},
+                       "validations": [{"expression": "true"}]}}
+    admission = chart / "files" / "admission"
+    for f in admission.glob("*.yaml"):
+        f.unlink()
+
+    def rendered(*args: str) -> list[dict[str, Any]]:
+        out = helm("template", RELEASE, str(chart), *args).stdout
+        return [o for o in objects(out) if o["apiVersion"].startswith("admissionregistration.k8s.io")]
+
+    assert rendered() == [], "no files, no admission objects"
+    (admission / "test.yaml").write_text("# a comment\n" + yaml.safe_dump(policy))
+    assert rendered() == [policy]
+    assert rendered("--set", "admissionPolicies.enabled=false") == []
+    shutil.rmtree(admission)
+    assert rendered() == [], "no folder, no admission objects"
