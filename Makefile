@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER := e2e/cluster
+HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds clean
+.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -17,6 +18,9 @@ help:
 	@echo "make crds          regenerate crds/ from the API models"
 	@echo "make install-check install-wheel.sh (what the images run) into a clean folder; both commands from it"
 	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
+	@echo "make chart-crds    regenerate the chart's CRD templates (charts/overseer/templates/crds) from the models"
+	@echo "make manifests     regenerate manifests/ (kustomize) from the chart (helm template)"
+	@echo "make helm-build    build the real Helm from its Go module into .cache/tools/bin (first time ~4 min)"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
@@ -40,7 +44,7 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests
 
-e2e: venv cluster-build
+e2e: venv cluster-build helm-build
 	$(BIN)/pytest e2e
 
 # PostgreSQL, Redis, Go, curl, openssl: checked first, so a machine without them stops at once
@@ -48,7 +52,7 @@ e2e: venv cluster-build
 prerequisites:
 	@tests/prerequisites.sh
 
-test: prerequisites venv cluster-build
+test: prerequisites venv cluster-build helm-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:
@@ -90,7 +94,16 @@ images:
 	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f operator/Dockerfile -t $(OPERATOR_IMAGE):$(IMAGE_TAG) .
 	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f agent_image/Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) .
 
-demo: venv cluster
+chart-crds: venv
+	$(BIN)/overseer-crds --chart charts/overseer/templates/crds
+
+helm-build:
+	e2e/tools/helm/build.sh
+
+manifests: venv helm-build
+	$(BIN)/python -m e2e.chart manifests
+
+demo: venv cluster helm-build
 	$(BIN)/python -m e2e.demo
 
 BENCH_GOALS ?= 100,1000,5000

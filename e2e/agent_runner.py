@@ -48,6 +48,7 @@ class AgentRunner:
     extra_env: dict[str, str] = field(default_factory=dict)
     shared_workspace: bool = False
     executable: Path | None = None  # overseer-agent of another install (default: this venv's)
+    label_selector: str = LABEL_GOAL  # the pods this runner plays the kubelet for
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -99,13 +100,13 @@ class AgentRunner:
             self._stop.wait(0.2)
 
     def _tick(self) -> None:
-        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL).items
+        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
         present = {p.metadata.name for p in pods}
         with self._lock:
             for name, p in list(self.processes.items()):
                 code = p.proc.poll()
                 if name not in present and code is None:
-                    p.proc.kill()  # the pod is gone: so is its container
+                    self._pod_gone(p)
                 elif code is not None:
                     self.finished.setdefault(name, code if code >= 0 else 128 - code)
                     if name in present and name not in self.reported:
@@ -118,6 +119,9 @@ class AgentRunner:
             if EXIT_CODE_ANNOTATION in (pod.metadata.annotations or {}):
                 continue
             self._launch(pod)
+
+    def _pod_gone(self, p: AgentProcess) -> None:
+        p.proc.kill()  # the pod is gone: so is its container
 
     def _report_exit(self, pod: str, code: int) -> None:
         self.k8s.core.patch_namespaced_pod(pod, self.namespace,

@@ -3,6 +3,8 @@ ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal cou
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -22,8 +24,8 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
-def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
+@functools.cache
+def _sdk_deprecated_models() -> dict[str, str]:
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
     except ImportError:  # the table moved: better no warning than a crash
