@@ -11,6 +11,7 @@ from overseer.api import API_VERSION, Phase
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
+from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .settings import Settings
@@ -73,14 +74,19 @@ def slim_pod(raw: Raw) -> Raw:
             "status": raw.get("status") or {}}
 
 
+def _kept(entry: dict[str, Any]) -> bool:
+    fields = entry.get("fieldsV1") or {}
+    status = fields.get("f:status") or {}
+    return "f:annotations" in (fields.get("f:metadata") or {}) or "f:phase" in status or "f:decisions" in status
+
+
 def slim_goal(raw: Raw) -> Raw:
-    """A goal without the managedFields entries that do not own an annotation: only those say
-    who approved or denied a request (overseer.approvals.set_by)."""
+    """A goal with only the managedFields entries that say when an annotation was set
+    (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py)."""
     meta = raw["metadata"]
     fields = meta.get("managedFields")
     if fields:
-        meta["managedFields"] = [e for e in fields
-                                 if "f:annotations" in ((e.get("fieldsV1") or {}).get("f:metadata") or {})]
+        meta["managedFields"] = [e for e in fields if _kept(e)]
     return raw
 
 
@@ -118,6 +124,10 @@ class Runtime:
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.
     written: dict[str, tuple[str, Raw]] = field(default_factory=dict)
+    # The status.decisions the operator last wrote, by goal uid (trust.trusted_decisions).
+    decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Whether the shipped admission policies are in the cluster (admission.check).
+    admission: PolicyState = field(default_factory=PolicyState)
 
     def _fresh(self, raw: Raw) -> Raw:
         uid = raw["metadata"].get("uid")
