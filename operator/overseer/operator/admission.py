@@ -20,7 +20,6 @@ POLICIES = {
 }
 BINDINGS = {"validatingadmissionpolicies": "validatingadmissionpolicybindings",
             "mutatingadmissionpolicies": "mutatingadmissionpolicybindings"}
-CHECK_SECONDS = 60.0
 
 
 def expected() -> list[tuple[str, str]]:

@@ -100,7 +100,7 @@ class Operator:
 
     async def _admission_loop(self) -> None:
         while True:
-            await asyncio.sleep(admission.CHECK_SECONDS)
+            await asyncio.sleep(self.rt.settings.admission_check_seconds)
             await self.check_admission()
 
     async def _resync_loop(self) -> None:
