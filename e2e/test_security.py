@@ -79,7 +79,9 @@ def user(world: World, k8s: K8s, cluster: Cluster, tmp_path: Path, name: str, *r
 
 
 def owner_of(world: World, goal: str, field: str) -> set[str]:
-    entries = (world.get("goal", goal) or {})["metadata"].get("managedFields") or []
+    """The field managers owning status.<field>."""
+    got = world.kubectl("get", "goal", goal, "-n", world.ns, "-o", "json", "--show-managed-fields")
+    entries = json.loads(got.stdout)["metadata"].get("managedFields") or []
     return {e["manager"] for e in entries if f"f:{field}" in ((e.get("fieldsV1") or {}).get("f:status") or {})}
 
 
