@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s
+from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
 
@@ -164,24 +164,8 @@ class AgentRunner:
     def _kubeconfig(self, pod: Any) -> Path:
         """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
         when the pod is deleted), for the loopback API URL."""
-        from kubernetes import client
-
-        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=3600,
-            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
-                                                           uid=pod.metadata.uid)))
-        token = self.k8s.core.create_namespaced_service_account_token(
-            pod.spec.service_account_name, pod.metadata.namespace, request).status.token
-        path = self.workdir / f"kubeconfig-{pod.metadata.name}"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "local", "cluster": {"server": self.cluster.api_url,
-                                                       "certificate-authority": str(self.cluster.run_dir / "pki" / "ca.crt")}}],
-            "users": [{"name": "pod", "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": "pod",
-                                                     "namespace": pod.metadata.namespace}}],
-        }))
-        return path
+        return service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace, pod.spec.service_account_name,
+                                          self.workdir / f"kubeconfig-{pod.metadata.name}", pod=pod)
 
 
 def wait_exit(runner: AgentRunner, pod: str, timeout: float = 60) -> int:

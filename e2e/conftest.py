@@ -90,6 +90,13 @@ def crds(kubectl: Kubectl) -> list[str]:
     return harness.install_crds(kubectl)
 
 
+@pytest.fixture(scope="session")
+def admission_policies(kubectl: Kubectl, crds: list[str]) -> list[str]:
+    """The shipped admission policies (charts/overseer/files/admission), in force for every test
+    that runs the operator: agents' normal work has to pass them."""
+    return harness.install_admission_policies(kubectl)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-test fixtures
 
@@ -168,8 +175,8 @@ def agent_executable() -> Path | None:
 
 
 @pytest.fixture
-def world(namespace: str, kubectl: Kubectl, crds: Any, operator: OperatorFactory, exit_pod: Any,
-          operator_env: dict[str, str], operator_executable: Path | None) -> World:
+def world(namespace: str, kubectl: Kubectl, crds: Any, admission_policies: Any, operator: OperatorFactory,
+          exit_pod: Any, operator_env: dict[str, str], operator_executable: Path | None) -> World:
     """A namespace with the operator running on it (fast retries) and an API key Secret."""
     op = operator.start(namespace, env={**FAST, **operator_env}, executable=operator_executable)
     w = World(namespace, kubectl, op, exit_pod)

@@ -25,6 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO / "e2e" / "cluster"
 CRDS_DIR = REPO / "crds"
+ADMISSION_DIR = REPO / "charts" / "overseer" / "files" / "admission"
 EXIT_CODE_ANNOTATION = "overseer.dev/exit-code"
 LOOPBACK_NO_PROXY = "127.0.0.1,localhost"
 
@@ -247,6 +248,43 @@ def install_crds(kubectl: Kubectl, crds_dir: Path = CRDS_DIR, timeout: float = 6
                 description=f"resource {name} to be served",
             )
     return names
+
+
+def install_admission_policies(kubectl: Kubectl, admission_dir: Path = ADMISSION_DIR, timeout: float = 60) -> list[str]:
+    """Server-side apply the shipped admission policies; wait until the API server has compiled
+    each validating policy for the current generation. Returns their names (kind/name)."""
+    out = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(admission_dir), "-o", "name")
+    names = out.stdout.split()
+
+    def compiled() -> bool:
+        items = yaml.safe_load(kubectl("get", "validatingadmissionpolicies", "-o", "yaml").stdout)["items"]
+        ours = [p for p in items if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/part-of") == "overseer"]
+        return bool(ours) and all((p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
+                                  for p in ours)
+    wait_for(compiled, timeout=timeout, description="the admission policies to be compiled")
+    return names
+
+
+def service_account_kubeconfig(k8s: "K8s", cluster: "Cluster", namespace: str, account: str, path: Path,
+                               pod: Any = None, seconds: int = 3600) -> Path:
+    """A kubeconfig holding only a TokenRequest token of ServiceAccount namespace/account (bound
+    to `pod` when given, as a pod's projected token is), for the loopback API URL: the API server
+    sees exactly that account, with its RBAC and no client certificate."""
+    from kubernetes import client
+
+    bound = client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
+                                          uid=pod.metadata.uid) if pod is not None else None
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+        audiences=[], expiration_seconds=seconds, bound_object_ref=bound))
+    token = k8s.core.create_namespaced_service_account_token(account, namespace, request).status.token
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": account,
+        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
+                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account, "namespace": namespace}}],
+    }))
+    return path
 
 
 def dns_name(text: str, prefix: str = "e2e-", suffix_len: int = 5, max_len: int = 63) -> str:

@@ -15,8 +15,8 @@ def operator_kubeconfig(cluster: Any, kubectl: Any, path: Path) -> Path:
     return token_kubeconfig(cluster, token, path)
 
 
-def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: Any, namespace: str, operator: Any,
-                                              exit_pod: Any, tmp_path: Path) -> None:
+def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: Any, admission_policies: Any,
+                                              namespace: str, operator: Any, exit_pod: Any, tmp_path: Path) -> None:
     kubectl("apply", "-k", str(REPO / "manifests" / "base"))
     config = operator_kubeconfig(cluster, kubectl, tmp_path / "operator.kubeconfig")
     # As deployed with several replicas: holding the Lease in overseer-system is part of the role.
@@ -27,6 +27,8 @@ def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: 
     world.capability("pytest")
     world.agent("coder", capabilities="[pytest]", quota='{pods: "4"}')
     world.wait_condition("agent", "coder", "Ready", "True")
+    # It may read the admission policies it looks for, and finds them.
+    world.wait_condition("agent", "coder", "AdmissionPolicies", "True", "PoliciesInstalled")
     for kind in ("serviceaccount", "role", "rolebinding", "networkpolicy", "resourcequota"):
         assert world.get(kind, "overseer-agent-coder"), f"{kind} not created under the operator's ClusterRole"
     world.goal("fix-ci")

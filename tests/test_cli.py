@@ -156,12 +156,16 @@ def test_status_shows_progress_tokens_and_the_commands_that_decide_a_pending_app
     assert "deny:    kubectl overseer deny ship deploy-1 -n team-a --reason TEXT" in text
 
 
-def test_status_of_a_finished_goal_shows_decisions_and_the_result() -> None:
+def test_status_of_a_finished_goal_shows_who_decided_and_the_result() -> None:
     g = goal(phase="Succeeded", result="Deployed.\nAll checks green.",
-             decisions=[{"id": "deploy-1", "decision": "approved", "decidedBy": "kubectl-overseer",
-                         "decidedAt": "2026-01-01T11:58:00Z"}])
+             decisions=[{"id": "deploy-1", "decision": "approved", "decidedBy": "system:serviceaccount:team-a:alice",
+                         "decidedAt": "2026-01-01T11:58:00Z", "verified": True},
+                        {"id": "deploy-2", "decision": "denied", "decidedBy": "unverified field manager kubectl-annotate",
+                         "decidedAt": "2026-01-01T11:59:00Z", "verified": False}])
     text = cli.format_status(g, now=NOW)
-    assert "deploy-1  approved by kubectl-overseer at 2026-01-01T11:58:00Z" in text
+    assert "deploy-1  approved by system:serviceaccount:team-a:alice at 2026-01-01T11:58:00Z\n" in text
+    assert ("deploy-2  denied by unverified field manager kubectl-annotate at 2026-01-01T11:59:00Z (unverified: "
+            "the admission policies were missing)") in text
     assert text.endswith("Result:\n  Deployed.\n  All checks green.")
     assert "Pending approvals" not in text
 

@@ -313,7 +313,9 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
     if decisions:
         lines += ["", f"Decisions ({len(decisions)}):"]
         for d in decisions:
-            lines.append(f"  {d.get('id')}  {d.get('decision')} by {d.get('decidedBy')} at {d.get('decidedAt')}")
+            unverified = "" if d.get("verified") else " (unverified: the admission policies were missing)"
+            lines.append(f"  {d.get('id')}  {d.get('decision')} by {d.get('decidedBy')} at {d.get('decidedAt')}"
+                         f"{unverified}")
     if st.get("result"):
         lines += ["", "Result:"]
         lines += [f"  {line}" for line in str(st["result"]).rstrip().splitlines()]
@@ -631,7 +633,7 @@ async def run(args: argparse.Namespace, namespace: str, out: TextIO) -> int:
     except ApiError as e:
         hint = ""
         if e.status in (401, 403):
-            verb = "patch" if args.command in ("approve", "deny", "steer") else "get"
+            verb = {"approve": "approve", "deny": "approve", "steer": "patch"}.get(args.command, "get")
             hint = f"; check your access with kubectl auth can-i {verb} goals.overseer.dev -n {namespace}"
         elif e.status == 404:
             hint = "; are the Overseer CRDs installed? kubectl get crd goals.overseer.dev"

@@ -71,13 +71,21 @@ class AgentSpec(ApiModel):
     """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu)."""
     image: str | None = None
     """Container image of the goal pods; defaults to the operator's agent image."""
+    delegates: list[str] = Field(
+        default_factory=list, max_length=64,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}},
+    )
+    """Other Agents (same namespace) this agent may hand sub-goals to; it may always hand them to itself."""
+    max_subgoals_per_goal: int = Field(default=5, ge=0, le=100)
+    """How many unfinished sub-goals one of this agent's goals may have at once; the operator fails any beyond."""
 
 
 class AgentStatus(ApiModel):
     """Observed state of an Agent."""
 
     conditions: Conditions
-    """Ready and CapabilitiesReady, with reasons."""
+    """Ready, CapabilitiesReady, ModelSupported and AdmissionPolicies (whether approvals are verified and
+    agents confined by the API server), with reasons."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     service_account_name: str | None = None

@@ -129,9 +129,14 @@ class ApprovalDecision(ApiModel):
     decision: Literal["approved", "denied"]
     """approved or denied."""
     decided_by: str
-    """Who set the annotation, as the API server recorded it (field manager)."""
+    """Who decided: the authenticated user the API server stamped in annotation overseer.dev/decided-by
+    (e.g. system:serviceaccount:NS:NAME or alice@example.com)."""
     decided_at: str = Field(json_schema_extra={"format": "date-time"})
     """When the annotation was set."""
+    verified: bool = False
+    """True when the admission policies were in place, so that deciding needed verb approve on
+    goals.overseer.dev and decidedBy is the API server's; false means anyone who could patch the Goal
+    may have decided, under any name."""
 
 
 class GoalStatus(ApiModel):
@@ -176,7 +181,7 @@ class GoalStatus(ApiModel):
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
     """Requests waiting for approval."""
     decisions: list[ApprovalDecision] = Field(default_factory=list)
-    """Approvals and denials so far."""
+    """Approvals and denials so far, as the operator recorded them (it rewrites any other writer's list)."""
     started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the first attempt started."""
     completed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})

@@ -175,6 +175,7 @@ class AgentReconciler:
         else:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
         conds = set_condition(conds, "Ready", ready, reason, message, gen)
+        conds = set_condition(conds, "AdmissionPolicies", *self.rt.admission.condition(), gen)
 
         try:
             active = await self.sync_modifications(raw)
@@ -190,7 +191,7 @@ class AgentReconciler:
             for c in conds:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
-                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress"):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "AdmissionPolicies"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])

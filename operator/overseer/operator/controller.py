@@ -11,7 +11,7 @@ from collections.abc import Callable
 from overseer.api import API_VERSION
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
-from . import metrics
+from . import admission, metrics
 from .agents import AgentReconciler
 from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, api_server_egress
 from .capabilities import CapabilityReconciler
@@ -71,12 +71,14 @@ class Operator:
         self.started = True
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
+        await self.check_admission()  # before any decision is recorded as verified or not
         workers = self.rt.settings.workers
         for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),
                                         (self.rt.capabilities, self.capabilities, "capability")):
             queue.start(metrics.instrumented(kind, reconciler.reconcile, queue.__len__), workers)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
+        self._tasks.append(asyncio.create_task(self._admission_loop(), name="admission-check"))
 
     async def stop(self) -> None:
         """Stop watching and reconciling (again: a no-op). The client stays open for its owner."""
@@ -91,6 +93,25 @@ class Operator:
         while True:
             await asyncio.sleep(QUEUE_SWEEP_SECONDS)
             self.goals.sweep_queues()
+
+    async def check_admission(self) -> None:
+        """Read the admission policies; when what is missing changes, every Agent's condition does."""
+        try:
+            state = await admission.check(self.rt.kube)
+        except Exception as e:  # noqa: BLE001 - unreachable API: keep what was known, try again later
+            logger.warning("admission policies not checked: %s", e)
+            return
+        if state != self.rt.admission:
+            logger.log(logging.INFO if state.complete else logging.WARNING, "admission policies: %s",
+                       state.condition()[2])
+            self.rt.admission = state
+            for key in self.rt.keys("agents"):
+                self.rt.agents.add(key)
+
+    async def _admission_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rt.settings.admission_check_seconds)
+            await self.check_admission()
 
     async def _resync_loop(self) -> None:
         """Level-triggered safety net: look at everything again now and then (drift, lost events)."""
@@ -110,6 +131,8 @@ class Operator:
         if event == "DELETED" or not self.rt.is_own_write(raw):
             self.rt.goals.add(key)
         self.rt.forget(event, raw)
+        if event == "DELETED":
+            self.rt.decisions.pop(raw["metadata"].get("uid") or "", None)
         phase = (raw.get("status") or {}).get("phase")
         finished = event == "DELETED" or phase in TERMINAL
         if finished or event == "ADDED":

@@ -1,5 +1,8 @@
 """Goal reconciliation: resolve the agent, wait for dependencies, queue, run one pod per
-attempt, retry with backoff, time out, and let the pod's phase drive the goal's."""
+attempt, retry with backoff, time out, and let the pod's phase drive the goal's.
+
+The phase is the operator's: it acts on a phase only as it wrote it (trust.py), and otherwise
+works it out again from the goal's pods, spec and dependencies."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
-from . import dispatch
+from . import dispatch, subgoals, trust
 from .agent_resources import child_name
 from .conditions import is_true, same_conditions, set_condition
 from .dispatch import TERMINAL
@@ -53,6 +56,7 @@ class GoalReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.modifications = ModificationStore(rt.kube)
+        self._ignored: set[tuple[str | None, str | None]] = set()  # (uid, phase) already warned about
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -152,7 +156,10 @@ class GoalReconciler:
             return None
         goal = Goal.model_validate(raw)
         status = raw.get("status") or {}
-        phase = status.get("phase", Phase.PENDING.value)
+        phase = trust.trusted_phase(raw)
+        if phase is None:
+            self.phase_ignored(raw)
+            phase = Phase.PENDING.value
         pods = self.pods(ns, name)
 
         if phase in TERMINAL:
@@ -165,8 +172,8 @@ class GoalReconciler:
                               [("Complete", False, "Cancelled", "cancelled by spec.cancel")],
                               completedAt=now_iso())
             return None
-        parent_phase = ((self.goal(ns, goal.spec.parent) or {}).get("status") or {}).get("phase") \
-            if goal.spec.parent else None
+        parent = self.goal(ns, goal.spec.parent) if goal.spec.parent else None
+        parent_phase = trust.trusted_phase(parent) if parent else None
         if parent_phase in STOPS_SUBGOALS:
             msg = f"parent goal {goal.spec.parent} is {parent_phase}; the sub-goal was stopped"
             await self.delete_live_pods(pods)
@@ -203,13 +210,46 @@ class GoalReconciler:
                                   lastExitCode=outcome.exit_code, completedAt=now_iso(),
                                   startedAt=status.get("startedAt") or now_iso())
                 return None
-            if latest_attempt > attempt or phase in LIVE:
+            if latest_attempt > attempt or phase in LIVE or not self.retryable(goal, latest_attempt, outcome):
                 return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
                                                  latest["metadata"]["name"])
         elif phase in LIVE and status.get("pod") and status["pod"] not in self.rt.inflight.get((ns, agent_name or ""), ()):
             return await self.attempt_failed(raw, goal, attempt, "PodLost", None, status["pod"])
 
+        if goal.spec.parent and attempt == 0:
+            refused = self.subgoal_refusal(raw, parent)
+            if refused is not None:
+                await self.update(raw, Phase.FAILED, refused.reason, refused.message,
+                                  [("Complete", False, refused.reason, refused.message)], event_type="Warning",
+                                  completedAt=now_iso())
+                return None
         return await self.dispatch(raw, goal, attempt, now, next_look)
+
+    def phase_ignored(self, raw: Raw) -> None:
+        """Say once per forged value that status.phase was written by someone else."""
+        status = raw.get("status") or {}
+        mark = (raw["metadata"].get("uid"), status.get("phase"))
+        if mark in self._ignored:
+            return
+        self._ignored.add(mark)
+        writers = ", ".join(sorted(trust.written_by_others(raw, "phase")))
+        self.rt.events.record(raw, "Warning", "PhaseIgnored",
+                              f"status.phase {status.get('phase')} was written by {writers}, not the operator; "
+                              f"ignored: the phase is worked out again from the goal's pods")
+
+    @staticmethod
+    def retryable(goal: Goal, attempt: int, outcome: dispatch.PodOutcome) -> bool:
+        """Whether a failed attempt may be followed by another: read from the pod and the spec,
+        whatever the status says."""
+        return outcome.exit_code != EXIT_GAVE_UP and attempt <= goal.spec.max_retries
+
+    def subgoal_refusal(self, raw: Raw, parent: Raw | None) -> subgoals.Refusal | None:
+        ns = raw["metadata"]["namespace"]
+        parent_name = (raw.get("spec") or {}).get("parent")
+        siblings = [g for g in self.rt.by("goals", "parent", (ns, parent_name))
+                    if g["metadata"]["name"] != raw["metadata"]["name"]]
+        return subgoals.refusal(raw, parent, lambda agent: self.rt.one("agents", (ns, agent)), siblings,
+                                trust.trusted_phase)
 
     async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
                       next_look: float | None) -> float | None:
@@ -234,14 +274,30 @@ class GoalReconciler:
             await self.delete_live_pods([pod])
             return 1.0
         await self.store_modifications(raw, agent_name)
-        decisions = record_decisions(raw)
-        extra: dict[str, Any] = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
+        extra = self.decisions(raw)
         await self.update(raw, phase, reason, message,
                           [("Dispatched", True, "PodCreated", pod_name)], agent=agent_name, pod=pod_name,
                           attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)
         if timeout and not pending:
             next_look = min(next_look, timeout) if next_look else timeout
         return next_look
+
+    def decisions(self, raw: Raw) -> dict[str, Any]:
+        """{"decisions": [...]} when status.decisions should change: the decisions the operator
+        recorded plus new ones from the annotations. Another writer's list is replaced."""
+        current = (raw.get("status") or {}).get("decisions") or []
+        uid = raw["metadata"].get("uid") or ""
+        known = trust.trusted_decisions(raw, self.rt.decisions.get(uid))
+        if current != known:
+            writers = ", ".join(sorted(trust.written_by_others(raw, "decisions"))) or "another writer"
+            forged = [str(d.get("id")) for d in current if d not in known]
+            self.rt.events.record(raw, "Warning", "DecisionsRestored",
+                                  f"status.decisions was changed by {writers}; restored the operator's record"
+                                  + (f" (dropped {', '.join(forged)})" if forged else ""))
+        decisions = record_decisions(raw, known, self.rt.admission.complete)
+        if decisions:
+            self.rt.decisions[uid] = decisions  # an erased list is restored while the operator runs
+        return {"decisions": decisions} if decisions != current else {}
 
     async def store_modifications(self, raw: Raw, agent_name: str | None) -> None:
         """Store the self-modifications a person approved in the agent's ConfigMap. Runs before the
@@ -278,7 +334,7 @@ class GoalReconciler:
         detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
         if exit_code == ExitCode.GAVE_UP:
             # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
-            why = status.get("failureReason") or "AgentGaveUp"
+            why = trust.failure_reason(status.get("failureReason"), "AgentGaveUp")
             msg = f"attempt {attempt}: {status.get('result') or why} ({detail}); not retried"
             await self.update(raw, Phase.FAILED, why, msg, [("Complete", False, why, msg)], event_type="Warning",
                               attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
@@ -319,8 +375,9 @@ class GoalReconciler:
 
         deps = dispatch.check_dependencies(
             name, goal.spec.depends_on,
-            phase_of=lambda n: ((self.goal(ns, n) or {}).get("status") or {}).get("phase", "Pending")
-            if self.goal(ns, n) is not None else None,
+            # A dependency counts as it stands in the operator's own record, never as another wrote it.
+            phase_of=lambda n: (trust.trusted_phase(dep) or Phase.PENDING.value)
+            if (dep := self.goal(ns, n)) is not None else None,
             depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
         )
         if deps.cycle:

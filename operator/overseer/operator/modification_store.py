@@ -65,7 +65,7 @@ def approved_requests(goal: Raw) -> tuple[list[Approved], list[str]]:
             problems.append(f"request {request['id']}: its detail does not match its id (it changed after it "
                             f"was requested); not stored")
             continue
-        by, at = approvals.set_by(goal, approvals.APPROVE)
+        by, at = approvals.decided_by(goal, approvals.APPROVE)
         ok.append(Approved(request["id"], modifications.record(request["id"], proposal, meta["name"], by, at)))
     return ok, problems
 

@@ -12,6 +12,7 @@ from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
 from .api_server import APIServerEgress
+from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .settings import Settings
@@ -74,14 +75,19 @@ def slim_pod(raw: Raw) -> Raw:
             "status": raw.get("status") or {}}
 
 
+def _kept(entry: dict[str, Any]) -> bool:
+    fields = entry.get("fieldsV1") or {}
+    status = fields.get("f:status") or {}
+    return "f:annotations" in (fields.get("f:metadata") or {}) or "f:phase" in status or "f:decisions" in status
+
+
 def slim_goal(raw: Raw) -> Raw:
-    """A goal without the managedFields entries that do not own an annotation: only those say
-    who approved or denied a request (overseer.approvals.set_by)."""
+    """A goal with only the managedFields entries that say when an annotation was set
+    (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py)."""
     meta = raw["metadata"]
     fields = meta.get("managedFields")
     if fields:
-        meta["managedFields"] = [e for e in fields
-                                 if "f:annotations" in ((e.get("fieldsV1") or {}).get("f:metadata") or {})]
+        meta["managedFields"] = [e for e in fields if _kept(e)]
     return raw
 
 
@@ -123,6 +129,10 @@ class Runtime:
     written: dict[str, tuple[str, Raw]] = field(default_factory=dict)
     # Where goal pods reach the API server (their NetworkPolicy), None while unknown.
     api_server: APIServerEgress | None = None
+    # The status.decisions the operator last wrote, by goal uid (trust.trusted_decisions).
+    decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Whether the shipped admission policies are in the cluster (admission.check).
+    admission: PolicyState = field(default_factory=PolicyState)
 
     def _fresh(self, raw: Raw) -> Raw:
         uid = raw["metadata"].get("uid")

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
     agent_metrics_port: int = 9090
     """Port of the agent's /metrics and /healthz inside goal pods."""
+    admission_check_seconds: float = Field(default=60.0, gt=0)
+    """How often the operator checks that its admission policies are installed (condition AdmissionPolicies)."""
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     """Under --leader-elect: how long a Lease nobody renews stays taken."""
     lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
