@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -50,6 +50,20 @@ class ResourceRequirements(ApiModel):
     """Maximum resources, e.g. {cpu: "1", memory: 1Gi}."""
 
 
+NamespaceOrAll = Annotated[str, Field(max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$",
+                                      examples=["team-b", "*"])]
+
+
+class KnowledgeSpec(ApiModel):
+    """What this agent shares of the knowledge base. Experiences, patterns and lessons belong to the
+    agent's namespace; checkpoints and approval records are never shared."""
+
+    share_with: list[NamespaceOrAll] = Field(default_factory=list, max_length=64)
+    """Namespaces whose agents may read this agent's experiences and patterns (and get lessons from
+    them); "*" for every namespace. Only this Agent's owner can share: a namespace cannot opt itself
+    into another's knowledge."""
+
+
 class AgentSpec(ApiModel):
     """Desired state of an Agent."""
 
@@ -71,13 +85,15 @@ class AgentSpec(ApiModel):
     """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu)."""
     image: str | None = None
     """Container image of the goal pods; defaults to the operator's agent image."""
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec)
+    """The knowledge base: what this agent shares with other namespaces (nothing by default)."""
 
 
 class AgentStatus(ApiModel):
     """Observed state of an Agent."""
 
     conditions: Conditions
-    """Ready and CapabilitiesReady, with reasons."""
+    """Ready, CapabilitiesReady, ModelSupported and KnowledgeBase, with reasons."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     service_account_name: str | None = None

@@ -9,6 +9,8 @@ from overseer.api import Agent, Goal
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
+from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
+from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
 from .settings import Settings
 
 WORKSPACE = "/workspace"
@@ -45,8 +47,12 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     ]
     if model.base_url:
         env.append({"name": "ANTHROPIC_BASE_URL", "value": model.base_url})
-    for name, value in (("OVERSEER_DATABASE_URL", settings.agent_database_url),
-                        ("OVERSEER_REDIS_URL", settings.agent_redis_url),
+    if settings.knowledge_admin_url:
+        # The namespace's own login; optional, so a pod started before the operator could write
+        # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
+        env.append({"name": "OVERSEER_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+            "name": KNOWLEDGE_SECRET, "key": KNOWLEDGE_SECRET_KEY, "optional": True}}})
+    for name, value in (("OVERSEER_REDIS_URL", settings.agent_redis_url),
                         ("OVERSEER_REQUESTS_PER_MINUTE", settings.agent_requests_per_minute or None),
                         ("OVERSEER_TOKENS_PER_MINUTE", settings.agent_tokens_per_minute or None),
                         ("OVERSEER_HEALTH_PORT", settings.agent_metrics_port)):

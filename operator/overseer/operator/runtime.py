@@ -13,6 +13,7 @@ from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 from overseer.kube import Kube, path
 from .dispatch import pod_outcome
 from .events import EventRecorder
+from .knowledge_tenants import KnowledgeTenants
 from .settings import Settings
 from .store import Key, Raw, Store
 from .workqueue import WorkQueue
@@ -107,6 +108,7 @@ class Runtime:
     kube: Kube
     settings: Settings
     events: EventRecorder
+    knowledge: KnowledgeTenants | None = None  # with OVERSEER_KNOWLEDGE_ADMIN_URL
     stores: dict[str, Store] = field(default_factory=new_stores)
     goals: WorkQueue = field(default_factory=lambda: WorkQueue("goals"))
     agents: WorkQueue = field(default_factory=lambda: WorkQueue("agents"))
