@@ -482,6 +482,15 @@ $$;
 REVOKE ALL ON FUNCTION overseer_provision_tenant(text, text) FROM PUBLIC;
 """
 
+# The benchmark seed of migration 2, seeding the namespace it is given (row-level security holds a
+# namespace's login to its own).
+_SCHEMA_V3 += "DROP FUNCTION overseer_seed_experiences(integer, text, timestamptz, interval);\n" + (
+    _SCHEMA_V2.replace("step interval DEFAULT '30 seconds') RETURNS bigint",
+                       "step interval DEFAULT '30 seconds', namespace_name text DEFAULT 'bench') RETURNS bigint")
+    .replace("gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name",
+             "gen_random_uuid()::text, 'seed-' || g, namespace_name, agent_name"))
+assert _SCHEMA_V3.count("namespace_name") == 2
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
     (2, "benchmark seed function", _SCHEMA_V2),
@@ -836,8 +845,8 @@ class KnowledgeBase:
             until = end - timedelta(seconds=step_seconds * (n - done - size))
             async with self._lock:
                 conn = await self._connection(force=True)
-                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s)",
-                                         (size, agent, until, timedelta(seconds=step_seconds)))
+                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s, %s)",
+                                         (size, agent, until, timedelta(seconds=step_seconds), self.namespace))
                 done += (await cur.fetchone())[0]
         async with self._lock:
             conn = await self._connection(force=True)
@@ -1158,16 +1167,31 @@ WHERE t.total >= %(least)s AND f.ndoc >= %(common)s * t.total
 # by the pattern each followed (its tool sequence, its error), plus patterns whose own text
 # matches. The work is bounded by `candidates`, whatever the size of the table; the text rank
 # is only computed for those. The query is planned with its terms (never a generic plan): at
-# a million experiences, common terms walk experiences_created backwards with the tsquery as
+# a million experiences, common terms walk experiences_namespace_created backwards with the tsquery as
 # a filter and stop after `candidates` matches (a few thousand rows read); rare terms take a
 # bitmap scan of experiences_search. Either way a few milliseconds.
+# Row-level security decides what is readable; the search still names its own namespace (with
+# its statistics, the planner walks experiences_namespace_created for a small namespace beside a
+# big one instead of reading through the big one's rows), and then each namespace sharing with it.
 _LESSONS = """
 WITH hits AS (
-    SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions, e.error,
-           e.search, e.created_at
-    FROM experiences e
-    WHERE e.search @@ %(query)s::tsquery
-    ORDER BY e.created_at DESC
+    (SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+            e.error, e.search, e.created_at
+     FROM experiences e
+     WHERE e.namespace = %(namespace)s AND e.search @@ %(query)s::tsquery
+     ORDER BY e.created_at DESC
+     LIMIT %(candidates)s)
+    UNION ALL
+    (SELECT h.* FROM (SELECT DISTINCT s.namespace FROM knowledge_shares s
+                      WHERE s.reader IN (%(namespace)s, '*') AND s.namespace <> %(namespace)s) sharing
+     CROSS JOIN LATERAL (
+         SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+                e.error, e.search, e.created_at
+         FROM experiences e
+         WHERE e.namespace = sharing.namespace AND e.search @@ %(query)s::tsquery
+         ORDER BY e.created_at DESC
+         LIMIT %(candidates)s) h)
+    ORDER BY created_at DESC
     LIMIT %(candidates)s
 ), ranked AS (
     SELECT h.*, ts_rank(h.search, %(query)s::tsquery)

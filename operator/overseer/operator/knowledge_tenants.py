@@ -186,6 +186,15 @@ async def provision(conn: psycopg.AsyncConnection[Any], namespace: str) -> tuple
     return role, password
 
 
+async def provision_login(admin_url: str, namespace: str) -> str:
+    """Migrate, provision the namespace's login and return its connection string (for tools and
+    benchmarks; the operator keeps its connection open instead)."""
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as conn:
+        await migrate(conn)
+        role, password = await provision(conn, namespace)
+    return tenant_url(admin_url, role, password)
+
+
 def _ready(namespace: str) -> Access:
     return Access(True, "CredentialsReady",
                   f"goal pods read their knowledge-base login for namespace {namespace} from Secret {SECRET_NAME}")
