@@ -16,8 +16,9 @@ import pytest
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
-from e2e.harness import Cluster, K8s
+from e2e.harness import REPO, Cluster, K8s
 from e2e.test_agent_runtime import text, tool
+from e2e.test_rbac import operator_kubeconfig
 from e2e.world import FAST, World
 from tests.integration.conftest import postgres  # noqa: F401 - the shared server fixture
 from tests.integration.servers import PostgresServer
@@ -134,3 +135,27 @@ def test_an_agent_says_when_its_namespace_has_no_knowledge_base_login(
     assert f"namespace {namespace}" in condition["message"]
     world.wait_condition("agent", "coder", "Ready", "True")  # goals still run, without the knowledge base
     assert world.get("secret", "overseer-knowledge") is None
+
+
+def test_the_operators_cluster_role_is_enough_to_provision_and_renew_logins(
+        cluster: Cluster, kubectl: Any, crds: Any, namespace: str, operator: Any, exit_pod: Any, admin: str,
+        tmp_path: Path) -> None:
+    kubectl("apply", "-k", str(REPO / "manifests" / "base"))
+    config = operator_kubeconfig(cluster, kubectl, tmp_path / "operator.kubeconfig")
+    op = operator.start(namespace, env={**FAST, "KUBECONFIG": str(config), "OVERSEER_KNOWLEDGE_ADMIN_URL": admin})
+    world = World(namespace, kubectl, op, exit_pod)
+    world.secret()
+    world.agent()
+    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady")
+    first = world.get("secret", "overseer-knowledge")["data"]["url"]
+
+    # The login was lost in the database (restored from an old backup, say): a new one, and the Secret patched.
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute("DELETE FROM knowledge_tenants WHERE namespace = %s", (namespace,))
+    kubectl("annotate", "agent", "coder", "-n", namespace, "touched=1")
+    harness.wait_for(lambda: world.get("secret", "overseer-knowledge")["data"]["url"] != first,
+                     description="Secret overseer-knowledge renewed")
+    url = base64.b64decode(world.get("secret", "overseer-knowledge")["data"]["url"]).decode()
+    with psycopg.connect(url) as conn:  # the renewed login works, for its own namespace
+        assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == namespace
+    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady")
