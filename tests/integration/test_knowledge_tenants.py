@@ -329,3 +329,76 @@ async def test_a_namespace_login_does_not_migrate(admin: str, logins: dict[str, 
             await migrate(conn)
     with connect(admin) as owner:
         assert owner.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 3
+
+
+# ---- the operator's provisioning ------------------------------------------------------------------
+
+
+class Secrets:
+    """The few Kubernetes calls KnowledgeTenants makes, on an in-memory set of Secrets."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    async def get(self, url: str) -> dict[str, Any] | None:
+        self.calls.append(f"GET {url}")
+        return self.objects.get(url)
+
+    async def create(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(f"POST {url}")
+        self.objects[f"{url}/{body['metadata']['name']}"] = body
+        return body
+
+    async def merge_patch(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.calls.append(f"PATCH {url}")
+        self.objects[url]["data"] = body["data"]
+        return self.objects[url]
+
+
+SECRET = "/api/v1/namespaces/team-a/secrets/overseer-knowledge"
+
+
+def login_in(secrets: Secrets) -> str:
+    import base64
+    return base64.b64decode(secrets.objects[SECRET]["data"]["url"]).decode()
+
+
+async def test_the_operator_writes_a_namespaces_login_once_and_renews_a_lost_one(admin: str) -> None:
+    secrets = Secrets()
+    tenants = KnowledgeTenants(admin, secrets, recheck_seconds=0)  # type: ignore[arg-type]
+    try:
+        assert (await tenants.ensure("team-a")).reason == "CredentialsReady"
+        first = login_in(secrets)
+        with connect(first) as conn:
+            assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == "team-a"
+        assert (await tenants.ensure("team-a")).ready and login_in(secrets) == first  # nothing to do
+        assert [c.split()[0] for c in secrets.calls] == ["GET", "POST", "GET"]
+
+        with connect(admin) as owner:  # the database lost it (restored from before the namespace)
+            owner.execute("DELETE FROM knowledge_tenants")
+        assert (await tenants.ensure("team-a")).ready
+        assert secrets.calls[-1] == f"PATCH {SECRET}"
+        renewed = login_in(secrets)
+        assert renewed != first
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(first)
+        with connect(renewed) as conn:
+            assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == "team-a"
+    finally:
+        await tenants.close()
+
+
+async def test_an_unreachable_database_is_reported_and_not_retried_on_every_reconcile(postgres: PostgresServer) -> None:
+    from tests.integration.servers import free_port
+
+    secrets = Secrets()
+    tenants = KnowledgeTenants(f"postgresql://overseer@127.0.0.1:{free_port()}/overseer", secrets,  # type: ignore[arg-type]
+                               recheck_seconds=60)
+    access = await tenants.ensure("team-a")
+    assert (access.ready, access.reason) == (False, "DatabaseUnavailable")
+    assert "namespace team-a" in access.message and "OVERSEER_KNOWLEDGE_ADMIN_URL" in access.message
+    calls = len(secrets.calls)
+    assert await tenants.ensure("team-a") == access
+    assert len(secrets.calls) == calls and SECRET not in secrets.objects
+    await tenants.close()

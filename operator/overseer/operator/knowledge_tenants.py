@@ -63,11 +63,13 @@ class KnowledgeTenants:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._checked: dict[str, float] = {}                  # namespace -> when its login was last found whole
+        self._failed: dict[str, tuple[float, Access]] = {}     # namespace -> when and why provisioning failed
         self._shared: dict[tuple[str, str], tuple[str, ...]] = {}  # (namespace, agent) -> readers written
 
     def forget(self) -> None:
         """Check every login and share again on the next reconcile (drift repair)."""
         self._checked.clear()
+        self._failed.clear()
         self._shared.clear()
 
     async def close(self) -> None:
@@ -77,9 +79,23 @@ class KnowledgeTenants:
     async def ensure(self, namespace: str) -> Access:
         """The namespace's login exists in PostgreSQL and in its Secret; created (or given a new
         password, when one of the two was lost) if not."""
+        now = time.monotonic()
         checked = self._checked.get(namespace)
-        if checked is not None and time.monotonic() - checked < self.recheck_seconds:
+        if checked is not None and now - checked < self.recheck_seconds:
             return _ready(namespace)
+        failed = self._failed.get(namespace)
+        if failed is not None and now - failed[0] < self.recheck_seconds:
+            # Agents are reconciled for every change of their goal counts: not a connection attempt each time.
+            return failed[1]
+        access = await self._ensure(namespace)
+        if access.ready:
+            self._checked[namespace] = time.monotonic()
+            self._failed.pop(namespace, None)
+        else:
+            self._failed[namespace] = (time.monotonic(), access)
+        return access
+
+    async def _ensure(self, namespace: str) -> Access:
         secret_path = path("v1", "secrets", namespace, SECRET_NAME)
         try:
             secret = await self.kube.get(secret_path)
@@ -94,7 +110,6 @@ class KnowledgeTenants:
                     "WHERE t.namespace = %s", (namespace,))
                 row = await cur.fetchone()
                 if row is not None and row[0] == in_secret:
-                    self._checked[namespace] = time.monotonic()
                     return _ready(namespace)
                 role, password = await provision(conn, namespace)
             except psycopg.Error as e:
@@ -107,7 +122,6 @@ class KnowledgeTenants:
         except ApiError as e:
             return Access(False, "SecretNotWritten", f"Secret {namespace}/{SECRET_NAME} could not be written: {e}")
         logger.info("knowledge base: login %s for namespace %s written to Secret %s", role, namespace, SECRET_NAME)
-        self._checked[namespace] = time.monotonic()
         return _ready(namespace)
 
     async def share(self, namespace: str, agent: str, readers: Sequence[str]) -> Access | None:
