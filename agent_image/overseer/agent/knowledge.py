@@ -1,8 +1,11 @@
-"""The shared knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
-approvals audit.
+"""The knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
+approvals audit, kept apart per namespace by row-level security (migration 3; who may read what
+is in docs/security.md).
 
-One `KnowledgeBase` per agent process holds a single async connection, reconnects on its own
-and applies the schema migrations on every connect. Writes never block the execution loop on
+One `KnowledgeBase` per agent process holds a single async connection with its namespace's own
+login, and reconnects on its own. On connect it applies the schema migrations the database lacks
+(a namespace's login may not: the operator migrates with the admin login; the login only checks
+the schema is current). Writes never block the execution loop on
 an outage: what cannot be written now is queued in memory and in a local spool file, and a
 background task replays it in order once PostgreSQL answers again. Reads during an outage
 return None or an empty list at once.
