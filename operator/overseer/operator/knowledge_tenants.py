@@ -170,6 +170,9 @@ class KnowledgeTenants:
         conn = await psycopg.AsyncConnection.connect(self.admin_url, autocommit=True,
                                                      connect_timeout=max(2, round(self.connect_timeout)))
         try:
+            # Any login can take an advisory lock; one holding the migration lock must not stall
+            # the operator for good.
+            await conn.execute("SET lock_timeout = '30s'")
             applied = await migrate(conn)
         except BaseException:
             await conn.close()
