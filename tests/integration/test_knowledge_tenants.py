@@ -164,10 +164,13 @@ async def test_a_login_cannot_become_another_namespace(escape: str, kbs: dict[st
 
 
 async def test_switching_to_the_agents_group_role_or_resetting_shows_nothing_more(
-        kbs: dict[str, KnowledgeBase], logins: dict[str, str]) -> None:
+        kbs: dict[str, KnowledgeBase], logins: dict[str, str], admin: str) -> None:
     await fill(kbs, "team-a")
     await fill(kbs, "team-b")
+    owner = psycopg.conninfo.conninfo_to_dict(admin)["user"]
     with connect(logins["team-a"]) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(owner)))
         group = conn.execute("SELECT overseer_role_name('overseer_agents')").fetchone()[0]
         conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(group)))
         assert all(count(conn, table, "team-b") == 0 for table in TABLES)
