@@ -90,7 +90,9 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
         for ns in (a, b):
             secret = json.loads(kubectl("get", "secret", "overseer-knowledge", "-n", ns, "-o", "json").stdout)
             users[ns] = psycopg.conninfo.conninfo_to_dict(base64.b64decode(secret["data"]["url"]).decode())["user"]
-        assert users[a] != users[b] and all(ns in users[ns] for ns in (a, b))
+        with psycopg.connect(admin) as db:
+            mapped = dict(db.execute("SELECT namespace, role FROM knowledge_tenants").fetchall())
+        assert users == {a: mapped[a], b: mapped[b]} and users[a] != users[b]
 
         worlds[a].goal("plant", description=DESCRIPTION)
         worlds[a].wait_phase("plant", "Succeeded", timeout=60)
