@@ -71,7 +71,6 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
     model = ModelServer({"follow_history": True, "conversations": {
         f"{a}/plant": [tool("bash", command="python3 -c 'print(42)'"), text(f"Tests fixed. {PLANTED}")],
         f"{b}/apart": [text("Done.")],
-        f"{a}/again": [text("Done.")],
         f"{b}/shared": [text("Done.")],
     }}, tmp_path)
     runners = []
@@ -82,8 +81,8 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
             runners.append(AgentRunner(cluster, k8s, ns, tmp_path / ns).start())
             world.apply(AGENT.format(url=model.url, share="[]"))
         for ns, world in worlds.items():
-            world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady")
-            world.wait_condition("agent", "coder", "Ready", "True")
+            world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady", timeout=60)
+            world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
 
         # Each namespace's Secret holds a login of its own; pods name it, never carry it.
         users = {}
@@ -95,30 +94,30 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
         assert users == {a: mapped[a], b: mapped[b]} and users[a] != users[b]
 
         worlds[a].goal("plant", description=DESCRIPTION)
-        worlds[a].wait_phase("plant", "Succeeded", timeout=60)
+        worlds[a].wait_phase("plant", "Succeeded", timeout=120)
         worlds[b].goal("apart", description=DESCRIPTION)
-        pod = worlds[b].get("pod", worlds[b].wait_phase("apart", "Succeeded", timeout=60)["status"]["pod"])
+        pod = worlds[b].get("pod", worlds[b].wait_phase("apart", "Succeeded", timeout=120)["status"]["pod"])
         [env] = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "OVERSEER_DATABASE_URL"]
         assert env == {"name": "OVERSEER_DATABASE_URL", "valueFrom": {"secretKeyRef": {
             "name": "overseer-knowledge", "key": "url", "optional": True}}}
         assert PLANTED not in system_text(model, f"{b}/apart")
 
-        worlds[a].goal("again", description=DESCRIPTION)
-        worlds[a].wait_phase("again", "Succeeded", timeout=60)
-        assert PLANTED in system_text(model, f"{a}/again")  # the lesson is there, for its own namespace
+        with psycopg.connect(admin) as db:  # the plant took: a pattern of A's holds it
+            assert db.execute("SELECT namespace FROM patterns WHERE outcome LIKE %s",
+                              (f"%{PLANTED}%",)).fetchall() == [(a,)]
 
         # The owner shares: now, and only now, B's goals learn from A's.
         worlds[a].apply(AGENT.format(url=model.url, share=f"[{b}]"))
         generation = worlds[a].get("agent", "coder")["metadata"]["generation"]
         harness.wait_for(lambda: (worlds[a].condition("agent", "coder", "KnowledgeBase") or {})
-                         .get("observedGeneration") == generation, description="the share applied")
+                         .get("observedGeneration") == generation, timeout=60, description="the share applied")
         worlds[b].goal("shared", description=DESCRIPTION)
-        worlds[b].wait_phase("shared", "Succeeded", timeout=60)
+        worlds[b].wait_phase("shared", "Succeeded", timeout=120)
         assert PLANTED in system_text(model, f"{b}/shared")
 
         with psycopg.connect(admin) as db:
             rows = db.execute("SELECT namespace, goal_name FROM experiences ORDER BY created_at").fetchall()
-        assert rows == [(a, "plant"), (b, "apart"), (a, "again"), (b, "shared")]
+        assert rows == [(a, "plant"), (b, "apart"), (b, "shared")]
     finally:
         for runner in runners:
             runner.stop()
@@ -133,9 +132,9 @@ def test_an_agent_says_when_its_namespace_has_no_knowledge_base_login(
     world.secret()
     world.agent()
 
-    condition = world.wait_condition("agent", "coder", "KnowledgeBase", "False", "DatabaseUnavailable")
+    condition = world.wait_condition("agent", "coder", "KnowledgeBase", "False", "DatabaseUnavailable", timeout=60)
     assert f"namespace {namespace}" in condition["message"]
-    world.wait_condition("agent", "coder", "Ready", "True")  # goals still run, without the knowledge base
+    world.wait_condition("agent", "coder", "Ready", "True", timeout=60)  # goals still run, without the knowledge base
     assert world.get("secret", "overseer-knowledge") is None
 
 
@@ -148,7 +147,7 @@ def test_the_operators_cluster_role_is_enough_to_provision_and_renew_logins(
     world = World(namespace, kubectl, op, exit_pod)
     world.secret()
     world.agent()
-    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady")
+    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady", timeout=60)
     first = world.get("secret", "overseer-knowledge")["data"]["url"]
 
     # The login was lost in the database (restored from an old backup, say): a new one, and the Secret patched.
@@ -156,8 +155,8 @@ def test_the_operators_cluster_role_is_enough_to_provision_and_renew_logins(
         db.execute("DELETE FROM knowledge_tenants WHERE namespace = %s", (namespace,))
     kubectl("annotate", "agent", "coder", "-n", namespace, "touched=1")
     harness.wait_for(lambda: world.get("secret", "overseer-knowledge")["data"]["url"] != first,
-                     description="Secret overseer-knowledge renewed")
+                     timeout=60, description="Secret overseer-knowledge renewed")
     url = base64.b64decode(world.get("secret", "overseer-knowledge")["data"]["url"]).decode()
     with psycopg.connect(url) as conn:  # the renewed login works, for its own namespace
         assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == namespace
-    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady")
+    world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady", timeout=60)

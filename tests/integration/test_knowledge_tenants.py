@@ -197,7 +197,7 @@ async def test_a_login_cannot_turn_row_security_off_or_fake_its_tenant(
                        "CREATE POLICY everything ON experiences USING (true)",
                        "DROP POLICY own ON experiences",
                        "INSERT INTO public.knowledge_tenants VALUES ('team-b', session_user)",
-                       "SELECT overseer_provision_tenant('team-b', 'x')",
+                       "SELECT overseer_provision_tenant('team-b', 'x', 'y')",
                        "CREATE TABLE public.stolen AS SELECT * FROM experiences"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(attack)
@@ -343,6 +343,7 @@ class Secrets:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
+        self.refuse_writes = False
 
     async def get(self, url: str) -> dict[str, Any] | None:
         self.calls.append(f"GET {url}")
@@ -355,6 +356,9 @@ class Secrets:
 
     async def merge_patch(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
         self.calls.append(f"PATCH {url}")
+        if self.refuse_writes:
+            from overseer.kube import ApiError
+            raise ApiError(403, "Forbidden", "secrets is forbidden", "PATCH", url)
         self.objects[url]["data"] = body["data"]
         return self.objects[url]
 
@@ -387,6 +391,27 @@ async def test_the_operator_writes_a_namespaces_login_once_and_renews_a_lost_one
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(first)
         with connect(renewed) as conn:
+            assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == "team-a"
+    finally:
+        await tenants.close()
+
+
+async def test_a_password_changed_without_its_secret_is_changed_again(admin: str) -> None:
+    secrets = Secrets()
+    tenants = KnowledgeTenants(admin, secrets, recheck_seconds=0)  # type: ignore[arg-type]
+    try:
+        assert (await tenants.ensure("team-a")).ready
+        with connect(admin) as owner:
+            owner.execute("DELETE FROM knowledge_tenants")
+        secrets.refuse_writes = True  # the password changes in PostgreSQL, the Secret keeps the old one
+        access = await tenants.ensure("team-a")
+        assert (access.ready, access.reason) == (False, "SecretNotWritten")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(login_in(secrets))
+
+        secrets.refuse_writes = False
+        assert (await tenants.ensure("team-a")).ready
+        with connect(login_in(secrets)) as conn:
             assert conn.execute("SELECT overseer_tenant()").fetchone()[0] == "team-a"
     finally:
         await tenants.close()

@@ -316,10 +316,13 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                 ELSE left(base, 40) || '@' || left(md5(base || '@' || current_database()), 22) END::name
 $$;
 
+-- `password_sha256`: of the password last given to the login, so the operator can tell whether the
+-- Secret it wrote still holds it (the random password cannot be found from its hash).
 CREATE TABLE knowledge_tenants (
-    namespace   text PRIMARY KEY,
-    role        name NOT NULL UNIQUE,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    namespace        text PRIMARY KEY,
+    role             name NOT NULL UNIQUE,
+    password_sha256  text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
 );
 
 -- The agent `agent` of `namespace` shares its experiences and patterns with `reader` ('*': every
@@ -462,7 +465,8 @@ $do$;
 
 -- A namespace's login, created or given a new password (a SCRAM verifier, so no log holds the
 -- password); returns the role. Run by the admin role.
-CREATE FUNCTION overseer_provision_tenant(tenant_namespace text, password text) RETURNS name
+CREATE FUNCTION overseer_provision_tenant(tenant_namespace text, password text, password_sha256 text)
+RETURNS name
 LANGUAGE plpgsql AS $$
 DECLARE
     login name := overseer_role_name(tenant_namespace);
@@ -477,12 +481,12 @@ BEGIN
         EXECUTE format('CREATE ROLE %I WITH LOGIN PASSWORD %L', login, password);
     END IF;
     EXECUTE format('GRANT %I TO %I', overseer_role_name('overseer_agents'), login);
-    INSERT INTO knowledge_tenants (namespace, role) VALUES (tenant_namespace, login)
-    ON CONFLICT (namespace) DO UPDATE SET role = EXCLUDED.role;
+    INSERT INTO knowledge_tenants (namespace, role, password_sha256) VALUES (tenant_namespace, login, password_sha256)
+    ON CONFLICT (namespace) DO UPDATE SET role = EXCLUDED.role, password_sha256 = EXCLUDED.password_sha256;
     RETURN login;
 END
 $$;
-REVOKE ALL ON FUNCTION overseer_provision_tenant(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION overseer_provision_tenant(text, text, text) FROM PUBLIC;
 """
 
 # The benchmark seed of migration 2, seeding the namespace it is given (row-level security holds a

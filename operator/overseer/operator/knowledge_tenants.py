@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import secrets
 import time
@@ -92,6 +93,8 @@ class KnowledgeTenants:
             self._checked[namespace] = time.monotonic()
             self._failed.pop(namespace, None)
         else:
+            logger.warning("knowledge base: no login for namespace %s (%s): %s", namespace, access.reason,
+                           access.message)
             self._failed[namespace] = (time.monotonic(), access)
         return access
 
@@ -101,15 +104,16 @@ class KnowledgeTenants:
             secret = await self.kube.get(secret_path)
         except ApiError as e:
             return Access(False, "SecretUnreadable", f"Secret {namespace}/{SECRET_NAME}: {e}")
-        in_secret = _user_of(secret)
+        in_secret = _login_of(secret)
         async with self._lock:
             try:
                 conn = await self._connection()
                 cur = await conn.execute(
-                    "SELECT t.role FROM knowledge_tenants t JOIN pg_roles r ON r.rolname = t.role "
+                    "SELECT t.role, t.password_sha256 FROM knowledge_tenants t JOIN pg_roles r ON r.rolname = t.role "
                     "WHERE t.namespace = %s", (namespace,))
-                row = await cur.fetchone()
-                if row is not None and row[0] == in_secret:
+                # The Secret holds the login and the password it has now; anything else (one of the
+                # two lost, a password change whose Secret write failed) gets a new password.
+                if in_secret is not None and await cur.fetchone() == in_secret:
                     return _ready(namespace)
                 role, password = await provision(conn, namespace)
             except psycopg.Error as e:
@@ -199,7 +203,7 @@ async def provision(conn: psycopg.AsyncConnection[Any], namespace: str) -> tuple
     password = secrets.token_urlsafe(32)
     # Only a SCRAM verifier reaches the server, so no statement log holds the password.
     verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
-    await conn.execute("SELECT overseer_provision_tenant(%s, %s)", (namespace, verifier))
+    await conn.execute("SELECT overseer_provision_tenant(%s, %s, %s)", (namespace, verifier, _sha256(password)))
     return role, password
 
 
@@ -217,12 +221,19 @@ def _ready(namespace: str) -> Access:
                   f"goal pods read their knowledge-base login for namespace {namespace} from Secret {SECRET_NAME}")
 
 
-def _user_of(secret: dict[str, Any] | None) -> str | None:
-    """The login a Secret holds, or None if it holds none."""
+def _sha256(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _login_of(secret: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(role, sha256 of the password) a Secret holds, or None if it holds no login."""
     encoded = ((secret or {}).get("data") or {}).get(SECRET_KEY)
     if not encoded:
         return None
     try:
-        return conninfo_to_dict(base64.b64decode(encoded).decode()).get("user")
+        params = conninfo_to_dict(base64.b64decode(encoded).decode())
     except (ValueError, psycopg.Error):
         return None
+    if not params.get("user") or not params.get("password"):
+        return None
+    return str(params["user"]), _sha256(str(params["password"]))
