@@ -133,7 +133,9 @@ class AgentRunner:
         container = pod.spec.containers[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
         for var in container.env or []:
-            env[var.name] = self._value(pod, var)
+            value = self._value(pod, var)
+            if value is not None:
+                env[var.name] = value
         env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         env["OVERSEER_HEALTH_PORT"] = "0"  # pods have a port each; processes on one machine do not
@@ -148,7 +150,9 @@ class AgentRunner:
         with self._lock:
             self.processes[name] = AgentProcess(name, goal, proc, log)
 
-    def _value(self, pod: Any, var: Any) -> str:
+    def _value(self, pod: Any, var: Any) -> str | None:
+        """What the kubelet would set the variable to; None where it leaves it out (an optional
+        secretKeyRef whose Secret or key is missing)."""
         if var.value is not None:
             return var.value
         source = var.value_from
@@ -157,8 +161,19 @@ class AgentRunner:
                     "metadata.uid": pod.metadata.uid}[source.field_ref.field_path]
         if source.secret_key_ref is not None:
             import base64
-            secret = self.k8s.core.read_namespaced_secret(source.secret_key_ref.name, pod.metadata.namespace)
-            return base64.b64decode(secret.data[source.secret_key_ref.key]).decode()
+
+            from kubernetes.client.exceptions import ApiException
+
+            ref = source.secret_key_ref
+            try:
+                data = self.k8s.core.read_namespaced_secret(ref.name, pod.metadata.namespace).data or {}
+            except ApiException as exc:
+                if exc.status == 404 and ref.optional:
+                    return None
+                raise
+            if ref.key not in data and ref.optional:
+                return None
+            return base64.b64decode(data[ref.key]).decode()
         raise ValueError(f"unsupported env source for {var.name}")
 
     def _kubeconfig(self, pod: Any) -> Path:

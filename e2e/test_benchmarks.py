@@ -61,3 +61,16 @@ def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster,
     assert raw["checkpoints"] and all(raw["checkpoints"].values()), "checkpoint saves per history length"
     assert raw["goals"], "whole scripted goals for the cache share"
     assert "Loop overhead per iteration" in table and "cache share" in table
+
+
+def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_row_level_security(
+        cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "knowledge.json"
+    table = run_bench(cluster, "e2e.bench.knowledge", "--experiences", "5000", "--queries", "20", "--goals", "3",
+                      "--json", str(out))
+    r = json.loads(out.read_text())
+    assert set(r["lessons"]) == {"owner", "bench", "small"}
+    for name, lookups in r["lessons"].items():
+        assert len(lookups["times"]) == 20 and lookups["found"] > 0, name
+    assert {name: len(saves) for name, saves in r["checkpoints"].items()} == {"owner": 9, "bench": 9}
+    assert "row-level security" in table

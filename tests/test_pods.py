@@ -124,6 +124,20 @@ def test_api_key_comes_from_the_agents_secret(make_goal, make_agent, settings):
     assert "value" not in env["ANTHROPIC_API_KEY"]
 
 
+def test_the_knowledge_base_login_comes_from_the_namespaces_secret_never_as_a_value(make_goal, make_agent, settings):
+    settings.knowledge_admin_url = "postgresql://admin:s3cret@db.overseer-system:5432/overseer"
+
+    env = env_of(render_pod(make_goal(), make_agent(), 1, settings))
+
+    assert env["OVERSEER_DATABASE_URL"] == {"name": "OVERSEER_DATABASE_URL", "valueFrom": {
+        "secretKeyRef": {"name": "overseer-knowledge", "key": "url", "optional": True}}}
+    assert not any("s3cret" in str(e) or "db.overseer-system" in str(e) for e in env.values())
+
+
+def test_no_knowledge_base_means_no_database_in_the_pod(make_goal, make_agent, settings):
+    assert "OVERSEER_DATABASE_URL" not in env_of(render_pod(make_goal(), make_agent(), 1, settings))
+
+
 def test_base_url_is_passed_only_when_the_agent_sets_one(make_goal, make_agent, settings):
     default = env_of(render_pod(make_goal(), make_agent(), 1, settings))
     custom = env_of(render_pod(make_goal(), make_agent(model={"baseURL": "https://llm.internal:8443"}), 1, settings))

@@ -106,6 +106,16 @@ def test_lease_timings_that_would_let_two_leaders_overlap_are_refused(clean_env)
     assert "OVERSEER_LEASE_RENEW_DEADLINE_SECONDS < OVERSEER_LEASE_DURATION_SECONDS" in str(error.value)
 
 
+def test_the_shared_database_login_of_earlier_versions_is_refused_naming_its_replacement(clean_env):
+    clean_env.setenv("OVERSEER_AGENT_DATABASE_URL", "postgresql://overseer@db/overseer")
+
+    with pytest.raises(ValidationError) as error:
+        Settings()
+
+    assert "OVERSEER_AGENT_DATABASE_URL is no longer read" in str(error.value)
+    assert "OVERSEER_KNOWLEDGE_ADMIN_URL" in str(error.value)
+
+
 def test_the_operator_refuses_a_bad_setting_before_it_starts(clean_env, capsys):
     from overseer.operator.main import main
 

@@ -62,6 +62,11 @@ class PostgresServer:
             if self.as_postgres:
                 shutil.chown(d, "postgres", "postgres")
         self._run(pg_bin("initdb"), "-D", str(self.dir), "-A", "trust", "-U", "overseer", "--no-sync")
+        # The superuser the tests use gets in freely; every other login (a namespace's knowledge-base
+        # login) needs its password, as in a real installation.
+        (self.dir / "pg_hba.conf").write_text(
+            "local all overseer trust\nhost all overseer 127.0.0.1/32 trust\n"
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")
         self.start()
         self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "overseer", "overseer")
         return self

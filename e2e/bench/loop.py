@@ -79,6 +79,7 @@ from overseer.agent.tools import default_registry
 from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
 from overseer.agent.tools.todo import TodoList
 from overseer.kube import Kube, load_credentials
+from overseer.operator.knowledge_tenants import provision_login
 from testsupport.servers import PostgresServer, RedisServer, pg_bin, wait_port
 
 MODEL = "claude-sonnet-5-5"
@@ -354,7 +355,7 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
         if variant == "a":
             checkpoints = FileCheckpoints(services.workdir / f"ws-{uid}", uid)
         else:
-            kb = KnowledgeBase(services.pg_dsn)
+            kb = KnowledgeBase(services.pg_dsn, namespace=NAMESPACE)
             await kb.open()
             checkpoints = kb.for_goal(uid, resume_wait=5)
             redis = live.connect(services.redis_url)
@@ -458,7 +459,7 @@ async def checkpoint_samples(store: Any, history: int) -> list[float]:
 
 async def checkpoint_bench(services: Services, histories: list[int], goals: int) -> dict[str, dict[int, list[float]]]:
     out: dict[str, dict[int, list[float]]] = {"PostgreSQL": {}, "file": {}}
-    async with KnowledgeBase(services.pg_dsn) as kb:
+    async with KnowledgeBase(services.pg_dsn, namespace=NAMESPACE) as kb:
         for h in histories:
             samples: list[float] = []
             for g in range(goals):
@@ -854,7 +855,9 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 kube = Kube(login, "overseer-agent", pool_size=4)
             try:
-                return await run_all(args, Services(postgres.dsn, redis.url, kube, workdir), cluster is not None)
+                # Checkpoints as a goal pod writes them: with its namespace's own login, under row-level security.
+                login = await provision_login(postgres.dsn, NAMESPACE)
+                return await run_all(args, Services(login, redis.url, kube, workdir), cluster is not None)
             finally:
                 if kube is not None:
                     await kube.close()

@@ -1,8 +1,11 @@
-"""The shared knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
-approvals audit.
+"""The knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
+approvals audit, kept apart per namespace by row-level security (migration 3; who may read what
+is in docs/security.md).
 
-One `KnowledgeBase` per agent process holds a single async connection, reconnects on its own
-and applies the schema migrations on every connect. Writes never block the execution loop on
+One `KnowledgeBase` per agent process holds a single async connection with its namespace's own
+login, and reconnects on its own. On connect it applies the schema migrations the database lacks
+(a namespace's login may not: the operator migrates with the admin login; the login only checks
+the schema is current). Writes never block the execution loop on
 an outage: what cannot be written now is queued in memory and in a local spool file, and a
 background task replays it in order once PostgreSQL answers again. Reads during an outage
 return None or an empty list at once.
@@ -48,7 +51,10 @@ MIGRATION_LOCK = 0x6F76657273656572
 
 QUERY_TERMS = 6          # terms of a new goal's description used to find similar experiences
 COMMON_LEXEME = 0.5      # share of experiences above which a term says little about a goal
-FREQUENCY_TTL = 300.0    # seconds the planner's lexeme frequencies are cached
+FREQUENCY_TTL = 300.0    # seconds the lexeme frequencies are cached
+FREQUENCY_SAMPLE = 2000  # recent experiences the lexeme frequencies are counted in
+FREQUENT = 0.01          # share of them below which a lexeme counts as rare (frequency 0)
+FREQUENCY_LEAST = 200    # fewer experiences say little about frequencies (and every search is cheap)
 
 # ---- schema --------------------------------------------------------------------------------
 
@@ -295,17 +301,222 @@ LANGUAGE sql AS $$
 $$;
 """
 
+# Tenants: each Kubernetes namespace reads and writes only its own rows, enforced by row-level
+# security, whatever SQL its agents send. A namespace gets a login role (overseer_provision_tenant,
+# run by the operator with the admin login), a member of the agents' group role, which holds the
+# table privileges; the tables stay owned by the admin role, which agents never get. The tenant of
+# a connection is found from session_user, which no SET ROLE or set_config changes.
+# Rows from before this migration keep the namespace they recorded (experiences) or the one
+# of an experience of the same goal; the rest get '' and no tenant reads them. A pattern whose
+# experiences came from one namespace goes to it; one mixed from several gets ''.
+_SCHEMA_V3 = r"""
+-- Role names are cluster-wide, so they carry the database: team-a@overseer.
+CREATE FUNCTION overseer_role_name(base text) RETURNS name
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN octet_length(base || '@' || current_database()) <= 63
+                THEN base || '@' || current_database()
+                ELSE left(base, 40) || '@' || left(md5(base || '@' || current_database()), 22) END::name
+$$;
+
+-- `password_sha256`: of the password last given to the login, so the operator can tell whether the
+-- Secret it wrote still holds it (the random password cannot be found from its hash).
+CREATE TABLE knowledge_tenants (
+    namespace        text PRIMARY KEY,
+    role             name NOT NULL UNIQUE,
+    password_sha256  text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- The agent `agent` of `namespace` shares its experiences and patterns with `reader` ('*': every
+-- namespace). Written by the operator from the owner's Agent (spec.knowledge.shareWith) only.
+CREATE TABLE knowledge_shares (
+    namespace  text NOT NULL,
+    agent      text NOT NULL,
+    reader     text NOT NULL,
+    PRIMARY KEY (namespace, agent, reader)
+);
+CREATE INDEX knowledge_shares_reader ON knowledge_shares (reader);
+
+-- search_path pinned, pg_temp last: a tenant's temporary table must not stand in for the mapping.
+DO $do$ BEGIN
+EXECUTE format($f$
+CREATE FUNCTION overseer_tenant() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = %I, pg_catalog, pg_temp AS
+'SELECT namespace FROM knowledge_tenants WHERE role = session_user'
+$f$, current_schema());
+END $do$;
+
+-- Namespaces everywhere; keys include them, so no tenant can take another's goal id.
+ALTER TABLE checkpoint_messages DROP CONSTRAINT checkpoint_messages_goal_uid_fkey;
+ALTER TABLE checkpoint_messages DROP CONSTRAINT checkpoint_messages_pkey;
+ALTER TABLE checkpoints DROP CONSTRAINT checkpoints_pkey;
+ALTER TABLE checkpoints ADD COLUMN namespace text NOT NULL DEFAULT '';
+ALTER TABLE checkpoint_messages ADD COLUMN namespace text NOT NULL DEFAULT '';
+ALTER TABLE lesson_usage ADD COLUMN namespace text NOT NULL DEFAULT '';
+ALTER TABLE decisions ADD COLUMN namespace text NOT NULL DEFAULT '';
+ALTER TABLE patterns ADD COLUMN namespace text NOT NULL DEFAULT '';
+
+CREATE TEMPORARY TABLE goal_namespaces ON COMMIT DROP AS
+    SELECT DISTINCT ON (goal_uid) goal_uid, namespace FROM experiences ORDER BY goal_uid, created_at DESC;
+UPDATE checkpoints t SET namespace = g.namespace FROM goal_namespaces g WHERE g.goal_uid = t.goal_uid;
+UPDATE checkpoint_messages t SET namespace = g.namespace FROM goal_namespaces g WHERE g.goal_uid = t.goal_uid;
+UPDATE lesson_usage t SET namespace = g.namespace FROM goal_namespaces g WHERE g.goal_uid = t.goal_uid;
+UPDATE decisions t SET namespace = g.namespace FROM goal_namespaces g WHERE g.goal_uid = t.goal_uid;
+UPDATE patterns p SET namespace = s.namespace
+FROM (SELECT kind, agent, key, min(namespace) AS namespace
+      FROM (SELECT 'success' AS kind, agent, approach AS key, namespace FROM experiences WHERE approach IS NOT NULL
+            UNION ALL
+            SELECT 'error', agent, error_key, namespace FROM experiences WHERE error_key IS NOT NULL) e
+      GROUP BY kind, agent, key HAVING count(DISTINCT namespace) = 1) s
+WHERE p.kind = s.kind AND p.agent = s.agent AND p.key = s.key;
+
+ALTER TABLE checkpoints ALTER COLUMN namespace DROP DEFAULT, ADD PRIMARY KEY (namespace, goal_uid);
+ALTER TABLE checkpoint_messages ALTER COLUMN namespace DROP DEFAULT, ADD PRIMARY KEY (namespace, goal_uid, seq),
+    ADD FOREIGN KEY (namespace, goal_uid) REFERENCES checkpoints (namespace, goal_uid) ON DELETE CASCADE;
+ALTER TABLE lesson_usage DROP CONSTRAINT lesson_usage_pkey, ALTER COLUMN namespace DROP DEFAULT,
+    ADD PRIMARY KEY (namespace, write_id, pattern_id);
+ALTER TABLE decisions DROP CONSTRAINT decisions_goal_uid_approval_id_key, ALTER COLUMN namespace DROP DEFAULT,
+    ADD UNIQUE (namespace, goal_uid, approval_id);
+ALTER TABLE patterns DROP CONSTRAINT patterns_kind_agent_key_key, ALTER COLUMN namespace DROP DEFAULT,
+    ADD UNIQUE (namespace, kind, agent, key);
+-- A namespace's recent experiences (lessons, term frequencies) without reading the others'.
+CREATE INDEX experiences_namespace_created ON experiences (namespace, created_at);
+
+CREATE OR REPLACE FUNCTION overseer_learn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO patterns AS p (namespace, kind, agent, key, task, detail, outcome, success_count, failure_count,
+                               first_seen, last_seen)
+    SELECT namespace, 'success', agent, approach,
+           (array_agg(description ORDER BY success DESC, created_at DESC))[1],
+           (array_agg(overseer_steps(actions) ORDER BY success DESC, created_at DESC))[1],
+           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
+           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+           min(created_at), max(created_at)
+    FROM new_experiences
+    WHERE approach IS NOT NULL
+    GROUP BY namespace, agent, approach
+    ON CONFLICT (namespace, kind, agent, key) DO UPDATE SET
+        task = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.task ELSE p.task END,
+        detail = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.detail ELSE p.detail END,
+        outcome = coalesce(EXCLUDED.outcome, p.outcome),
+        success_count = p.success_count + EXCLUDED.success_count,
+        failure_count = p.failure_count + EXCLUDED.failure_count,
+        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
+
+    INSERT INTO patterns AS p (namespace, kind, agent, key, task, detail, outcome, success_count, failure_count,
+                               first_seen, last_seen)
+    SELECT namespace, 'error', agent, error_key,
+           (array_agg(description ORDER BY created_at DESC))[1],
+           (array_agg(left(error, 300) ORDER BY created_at DESC))[1],
+           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
+           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+           min(created_at), max(created_at)
+    FROM new_experiences
+    WHERE error_key IS NOT NULL
+    GROUP BY namespace, agent, error_key
+    ON CONFLICT (namespace, kind, agent, key) DO UPDATE SET
+        task = EXCLUDED.task,
+        detail = EXCLUDED.detail,
+        outcome = coalesce(EXCLUDED.outcome, p.outcome),
+        success_count = p.success_count + EXCLUDED.success_count,
+        failure_count = p.failure_count + EXCLUDED.failure_count,
+        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
+    RETURN NULL;
+END
+$$;
+
+-- The policies. Not forced: the owner (the admin role that migrates and provisions) sees all.
+ALTER TABLE checkpoints ENABLE ROW LEVEL SECURITY;
+ALTER TABLE checkpoint_messages ENABLE ROW LEVEL SECURITY;
+ALTER TABLE experiences ENABLE ROW LEVEL SECURITY;
+ALTER TABLE patterns ENABLE ROW LEVEL SECURITY;
+ALTER TABLE lesson_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE decisions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE knowledge_tenants ENABLE ROW LEVEL SECURITY;
+-- (SELECT overseer_tenant()) is computed once per statement, not once per row.
+CREATE POLICY own ON checkpoints USING (namespace = (SELECT overseer_tenant()));
+CREATE POLICY own ON checkpoint_messages USING (namespace = (SELECT overseer_tenant()));
+CREATE POLICY own ON experiences USING (namespace = (SELECT overseer_tenant()));
+CREATE POLICY own ON patterns USING (namespace = (SELECT overseer_tenant()));
+CREATE POLICY own ON lesson_usage USING (namespace = (SELECT overseer_tenant()));
+CREATE POLICY own ON decisions USING (namespace = (SELECT overseer_tenant()));
+-- Shared knowledge is read-only for its readers: SELECT policies only.
+CREATE POLICY shared ON experiences FOR SELECT USING ((namespace, agent) IN (
+    SELECT s.namespace, s.agent FROM knowledge_shares s WHERE s.reader IN ((SELECT overseer_tenant()), '*')));
+CREATE POLICY shared ON patterns FOR SELECT USING ((namespace, agent) IN (
+    SELECT s.namespace, s.agent FROM knowledge_shares s WHERE s.reader IN ((SELECT overseer_tenant()), '*')));
+CREATE POLICY involved ON knowledge_shares FOR SELECT
+    USING ((SELECT overseer_tenant()) IN (namespace, reader) OR reader = '*');
+
+-- The agents' group role: the only one granted the tables. Its members are the tenants' logins.
+DO $do$
+DECLARE
+    agents name := overseer_role_name('overseer_agents');
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = agents) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', agents);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), agents);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON checkpoints, checkpoint_messages, experiences, '
+                   'patterns, lesson_usage, decisions TO %I', agents);
+    EXECUTE format('GRANT SELECT ON knowledge_shares, schema_migrations TO %I', agents);
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO %I', current_schema(), agents);
+END
+$do$;
+
+-- A namespace's login, created or given a new password (a SCRAM verifier, so no log holds the
+-- password); returns the role. Run by the admin role.
+CREATE FUNCTION overseer_provision_tenant(tenant_namespace text, password text, password_sha256 text)
+RETURNS name
+LANGUAGE plpgsql AS $$
+DECLARE
+    login name := overseer_role_name(tenant_namespace);
+BEGIN
+    IF tenant_namespace !~ '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$' OR length(tenant_namespace) > 63 THEN
+        RAISE EXCEPTION 'namespace %: not a Kubernetes namespace name', quote_literal(tenant_namespace);
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = login) THEN
+        EXECUTE format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
+                       'PASSWORD %L', login, password);
+    ELSE
+        EXECUTE format('CREATE ROLE %I WITH LOGIN PASSWORD %L', login, password);
+    END IF;
+    EXECUTE format('GRANT %I TO %I', overseer_role_name('overseer_agents'), login);
+    INSERT INTO knowledge_tenants (namespace, role, password_sha256) VALUES (tenant_namespace, login, password_sha256)
+    ON CONFLICT (namespace) DO UPDATE SET role = EXCLUDED.role, password_sha256 = EXCLUDED.password_sha256;
+    RETURN login;
+END
+$$;
+REVOKE ALL ON FUNCTION overseer_provision_tenant(text, text, text) FROM PUBLIC;
+"""
+
+# The benchmark seed of migration 2, seeding the namespace it is given (row-level security holds a
+# namespace's login to its own).
+_SCHEMA_V3 += "DROP FUNCTION overseer_seed_experiences(integer, text, timestamptz, interval);\n" + (
+    _SCHEMA_V2.replace("step interval DEFAULT '30 seconds') RETURNS bigint",
+                       "step interval DEFAULT '30 seconds', namespace_name text DEFAULT 'bench') RETURNS bigint")
+    .replace("gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name",
+             "gen_random_uuid()::text, 'seed-' || g, namespace_name, agent_name"))
+assert _SCHEMA_V3.count("namespace_name") == 2
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
     (2, "benchmark seed function", _SCHEMA_V2),
+    (3, "tenants: a namespace per row, a login per namespace, row-level security", _SCHEMA_V3),
 ]
 """Versioned, append-only: a released migration is never edited, a new one is added."""
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
     """Apply the migrations this database lacks, each in its own transaction, under an
-    advisory lock so pods starting together do not race. Returns the versions applied."""
+    advisory lock so processes starting together do not race. Returns the versions applied.
+
+    A schema already up to date is only read: a tenant's login (which may not change the
+    schema, nor should hold the lock) gets that far, and fails here otherwise."""
     applied: list[int] = []
+    if await _schema_current(conn):
+        return applied
     await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
         async with conn.transaction():
@@ -327,6 +538,14 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied
+
+
+async def _schema_current(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not (await cur.fetchone())[0]:
+        return False
+    cur = await conn.execute("SELECT version FROM schema_migrations")
+    return {row[0] for row in await cur.fetchall()} >= {v for v, _, _ in MIGRATIONS}
 
 
 # ---- what is stored ------------------------------------------------------------------------
@@ -413,7 +632,11 @@ class _Write:
 
 
 class KnowledgeBase:
-    """The shared knowledge base of a cluster's agents.
+    """The knowledge base of one namespace's agents, plus what other namespaces share with it.
+
+    `dsn` is the namespace's own login (the operator provisions one per namespace): PostgreSQL
+    lets it see and change only that namespace's rows, and read what is shared with it.
+    `namespace` is written into every row; a login for another namespace could not store it.
 
     Writes are applied at once when PostgreSQL answers and queued otherwise (in memory and in
     `spool`, a local file); queued writes are replayed in order by a background task, and a
@@ -421,10 +644,11 @@ class KnowledgeBase:
     not raise: a write PostgreSQL rejects as invalid is logged and dropped.
     """
 
-    def __init__(self, dsn: str, *, spool: Path | str | None = None, connect_timeout: float = 2.0,
+    def __init__(self, dsn: str, *, namespace: str, spool: Path | str | None = None, connect_timeout: float = 2.0,
                  query_timeout: float = 5.0, retry_delay: float = 0.5, max_retry_delay: float = 15.0,
                  lesson_candidates: int = 50) -> None:
         self.dsn = dsn
+        self.namespace = namespace
         self.spool = Path(spool) if spool is not None else None
         self.connect_timeout = connect_timeout
         self.query_timeout = query_timeout
@@ -518,6 +742,7 @@ class KnowledgeBase:
         await self._write("checkpoint", {
             "goal_uid": goal_uid, "base": base, "replace": False, "messages": _clean(list(new_messages)),
             "state": {"iteration": iteration, "todos": _clean(todos), "counters": _clean(dict(counters))},
+            "namespace": self.namespace,
         })
         if goal_uid in self._diverged:
             self._diverged.discard(goal_uid)
@@ -529,19 +754,21 @@ class KnowledgeBase:
         self._counts[goal_uid] = len(messages)
         self._diverged.discard(goal_uid)
         await self._write("checkpoint", {"goal_uid": goal_uid, "base": None, "replace": True,
-                                         "messages": _clean(list(messages)), "state": None})
+                                         "messages": _clean(list(messages)), "state": None,
+                                         "namespace": self.namespace})
 
     async def drop_checkpoint(self, goal_uid: str) -> None:
         """Forget a goal's checkpoint (its run is over)."""
         self._counts[goal_uid] = 0
-        await self._write("drop_checkpoint", {"goal_uid": goal_uid})
+        await self._write("drop_checkpoint", {"goal_uid": goal_uid, "namespace": self.namespace})
 
     async def load_checkpoint(self, goal_uid: str, wait: float = 0.0) -> Checkpoint | None:
         """The goal's last checkpoint; None if it has none or PostgreSQL cannot be reached
         within `wait` seconds (then `healthy` is False)."""
         deadline = time.monotonic() + wait
         while True:
-            row = await self._read(lambda conn: _fetchone(conn, _LOAD_CHECKPOINT, {"goal_uid": goal_uid}))
+            row = await self._read(lambda conn: _fetchone(conn, _LOAD_CHECKPOINT, {
+                "namespace": self.namespace, "goal_uid": goal_uid}))
             if row is not _UNREACHABLE or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(self.retry_delay, max(0.0, deadline - time.monotonic())))
@@ -563,6 +790,9 @@ class KnowledgeBase:
 
     async def record_experience(self, experience: Experience) -> None:
         """Store a finished goal; its success and error patterns are updated with it."""
+        if experience.namespace != self.namespace:
+            raise ValueError(f"experience of goal {experience.namespace}/{experience.goal_name}: this knowledge "
+                             f"base belongs to namespace {self.namespace}")
         args = asdict(experience)
         args["actions"] = [_action(a) for a in experience.actions]
         await self._write("experience", _clean(args))
@@ -580,7 +810,8 @@ class KnowledgeBase:
             query = _match_query(lexemes, await self._frequencies(conn))
             if query is None:
                 return []
-            params = {"query": query, "agent": agent, "limit": limit, "candidates": self.lesson_candidates}
+            params = {"query": query, "namespace": self.namespace, "agent": agent, "limit": limit,
+                      "candidates": self.lesson_candidates}
             async with conn.cursor(row_factory=dict_row) as cur:
                 # Never a generic plan: which index pays off depends on how common the terms are.
                 await cur.execute(_LESSONS, params, prepare=False)
@@ -597,7 +828,8 @@ class KnowledgeBase:
         """Count that these lessons were given to a goal, and whether the goal succeeded."""
         ids = sorted({int(i) for i in lesson_ids})
         if ids:
-            await self._write("lesson_use", {"ids": ids, "success": success, "goal_uid": goal_uid})
+            await self._write("lesson_use", {"ids": ids, "success": success, "goal_uid": goal_uid,
+                                             "namespace": self.namespace})
 
     async def seed_experiences(self, n: int, agent: str = "bench", batch: int = 50_000,
                                step_seconds: float = 30.0) -> int:
@@ -610,8 +842,8 @@ class KnowledgeBase:
             until = end - timedelta(seconds=step_seconds * (n - done - size))
             async with self._lock:
                 conn = await self._connection(force=True)
-                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s)",
-                                         (size, agent, until, timedelta(seconds=step_seconds)))
+                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s, %s)",
+                                         (size, agent, until, timedelta(seconds=step_seconds), self.namespace))
                 done += (await cur.fetchone())[0]
         async with self._lock:
             conn = await self._connection(force=True)
@@ -630,11 +862,13 @@ class KnowledgeBase:
         at = decided_at.isoformat() if isinstance(decided_at, datetime) else decided_at
         await self._write("decision", _clean({
             "goal_uid": goal_uid, "approval_id": approval_id, "kind": kind, "summary": summary,
-            "decision": decision, "decided_by": decided_by, "decided_at": at, "reason": reason}))
+            "decision": decision, "decided_by": decided_by, "decided_at": at, "reason": reason,
+            "namespace": self.namespace}))
 
     async def decisions(self, goal_uid: str) -> list[Decision]:
         """The decisions recorded for a goal, oldest first; empty if PostgreSQL is down."""
-        rows = await self._read(lambda conn: _fetchall(conn, _DECISIONS, {"goal_uid": goal_uid}))
+        rows = await self._read(lambda conn: _fetchall(conn, _DECISIONS, {"namespace": self.namespace,
+                                                                          "goal_uid": goal_uid}))
         if rows is _UNREACHABLE:
             return []
         return [Decision(**r) for r in rows]
@@ -817,10 +1051,13 @@ class KnowledgeBase:
                 pass
 
     async def _frequencies(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
-        """Share of experiences holding each common lexeme (refreshed every few minutes)."""
+        """Share of the namespace's recent experiences holding each common lexeme (refreshed every few
+        minutes)."""
         fetched, frequencies = self._frequency_cache
         if time.monotonic() - fetched > FREQUENCY_TTL:
-            cur = await conn.execute(_LEXEME_FREQUENCIES)
+            cur = await conn.execute(_LEXEME_FREQUENCIES, {"namespace": self.namespace,
+                                                           "sample": FREQUENCY_SAMPLE, "common": FREQUENT,
+                                                           "least": FREQUENCY_LEAST})
             frequencies = {lexeme: float(f) for lexeme, f in await cur.fetchall()}
             self._frequency_cache = (time.monotonic(), frequencies)
         return frequencies
@@ -839,6 +1076,7 @@ class KnowledgeBase:
                 write = _Write(data["op"], data["args"], data["id"])
                 if write.op not in _APPLY or not isinstance(write.args, dict):
                     raise ValueError(write.op)
+                write.args.setdefault("namespace", self.namespace)  # spooled before namespaces
             except (ValueError, KeyError, TypeError):
                 logger.warning("knowledge base spool %s: skipped an unreadable line", self.spool)
                 continue
@@ -895,72 +1133,93 @@ class GoalCheckpoints:
 _LOAD_CHECKPOINT = """
 SELECT c.iteration, c.todos, c.counters, c.updated_at,
        coalesce((SELECT jsonb_agg(m.message ORDER BY m.seq) FROM checkpoint_messages m
-                 WHERE m.goal_uid = c.goal_uid AND m.seq < c.message_count), '[]') AS messages
-FROM checkpoints c WHERE c.goal_uid = %(goal_uid)s
+                 WHERE m.namespace = c.namespace AND m.goal_uid = c.goal_uid AND m.seq < c.message_count),
+                '[]') AS messages
+FROM checkpoints c WHERE c.namespace = %(namespace)s AND c.goal_uid = %(goal_uid)s
 """
 
 _DECISIONS = """
 SELECT goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason
-FROM decisions WHERE goal_uid = %(goal_uid)s ORDER BY decided_at, id
+FROM decisions WHERE namespace = %(namespace)s AND goal_uid = %(goal_uid)s ORDER BY decided_at, id
 """
 
 _QUERY_LEXEMES = """
 SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) AS u ORDER BY u.positions[1] LIMIT 24
 """
 
-# How often each common lexeme occurs in experiences, from the planner's statistics.
+# How often each common lexeme occurs in the namespace's recent experiences. Not from pg_stats:
+# those cover every tenant's rows, and PostgreSQL hides them from a login under row-level
+# security for that reason.
 _LEXEME_FREQUENCIES = """
-SELECT f.lexeme, f.frequency
-FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS f (lexeme, frequency)
-WHERE s.schemaname = current_schema() AND s.tablename = 'experiences' AND s.attname = 'search'
-  AND f.lexeme IS NOT NULL
+SELECT f.word, f.ndoc::float8 / t.total AS frequency
+FROM (SELECT greatest(count(*), 1) AS total
+      FROM (SELECT 1 FROM experiences WHERE namespace = %(namespace)s
+            ORDER BY created_at DESC LIMIT %(sample)s) recent) t,
+     ts_stat(format('SELECT search FROM experiences WHERE namespace = %%L ORDER BY created_at DESC LIMIT %%s',
+                    %(namespace)s::text, %(sample)s::integer)) f
+WHERE t.total >= %(least)s AND f.ndoc >= %(common)s * t.total
 """
 
 # Lessons come from the most recent experiences that share terms with the new goal, grouped
 # by the pattern each followed (its tool sequence, its error), plus patterns whose own text
 # matches. The work is bounded by `candidates`, whatever the size of the table; the text rank
 # is only computed for those. The query is planned with its terms (never a generic plan): at
-# a million experiences, common terms walk experiences_created backwards with the tsquery as
+# a million experiences, common terms walk experiences_namespace_created backwards with the tsquery as
 # a filter and stop after `candidates` matches (a few thousand rows read); rare terms take a
 # bitmap scan of experiences_search. Either way a few milliseconds.
+# Row-level security decides what is readable; the search still names its own namespace (with
+# its statistics, the planner walks experiences_namespace_created for a small namespace beside a
+# big one instead of reading through the big one's rows), and then each namespace sharing with it.
 _LESSONS = """
 WITH hits AS (
-    SELECT e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions, e.error,
-           e.search, e.created_at
-    FROM experiences e
-    WHERE e.search @@ %(query)s::tsquery
-    ORDER BY e.created_at DESC
+    (SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+            e.error, e.search, e.created_at
+     FROM experiences e
+     WHERE e.namespace = %(namespace)s AND e.search @@ %(query)s::tsquery
+     ORDER BY e.created_at DESC
+     LIMIT %(candidates)s)
+    UNION ALL
+    (SELECT h.* FROM (SELECT DISTINCT s.namespace FROM knowledge_shares s
+                      WHERE s.reader IN (%(namespace)s, '*') AND s.namespace <> %(namespace)s) sharing
+     CROSS JOIN LATERAL (
+         SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+                e.error, e.search, e.created_at
+         FROM experiences e
+         WHERE e.namespace = sharing.namespace AND e.search @@ %(query)s::tsquery
+         ORDER BY e.created_at DESC
+         LIMIT %(candidates)s) h)
+    ORDER BY created_at DESC
     LIMIT %(candidates)s
 ), ranked AS (
     SELECT h.*, ts_rank(h.search, %(query)s::tsquery)
                 / (1.0 + extract(epoch FROM now() - h.created_at) / 2592000.0) AS relevance
     FROM hits h
 ), found AS (
-    SELECT 0 AS source, 'success' AS kind, agent, approach AS key, sum(relevance) AS relevance,
+    SELECT 0 AS source, 'success' AS kind, namespace, agent, approach AS key, sum(relevance) AS relevance,
            count(*) FILTER (WHERE success) AS succeeded, count(*) AS seen,
            (array_agg(description ORDER BY success DESC, relevance DESC))[1] AS task,
            overseer_steps((array_agg(actions ORDER BY success DESC, relevance DESC))[1]) AS detail,
            (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1] AS outcome
-    FROM ranked WHERE approach IS NOT NULL GROUP BY agent, approach
+    FROM ranked WHERE approach IS NOT NULL GROUP BY namespace, agent, approach
     UNION ALL
-    SELECT 0, 'error', agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
+    SELECT 0, 'error', namespace, agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
            (array_agg(description ORDER BY relevance DESC))[1],
            (array_agg(left(error, 300) ORDER BY relevance DESC))[1],
            (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1]
-    FROM ranked WHERE error_key IS NOT NULL GROUP BY agent, error_key
+    FROM ranked WHERE error_key IS NOT NULL GROUP BY namespace, agent, error_key
     UNION ALL
-    SELECT 1, kind, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
+    SELECT 1, kind, namespace, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
     FROM (SELECT p.*, ts_rank(p.search, %(query)s::tsquery)
                       / (1.0 + extract(epoch FROM now() - p.last_seen) / 2592000.0) AS relevance
           FROM patterns p WHERE p.search @@ %(query)s::tsquery
           ORDER BY p.last_seen DESC LIMIT 20) own_text
 ), merged AS (
     -- a pattern found both ways keeps the counts among the similar goals
-    SELECT kind, agent, key, sum(relevance) AS relevance,
+    SELECT kind, namespace, agent, key, sum(relevance) AS relevance,
            (array_agg(succeeded ORDER BY source))[1] AS succeeded, (array_agg(seen ORDER BY source))[1] AS seen,
            (array_agg(task ORDER BY source))[1] AS task, (array_agg(detail ORDER BY source))[1] AS detail,
            (array_agg(outcome ORDER BY source))[1] AS outcome
-    FROM found GROUP BY kind, agent, key
+    FROM found GROUP BY kind, namespace, agent, key
 )
 SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
        m.seen - m.succeeded AS failure_count, p.usage_count,
@@ -968,8 +1227,9 @@ SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
        * CASE WHEN m.kind = 'success'
               THEN (m.succeeded + p.usage_success_count + 1.0) / (m.seen + p.usage_count + 2.0)
               ELSE 0.5 + 0.5 * m.succeeded / greatest(m.seen, 1.0) END
-       * CASE WHEN m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
-FROM merged m JOIN patterns p ON p.kind = m.kind AND p.agent = m.agent AND p.key = m.key
+       * CASE WHEN m.namespace = %(namespace)s AND m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
+FROM merged m JOIN patterns p ON p.namespace = m.namespace AND p.kind = m.kind AND p.agent = m.agent
+                             AND p.key = m.key
 ORDER BY score DESC, p.id
 LIMIT %(limit)s
 """
@@ -984,21 +1244,22 @@ ON CONFLICT (id) DO NOTHING
 
 _LESSON_USE = """
 WITH used AS (
-    INSERT INTO lesson_usage (write_id, pattern_id, goal_uid, success)
-    SELECT %(write_id)s, p.id, %(goal_uid)s, %(success)s FROM patterns p WHERE p.id = ANY(%(ids)s)
+    INSERT INTO lesson_usage (namespace, write_id, pattern_id, goal_uid, success)
+    SELECT %(namespace)s, %(write_id)s, p.id, %(goal_uid)s, %(success)s FROM patterns p WHERE p.id = ANY(%(ids)s)
     ON CONFLICT DO NOTHING
     RETURNING pattern_id
 )
+-- only the namespace's own patterns count it: a reader of shared ones cannot move the owner's ranking
 UPDATE patterns p SET usage_count = p.usage_count + 1,
                       usage_success_count = p.usage_success_count + %(success)s::int
-FROM used WHERE p.id = used.pattern_id
+FROM used WHERE p.id = used.pattern_id AND p.namespace = %(namespace)s
 """
 
 _INSERT_DECISION = """
-INSERT INTO decisions (goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason)
-VALUES (%(goal_uid)s, %(approval_id)s, %(kind)s, %(summary)s, %(decision)s, %(decided_by)s,
+INSERT INTO decisions (namespace, goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason)
+VALUES (%(namespace)s, %(goal_uid)s, %(approval_id)s, %(kind)s, %(summary)s, %(decision)s, %(decided_by)s,
         %(decided_at)s, %(reason)s)
-ON CONFLICT (goal_uid, approval_id) DO NOTHING
+ON CONFLICT (namespace, goal_uid, approval_id) DO NOTHING
 """
 
 
@@ -1009,11 +1270,11 @@ _APPEND_CHECKPOINT = """
 WITH updated AS (
     UPDATE checkpoints SET iteration = %(iteration)s, message_count = %(count)s, todos = %(todos)s,
                            counters = %(counters)s, last_write = %(write_id)s, updated_at = now()
-    WHERE goal_uid = %(goal_uid)s AND message_count = %(base)s
-    RETURNING goal_uid
+    WHERE namespace = %(namespace)s AND goal_uid = %(goal_uid)s AND message_count = %(base)s
+    RETURNING namespace, goal_uid
 ), appended AS (
-    INSERT INTO checkpoint_messages (goal_uid, seq, message)
-    SELECT u.goal_uid, %(base)s + t.n - 1, t.m
+    INSERT INTO checkpoint_messages (namespace, goal_uid, seq, message)
+    SELECT u.namespace, u.goal_uid, %(base)s + t.n - 1, t.m
     FROM updated u, jsonb_array_elements(%(messages)s) WITH ORDINALITY AS t (m, n)
 )
 SELECT count(*) FROM updated
@@ -1031,23 +1292,24 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
     read the checkpoint, so it believes there were none): a replay of a write that did commit,
     its answer lost with the connection, adds nothing twice."""
     a = write.args
-    goal, messages = a["goal_uid"], a["messages"]
+    ns, goal, messages = a["namespace"], a["goal_uid"], a["messages"]
     state = a["state"]
     if not a["replace"] and a["base"] is not None and state is not None:
         count = a["base"] + len(messages)
         cur = await conn.execute(_APPEND_CHECKPOINT, {
-            "goal_uid": goal, "base": a["base"], "count": count, "iteration": state["iteration"],
+            "namespace": ns, "goal_uid": goal, "base": a["base"], "count": count, "iteration": state["iteration"],
             "todos": Jsonb(state["todos"]), "counters": Jsonb(state["counters"]), "write_id": write.id,
             "messages": Jsonb(messages)})
         if (await cur.fetchone())[0]:
             return count
     async with conn.transaction():
         cur = await conn.execute(
-            "SELECT message_count, last_write FROM checkpoints WHERE goal_uid = %s FOR UPDATE", (goal,))
+            "SELECT message_count, last_write FROM checkpoints WHERE namespace = %s AND goal_uid = %s FOR UPDATE",
+            (ns, goal))
         row = await cur.fetchone()
         stored, last_write = (row[0], row[1]) if row else (0, None)
         if a["replace"]:
-            await conn.execute("DELETE FROM checkpoint_messages WHERE goal_uid = %s", (goal,))
+            await conn.execute("DELETE FROM checkpoint_messages WHERE namespace = %s AND goal_uid = %s", (ns, goal))
             start, new = 0, messages
         elif last_write == write.id:
             start, new = stored, []
@@ -1065,27 +1327,28 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
         count = start + len(new)
         if state is None:
             await conn.execute(
-                "INSERT INTO checkpoints (goal_uid, message_count, last_write) VALUES (%s, %s, %s) "
-                "ON CONFLICT (goal_uid) DO UPDATE SET message_count = EXCLUDED.message_count, "
-                "last_write = EXCLUDED.last_write, updated_at = now()", (goal, count, write.id))
+                "INSERT INTO checkpoints (namespace, goal_uid, message_count, last_write) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (namespace, goal_uid) DO UPDATE SET message_count = EXCLUDED.message_count, "
+                "last_write = EXCLUDED.last_write, updated_at = now()", (ns, goal, count, write.id))
         else:
             await conn.execute(
-                "INSERT INTO checkpoints (goal_uid, iteration, message_count, todos, counters, last_write) "
-                "VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (goal_uid) DO UPDATE SET iteration = EXCLUDED.iteration, "
+                "INSERT INTO checkpoints (namespace, goal_uid, iteration, message_count, todos, counters, last_write) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (namespace, goal_uid) DO UPDATE SET iteration = EXCLUDED.iteration, "
                 "message_count = EXCLUDED.message_count, todos = EXCLUDED.todos, counters = EXCLUDED.counters, "
                 "last_write = EXCLUDED.last_write, updated_at = now()",
-                (goal, state["iteration"], count, Jsonb(state["todos"]), Jsonb(state["counters"]), write.id))
+                (ns, goal, state["iteration"], count, Jsonb(state["todos"]), Jsonb(state["counters"]), write.id))
         if new:
             await conn.execute(
-                "INSERT INTO checkpoint_messages (goal_uid, seq, message) "
-                "SELECT %s, %s + n - 1, m FROM jsonb_array_elements(%s) WITH ORDINALITY AS t (m, n)",
-                (goal, start, Jsonb(new)))
+                "INSERT INTO checkpoint_messages (namespace, goal_uid, seq, message) "
+                "SELECT %s, %s, %s + n - 1, m FROM jsonb_array_elements(%s) WITH ORDINALITY AS t (m, n)",
+                (ns, goal, start, Jsonb(new)))
     return count
 
 
 async def _apply_drop(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
-    await conn.execute("DELETE FROM checkpoints WHERE goal_uid = %s", (write.args["goal_uid"],))
+    await conn.execute("DELETE FROM checkpoints WHERE namespace = %s AND goal_uid = %s",
+                       (write.args["namespace"], write.args["goal_uid"]))
 
 
 async def _apply_experience(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:

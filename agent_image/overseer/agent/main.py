@@ -105,7 +105,8 @@ async def run(settings: AgentSettings) -> int:
         lessons = []
         checkpoints: Any = FileCheckpoints(settings.workspace, uid)
         if settings.database_url:
-            kb = KnowledgeBase(settings.database_url, spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
+            kb = KnowledgeBase(settings.database_url, namespace=ns,
+                               spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
             await kb.open()  # down for now: writes queue and replay when it returns
             checkpoints = kb.for_goal(uid)
             lessons = await kb.lessons(goal.spec.description, agent.name)

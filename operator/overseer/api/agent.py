@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -50,6 +50,20 @@ class ResourceRequirements(ApiModel):
     """Maximum resources, e.g. {cpu: "1", memory: 1Gi}."""
 
 
+NamespaceOrAll = Annotated[str, Field(max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$",
+                                      examples=["team-b", "*"])]
+
+
+class KnowledgeSpec(ApiModel):
+    """What this agent shares of the knowledge base. Experiences, patterns and lessons belong to the
+    agent's namespace; checkpoints and approval records are never shared."""
+
+    share_with: list[NamespaceOrAll] = Field(default_factory=list, max_length=64)
+    """Namespaces whose agents may read this agent's experiences and patterns (and get lessons from
+    them); "*" for every namespace. Only this Agent's owner can share: a namespace cannot opt itself
+    into another's knowledge."""
+
+
 class AgentSpec(ApiModel):
     """Desired state of an Agent."""
 
@@ -78,14 +92,16 @@ class AgentSpec(ApiModel):
     """Other Agents (same namespace) this agent may hand sub-goals to; it may always hand them to itself."""
     max_subgoals_per_goal: int = Field(default=5, ge=0, le=100)
     """How many unfinished sub-goals one of this agent's goals may have at once; the operator fails any beyond."""
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec)
+    """The knowledge base: what this agent shares with other namespaces (nothing by default)."""
 
 
 class AgentStatus(ApiModel):
     """Observed state of an Agent."""
 
     conditions: Conditions
-    """Ready, CapabilitiesReady, ModelSupported and AdmissionPolicies (whether approvals are verified and
-    agents confined by the API server), with reasons."""
+    """Ready, CapabilitiesReady, ModelSupported, AdmissionPolicies (whether approvals are verified and
+    agents confined by the API server) and KnowledgeBase, with reasons."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     service_account_name: str | None = None

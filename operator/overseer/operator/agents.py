@@ -1,5 +1,6 @@
 """Agent reconciliation: its ServiceAccount, Role, RoleBinding, NetworkPolicy and
-ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal counts."""
+ResourceQuota, kept in line with the spec; its namespace's knowledge-base login and what it
+shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class AgentReconciler:
         """Apply every agent's children and read every Secret again on the next reconcile (drift repair)."""
         self._applied.clear()
         self._secrets_found.clear()
+        if self.rt.knowledge is not None:
+            self.rt.knowledge.forget()
 
     async def check_secret(self, agent: Agent) -> tuple[bool, str, str]:
         """Whether the API key Secret is there. A found one is trusted for secret_recheck_seconds:
@@ -129,6 +132,8 @@ class AgentReconciler:
         raw = self.rt.one("agents", key)
         if raw is None:
             self._applied.pop(key, None)
+            if self.rt.knowledge is not None:
+                await self.rt.knowledge.unshare(ns, name)
             return None  # children go with it: they carry owner references
         agent = Agent.model_validate(raw)
         gen = agent.generation
@@ -154,6 +159,17 @@ class AgentReconciler:
         secret_ok, secret_reason, secret_msg = await self.check_secret(agent)
         if not secret_ok:
             requeue = self.rt.settings.secret_recheck_seconds  # secrets are not watched, only read
+
+        if self.rt.knowledge is not None:
+            access = await self.rt.knowledge.ensure(ns)
+            if access.ready:
+                access = await self.rt.knowledge.share(ns, name, agent.spec.knowledge.share_with) or access
+            conds = set_condition(conds, "KnowledgeBase", access.ready, access.reason, access.message, gen)
+            if not access.ready:
+                # Goal pods still run, without the knowledge base, until this is put right.
+                requeue = self.rt.settings.secret_recheck_seconds
+        else:
+            conds = [c for c in conds if c.get("type") != "KnowledgeBase"]
 
         caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
@@ -191,7 +207,8 @@ class AgentReconciler:
             for c in conds:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
-                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "AdmissionPolicies"):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "AdmissionPolicies",
+                                                                 "KnowledgeBase"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])

@@ -18,6 +18,7 @@ from overseer.kube import Kube
 from .controller import Operator
 from .events import EventRecorder
 from .health import Probes
+from .knowledge_tenants import KnowledgeTenants
 from .leader import LeaderElection
 from .metrics import LEADER
 from .runtime import Runtime
@@ -40,7 +41,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
 
     config: Settings = memo.settings
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
-    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
+    knowledge = (KnowledgeTenants(config.knowledge_admin_url, kube, recheck_seconds=config.secret_recheck_seconds)
+                 if config.knowledge_admin_url else None)
+    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge)
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     memo.election = LeaderElection(
@@ -79,4 +82,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await operator.stop()
         if memo.election is not None:
             await memo.election.release()
+        if operator.rt.knowledge is not None:
+            await operator.rt.knowledge.close()
         await operator.rt.kube.close()

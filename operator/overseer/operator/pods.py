@@ -10,6 +10,8 @@ from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
+from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
+from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
 from .settings import Settings
 
 
@@ -39,8 +41,12 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     ]
     if model.base_url:
         env.append({"name": Env.ANTHROPIC_BASE_URL, "value": model.base_url})
-    for name, value in ((Env.DATABASE_URL, settings.agent_database_url),
-                        (Env.REDIS_URL, settings.agent_redis_url),
+    if settings.knowledge_admin_url:
+        # The namespace's own login; optional, so a pod started before the operator could write
+        # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
+        env.append({"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
+            "name": KNOWLEDGE_SECRET, "key": KNOWLEDGE_SECRET_KEY, "optional": True}}})
+    for name, value in ((Env.REDIS_URL, settings.agent_redis_url),
                         (Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
                         (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):

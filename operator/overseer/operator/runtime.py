@@ -15,6 +15,7 @@ from .api_server import APIServerEgress
 from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
+from .knowledge_tenants import KnowledgeTenants
 from .settings import Settings
 from .store import Indexer, Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
 from .workqueue import WorkQueue
@@ -116,6 +117,7 @@ class Runtime:
     kube: Kube
     settings: Settings
     events: EventRecorder
+    knowledge: KnowledgeTenants | None = None  # with OVERSEER_KNOWLEDGE_ADMIN_URL
     stores: dict[str, Store] = field(default_factory=new_stores)
     goals: WorkQueue = field(default_factory=lambda: WorkQueue("goals"))
     agents: WorkQueue = field(default_factory=lambda: WorkQueue("agents"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,8 +50,10 @@ class Settings(BaseSettings):
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = {"k8s-app": "kube-dns"}
     """Labels of the cluster DNS pods agents may query."""
-    agent_database_url: str | None = None
-    """PostgreSQL knowledge base handed to goal pods (checkpoints, experiences, lessons)."""
+    knowledge_admin_url: str | None = None
+    """Admin login of the PostgreSQL knowledge base (checkpoints, experiences, lessons): the operator
+    migrates it and gives each namespace its own login, in the Secret overseer-knowledge that goal
+    pods read. Unset: no knowledge base (goal pods keep checkpoints in their workspace)."""
     agent_redis_url: str | None = None
     """Redis handed to goal pods (shared rate limit, live events, steering)."""
     agent_requests_per_minute: int = Field(default=0, ge=0)
@@ -66,6 +70,15 @@ class Settings(BaseSettings):
     """Under --leader-elect: a leader that cannot renew for this long stops reconciling."""
     lease_retry_period_seconds: float = Field(default=2.0, gt=0)
     """Under --leader-elect: how often the Lease is renewed, or tried by a waiting replica."""
+
+    @model_validator(mode="after")
+    def _no_shared_login(self) -> Settings:
+        if os.environ.get("OVERSEER_AGENT_DATABASE_URL"):
+            raise ValueError(
+                "OVERSEER_AGENT_DATABASE_URL is no longer read: one login for every namespace let each read the "
+                "others' knowledge. Set OVERSEER_KNOWLEDGE_ADMIN_URL to a login that owns the knowledge-base "
+                "database and may create roles (CREATEROLE); the operator gives each namespace its own login")
+        return self
 
     @model_validator(mode="after")
     def _lease_timings(self) -> Settings:
