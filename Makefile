@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CLUSTER := e2e/cluster
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv test unit e2e demo cluster cluster-build cluster-down crds clean
+.PHONY: help venv test unit e2e demo cluster cluster-build cluster-down crds clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -14,6 +14,7 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus) into .cache/tools"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
@@ -30,14 +31,17 @@ venv: $(BIN)/.installed
 unit: venv
 	$(BIN)/pytest tests
 
-e2e: venv cluster-build
+e2e: venv cluster-build tools-build
 	$(BIN)/pytest e2e
 
-test: venv cluster-build
+test: venv cluster-build tools-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:
 	$(CLUSTER)/build.sh
+
+tools-build:
+	e2e/tools/health/build.sh
 
 cluster: cluster-build
 	$(CLUSTER)/up.sh

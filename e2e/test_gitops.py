@@ -1,0 +1,102 @@
+"""What GitOps tools make of Overseer's objects on a real API server: Argo CD's health (the Lua
+checks of manifests/argocd run in gopher-lua, the VM Argo CD embeds) and kstatus (cli-utils, as
+Flux reads it), for objects taken live in every phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2e import health
+from e2e.world import World
+
+
+def look(world: World) -> dict[tuple[str, str], dict[str, Any]]:
+    """Argo CD's and kstatus' verdicts on every Goal, Agent and Capability of the namespace."""
+    listing = world.kubectl("get", "goals,agents,capabilities", "-n", world.ns, "-o", "json").stdout
+    return health.verdicts(listing)
+
+
+def argocd(verdicts: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> tuple[str, str]:
+    v = verdicts[(kind, name)]["argocd"]
+    return v["status"], v["message"]
+
+
+def test_argocd_health_checks_pass_their_recorded_cases() -> None:
+    proc = health.run("test", str(health.ARGOCD_CM), str(health.ARGOCD_DIR))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kind in ("Goal", "Agent", "Capability"):
+        assert f"overseer.dev_{kind}/testdata/" in proc.stdout
+
+
+def test_argocd_health_of_live_goals_agents_and_capabilities(world: World) -> None:
+    world.capability("pytest")
+    world.apply("""
+apiVersion: overseer.dev/v1alpha1
+kind: Capability
+metadata: {name: bad-schema}
+spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
+""")
+    world.agent("coder", max=1, capabilities="[pytest]")
+    world.agent("keyless", secret="no-such-secret")
+    world.wait_condition("agent", "coder", "Ready", "True")
+    world.wait_condition("agent", "keyless", "Ready", "False", "SecretNotFound")
+    world.wait_condition("capability", "bad-schema", "Ready", "False", "InvalidInputSchema")
+    world.goal("early", agent="later")
+    world.goal("build")
+    world.running_pod("build")
+    world.goal("deploy", depends="[build]")
+    world.goal("next", priority=10)
+    world.goal("stop-me")
+    for name, phase in (("early", "Pending"), ("deploy", "Blocked"), ("next", "Queued"), ("stop-me", "Queued")):
+        world.wait_phase(name, phase)
+    world.kubectl("patch", "goal", "stop-me", "-n", world.ns, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    world.wait_phase("stop-me", "Cancelled")
+
+    seen = look(world)
+    for name in ("early", "build", "deploy", "next"):
+        status, message = argocd(seen, "Goal", name)
+        assert status == "Progressing", (name, status, message)
+        assert message == world.get("goal", name)["status"]["message"]
+    assert "spec.agentRef.name" in argocd(seen, "Goal", "early")[1]
+    assert argocd(seen, "Goal", "stop-me") == ("Degraded", "Cancelled: spec.cancel is true; the goal was stopped")
+    assert argocd(seen, "Agent", "coder")[0] == "Healthy"
+    status, message = argocd(seen, "Agent", "keyless")
+    assert status == "Degraded" and message.startswith("SecretNotFound: ") and "no-such-secret" in message
+    assert argocd(seen, "Capability", "pytest")[0] == "Healthy"
+    status, message = argocd(seen, "Capability", "bad-schema")
+    assert status == "Degraded" and message.startswith("InvalidInputSchema: spec.inputSchema")
+
+    # The freed slot goes to the higher priority; its failure (no retries) degrades it.
+    world.finish("build", 0)
+    world.wait_phase("build", "Succeeded")
+    world.finish("next", 3)
+    world.wait_phase("next", "Failed")
+    world.wait_phase("deploy", "Running")
+    seen = look(world)
+    assert argocd(seen, "Goal", "build") == ("Healthy", "attempt 1 succeeded")
+    status, message = argocd(seen, "Goal", "next")
+    assert status == "Degraded" and message.startswith("Failed: ") and "exited with code 3" in message
+    assert argocd(seen, "Goal", "deploy")[0] == "Progressing"
+
+
+def test_a_goal_awaiting_approval_is_suspended_with_the_command_to_approve(world: World, agents: Any,
+                                                                           kubectl: Any) -> None:
+    world.apply("""
+apiVersion: overseer.dev/v1alpha1
+kind: Capability
+metadata: {name: deploy}
+spec: {description: "Deploy to production", risk: high, command: {run: ["cat"]},
+       inputSchema: {type: object, properties: {target: {type: string}}, required: [target]}}
+""")
+    agents({"ship": [{"reply": [{"tool_use": {"name": "deploy", "input": {"target": "prod"}}}]},
+                     {"reply": [{"text": "Deployed."}]}]}, capabilities="[deploy]")
+    world.goal("ship")
+    waiting = world.wait_phase("ship", "AwaitingApproval", timeout=60)
+    approval = waiting["status"]["pendingApprovals"][0]["id"]
+    status, message = argocd(look(world), "Goal", "ship")
+    assert status == "Suspended"
+    assert f"kubectl annotate goal/ship overseer.dev/approve={approval}" in message
+
+    kubectl("annotate", "goal", "ship", "-n", world.ns, f"overseer.dev/approve={approval}")
+    world.wait_phase("ship", "Succeeded", timeout=60)
+    assert argocd(look(world), "Goal", "ship")[0] == "Healthy"
