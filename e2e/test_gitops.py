@@ -1,12 +1,13 @@
 """What GitOps tools make of Overseer's objects on a real API server: Argo CD's health (the Lua
-checks of manifests/argocd run in gopher-lua, the VM Argo CD embeds) and kstatus (cli-utils, as
-Flux reads it), for objects taken live in every phase."""
+checks of manifests/argocd run in gopher-lua, the VM Argo CD embeds) and kstatus (cli-utils'
+status.Compute, as Flux reads it), for objects taken live in every phase."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from e2e import health
+from e2e.harness import wait_for
 from e2e.world import World
 
 
@@ -21,6 +22,10 @@ def argocd(verdicts: dict[tuple[str, str], dict[str, Any]], kind: str, name: str
     return v["status"], v["message"]
 
 
+def kstatus(verdicts: dict[tuple[str, str], dict[str, Any]], kind: str, name: str) -> str:
+    return verdicts[(kind, name)]["kstatus"]["status"]
+
+
 def test_argocd_health_checks_pass_their_recorded_cases() -> None:
     proc = health.run("test", str(health.ARGOCD_CM), str(health.ARGOCD_DIR))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -28,7 +33,7 @@ def test_argocd_health_checks_pass_their_recorded_cases() -> None:
         assert f"overseer.dev_{kind}/testdata/" in proc.stdout
 
 
-def test_argocd_health_of_live_goals_agents_and_capabilities(world: World) -> None:
+def test_argocd_and_kstatus_read_live_goals_agents_and_capabilities(world: World) -> None:
     world.capability("pytest")
     world.apply("""
 apiVersion: overseer.dev/v1alpha1
@@ -65,6 +70,14 @@ spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
     assert argocd(seen, "Capability", "pytest")[0] == "Healthy"
     status, message = argocd(seen, "Capability", "bad-schema")
     assert status == "Degraded" and message.startswith("InvalidInputSchema: spec.inputSchema")
+    # kstatus: work under way is InProgress, a goal that ended without success Failed, an Agent
+    # waiting for its Secret InProgress, a Capability only a spec change can fix Failed.
+    for kind, name, expected in (("Goal", "early", "InProgress"), ("Goal", "build", "InProgress"),
+                                 ("Goal", "deploy", "InProgress"), ("Goal", "next", "InProgress"),
+                                 ("Goal", "stop-me", "Failed"), ("Agent", "coder", "Current"),
+                                 ("Agent", "keyless", "InProgress"), ("Capability", "pytest", "Current"),
+                                 ("Capability", "bad-schema", "Failed")):
+        assert kstatus(seen, kind, name) == expected, (kind, name, seen[(kind, name)])
 
     # The freed slot goes to the higher priority; its failure (no retries) degrades it.
     world.finish("build", 0)
@@ -77,6 +90,16 @@ spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
     status, message = argocd(seen, "Goal", "next")
     assert status == "Degraded" and message.startswith("Failed: ") and "exited with code 3" in message
     assert argocd(seen, "Goal", "deploy")[0] == "Progressing"
+    assert [kstatus(seen, "Goal", n) for n in ("build", "next", "deploy")] == ["Current", "Failed", "InProgress"]
+    assert "exited with code 3" in seen[("Goal", "next")]["kstatus"]["message"]
+
+    # An edit to a finished goal runs nothing again, and both tools still see it finished.
+    world.kubectl("patch", "goal", "build", "-n", world.ns, "--type=merge", "-p", '{"spec":{"priority":5}}')
+    wait_for(lambda: (g := world.get("goal", "build"))["status"]["observedGeneration"] == g["metadata"]["generation"],
+             description="the finished goal's edit observed")
+    seen = look(world)
+    assert (argocd(seen, "Goal", "build")[0], kstatus(seen, "Goal", "build")) == ("Healthy", "Current")
+    assert world.phase("build") == "Succeeded" and len(world.goal_pods("build")) == 1
 
 
 def test_a_goal_awaiting_approval_is_suspended_with_the_command_to_approve(world: World, agents: Any,
@@ -96,7 +119,9 @@ spec: {description: "Deploy to production", risk: high, command: {run: ["cat"]},
     status, message = argocd(look(world), "Goal", "ship")
     assert status == "Suspended"
     assert f"kubectl annotate goal/ship overseer.dev/approve={approval}" in message
+    assert kstatus(look(world), "Goal", "ship") == "InProgress"
 
     kubectl("annotate", "goal", "ship", "-n", world.ns, f"overseer.dev/approve={approval}")
     world.wait_phase("ship", "Succeeded", timeout=60)
-    assert argocd(look(world), "Goal", "ship")[0] == "Healthy"
+    seen = look(world)
+    assert (argocd(seen, "Goal", "ship")[0], kstatus(seen, "Goal", "ship")) == ("Healthy", "Current")

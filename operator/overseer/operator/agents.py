@@ -13,7 +13,7 @@ from overseer import modifications
 from overseer.api import Agent, Capability
 
 from . import agent_resources as render
-from .conditions import is_true, same_conditions, set_condition
+from .conditions import is_true, same_conditions, set_condition, summarize
 from .modification_store import ModificationStore, describe
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
@@ -153,7 +153,7 @@ class AgentReconciler:
             ready, reason, message = False, secret_reason, secret_msg
         else:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
-        conds = set_condition(conds, "Ready", ready, reason, message, gen)
+        conds = summarize(conds, ready, reason, message, gen)  # not Ready: waiting for a Secret or Capability
 
         try:
             active = await self.sync_modifications(raw)
