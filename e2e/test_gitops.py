@@ -4,6 +4,7 @@ status.Compute, as Flux reads it), for objects taken live in every phase."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from e2e import health
@@ -56,6 +57,13 @@ spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
         world.wait_phase(name, phase)
     world.kubectl("patch", "goal", "stop-me", "-n", world.ns, "--type=merge", "-p", '{"spec":{"cancel":true}}')
     world.wait_phase("stop-me", "Cancelled")
+
+    # kubectl get: MESSAGE says what a goal waits for or why it ended, and nothing while it runs.
+    rows = {line.split()[0]: line for line in world.kubectl("get", "goals", "-n", world.ns).stdout.splitlines()}
+    assert rows["NAME"].split() == ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "MESSAGE", "AGE"]
+    assert "waiting for build" in rows["deploy"] and "waiting for a free slot" in rows["next"]
+    assert "spec.cancel is true" in rows["stop-me"]
+    assert "attempt" not in rows["build"] and world.get("goal", "build")["status"]["message"].startswith("attempt 1")
 
     seen = look(world)
     for name in ("early", "build", "deploy", "next"):
@@ -125,3 +133,60 @@ spec: {description: "Deploy to production", risk: high, command: {run: ["cat"]},
     world.wait_phase("ship", "Succeeded", timeout=60)
     seen = look(world)
     assert (argocd(seen, "Goal", "ship")[0], kstatus(seen, "Goal", "ship")) == ("Healthy", "Current")
+    # No TODO list: PROGRESS shows the iteration.
+    row = world.kubectl("get", "goal", "ship", "-n", world.ns, "--no-headers").stdout.split()
+    assert row[:5] == ["ship", "Succeeded", "coder", "iteration", "2"], row
+
+
+ARGOCD_MANAGER = "argocd-controller"  # the field manager of Argo CD's server-side apply
+
+SYNCED_GOAL = """
+apiVersion: overseer.dev/v1alpha1
+kind: Goal
+metadata:
+  name: synced
+  labels: {team: a, app.kubernetes.io/part-of: team-a-work}
+  annotations:
+    argocd.argoproj.io/tracking-id: "team-a-goals:overseer.dev/Goal:{ns}/synced"
+    argocd.argoproj.io/sync-wave: "1"
+spec:
+  description: "Make tests/test_parser.py pass without changing the tests."
+  agentRef: {{name: coder}}
+  dependsOn: [first]
+  timeout: 10m
+  maxRetries: 1
+"""
+
+
+def test_a_goal_synced_with_server_side_apply_never_drifts(world: World) -> None:
+    world.agent("coder")
+    world.goal("first")
+    manifest = SYNCED_GOAL.format(ns=world.ns)
+
+    def sync(*extra: str) -> dict[str, Any]:
+        out = world.kubectl("apply", "--server-side", f"--field-manager={ARGOCD_MANAGER}", "-n", world.ns,
+                            "-o", "json", *extra, "-f", "-", input=manifest).stdout
+        return json.loads(out)
+
+    applied = sync()
+    world.wait_phase("synced", "Blocked")
+    world.finish("first", 0)
+    first_pod = world.running_pod("synced")
+    world.exit_pod(world.ns, first_pod, 3)  # a failed attempt and its retry: more status writes
+    wait_for(lambda: (g := world.get("goal", "synced"))["status"].get("attempt") == 2
+             and g["status"]["phase"] == "Running", description="attempt 2 running")
+    world.finish("synced", 0)
+    done = world.wait_phase("synced", "Succeeded")
+
+    assert done["spec"] == applied["spec"]
+    assert done["metadata"]["labels"] == applied["metadata"]["labels"]
+    assert done["metadata"]["annotations"] == applied["metadata"]["annotations"]
+    assert done["metadata"]["generation"] == applied["metadata"]["generation"] == 1
+    # Every field outside status belongs to Argo CD alone: nothing for its diff or self-heal to undo.
+    others = [(m["manager"], m["operation"], m.get("subresource")) for m in done["metadata"]["managedFields"]
+              if m["manager"] != ARGOCD_MANAGER]
+    assert others and all(sub == "status" for _, _, sub in others), others
+    # Argo CD's next sync (a dry run, as its server-side diff does, then the apply) changes nothing.
+    assert sync("--dry-run=server")["metadata"]["resourceVersion"] == world.get("goal", "synced")["metadata"]["resourceVersion"]
+    again = sync()
+    assert again["metadata"]["generation"] == 1 and again["status"]["phase"] == "Succeeded"

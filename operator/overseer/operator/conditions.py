@@ -63,9 +63,13 @@ def summarize_goal(conditions: list[dict[str, Any]], phase: str, reason: str, me
     """summarize() for a goal's phase: Succeeded is Ready, Failed and Cancelled are Stalled (with
     the reason they ended), anything else is Reconciling. A live goal's reason is its phase: the
     pod watch and dispatch write the same phase with different reasons, and must not rewrite
-    each other's conditions."""
+    each other's conditions. Ready's message (the MESSAGE column of `kubectl get goals`) is
+    blank for a goal that runs or succeeded: only the others have something to say."""
     if phase == Phase.SUCCEEDED.value:
-        return summarize(conditions, True, reason, message, generation)
+        return summarize(conditions, True, reason, "", generation)
     if phase in (Phase.FAILED.value, Phase.CANCELLED.value):
         return summarize(conditions, False, reason, message, generation, stalled=True)
-    return summarize(conditions, False, phase, message, generation)
+    conds = summarize(conditions, False, phase, message, generation)
+    if phase == Phase.RUNNING.value:
+        conds = set_condition(conds, "Ready", False, phase, "", generation)
+    return conds
