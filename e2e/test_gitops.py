@@ -145,7 +145,7 @@ apiVersion: overseer.dev/v1alpha1
 kind: Goal
 metadata:
   name: synced
-  labels: {team: a, app.kubernetes.io/part-of: team-a-work}
+  labels: {{team: a, app.kubernetes.io/part-of: team-a-work}}
   annotations:
     argocd.argoproj.io/tracking-id: "team-a-goals:overseer.dev/Goal:{ns}/synced"
     argocd.argoproj.io/sync-wave: "1"
@@ -183,8 +183,9 @@ def test_a_goal_synced_with_server_side_apply_never_drifts(world: World) -> None
     assert done["metadata"]["annotations"] == applied["metadata"]["annotations"]
     assert done["metadata"]["generation"] == applied["metadata"]["generation"] == 1
     # Every field outside status belongs to Argo CD alone: nothing for its diff or self-heal to undo.
-    others = [(m["manager"], m["operation"], m.get("subresource")) for m in done["metadata"]["managedFields"]
-              if m["manager"] != ARGOCD_MANAGER]
+    fields = json.loads(world.kubectl("get", "goal", "synced", "-n", world.ns, "-o", "json",
+                                      "--show-managed-fields").stdout)["metadata"]["managedFields"]
+    others = [(m["manager"], m["operation"], m.get("subresource")) for m in fields if m["manager"] != ARGOCD_MANAGER]
     assert others and all(sub == "status" for _, _, sub in others), others
     # Argo CD's next sync (a dry run, as its server-side diff does, then the apply) changes nothing.
     assert sync("--dry-run=server")["metadata"]["resourceVersion"] == world.get("goal", "synced")["metadata"]["resourceVersion"]
