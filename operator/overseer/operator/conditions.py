@@ -44,11 +44,12 @@ def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
 
 
 def summarize(conditions: list[dict[str, Any]], ready: bool, reason: str, message: str,
-              generation: int | None, stalled: bool = False) -> list[dict[str, Any]]:
+              generation: int | None, stalled: bool = False, ready_message: str | None = None) -> list[dict[str, Any]]:
     """Ready, plus Reconciling while not ready or Stalled when it never will be without a change
     from someone: the conditions kstatus (Flux, cli-utils) reads. Reconciling and Stalled are
     there only while true, as kstatus' convention has it."""
-    conds = set_condition(conditions, "Ready", ready, reason, message, generation)
+    conds = set_condition(conditions, "Ready", ready, reason, message if ready_message is None else ready_message,
+                          generation)
     working = not ready and not stalled
     for type_, wanted in (("Reconciling", working), ("Stalled", stalled)):
         if wanted:
@@ -69,7 +70,5 @@ def summarize_goal(conditions: list[dict[str, Any]], phase: str, reason: str, me
         return summarize(conditions, True, reason, "", generation)
     if phase in (Phase.FAILED.value, Phase.CANCELLED.value):
         return summarize(conditions, False, reason, message, generation, stalled=True)
-    conds = summarize(conditions, False, phase, message, generation)
-    if phase == Phase.RUNNING.value:
-        conds = set_condition(conds, "Ready", False, phase, "", generation)
-    return conds
+    return summarize(conditions, False, phase, message, generation,
+                     ready_message="" if phase == Phase.RUNNING.value else None)
