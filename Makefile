@@ -7,7 +7,7 @@ CLUSTER := e2e/cluster
 HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean
+.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -21,6 +21,7 @@ help:
 	@echo "make chart-crds    regenerate the chart's CRD templates (charts/overseer/templates/crds) from the models"
 	@echo "make manifests     regenerate manifests/ (kustomize) from the chart (helm template)"
 	@echo "make helm-build    build the real Helm from its Go module into .cache/tools/bin (first time ~4 min)"
+	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus) into .cache/tools"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
@@ -46,7 +47,7 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests
 
-e2e: venv cluster-build helm-build
+e2e: venv cluster-build helm-build tools-build
 	$(BIN)/pytest e2e
 
 # PostgreSQL, Redis, Go, curl, openssl: checked first, so a machine without them stops at once
@@ -54,11 +55,14 @@ e2e: venv cluster-build helm-build
 prerequisites:
 	@tests/prerequisites.sh
 
-test: prerequisites venv cluster-build helm-build
+test: prerequisites venv cluster-build helm-build tools-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:
 	$(CLUSTER)/build.sh
+
+tools-build:
+	e2e/tools/health/build.sh
 
 cluster: cluster-build
 	$(CLUSTER)/up.sh

@@ -272,3 +272,17 @@ def test_a_goal_reached_twice_is_expanded_once() -> None:
     lines = cli.format_tree("top", goals).splitlines()
     assert lines[-1].split() == ["└──", "x", "Blocked", "dependency", "(shown", "above)"]
     assert sum("base" in line for line in lines) == 1
+
+
+def test_status_gives_a_queued_goals_place_in_its_agents_queue() -> None:
+    goals = [goal("first", phase="Running", agent="coder"),
+             goal("low", phase="Queued", agent="coder", created="2026-01-01T11:00:00Z"),
+             goal("urgent", spec={"priority": 10}, phase="Queued", agent="coder", created="2026-01-01T11:05:00Z"),
+             goal("older-low", phase="Queued", agent="coder", created="2026-01-01T10:00:00Z"),
+             goal("elsewhere", phase="Queued", agent="reviewer")]
+    by_name = {g["metadata"]["name"]: g for g in goals}
+    assert [cli.queue_position(by_name[n], goals) for n in ("urgent", "older-low", "low")] == [(1, 3), (2, 3), (3, 3)]
+    assert cli.queue_position(by_name["first"], goals) is None
+    assert cli.queue_position(by_name["elsewhere"], goals) == (1, 1)
+    text = cli.format_status(by_name["low"], NOW, queue=cli.queue_position(by_name["low"], goals))
+    assert "Queue:       3 of 3 for agent coder" in text

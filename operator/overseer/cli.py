@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from overseer import approvals, live
 from overseer.api import API_VERSION, Phase
 from overseer.kube import ApiError, Kube, StaticCredentials, load_credentials, path
+from overseer.operator.dispatch import queue_key
 
 FIELD_MANAGER = "kubectl-overseer"
 REDIS_ENV = "OVERSEER_REDIS_URL"
@@ -252,8 +253,23 @@ def format_tokens(tokens: Mapping[str, Any] | None) -> str:
             f"cache read {t.get('cacheRead', 0):,}, cache write {t.get('cacheWrite', 0):,})")
 
 
-def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
-    """What `kubectl overseer status` prints for a Goal object (as the API returns it)."""
+def queue_position(goal: Mapping[str, Any], goals: Sequence[Mapping[str, Any]]) -> tuple[int, int] | None:
+    """(place from 1, length) of a Queued goal in its agent's queue, in the operator's order.
+    Worked out here from a list, not kept in status: every start would rewrite every queued goal."""
+    st = goal.get("status") or {}
+    if st.get("phase") != Phase.QUEUED.value or not st.get("agent"):
+        return None
+    queue = sorted((g for g in goals if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
+                    and (g.get("status") or {}).get("agent") == st["agent"]), key=queue_key)
+    names = [g["metadata"]["name"] for g in queue]
+    name = goal["metadata"]["name"]
+    return (names.index(name) + 1, len(names)) if name in names else None
+
+
+def format_status(goal: Mapping[str, Any], now: datetime | None = None,
+                  queue: tuple[int, int] | None = None) -> str:
+    """What `kubectl overseer status` prints for a Goal object (as the API returns it), with its
+    place in the queue when it waits in one."""
     now = now or datetime.now(timezone.utc)
     meta = goal.get("metadata") or {}
     spec = goal.get("spec") or {}
@@ -284,8 +300,8 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
         rows.append(("Last tool", one_line(st["lastTool"], 200)))
     if st.get("waitingFor"):
         rows.append(("Waiting for", ", ".join(st["waitingFor"])))
-    if st.get("queuePosition"):
-        rows.append(("Queue", f"position {st['queuePosition']}"))
+    if queue:
+        rows.append(("Queue", f"{queue[0]} of {queue[1]} for agent {agent}"))
     if st.get("retryAt"):
         rows.append(("Retry at", st["retryAt"]))
     if st.get("heartbeat") and _phase(goal) not in TERMINAL_PHASES:
@@ -478,7 +494,11 @@ class Session:
 
 
 async def cmd_status(s: Session, args: argparse.Namespace) -> int:
-    s.print(format_status(await s.goal(args.goal)))
+    goal = await s.goal(args.goal)
+    queue = None
+    if (goal.get("status") or {}).get("phase") == Phase.QUEUED.value:
+        queue = queue_position(goal, ((await s.kube.get(s.goal_path())) or {}).get("items") or [])
+    s.print(format_status(goal, queue=queue))
     return 0
 
 

@@ -187,7 +187,7 @@ class AgentLoop:
 
     async def _report(self, **extra: Any) -> None:
         await self.link.report(iteration=self.counters.iteration, tokens=self.counters.tokens(),
-                               progress=self.todos.summary() if len(self.todos) else None, **extra)
+                               progress=self.todos.progress(self.counters.iteration), **extra)
 
     # ---- the loop -------------------------------------------------------------------------
 

@@ -161,7 +161,7 @@ async def run(settings: AgentSettings) -> int:
                     outcome.reason, duration)
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
-                          progress=todos.summary() if len(todos) else None)
+                          progress=todos.progress(loop.counters.iteration))
         await poller.stop()
         await link.flush()
         await loop.flush_events()

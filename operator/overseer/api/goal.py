@@ -145,7 +145,14 @@ class GoalStatus(ApiModel):
     phase: Phase = Phase.PENDING
     """Pending, Blocked, Queued, Running, AwaitingApproval, Succeeded, Failed or Cancelled."""
     conditions: Conditions
-    """Ready (resolved and dispatchable), DependenciesMet, Complete, with reasons."""
+    """Ready: True once Succeeded; while False, its reason is the phase (or why the goal ended) and
+    its message what the goal waits for or why it ended, blank while Running. Reconciling: True
+    while the goal is under way (Pending to AwaitingApproval). Stalled: True once Failed or
+    Cancelled. (Ready, Reconciling and Stalled are what kstatus, Flux and `kubectl wait` read.)
+    Dispatched: whether a pod runs the current attempt, or why not yet (AgentNotFound,
+    AgentNotReady, DependenciesPending, WaitingForSlot, QuotaExceeded, RetryBackoff).
+    DependenciesMet: only with spec.dependsOn. Complete: set when the goal ends, True if it
+    succeeded."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     message: str | None = None
@@ -158,8 +165,6 @@ class GoalStatus(ApiModel):
     """The current attempt, from 1."""
     waiting_for: list[str] = Field(default_factory=list)
     """Dependencies that have not succeeded yet."""
-    queue_position: int | None = None
-    """Place in the agent's queue while Queued, from 1."""
     retry_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the next attempt may start after a failed one."""
     last_exit_code: int | None = None
@@ -169,7 +174,7 @@ class GoalStatus(ApiModel):
     tokens: TokenUsage = Field(default_factory=TokenUsage)
     """Tokens used so far."""
     progress: str | None = None
-    """TODO summary such as 3/7."""
+    """The agent's TODO list done over total, such as 3/7, or `iteration N` while it keeps none."""
     heartbeat: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """Last sign of life from the agent."""
     result: str | None = None
@@ -200,7 +205,8 @@ class Goal(CustomResource):
         PrinterColumn(name="Progress", type="string", json_path=".status.progress"),
         PrinterColumn(name="Tokens", type="integer", json_path=".status.tokens.total"),
         PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt", priority=1),
-        PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        # Ready's message: what a goal waits for or why it ended, blank while Running or Succeeded.
+        PrinterColumn(name="Message", type="string", json_path='.status.conditions[?(@.type=="Ready")].message'),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 

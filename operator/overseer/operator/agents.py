@@ -17,7 +17,7 @@ from overseer.api import Agent, Capability
 
 from . import agent_resources as render
 from .api_server import SLICES_SOURCE, APIServerEgress
-from .conditions import is_true, same_conditions, set_condition
+from .conditions import is_true, same_conditions, set_condition, summarize
 from .modification_store import ModificationStore, describe
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
@@ -190,7 +190,7 @@ class AgentReconciler:
             ready, reason, message = False, secret_reason, secret_msg
         else:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
-        conds = set_condition(conds, "Ready", ready, reason, message, gen)
+        conds = summarize(conds, ready, reason, message, gen)  # not Ready: waiting for a Secret or Capability
         conds = set_condition(conds, "AdmissionPolicies", *self.rt.admission.condition(), gen)
 
         try:

@@ -19,7 +19,7 @@ from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
 from . import dispatch, subgoals, trust
 from .agent_resources import child_name
-from .conditions import is_true, same_conditions, set_condition
+from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
 from .dispatch import TERMINAL
 from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
@@ -102,6 +102,7 @@ class GoalReconciler:
         conds = list(status.get("conditions") or [])
         for ctype, cstatus, creason, cmessage in conditions:
             conds = set_condition(conds, ctype, cstatus, creason, cmessage, generation)
+        conds = summarize_goal(conds, phase.value, reason, message, generation)
         changes: dict[str, Any] = {"phase": phase.value, "message": message, "observedGeneration": generation}
         if not same_conditions(conds, status.get("conditions") or []):
             changes["conditions"] = conds
@@ -111,6 +112,20 @@ class GoalReconciler:
         await self.rt.patch_status(goal_path(ns, name, "status"), raw, changes)
         if moved or (status.get("message") != message and event_type == "Warning"):
             self.rt.events.record(raw, event_type, reason, message)
+
+    async def settle(self, raw: Raw) -> None:
+        """A finished goal runs no more, but still says it saw its latest spec (observedGeneration),
+        or kstatus would call it in progress for ever after an edit."""
+        status = raw.get("status") or {}
+        generation = raw["metadata"].get("generation")
+        old = status.get("conditions") or []
+        ended = condition(old, "Complete") or {}
+        conds = summarize_goal(list(old), status["phase"], ended.get("reason") or status["phase"],
+                               status.get("message") or "", generation)
+        if status.get("observedGeneration") != generation or not same_conditions(conds, old):
+            ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+            await self.rt.patch_status(goal_path(ns, name, "status"), raw,
+                                       {"observedGeneration": generation, "conditions": conds})
 
     async def delete_live_pods(self, pods: list[Raw]) -> None:
         for pod in pods:
@@ -164,6 +179,7 @@ class GoalReconciler:
 
         if phase in TERMINAL:
             await self.delete_live_pods(pods)  # a cancel or timeout may have died before the delete
+            await self.settle(raw)
             return None
 
         if goal.spec.cancel:
