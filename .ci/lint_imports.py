@@ -27,7 +27,7 @@ def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
 
 
 importlib.util.find_spec = find_spec
-sys.path.insert(0, str(ROOT))  # tests, e2e and testsupport are checked too
+sys.path.insert(0, str(ROOT))  # tests and e2e are checked too
 
 from importlinter.cli import lint_imports_command  # noqa: E402 - after the search path is widened
 

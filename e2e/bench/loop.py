@@ -5,7 +5,7 @@ and compaction, with the scripted model behind the real `anthropic` SDK.
                              [--quick] [--no-cluster] [--keep-cluster] [--json PATH]
 
 Everything runs in this process except the services, which are real and on 127.0.0.1:
-PostgreSQL and Redis (started here in throwaway folders, as testsupport/servers.py
+PostgreSQL and Redis (started here in throwaway folders, as tests/support/servers.py
 does; PostgreSQL with fsync and synchronous commit on) and the local control plane of
 e2e/cluster/up.sh (started if needed, stopped again if this run started it).
 
@@ -80,7 +80,7 @@ from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResul
 from overseer.agent.tools.todo import TodoList
 from overseer.kube import Kube, load_credentials
 from overseer.operator.knowledge_tenants import provision_login
-from testsupport.servers import PostgresServer, RedisServer, pg_bin, wait_port
+from tests.support.servers import PostgresServer, RedisServer, pg_bin, wait_port
 
 MODEL = "claude-sonnet-5-5"
 NAMESPACE = "bench-loop"

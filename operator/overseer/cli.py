@@ -27,9 +27,8 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from overseer import approvals, live
-from overseer.api import API_VERSION, Phase
+from overseer.api import API_VERSION, Phase, queue_key
 from overseer.kube import ApiError, Kube, StaticCredentials, load_credentials, path
-from overseer.operator.dispatch import queue_key
 
 FIELD_MANAGER = "kubectl-overseer"
 REDIS_ENV = "OVERSEER_REDIS_URL"

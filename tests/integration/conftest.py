@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testsupport.servers import PostgresServer, RedisServer
+from tests.support.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")

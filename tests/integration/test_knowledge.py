@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from overseer.agent.knowledge import MIGRATIONS, Action, Experience, KnowledgeBase, migrate
-from testsupport.servers import PostgresServer
+from tests.support.servers import PostgresServer
 
 
 @pytest.fixture

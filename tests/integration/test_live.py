@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from overseer.agent.ratelimit import RateLimiter
 from overseer.live import EventStream, EventType, SteeringPoller, SteeringQueue, SteeringUnavailable, connect
-from testsupport.servers import RedisServer
+from tests.support.servers import RedisServer
 
 WINDOW = 1.0  # seconds: the limiter's minute, scaled down so the tests take seconds
 

@@ -2,12 +2,13 @@
 
 from .agent import Agent, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements
 from .capability import Capability, CapabilitySpec, CapabilityStatus, EgressRule
-from .goal import Goal, GoalSpec, GoalStatus, Phase, TokenUsage
+from .goal import Goal, GoalSpec, GoalStatus, Phase, TokenUsage, queue_key
 from .meta import API_VERSION, GROUP, VERSION, Condition, parse_duration
 
 KINDS = (Agent, Goal, Capability)
 
 __all__ = [
+    "queue_key",
     "API_VERSION", "GROUP", "KINDS", "VERSION",
     "Agent", "AgentSpec", "AgentStatus", "Budget", "KnowledgeSpec", "ModelSpec", "ResourceRequirements",
     "Capability", "CapabilitySpec", "CapabilityStatus", "EgressRule",

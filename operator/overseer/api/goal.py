@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -213,3 +214,9 @@ class Goal(CustomResource):
     kind: str = "Goal"
     spec: GoalSpec
     status: GoalStatus = Field(default_factory=GoalStatus)
+
+
+def queue_key(goal: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Order of an Agent's queue of goals (raw objects): higher priority first, then older, then by name."""
+    return (-int(goal.get("spec", {}).get("priority", 0)),
+            goal["metadata"].get("creationTimestamp", ""), goal["metadata"]["name"])

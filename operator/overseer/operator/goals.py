@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any
 
-from overseer.api import Agent, Goal, Phase, parse_duration
+from overseer.api import Agent, Goal, Phase, parse_duration, queue_key
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
@@ -151,7 +151,7 @@ class GoalReconciler:
         queued = [g for g in self.rt.by("goals", "queued", (ns, agent))
                   if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
                   and not (g.get("status") or {}).get("retryAt", "") > now]
-        for g in heapq.nsmallest(free, queued, key=dispatch.queue_key):
+        for g in heapq.nsmallest(free, queued, key=queue_key):
             self.rt.goals.add((ns, g["metadata"]["name"]))
 
     def sweep_queues(self) -> None:
@@ -427,14 +427,14 @@ class GoalReconciler:
         # can take the same slot: pod creates of one agent still run side by side.
         limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
         free = limit - self.rt.live_pods_of_agent(ns, agent_name)
-        me = dispatch.queue_key(raw)
+        me = queue_key(raw)
         ahead = 0
         if free > 0:
             for other in self.rt.by("goals", "queued", (ns, agent_name)):
                 ost = other.get("status") or {}
                 if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
                         and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
-                        and dispatch.queue_key(other) < me):
+                        and queue_key(other) < me):
                     ahead += 1
                     if ahead >= free:
                         break
