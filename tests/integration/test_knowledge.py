@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from overseer.agent.knowledge import MIGRATIONS, Action, Experience, KnowledgeBase, migrate
+from overseer.agent.knowledge import Action, Experience, KnowledgeBase
+from overseer.knowledge_schema import MIGRATIONS, migrate
 from tests.support.servers import PostgresServer
 
 

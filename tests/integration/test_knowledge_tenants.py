@@ -12,7 +12,9 @@ import psycopg
 import pytest
 
 from overseer.agent import knowledge
-from overseer.agent.knowledge import Action, Experience, KnowledgeBase, migrate
+from overseer.agent.knowledge import Action, Experience, KnowledgeBase
+from overseer import knowledge_schema
+from overseer.knowledge_schema import migrate
 from overseer.agent.main import system_prompt
 from overseer.api import Agent
 from overseer.operator.knowledge_tenants import KnowledgeTenants, provision, tenant_url
@@ -296,7 +298,7 @@ async def test_a_reader_cannot_opt_itself_into_another_namespaces_knowledge(
 async def test_an_old_single_pool_database_is_split_by_namespace(admin: str, monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
-        monkeypatch.setattr(knowledge, "MIGRATIONS", knowledge.MIGRATIONS[:2])
+        monkeypatch.setattr(knowledge_schema, "MIGRATIONS", knowledge_schema.MIGRATIONS[:2])
         await migrate(conn)
         # What version 2 held: experiences (with their namespace) and, keyed by goal only,
         # checkpoints; one pattern followed in one namespace, one in two.
@@ -326,7 +328,7 @@ async def test_an_old_single_pool_database_is_split_by_namespace(admin: str, mon
 async def test_a_namespace_login_does_not_migrate(admin: str, logins: dict[str, str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # A schema newer than the login's migrations is fine; one it lacks is the operator's to apply.
-    monkeypatch.setattr(knowledge, "MIGRATIONS", [*knowledge.MIGRATIONS, (99, "later", "CREATE TABLE later ()")])
+    monkeypatch.setattr(knowledge_schema, "MIGRATIONS", [*knowledge_schema.MIGRATIONS, (99, "later", "CREATE TABLE later ()")])
     async with await psycopg.AsyncConnection.connect(logins["team-a"], autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await migrate(conn)

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from overseer.agent.knowledge import migrate
+from overseer.knowledge_schema import migrate
 from overseer.api.meta import LABEL_MANAGED_BY, MANAGED_BY
 from overseer.kube import ApiError, Kube, path
 
