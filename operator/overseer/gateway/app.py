@@ -1,0 +1,52 @@
+"""The gateway's web application: routes, and the clients it holds for its lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from overseer.kube import Credentials, Kube
+
+from .errors import error_response
+from .identity import Identity
+from .proxy import Meter, Proxy
+from .settings import GatewaySettings
+from .upstream import Targets, client_session
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the Messages API's own request size limit
+
+
+def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentials]],
+              meter: Meter | None = None) -> web.Application:
+    """The gateway as an aiohttp application; clients open on startup and close on cleanup."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    kube = Kube(login, field_manager="overseer-gateway")
+    proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter)
+    add_routes(app, proxy)
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        proxy.session = client_session(settings)  # created on the loop that serves
+        yield
+        await proxy.session.close()
+        await kube.close()
+
+    app.cleanup_ctx.append(clients)
+    return app
+
+
+def add_routes(app: web.Application, proxy: Proxy) -> None:
+    """The Messages API endpoints, /healthz, and API-shaped 404s for everything else."""
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_post("/v1/messages", proxy.messages)
+    app.router.add_post("/v1/messages/count_tokens", proxy.count_tokens)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"Not found: {request.method} {request.path} (the gateway serves "
+                               "POST /v1/messages and POST /v1/messages/count_tokens)")
