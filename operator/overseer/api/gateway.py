@@ -13,3 +13,6 @@ TOKEN_FILE_ENV = "OVERSEER_GATEWAY_TOKEN_FILE"
 TOKEN_EXPIRY_SECONDS = 600
 """Lifetime of the projected token (the shortest the API server allows): a token copied out of a
 pod stops working soon, and stops at once when the pod is deleted (it is bound to the pod)."""
+BUDGET_HEADER = "overseer-budget-exhausted"
+"""Set on the gateway's 402 answer to a call that does not fit a budget; names the budget
+(maxCostPerGoal, maxTokensPerGoal). The agent ends the goal with reason BudgetExhausted."""

@@ -106,6 +106,17 @@ class TokenUsage(ApiModel):
     """Sum of all of the above."""
 
 
+class GoalCost(ApiModel):
+    """What a goal cost, as the model gateway's spend ledger records it."""
+
+    usd: float = 0
+    """US dollars spent on model calls, across attempts."""
+    tokens: int = 0
+    """Tokens of those calls, all kinds."""
+    requests: int = 0
+    """Model calls priced."""
+
+
 class PendingApproval(ApiModel):
     """A tool call or self-modification waiting for a person's decision."""
 
@@ -163,6 +174,8 @@ class GoalStatus(ApiModel):
     """Model calls made so far."""
     tokens: TokenUsage = Field(default_factory=TokenUsage)
     """Tokens used so far."""
+    cost: GoalCost | None = None
+    """Spend in US dollars, written by the model gateway."""
     progress: str | None = None
     """TODO summary such as 3/7."""
     heartbeat: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
@@ -194,6 +207,7 @@ class Goal(CustomResource):
         PrinterColumn(name="Agent", type="string", json_path=".status.agent"),
         PrinterColumn(name="Progress", type="string", json_path=".status.progress"),
         PrinterColumn(name="Tokens", type="integer", json_path=".status.tokens.total"),
+        PrinterColumn(name="Cost", type="number", json_path=".status.cost.usd", description="US dollars spent"),
         PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt", priority=1),
         PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),

@@ -10,25 +10,38 @@ from overseer.kube import Credentials, Kube
 
 from .errors import error_response
 from .identity import Identity
-from .proxy import Meter, Proxy
+from .budget import Meter
+from .ledger import Ledger
+from .prices import PriceTable
+from .proxy import Proxy
+from .status import CostStatus
 from .settings import GatewaySettings
 from .upstream import Targets, client_session
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the Messages API's own request size limit
 
 
-def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentials]],
-              meter: Meter | None = None) -> web.Application:
+def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentials]]) -> web.Application:
     """The gateway as an aiohttp application; clients open on startup and close on cleanup."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     kube = Kube(login, field_manager="overseer-gateway")
+    ledger = Ledger(settings.database_url) if settings.database_url else None
+    status = CostStatus(kube, ledger, settings.status_interval_seconds) if ledger else None
+    meter = (Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
+                   on_spend=status.spent if status else None) if ledger else None)
     proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter)
     add_routes(app, proxy)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         proxy.session = client_session(settings)  # created on the loop that serves
+        if ledger is not None and status is not None:
+            await ledger.open()
+            status.start()
         yield
         await proxy.session.close()
+        if ledger is not None and status is not None:
+            await status.stop()
+            await ledger.close()
         await kube.close()
 
     app.cleanup_ctx.append(clients)

@@ -20,15 +20,16 @@ class GatewayError(Exception):
     """A refusal to send back to the caller as an API error."""
 
     def __init__(self, status: int, message: str, error_type: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type or ERROR_TYPES.get(status, "api_error")
         self.retry_after = retry_after
+        self.headers = headers
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.error_type, self.retry_after)
+        return error_response(self.status, self.message, self.error_type, self.retry_after, self.headers)
 
 
 def request_id() -> str:
@@ -36,10 +37,10 @@ def request_id() -> str:
 
 
 def error_response(status: int, message: str, error_type: str | None = None,
-                   retry_after: float | None = None) -> web.Response:
+                   retry_after: float | None = None, extra_headers: dict[str, str] | None = None) -> web.Response:
     """{"type": "error", "error": {"type": ..., "message": ...}} with a request-id header."""
     rid = request_id()
-    headers = {"request-id": rid, "content-type": "application/json"}
+    headers = {"request-id": rid, "content-type": "application/json", **(extra_headers or {})}
     if retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
         headers["retry-after-ms"] = str(max(1, round(retry_after * 1000)))

@@ -34,6 +34,7 @@ class Caller:
     goal: str
     goal_uid: str
     agent: str
+    budget: dict[str, Any] | None = None  # the Goal's spec.budget
 
     @property
     def goal_key(self) -> str:
@@ -115,7 +116,8 @@ class Identity:
         if assigned and assigned != agent_name:
             raise _forbidden(f"Goal {namespace}/{goal_name} is assigned to Agent {assigned}, "
                              f"not to {agent_name} of pod {pod_name}")
-        return Caller(namespace, pod_name, goal_name, goal["metadata"]["uid"], agent_name)
+        return Caller(namespace, pod_name, goal_name, goal["metadata"]["uid"], agent_name,
+                      (goal.get("spec") or {}).get("budget"))
 
 
 def _goal_owner(pod: dict[str, Any]) -> dict[str, Any] | None:

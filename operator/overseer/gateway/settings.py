@@ -32,3 +32,13 @@ class GatewaySettings(BaseSettings):
     """Longest a single upstream call may take (a long streamed answer included)."""
     upstream_connect_seconds: float = Field(default=10.0, gt=0)
     """Longest a new upstream connection may take."""
+    database_url: str | None = None
+    """PostgreSQL of the spend ledger; without it the gateway forwards calls but prices, budgets and
+    records nothing."""
+    prices_file: str | None = None
+    """The price table (YAML, the ConfigMap overseer-gateway-prices mounted as a file); re-read when it
+    changes. Without it the built-in list prices apply."""
+    budget_refresh_seconds: float = Field(default=5.0, gt=0)
+    """How often a goal's spend is read again from the ledger (what other replicas spent shows up)."""
+    status_interval_seconds: float = Field(default=2.0, gt=0)
+    """How often Goal.status.cost and Agent.status.cost are written for goals that spent."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from async_lru import alru_cache
@@ -27,6 +28,7 @@ class Target:
     base_url: str
     api_key: str
     model: str
+    budget: dict[str, Any] | None = None  # the Agent's spec.budget (per goal)
 
 
 class Targets:
@@ -62,7 +64,8 @@ class Targets:
                                      f"{'has no key ' + repr(ref.get('key')) if secret else 'does not exist'}; "
                                      "create it with the model API key")
         key = base64.b64decode(data[ref["key"]]).decode().strip()
-        return Target((model.get("baseURL") or self._default).rstrip("/"), key, model.get("name", ""))
+        return Target((model.get("baseURL") or self._default).rstrip("/"), key, model.get("name", ""),
+                      agent.get("spec", {}).get("budget"))
 
 
 def client_session(settings: GatewaySettings) -> aiohttp.ClientSession:
