@@ -232,3 +232,20 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_the_agent_reads_its_token_file_again_for_every_call(gateway_to: Any, tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from overseer.agent.gateway_token import client_options
+
+    token = tmp_path / "token"
+    token.write_text(POD_TOKEN + "\n")
+    monkeypatch.setenv("OVERSEER_GATEWAY_TOKEN_FILE", str(token))
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    async with ScriptedModelServer({"conversations": {"default": ["one"]}, "repeat_last": True}) as model:
+        client = anthropic.AsyncAnthropic(base_url=await gateway_to(model.url), max_retries=0, **client_options())
+        await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        token.write_text("a-token-the-kubelet-wrote-later")  # rotated: the old one is not kept
+        with pytest.raises(anthropic.AuthenticationError):
+            await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert len(model.requests) == 1

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from overseer.agent.gateway_token import exhausted_budget
 from overseer.agent.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
@@ -139,6 +140,7 @@ async def test_a_call_that_does_not_fit_the_money_budget_is_refused_naming_the_b
 
     assert refused.value.status_code == 402
     assert refused.value.response.headers[BUDGET_HEADER] == "maxCostPerGoal"
+    assert exhausted_budget(refused.value) == "maxCostPerGoal"  # what makes the agent end with BudgetExhausted
     assert re.search(r"budget maxCostPerGoal \$0\.0210 of Goal team-a/g is exhausted: \$0\.000\d spent, "
                      r"\$0\.0000 held by calls in flight, and this call may cost up to \$0\.030\d",
                      refused.value.message), refused.value.message

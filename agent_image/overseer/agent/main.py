@@ -18,7 +18,7 @@ from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, G
 from overseer import modifications
 from overseer.kube import Kube, load_credentials, path
 
-from . import live
+from . import gateway_token, live
 from .capability_tools import capability_tool
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
@@ -131,7 +131,7 @@ async def run(settings: AgentSettings) -> int:
                 kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
                 await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
-        client = anthropic.AsyncAnthropic(max_retries=4)
+        client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
             system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),
