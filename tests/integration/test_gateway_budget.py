@@ -189,3 +189,23 @@ async def test_with_postgres_down_known_goals_go_on_and_their_rows_land_later(
             postgres.start()
         assert await gateway.ledger.flush(timeout=15)
     assert len(await rows(postgres, gateway.caller.goal_uid)) == 2
+
+
+async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_out = sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL, kind="output")
+    before_refused = sample("overseer_gateway_refusals_total", status="402", reason="billing_error")
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        gateway = await start_gateway(model.url, {"maxTokensPerGoal": 300})
+        client = gateway.sdk()
+        await client.messages.create(model=MODEL, max_tokens=100, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError):
+            await client.messages.create(model=MODEL, max_tokens=1000, messages=HI)  # type: ignore[arg-type]
+
+    assert sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL,
+                  kind="output") > before_out
+    assert sample("overseer_gateway_refusals_total", status="402", reason="billing_error") == before_refused + 1

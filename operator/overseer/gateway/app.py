@@ -8,14 +8,14 @@ from aiohttp import web
 
 from overseer.kube import Credentials, Kube
 
+from .budget import Meter
 from .errors import error_response
 from .identity import Identity
-from .budget import Meter
 from .ledger import Ledger
 from .prices import PriceTable
 from .proxy import Proxy
-from .status import CostStatus
 from .settings import GatewaySettings
+from .status import CostStatus
 from .upstream import Targets, client_session
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the Messages API's own request size limit
@@ -27,8 +27,8 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
     kube = Kube(login, field_manager="overseer-gateway")
     ledger = Ledger(settings.database_url) if settings.database_url else None
     status = CostStatus(kube, ledger, settings.status_interval_seconds) if ledger else None
-    meter = (Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
-                   on_spend=status.spent if status else None) if ledger else None)
+    meter = Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
+                  on_spend=status.spent if status else None) if ledger else None
     proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter)
     add_routes(app, proxy)
 

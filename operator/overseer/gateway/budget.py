@@ -24,6 +24,7 @@ import orjson
 
 from overseer.api.gateway import BUDGET_HEADER
 
+from . import metrics
 from .errors import GatewayError
 from .identity import Caller
 from .ledger import Ledger, LedgerUnavailable, Spend
@@ -82,7 +83,7 @@ class Meter:
         self._prices = prices
         self._refresh = refresh_seconds
         self._accounts: dict[str, Account] = {}
-        self._on_spend = on_spend  # called with each Spend (status writes, metrics)
+        self._on_spend = on_spend  # called with each Spend (cost in status)
 
     async def reserve(self, caller: Caller, target: Target, body: bytes, request_id: str) -> Reservation:
         try:
@@ -127,6 +128,7 @@ class Meter:
             account.spent_usd += spend.cost_usd
         if usage:
             self._ledger.record(spend)
+            metrics.spent(spend)
             if self._on_spend is not None:
                 self._on_spend(spend)
 

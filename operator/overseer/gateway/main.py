@@ -7,6 +7,7 @@ import logging
 import sys
 
 from aiohttp import web
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from overseer.kube import StaticCredentials, load_credentials
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
     app = build_app(settings, _login)
     web.run_app(app, host=settings.host, port=settings.port, access_log=None, shutdown_timeout=30,
                 print=lambda line: print(line.replace("Running on", "overseer-gateway listening on"), flush=True))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import metrics
 from .errors import GatewayError, error_response, request_id
 from .identity import Caller, Identity, bearer_token
 from .upstream import Target, Targets
@@ -54,6 +56,13 @@ class Proxy:
         return await self._forward(request, "/v1/messages/count_tokens", metered=False)
 
     async def _forward(self, request: web.Request, endpoint: str, metered: bool) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await self._call(request, endpoint, metered)
+        finally:
+            metrics.REQUESTS.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _call(self, request: web.Request, endpoint: str, metered: bool) -> web.StreamResponse:
         try:
             caller = await self._identity.caller(bearer_token(request.headers))
             target = await self._targets.target(caller.namespace, caller.agent)
@@ -63,12 +72,15 @@ class Proxy:
             if metered and self._meter is not None:
                 reservation = await self._meter.reserve(caller, target, body, rid)
         except GatewayError as refusal:
+            metrics.REFUSALS.labels(str(refusal.status), refusal.error_type).inc()
             return refusal.response()
         assert self.session is not None
         headers = _upstream_headers(request.headers, target.api_key)
         tap = StreamUsage()  # the usage so far, also when the answer breaks off
         try:
             async with self.session.post(target.base_url + endpoint, data=body, headers=headers) as up:
+                if up.status != 200:
+                    metrics.UPSTREAM_ERRORS.labels(str(up.status)).inc()
                 out_headers = _client_headers(up.headers)
                 if up.content_type == "text/event-stream":
                     return await self._stream(request, up, out_headers, tap)
@@ -79,6 +91,7 @@ class Proxy:
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             if request.transport is None or request.transport.is_closing():
                 raise  # the client is gone: nobody to answer
+            metrics.UPSTREAM_ERRORS.labels("0").inc()
             log.warning("%s %s: upstream %s failed: %r", caller.goal_key, endpoint, target.base_url, e)
             return error_response(502, f"the model endpoint {target.base_url} did not answer: "
                                        f"{type(e).__name__}: {e}")
