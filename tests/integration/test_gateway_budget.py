@@ -15,6 +15,7 @@ import aiohttp
 import anthropic
 import psycopg
 import pytest
+import redis
 from aiohttp import web
 
 from overseer.agent.gateway_token import exhausted_budget
@@ -22,13 +23,14 @@ from overseer.agent.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
+from overseer.gateway.counters import RedisCounters
 from overseer.gateway.identity import Caller
 from overseer.gateway.ledger import Ledger, Spend
 from overseer.gateway.prices import PriceTable
 from overseer.gateway.proxy import Proxy
 from overseer.gateway.settings import GatewaySettings
 from overseer.gateway.upstream import Target, client_session
-from tests.integration.servers import PostgresServer
+from tests.integration.servers import PostgresServer, RedisServer
 
 MODEL = "claude-sonnet-5-5"  # $2 / $10 per million tokens
 HI = [{"role": "user", "content": "hi"}]
@@ -47,11 +49,15 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
     """start_gateway(model_url, goal_budget) -> Gateway with a ledger in the test PostgreSQL."""
     cleanup: list[Any] = []
 
-    async def start(upstream: str, goal_budget: dict[str, Any] | None = None) -> Gateway:
+    async def start(upstream: str, goal_budget: dict[str, Any] | None = None, redis_url: str | None = None,
+                    caller: Caller | None = None, refresh_seconds: float = 0.5) -> Gateway:
         ledger = Ledger(postgres.dsn)
         await ledger.open()
-        meter = Meter(ledger, PriceTable(), refresh_seconds=0.5)
-        caller = Caller("team-a", "g-a1", "g", "uid-" + secrets.token_hex(4), "coder", goal_budget)
+        counters = RedisCounters(redis_url, hold_seconds=60) if redis_url else None
+        meter = Meter(ledger, PriceTable(), refresh_seconds=refresh_seconds, counters=counters)
+        caller = caller or Caller("team-a", "g-a1", "g", "uid-" + secrets.token_hex(4), "coder", goal_budget)
+        if counters is not None:
+            cleanup.append(counters.close)
 
         class Who:
             async def caller(self, token: str) -> Caller:
@@ -209,3 +215,50 @@ async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: An
     assert sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL,
                   kind="output") > before_out
     assert sample("overseer_gateway_refusals_total", status="402", reason="billing_error") == before_refused + 1
+
+
+async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gateway: Any, postgres: PostgresServer,
+                                                                     redis_server: RedisServer) -> None:
+    # Calls whose use is close to what they hold (~125 input, 20 output tokens): each replica counting
+    # alone would let ~8 through, ~2,000 tokens together; sharing the counters keeps both under 1,000.
+    budget = 1_000
+    question = [{"role": "user", "content": "Why does the parser fail on tabs? " * 12}]
+    async with ScriptedModelServer({"conversations": {"default": [{"reply": "x" * 80, "delay": 0.05}]},
+                                    "repeat_last": True}) as model:
+        # Ledger reads an hour apart: only the shared counters can keep the replicas in step.
+        one = await start_gateway(model.url, {"maxTokensPerGoal": budget}, redis_server.url, refresh_seconds=3600)
+        two = await start_gateway(model.url, redis_url=redis_server.url, caller=one.caller, refresh_seconds=3600)
+
+        async def call(gateway: Gateway) -> str:
+            try:
+                await gateway.sdk().messages.create(model=MODEL, max_tokens=20, messages=question)  # type: ignore[arg-type]
+                return "ok"
+            except anthropic.APIStatusError as e:
+                return str(e.status_code)
+
+        outcomes = await asyncio.gather(*[call(one if i % 2 else two) for i in range(40)])
+        assert await one.ledger.flush() and await two.ledger.flush()
+    spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, one.caller.goal_uid)]
+    shared = redis.Redis.from_url(redis_server.url)
+
+    assert set(outcomes) == {"ok", "402"}
+    assert sum(spent) <= budget, spent
+    assert len(spent) >= 5 and sum(spent) > budget / 2  # most of the budget was usable
+    assert int(shared.hget(f"overseer:gw:spent:{{{one.caller.goal_uid}}}", "t")) == sum(spent)  # type: ignore[arg-type]
+    shared.close()
+
+
+async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: Any, redis_server: RedisServer) -> None:
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        gateway = await start_gateway(model.url, {"maxTokensPerGoal": 1_000}, redis_server.url)
+        client = gateway.sdk()
+        await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        redis_server.stop()
+        try:
+            await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+            with pytest.raises(anthropic.APIStatusError) as refused:  # local counting still enforces the budget
+                await client.messages.create(model=MODEL, max_tokens=5_000, messages=HI)  # type: ignore[arg-type]
+            assert refused.value.status_code == 402
+        finally:
+            redis_server.start()
+    assert len(model.requests) == 2

@@ -9,6 +9,7 @@ from aiohttp import web
 from overseer.kube import Credentials, Kube
 
 from .budget import Meter
+from .counters import RedisCounters
 from .errors import error_response
 from .identity import Identity
 from .ledger import Ledger
@@ -27,8 +28,10 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
     kube = Kube(login, field_manager="overseer-gateway")
     ledger = Ledger(settings.database_url) if settings.database_url else None
     status = CostStatus(kube, ledger, settings.status_interval_seconds) if ledger else None
+    counters = (RedisCounters(settings.redis_url, hold_seconds=settings.upstream_timeout_seconds + 60)
+                if ledger and settings.redis_url else None)
     meter = Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
-                  on_spend=status.spent if status else None) if ledger else None
+                  on_spend=status.spent if status else None, counters=counters) if ledger else None
     proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter)
     add_routes(app, proxy)
 
@@ -42,6 +45,8 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
         if ledger is not None and status is not None:
             await status.stop()
             await ledger.close()
+        if counters is not None:
+            await counters.close()
         await kube.close()
 
     app.cleanup_ctx.append(clients)

@@ -8,13 +8,16 @@ what calls in flight hold is refused with HTTP 402 (the header in overseer.api.g
 the budget) and the agent ends the goal with reason BudgetExhausted. When the answer is in, the
 hold is released and the real cost (cache-aware, prices.py) is added and written to the ledger.
 
-Totals come from the ledger and are read again every `refresh_seconds`, so the spend of other
-replicas is seen within that time; between reads this replica counts its own calls.
+With Redis (counters.py) the spend and the holds of every Goal are shared by all replicas and
+checked in one atomic step. Without it, or while it is down, each replica counts alone: totals
+come from the ledger and are read again every `refresh_seconds`, so the spend of other replicas
+is seen within that time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,11 +28,14 @@ import orjson
 from overseer.api.gateway import BUDGET_HEADER
 
 from . import metrics
+from .counters import CountersUnavailable, RedisCounters, Refused
 from .errors import GatewayError
 from .identity import Caller
 from .ledger import Ledger, LedgerUnavailable, Spend
 from .prices import PriceTable
 from .upstream import Target
+
+log = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN = 4  # a request's size over-estimates its input tokens: JSON keys and quoting count too
 MAX_IDLE_ACCOUNTS = 20_000
@@ -60,7 +66,8 @@ class Reservation:
     request_id: str
     tokens: int
     usd: Decimal
-    account: Account | None
+    account: Account | None  # held in this replica's own account
+    shared: bool = False  # held in the Redis counters
 
 
 def limits(caller: Caller, target: Target) -> Limits:
@@ -78,10 +85,11 @@ class Meter:
     """The gateway's meter: budgets per Goal, cost of every call into the ledger."""
 
     def __init__(self, ledger: Ledger, prices: PriceTable, refresh_seconds: float = 5.0,
-                 on_spend: Any = None) -> None:
+                 on_spend: Any = None, counters: RedisCounters | None = None) -> None:
         self._ledger = ledger
         self._prices = prices
         self._refresh = refresh_seconds
+        self._counters = counters
         self._accounts: dict[str, Account] = {}
         self._on_spend = on_spend  # called with each Spend (cost in status)
 
@@ -100,14 +108,39 @@ class Meter:
                                     "(ConfigMap overseer-gateway-prices)")
         hold_tokens = len(body) // BYTES_PER_TOKEN + max_tokens
         hold_usd = price.most(len(body) // BYTES_PER_TOKEN, max_tokens) if price else Decimal(0)
-        account = None
-        if budget.tokens is not None or budget.usd is not None:
-            account = await self._account(caller.goal_uid)
+        reservation = Reservation(caller, model, request_id, hold_tokens, hold_usd, None)
+        if budget.tokens is None and budget.usd is None:
+            return reservation
+        if self._counters is not None:
+            try:
+                reservation.shared = await self._hold_shared(caller, budget, reservation)
+            except CountersUnavailable as e:
+                log.warning("budget counters (Redis) unavailable, this replica counts alone: %s", e)
+        if not reservation.shared:
+            account = reservation.account = await self._account(caller.goal_uid)
             async with account.lock:  # check and hold in one step: concurrent calls see each other
                 _check(caller, budget, account, hold_tokens, hold_usd)
                 account.held_tokens += hold_tokens
                 account.held_usd += hold_usd
-        return Reservation(caller, model, request_id, hold_tokens, hold_usd, account)
+        return reservation
+
+    async def _hold_shared(self, caller: Caller, budget: Limits, r: Reservation) -> bool:
+        assert self._counters is not None
+        for _ in range(2):
+            answer = await self._counters.hold(caller.goal_uid, r.request_id, r.tokens, r.usd, budget.tokens,
+                                               budget.usd)
+            if answer is None:
+                return True
+            if isinstance(answer, Refused):
+                _check(caller, budget, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
+                                               answer.held_usd), r.tokens, r.usd)
+                raise AssertionError("Redis refused a hold that fits")  # _check raised: unreachable
+            try:
+                total = await self._ledger.goal_total(caller.goal_uid)
+            except LedgerUnavailable as e:
+                raise _ledger_unavailable(e) from e
+            await self._counters.load(caller.goal_uid, total.tokens, total.cost_usd)
+        return False
 
     async def settle(self, reservation: Reservation, usage: dict[str, Any], model: str) -> None:
         caller, model = reservation.caller, model or reservation.model
@@ -120,6 +153,12 @@ class Meter:
             int(usage.get("cache_read_input_tokens") or 0),
             int(usage.get("cache_creation_input_tokens") or 0) - hour, hour,
             price.cost(usage) if price else Decimal(0))
+        if reservation.shared and self._counters is not None:
+            try:
+                await self._counters.settle(caller.goal_uid, reservation.request_id, reservation.tokens,
+                                            reservation.usd, spend.tokens, spend.cost_usd)
+            except CountersUnavailable as e:  # the hold lapses by itself; the ledger has the spend
+                log.warning("budget counters (Redis) unavailable when settling %s: %s", reservation.request_id, e)
         account = reservation.account
         if account is not None:
             account.held_tokens -= reservation.tokens
@@ -142,8 +181,7 @@ class Meter:
         except LedgerUnavailable as e:
             if account is not None:
                 return account  # keep counting locally until PostgreSQL is back
-            raise GatewayError(503, "the gateway cannot check this goal's budget: its spend ledger "
-                                    f"(PostgreSQL) is unavailable ({e}); try again shortly") from e
+            raise _ledger_unavailable(e) from e
         if account is None:
             if len(self._accounts) >= MAX_IDLE_ACCOUNTS:
                 self._forget_idle()
@@ -155,6 +193,11 @@ class Meter:
     def _forget_idle(self) -> None:
         for uid in [uid for uid, a in self._accounts.items() if not a.held_tokens and not a.lock.locked()]:
             del self._accounts[uid]
+
+
+def _ledger_unavailable(e: Exception) -> GatewayError:
+    return GatewayError(503, "the gateway cannot check this goal's budget: its spend ledger "
+                             f"(PostgreSQL) is unavailable ({e}); try again shortly")
 
 
 def _check(caller: Caller, budget: Limits, account: Account, tokens: int, usd: Decimal) -> None:

@@ -42,3 +42,6 @@ class GatewaySettings(BaseSettings):
     """How often a goal's spend is read again from the ledger (what other replicas spent shows up)."""
     status_interval_seconds: float = Field(default=2.0, gt=0)
     """How often Goal.status.cost and Agent.status.cost are written for goals that spent."""
+    redis_url: str | None = None
+    """Redis holding the budget counters all replicas share; without it each replica counts alone
+    between reads of the ledger."""
