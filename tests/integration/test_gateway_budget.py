@@ -261,4 +261,12 @@ async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: A
             assert refused.value.status_code == 402
         finally:
             redis_server.start()
-    assert len(model.requests) == 2
+        await gateway.ledger.flush()
+        await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    assert len(model.requests) == 3
+    # Back in Redis, with what was spent while it was down (loaded again from the ledger).
+    shared = redis.Redis.from_url(redis_server.url)
+    spent = int(shared.hget(f"overseer:gw:spent:{{{gateway.caller.goal_uid}}}", "t"))  # type: ignore[arg-type]
+    shared.close()
+    total = await gateway.ledger.goal_total(gateway.caller.goal_uid)
+    assert spent == total.tokens and total.requests == 3

@@ -90,6 +90,7 @@ class Meter:
         self._prices = prices
         self._refresh = refresh_seconds
         self._counters = counters
+        self._missed: set[str] = set()  # Goals whose spend did not reach Redis (it was down)
         self._accounts: dict[str, Account] = {}
         self._on_spend = on_spend  # called with each Spend (cost in status)
 
@@ -116,6 +117,7 @@ class Meter:
                 reservation.shared = await self._hold_shared(caller, budget, reservation)
             except CountersUnavailable as e:
                 log.warning("budget counters (Redis) unavailable, this replica counts alone: %s", e)
+                self._missed.add(caller.goal_uid)
         if not reservation.shared:
             account = reservation.account = await self._account(caller.goal_uid)
             async with account.lock:  # check and hold in one step: concurrent calls see each other
@@ -126,6 +128,9 @@ class Meter:
 
     async def _hold_shared(self, caller: Caller, budget: Limits, r: Reservation) -> bool:
         assert self._counters is not None
+        if caller.goal_uid in self._missed:  # spent while Redis was down: the ledger knows, Redis does not
+            await self._counters.forget(caller.goal_uid)
+            self._missed.discard(caller.goal_uid)
         for _ in range(2):
             answer = await self._counters.hold(caller.goal_uid, r.request_id, r.tokens, r.usd, budget.tokens,
                                                budget.usd)
@@ -159,6 +164,7 @@ class Meter:
                                             reservation.usd, spend.tokens, spend.cost_usd)
             except CountersUnavailable as e:  # the hold lapses by itself; the ledger has the spend
                 log.warning("budget counters (Redis) unavailable when settling %s: %s", reservation.request_id, e)
+                self._missed.add(caller.goal_uid)
         account = reservation.account
         if account is not None:
             account.held_tokens -= reservation.tokens

@@ -119,6 +119,13 @@ class RedisCounters:
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e
 
+    async def forget(self, goal_uid: str) -> None:
+        """Drop a Goal's spend, so the next call loads it from the ledger again."""
+        try:
+            await self._redis.delete(self._keys(goal_uid)[0])
+        except (RedisError, OSError) as e:
+            raise CountersUnavailable(str(e)) from e
+
     async def settle(self, goal_uid: str, request_id: str, hold_tokens: int, hold_usd: Decimal, tokens: int,
                      usd: Decimal) -> None:
         member = f"{request_id}:{hold_tokens}:{_nano(hold_usd)}"
