@@ -4,7 +4,8 @@ and Goals from manifests/samples/, worked on by the agent runtime until every Go
 kwok runs no containers, so the demo plays the kubelet's part: for each goal pod it runs
 `overseer-agent` locally with the pod's environment and ServiceAccount token (e2e/agent_runner.py).
 With ANTHROPIC_API_KEY set, the agent calls Claude; without it, a scripted model stands in
-(e2e/demo-scenario.yaml) and the demo says so.
+(e2e/demo-scenario.yaml) and the demo says so. Either way the goal pods reach the model through
+overseer-gateway, which alone reads the key, with a spend ledger in a local PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +24,8 @@ import yaml
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
+from e2e.gateway import GatewayProcess, gateway_kubeconfig
+from tests.integration.servers import PostgresServer
 
 NAMESPACE = "overseer-demo"
 SAMPLES = harness.REPO / "manifests" / "samples"
@@ -57,8 +61,18 @@ def main() -> int:
     log = harness.cache_dir() / "demo-operator.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
+    print("==> starting PostgreSQL (the gateway's spend ledger) and overseer-gateway, which alone reads the key")
+    try:
+        ledger: PostgresServer | None = PostgresServer(Path(tempfile.mkdtemp(prefix="overseer-demo-pg-"))).init()
+    except RuntimeError as e:
+        print(f"    no PostgreSQL ({e}): the gateway runs without a ledger, so no cost and no budgets")
+        ledger = None
+    env = {"OVERSEER_GATEWAY_DATABASE_URL": ledger.dsn, "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5"} if ledger else {}
+    gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gateway.kubeconfig"),
+                             harness.cache_dir() / "demo-gateway.log", env=env)
+    print(f"    gateway {gateway.url} (log: {gateway.log}); goal pods get a token for it, not the key")
     print(f"==> starting overseer-operator (log: {log})")
-    op = harness.OperatorProcess(cluster, NAMESPACE, log).start()
+    op = harness.OperatorProcess(cluster, NAMESPACE, log, env={"OVERSEER_GATEWAY_URL": gateway.url}).start()
     runner = AgentRunner(cluster, k8s, NAMESPACE, workdir, shared_workspace=True).start()
     try:
         print(f"==> kubectl apply -f {SAMPLES.relative_to(harness.REPO)}/")
@@ -80,12 +94,21 @@ def main() -> int:
         for goal in ("setup-repo", "fix-ci"):
             result = kubectl("get", "goal", goal, "-n", NAMESPACE, "-o", "jsonpath={.status.result}").stdout
             print(f"\n==> {goal} reported: {result}")
+        if ledger is not None:
+            harness.wait_for(lambda: all((g.get("status") or {}).get("cost") for g in json.loads(
+                kubectl("get", "goals", "-n", NAMESPACE, "-o", "json").stdout)["items"]), description="cost in status")
+            print("\n==> what it cost, from the gateway's spend ledger (status.cost)")
+            print(kubectl("get", "-n", NAMESPACE, "goals,agents").stdout.rstrip())
         print("\n==> the goals' workspace")
         for f in sorted(runner.workspace("fix-ci").glob("*.py")):
             print(f"--- {f.name}\n{f.read_text().rstrip()}")
     finally:
         runner.stop()
         op.stop()
+        gateway.stop()
+        if ledger is not None:
+            ledger.stop()
+            shutil.rmtree(ledger.dir.parent, ignore_errors=True)
         if model is not None:
             model.stop()
     print(f"\nThe cluster keeps running: export KUBECONFIG={cluster.kubeconfig}; stop it with make cluster-down")
