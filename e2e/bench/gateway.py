@@ -155,7 +155,8 @@ async def measure(model_url: str, gateway: GatewayProcess, token: str, requests:
                 cpu += cpu_seconds(gateway.proc.pid) - before
         log(f"round {r + 1}/{rounds} done")
     rss, peak = memory_mb(gateway.proc.pid)
-    out: dict[str, Any] = {"requests": requests * rounds, "concurrency": concurrency, "rounds": rounds}
+    out: dict[str, Any] = {"requests": requests * rounds, "concurrency": concurrency, "rounds": rounds,
+                           "load_average": os.getloadavg()[0]}
     for name, values in samples.items():
         firsts, totals = [v[0] for v in values], [v[1] for v in values]
         out[name] = {"p50_ms": pct(totals, 0.5) * 1000, "p99_ms": pct(totals, 0.99) * 1000,
@@ -169,7 +170,8 @@ async def measure(model_url: str, gateway: GatewayProcess, token: str, requests:
 def table(r: dict[str, Any]) -> str:
     rows = [("direct", r["direct"]), ("through the gateway", r["gateway"]), ("added by the gateway", r["added"])]
     lines = [f"{r['requests']} streamed calls ({r['rounds']} alternating rounds), {r['concurrency']} in flight, "
-             f"{os.cpu_count()} cores; model, gateway and client on one machine\n",
+             f"{os.cpu_count()} cores (load average {r['load_average']:.1f} at the end); model, gateway and "
+             "client on one machine\n",
              "| path | p50 | p99 | first byte p50 | first byte p99 |", "|---|---|---|---|---|"]
     for name, v in rows:
         lines.append(f"| {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['ttfb_p50_ms']:.2f} ms | "
