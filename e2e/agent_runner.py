@@ -169,21 +169,22 @@ class AgentRunner:
             pod.spec.service_account_name, pod.metadata.namespace, request).status.token
 
     def _projected_tokens(self, pod: Any, container: Any) -> dict[str, Path]:
-        """What the kubelet projects into the container: each serviceAccountToken source of a mounted
-        projected volume, minted for this pod with its audience, in a local folder per mount path."""
+        """What the kubelet projects into the container: each serviceAccountToken source with an
+        audience of a mounted projected volume (the API server's own token comes with the kubeconfig),
+        minted for this pod, in a local folder per mount path."""
         volumes = {v.name: v for v in pod.spec.volumes or []}
         folders: dict[str, Path] = {}
         for mount in container.volume_mounts or []:
             volume = volumes.get(mount.name)
-            if volume is None or volume.projected is None:
+            sources = [s.service_account_token for s in (volume.projected.sources or [])
+                       if s.service_account_token is not None and s.service_account_token.audience] \
+                if volume is not None and volume.projected is not None else []
+            if not sources:
                 continue
             folder = self.workdir / f"projected-{pod.metadata.name}-{mount.name}"
             folder.mkdir(parents=True, exist_ok=True)
-            for source in volume.projected.sources or []:
-                token = source.service_account_token
-                if token is not None:
-                    (folder / token.path).write_text(self._token(
-                        pod, [token.audience] if token.audience else [], token.expiration_seconds or 3600))
+            for token in sources:
+                (folder / token.path).write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
             folders[mount.mount_path] = folder
         return folders
 
