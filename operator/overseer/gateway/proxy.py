@@ -31,7 +31,7 @@ _RATELIMIT_PREFIX = "anthropic-ratelimit-"
 DEFAULT_VERSION = "2023-06-01"
 
 
-class Meter(Protocol):
+class Metering(Protocol):
     """Budgets and cost: reserve before a call is forwarded, settle from the usage it reports."""
 
     async def reserve(self, caller: Caller, target: Target, body: bytes, request_id: str) -> Any:
@@ -43,7 +43,7 @@ class Meter(Protocol):
 
 class Proxy:
     def __init__(self, identity: Identity, targets: Targets, session: aiohttp.ClientSession | None = None,
-                 meter: Meter | None = None) -> None:
+                 meter: Metering | None = None) -> None:
         self._identity = identity
         self._targets = targets
         self.session = session  # the pooled upstream client; set before the first request
