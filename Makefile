@@ -28,6 +28,7 @@ help:
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 	@echo "make bench-knowledge  lessons and checkpoints with and without row-level security, 1,000,000"
 	@echo "                   experiences, into docs/performance.md (Knowledge base)"
+	@echo "make bench-gateway what the model gateway adds to 100 concurrent streamed calls, into docs/performance.md"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -118,13 +119,14 @@ BENCH_STEADY ?= 20:60
 BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
 BENCH_SCALE_GOALS ?= 10000
 BENCH_SOAK ?= 3600
-.PHONY: bench bench-smoke bench-loop bench-scale bench-knowledge
+.PHONY: bench bench-smoke bench-loop bench-scale bench-knowledge bench-gateway
 BENCH_LOOP_ARGS ?=  # e.g. --wait-quiet 300, --no-cluster
 bench: venv cluster-build
 	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --steady $(BENCH_STEADY) --docs docs/performance.md $(BENCH_ARGS)
 	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
 	$(BIN)/python -m e2e.bench.knowledge --docs docs/performance.md
+	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 
 bench-scale: venv cluster-build
 	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
@@ -134,6 +136,10 @@ bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.scale --goals 300 --agents 10 --slots 5 --soak 40 --churn 5
 	$(BIN)/python -m e2e.bench.loop --quick $(BENCH_LOOP_ARGS)
 	$(BIN)/python -m e2e.bench.knowledge --experiences 20000 --queries 50 --goals 5
+	$(BIN)/python -m e2e.bench.gateway --requests 200 --rounds 1
+
+bench-gateway: venv cluster-build
+	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 
 bench-loop: venv cluster-build
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)

@@ -132,10 +132,11 @@ class AgentRunner:
         goal = pod.metadata.labels[LABEL_GOAL]
         container = pod.spec.containers[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
+        projected = self._projected_tokens(pod, container)
         for var in container.env or []:
             value = self._value(pod, var)
             if value is not None:
-                env[var.name] = value
+                env[var.name] = _local_path(value, projected)
         env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         env["OVERSEER_HEALTH_PORT"] = "0"  # pods have a port each; processes on one machine do not
@@ -176,11 +177,50 @@ class AgentRunner:
             return base64.b64decode(data[ref.key]).decode()
         raise ValueError(f"unsupported env source for {var.name}")
 
+    def _token(self, pod: Any, audiences: list[str], seconds: int = 3600) -> str:
+        """A token of the pod's ServiceAccount bound to the pod: it stops working when the pod is deleted."""
+        from kubernetes import client
+
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=audiences, expiration_seconds=seconds,
+            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
+                                                           uid=pod.metadata.uid)))
+        return self.k8s.core.create_namespaced_service_account_token(
+            pod.spec.service_account_name, pod.metadata.namespace, request).status.token
+
+    def _projected_tokens(self, pod: Any, container: Any) -> dict[str, Path]:
+        """What the kubelet projects into the container: each serviceAccountToken source with an
+        audience of a mounted projected volume (the API server's own token comes with the kubeconfig),
+        minted for this pod, in a local folder per mount path."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        folders: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            sources = [s.service_account_token for s in (volume.projected.sources or [])
+                       if s.service_account_token is not None and s.service_account_token.audience] \
+                if volume is not None and volume.projected is not None else []
+            if not sources:
+                continue
+            folder = self.workdir / f"projected-{pod.metadata.name}-{mount.name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for token in sources:
+                (folder / token.path).write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+            folders[mount.mount_path] = folder
+        return folders
+
     def _kubeconfig(self, pod: Any) -> Path:
         """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
         when the pod is deleted), for the loopback API URL."""
         return service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace, pod.spec.service_account_name,
                                           self.workdir / f"kubeconfig-{pod.metadata.name}", pod=pod)
+
+
+def _local_path(value: str, folders: dict[str, Path]) -> str:
+    """A path inside a mounted volume, as the local folder that stands for that mount."""
+    for mount_path, folder in folders.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(folder) + value[len(mount_path.rstrip("/")):]
+    return value
 
 
 def wait_exit(runner: AgentRunner, pod: str, timeout: float = 60) -> int:

@@ -7,7 +7,8 @@ operator Deployment it runs `overseer-operator` locally with that pod's args, en
 ServiceAccount token (e2e/chart.py), and for each goal pod `overseer-agent` likewise
 (e2e/agent_runner.py).
 With ANTHROPIC_API_KEY set, the agent calls Claude; without it, a scripted model stands in
-(e2e/demo-scenario.yaml) and the demo says so.
+(e2e/demo-scenario.yaml) and the demo says so. Either way the goal pods reach the model through
+overseer-gateway, which alone reads the key, with a spend ledger in a local PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +29,8 @@ from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
 from e2e.chart import (CHART, NAMESPACE as RELEASE_NAMESPACE, RELEASE, OperatorPods, adopt_crds, delete_kustomize_install,
                        helm, leader_identity)
+from e2e.gateway import GatewayProcess, gateway_kubeconfig
+from tests.support.servers import PostgresServer
 
 NAMESPACE = "overseer-demo"
 SAMPLES = harness.REPO / "manifests" / "samples"
@@ -69,6 +73,21 @@ def main() -> int:
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "anthropic"},
         "data": {"api-key": base64.b64encode(key.encode()).decode()}}))
 
+    print("==> starting PostgreSQL (the gateway's spend ledger) and overseer-gateway, which alone reads the key")
+    try:
+        ledger: PostgresServer | None = PostgresServer(Path(tempfile.mkdtemp(prefix="overseer-demo-pg-"))).init()
+    except RuntimeError as e:
+        print(f"    no PostgreSQL ({e}): the gateway runs without a ledger, so no cost and no budgets")
+        ledger = None
+    env = {"OVERSEER_GATEWAY_DATABASE_URL": ledger.dsn, "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5"} if ledger else {}
+    gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gateway.kubeconfig"),
+                             harness.cache_dir() / "demo-gateway.log", env=env)
+    print(f"    gateway {gateway.url} (log: {gateway.log}); goal pods get a token for it, not the key")
+    print(f"==> helm upgrade {RELEASE} --reuse-values: the operator sends goal pods to the gateway (extraEnv)")
+    helm("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values", "--wait", "--timeout", "120s",
+         "--set-json", "extraEnv=" + json.dumps([{"name": "OVERSEER_GATEWAY_URL", "value": gateway.url}]),
+         kubeconfig=cluster.kubeconfig)
+
     print(f"==> the operator's pods run as local processes, with the Deployment's args and environment and a token\n"
           f"    of ServiceAccount {RELEASE_NAMESPACE}/{RELEASE}-operator (logs: {workdir}/operator-*.log)")
     op = OperatorPods(cluster, k8s, RELEASE_NAMESPACE, workdir, release=RELEASE).start()
@@ -98,12 +117,21 @@ def main() -> int:
         for goal in ("setup-repo", "fix-ci"):
             result = kubectl("get", "goal", goal, "-n", NAMESPACE, "-o", "jsonpath={.status.result}").stdout
             print(f"\n==> {goal} reported: {result}")
+        if ledger is not None:
+            harness.wait_for(lambda: all((g.get("status") or {}).get("cost") for g in json.loads(
+                kubectl("get", "goals", "-n", NAMESPACE, "-o", "json").stdout)["items"]), description="cost in status")
+            print("\n==> what it cost, from the gateway's spend ledger (status.cost)")
+            print(kubectl("get", "-n", NAMESPACE, "goals,agents").stdout.rstrip())
         print("\n==> the goals' workspace")
         for f in sorted(runner.workspace("fix-ci").glob("*.py")):
             print(f"--- {f.name}\n{f.read_text().rstrip()}")
     finally:
         runner.stop()
         op.stop()
+        gateway.stop()
+        if ledger is not None:
+            ledger.stop()
+            shutil.rmtree(ledger.dir.parent, ignore_errors=True)
         if model is not None:
             model.stop()
     print(f"\nThe cluster keeps running: export KUBECONFIG={cluster.kubeconfig}; stop it with make cluster-down")

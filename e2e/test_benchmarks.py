@@ -74,3 +74,14 @@ def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_ro
         assert len(lookups["times"]) == 20 and lookups["found"] > 0, name
     assert {name: len(saves) for name, saves in r["checkpoints"].items()} == {"owner": 9, "bench": 9}
     assert "row-level security" in table
+
+
+def test_gateway_benchmark_reports_added_latency_cpu_and_memory(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "gateway.json"
+    table = run_bench(cluster, "e2e.bench.gateway", "--requests", "200", "--concurrency", "50", "--rounds", "1",
+                      "--json", str(out))
+    r = json.loads(out.read_text())
+    for path in ("direct", "gateway"):
+        assert r[path]["p50_ms"] > 0 and r[path]["p99_ms"] >= r[path]["p50_ms"] and r[path]["ttfb_p50_ms"] > 0
+    assert r["gateway_cpu_ms_per_request"] > 0 and r["gateway_rss_mb"] > 0
+    assert "added by the gateway" in table

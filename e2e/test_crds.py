@@ -117,8 +117,8 @@ def test_explain_shows_field_descriptions(crds: list[str], kubectl: Kubectl) -> 
 def test_get_shows_printer_columns(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
     apply(kubectl, namespace, *(sample(k, namespace) for k in ("Agent", "Capability", "Goal")))
     headers = {
-        "goals": ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "MESSAGE", "AGE"],
-        "agents": ["NAME", "READY", "RUNNING", "SUCCEEDED", "FAILED", "AGE"],
+        "goals": ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "COST", "MESSAGE", "AGE"],
+        "agents": ["NAME", "READY", "RUNNING", "SUCCEEDED", "FAILED", "COST", "AGE"],
         "capabilities": ["NAME", "RISK", "READY", "AGE"],
     }
     for resource, expected in headers.items():

@@ -199,6 +199,17 @@ def test_network_policy_allows_the_model_api_but_not_the_private_ranges(make_age
     assert rule["ports"] == [{"protocol": "TCP", "port": 443}]
 
 
+def test_with_a_gateway_agents_reach_the_gateway_and_not_the_internet(make_agent, clean_env):
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080")
+
+    policy = render_network_policy(make_agent(), [], settings)
+
+    assert not [peer for peer in egress_peers(policy) if "ipBlock" in peer]
+    [rule] = [r for r in policy["spec"]["egress"] if r["ports"] == [{"protocol": "TCP", "port": 8080}]]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "overseer-system"}},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "overseer-gateway"}}}]
+
+
 def test_private_ranges_are_excepted_from_every_model_cidr_that_contains_them(make_agent, clean_env):
     # Splitting 0.0.0.0/0 into halves must not open the cluster's own networks.
     settings = Settings(model_egress_cidrs=["0.0.0.0/1", "128.0.0.0/1"])

@@ -170,6 +170,14 @@ def test_status_of_a_finished_goal_shows_who_decided_and_the_result() -> None:
     assert "Pending approvals" not in text
 
 
+def test_status_shows_what_the_goal_cost_when_the_gateway_priced_it() -> None:
+    priced = cli.format_status(goal(phase="Running", cost={"usd": 0.012345, "tokens": 9000, "requests": 4}), now=NOW)
+    unpriced = cli.format_status(goal(phase="Running"), now=NOW)
+
+    assert "Cost:        $0.0123 in 4 model calls (model gateway)" in priced
+    assert "Cost:" not in unpriced
+
+
 def test_status_of_a_goal_the_operator_has_not_seen_yet() -> None:
     g = goal()
     g.pop("status")

@@ -146,6 +146,26 @@ def test_base_url_is_passed_only_when_the_agent_sets_one(make_goal, make_agent, 
     assert custom["ANTHROPIC_BASE_URL"]["value"] == "https://llm.internal:8443"
 
 
+def test_with_a_gateway_the_pod_gets_a_token_bound_to_itself_and_no_api_key(make_goal, make_agent, settings):
+    settings.gateway_url = "http://overseer-gateway.overseer-system:8080"
+    agent = make_agent(model={"baseURL": "https://llm.internal:8443",
+                              "apiKeySecretRef": {"name": "team-a-anthropic", "key": "token"}})
+
+    pod = render_pod(make_goal(), agent, 1, settings)
+
+    env = env_of(pod)
+    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://overseer-gateway.overseer-system:8080"
+    assert "ANTHROPIC_API_KEY" not in env
+    assert "team-a-anthropic" not in repr(pod) and "secretKeyRef" not in repr(pod)
+    [token] = [v for v in pod["spec"]["volumes"] if v["name"] == "gateway-token"]
+    assert token["projected"]["sources"] == [{"serviceAccountToken": {
+        "audience": "overseer-gateway", "expirationSeconds": 600, "path": "token"}}]
+    [mount] = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "gateway-token"]
+    assert mount["readOnly"] is True
+    assert env["OVERSEER_GATEWAY_TOKEN_FILE"]["value"] == mount["mountPath"] + "/token"
+    assert_restricted(pod)
+
+
 # --- the container -------------------------------------------------------------------------------
 
 

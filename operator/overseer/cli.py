@@ -293,6 +293,9 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None,
         rows.append(("Attempt", f"{st['attempt']} of {1 + int(spec.get('maxRetries', 1))}{pod}"))
     rows.append(("Iteration", str(st.get("iteration", 0))))
     rows.append(("Tokens", format_tokens(st.get("tokens"))))
+    if st.get("cost"):
+        cost = st["cost"]
+        rows.append(("Cost", f"${cost.get('usd', 0):.4f} in {cost.get('requests', 0)} model calls (model gateway)"))
     if st.get("progress"):
         rows.append(("Progress", st["progress"]))
     if st.get("lastTool"):

@@ -19,6 +19,7 @@ from overseer import approvals
 from overseer.kube import now_iso
 
 from .checkpoint import Checkpoints
+from .gateway_token import exhausted_budget
 from .tools.base import Assessment, ToolContext, ToolRegistry, risk_at_least
 from .tools.todo import TodoList
 
@@ -207,6 +208,8 @@ class AgentLoop:
                 except ModelUnavailable as e:
                     return Outcome(False, str(e), "ModelUnavailable", retryable=True)
                 except anthropic.APIStatusError as e:  # a request the API refuses for good (400, 401, 403, 404)
+                    if exhausted_budget(e):  # the model gateway's budget: a retry cannot fix it either
+                        return Outcome(False, _error_message(e), "BudgetExhausted")
                     return Outcome(False, f"the model API refused the request: {e}", "ModelRequestRejected")
                 self.counters.iteration += 1
                 content = [block.model_dump(exclude_none=True, mode="json") for block in response.content]
@@ -441,3 +444,8 @@ class AgentLoop:
 def _strip_local(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies the request may decorate (cache_control) without touching the history."""
     return [{"role": m["role"], "content": list(m["content"])} for m in messages]
+
+
+def _error_message(error: anthropic.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return str((body.get("error") or {}).get("message") or error.message)

@@ -21,6 +21,7 @@ from overseer import live, modifications
 from overseer.contract import ExitCode
 from overseer.kube import Kube, load_credentials, path
 
+from . import gateway_token
 from .capability_tools import capability_tool
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
@@ -133,7 +134,7 @@ async def run(settings: AgentSettings) -> int:
                 kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
                 await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
-        client = anthropic.AsyncAnthropic(max_retries=4)
+        client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
             system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),

@@ -39,6 +39,20 @@ class Budget(ApiModel):
     """Model calls a goal may make."""
     max_wall_clock: Duration | None = None
     """How long a goal may run, e.g. 30m."""
+    max_cost_per_goal: float | None = Field(default=None, ge=0)
+    """US dollars a goal (all its attempts) may spend on model calls through the model gateway before it
+    fails with BudgetExhausted, priced from the gateway's price table."""
+
+
+class AgentCost(ApiModel):
+    """What an Agent's goals cost, in US dollars, as the model gateway's spend ledger records it."""
+
+    today_usd: float = 0
+    """Spent since midnight UTC of `day`."""
+    total_usd: float = 0
+    """Spent in all."""
+    day: str | None = None
+    """The UTC day todayUsd counts, e.g. 2026-12-01."""
 
 
 class ResourceRequirements(ApiModel):
@@ -116,6 +130,8 @@ class AgentStatus(ApiModel):
     """Goals that failed."""
     tokens_used: int = 0
     """Tokens used by all of this agent's goals."""
+    cost: AgentCost | None = None
+    """Spend in US dollars, written by the model gateway."""
     modifications: int = 0
     """Approved self-modifications (lessons, script tools) later goals use, i.e. not reverted; they are
     kept in ConfigMap overseer-agent-NAME-modifications."""
@@ -135,6 +151,8 @@ class Agent(CustomResource):
         PrinterColumn(name="Succeeded", type="integer", json_path=".status.succeededGoals"),
         PrinterColumn(name="Failed", type="integer", json_path=".status.failedGoals"),
         PrinterColumn(name="Modifications", type="integer", json_path=".status.modifications", priority=1),
+        PrinterColumn(name="Cost", type="number", json_path=".status.cost.totalUsd",
+                      description="US dollars spent by this agent's goals"),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 

@@ -107,6 +107,17 @@ class TokenUsage(ApiModel):
     """Sum of all of the above."""
 
 
+class GoalCost(ApiModel):
+    """What a goal cost, as the model gateway's spend ledger records it."""
+
+    usd: float = 0
+    """US dollars spent on model calls, across attempts."""
+    tokens: int = 0
+    """Tokens of those calls, all kinds."""
+    requests: int = 0
+    """Model calls priced."""
+
+
 class PendingApproval(ApiModel):
     """A tool call or self-modification waiting for a person's decision."""
 
@@ -174,6 +185,8 @@ class GoalStatus(ApiModel):
     """Model calls made so far."""
     tokens: TokenUsage = Field(default_factory=TokenUsage)
     """Tokens used so far."""
+    cost: GoalCost | None = None
+    """Spend in US dollars, written by the model gateway."""
     progress: str | None = None
     """The agent's TODO list done over total, such as 3/7, or `iteration N` while it keeps none."""
     heartbeat: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
@@ -205,6 +218,7 @@ class Goal(CustomResource):
         PrinterColumn(name="Agent", type="string", json_path=".status.agent"),
         PrinterColumn(name="Progress", type="string", json_path=".status.progress"),
         PrinterColumn(name="Tokens", type="integer", json_path=".status.tokens.total"),
+        PrinterColumn(name="Cost", type="number", json_path=".status.cost.usd", description="US dollars spent"),
         PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt", priority=1),
         # Ready's message: what a goal waits for or why it ended, blank while Running or Succeeded.
         PrinterColumn(name="Message", type="string", json_path='.status.conditions[?(@.type=="Ready")].message'),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from overseer.api import Agent, Goal
+from overseer.api import Agent, Goal, gateway
 from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -36,11 +36,21 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.AGENT_NAME, "value": agent.name},
         {"name": Env.WORKSPACE, "value": WORKSPACE},
-        {"name": Env.ANTHROPIC_API_KEY, "valueFrom": {"secretKeyRef": {
-            "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}},
     ]
-    if model.base_url:
-        env.append({"name": Env.ANTHROPIC_BASE_URL, "value": model.base_url})
+    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    if settings.gateway_url:
+        # The key stays with the gateway; the pod proves who it is with a token bound to itself.
+        env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},
+                {"name": gateway.TOKEN_FILE_ENV, "value": gateway.TOKEN_FILE}]
+        volumes.append({"name": "gateway-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": gateway.AUDIENCE, "expirationSeconds": gateway.TOKEN_EXPIRY_SECONDS, "path": "token"}}]}})
+        mounts.append({"name": "gateway-token", "mountPath": gateway.TOKEN_DIR, "readOnly": True})
+    else:
+        env.append({"name": Env.ANTHROPIC_API_KEY, "valueFrom": {"secretKeyRef": {
+            "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}})
+        if model.base_url:
+            env.append({"name": Env.ANTHROPIC_BASE_URL, "value": model.base_url})
     if settings.knowledge_admin_url:
         # The namespace's own login; optional, so a pod started before the operator could write
         # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
@@ -66,7 +76,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
         },
-        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     }
     if resources:
         container["resources"] = resources
@@ -92,6 +102,6 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],
-            "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+            "volumes": volumes,
         },
     }

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     """Model API requests per minute shared by all goal pods of an API key; 0 = no limit."""
     agent_tokens_per_minute: int = Field(default=0, ge=0)
     """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
+    gateway_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The model gateway's Service URL: goal pods call the model through it with a projected token and get
+    no API key; unset, they get the Agent's key and call its model endpoint themselves."""
+    gateway_namespace: str = "overseer-system"
+    """Namespace of the gateway's pods, which goal pods may reach instead of the model API."""
+    gateway_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "overseer-gateway"}
+    """Labels of the gateway's pods."""
     agent_metrics_port: int = 9090
     """Port of the agent's /metrics and /healthz inside goal pods."""
     admission_check_seconds: float = Field(default=60.0, gt=0)
