@@ -18,7 +18,7 @@ from e2e.agent_runner import ModelServer
 from e2e.gateway import GatewayProcess, gateway_kubeconfig, pod_token
 from e2e.harness import Cluster, K8s, Kubectl, restricted_pod, wait_for
 from e2e.world import World
-from tests.integration.servers import PostgresServer
+from tests.support.servers import PostgresServer
 
 MODEL = "claude-sonnet-5-5"
 HELLO = [{"role": "user", "content": "Say hello"}]

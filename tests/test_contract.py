@@ -56,7 +56,7 @@ def test_the_defaults_in_the_readme_table_are_the_agents() -> None:
 
 
 def test_every_variable_the_pod_sets_is_part_of_the_contract(make_goal, make_agent, clean_env) -> None:
-    settings = Settings(agent_database_url="postgresql://kb", agent_redis_url="redis://r:6379/0",
+    settings = Settings(knowledge_admin_url="postgresql://kb", agent_redis_url="redis://r:6379/0",
                         agent_requests_per_minute=50, agent_tokens_per_minute=40_000)
     agent = make_agent(model={"name": "claude-sonnet-5-5", "baseURL": "http://127.0.0.1:9/",
                               "apiKeySecretRef": {"name": "anthropic", "key": "api-key"}})
@@ -67,7 +67,7 @@ def test_every_variable_the_pod_sets_is_part_of_the_contract(make_goal, make_age
 
 
 def test_the_agent_reads_what_the_operator_renders(make_goal, make_agent, clean_env) -> None:
-    settings = Settings(agent_database_url="postgresql://kb", agent_redis_url="redis://r:6379/0",
+    settings = Settings(knowledge_admin_url="postgresql://kb", agent_redis_url="redis://r:6379/0",
                         agent_requests_per_minute=50, agent_tokens_per_minute=40_000, agent_metrics_port=9100)
     pod = render_pod(make_goal("fix-ci"), make_agent("coder"), 3, settings)
     for name, value in pod_environment(pod).items():
@@ -77,7 +77,7 @@ def test_the_agent_reads_what_the_operator_renders(make_goal, make_agent, clean_
 
     assert (read.goal_name, read.goal_namespace, read.agent_name) == ("fix-ci", pod["metadata"]["namespace"], "coder")
     assert str(read.workspace) == pod["spec"]["containers"][0]["workingDir"]
-    assert (read.database_url, read.redis_url) == ("postgresql://kb", "redis://r:6379/0")
+    assert read.redis_url == "redis://r:6379/0"  # the database login comes from a Secret (secretKeyRef)
     assert (read.requests_per_minute, read.tokens_per_minute, read.health_port) == (50, 40_000, 9100)
 
 

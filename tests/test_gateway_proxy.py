@@ -13,7 +13,7 @@ import anthropic
 import pytest
 from aiohttp import web
 
-from overseer.agent.scripted_model import ScriptedModelServer, count_tokens
+from overseer.testing.scripted_model import ScriptedModelServer, count_tokens
 from overseer.gateway.app import add_routes
 from overseer.gateway.errors import GatewayError
 from overseer.gateway.identity import Caller

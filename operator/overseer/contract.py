@@ -31,6 +31,8 @@ class Env(StrEnum):
     # read by the anthropic SDK itself
     ANTHROPIC_API_KEY = "ANTHROPIC_API_KEY"
     ANTHROPIC_BASE_URL = "ANTHROPIC_BASE_URL"
+    # with a model gateway: the pod's projected token for it, instead of a key
+    GATEWAY_TOKEN_FILE = "OVERSEER_GATEWAY_TOKEN_FILE"
     # from the operator's settings (OVERSEER_AGENT_*), set only when configured
     DATABASE_URL = "OVERSEER_DATABASE_URL"
     REDIS_URL = "OVERSEER_REDIS_URL"

@@ -19,7 +19,7 @@ import redis
 from aiohttp import web
 
 from overseer.agent.gateway_token import exhausted_budget
-from overseer.agent.scripted_model import ScriptedModelServer
+from overseer.testing.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
@@ -30,7 +30,7 @@ from overseer.gateway.prices import PriceTable
 from overseer.gateway.proxy import Proxy
 from overseer.gateway.settings import GatewaySettings
 from overseer.gateway.upstream import Target, client_session
-from tests.integration.servers import PostgresServer, RedisServer
+from tests.support.servers import PostgresServer, RedisServer
 
 MODEL = "claude-sonnet-5-5"  # $2 / $10 per million tokens
 HI = [{"role": "user", "content": "hi"}]

@@ -5,7 +5,6 @@ shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -25,8 +24,8 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
-@functools.cache
-def _sdk_deprecated_models() -> dict[str, str]:
+def deprecated_models() -> dict[str, str]:
+    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
     except ImportError:  # the table moved: better no warning than a crash

@@ -257,7 +257,7 @@ class GoalReconciler:
     def retryable(goal: Goal, attempt: int, outcome: dispatch.PodOutcome) -> bool:
         """Whether a failed attempt may be followed by another: read from the pod and the spec,
         whatever the status says."""
-        return outcome.exit_code != EXIT_GAVE_UP and attempt <= goal.spec.max_retries
+        return outcome.exit_code != ExitCode.GAVE_UP and attempt <= goal.spec.max_retries
 
     def subgoal_refusal(self, raw: Raw, parent: Raw | None) -> subgoals.Refusal | None:
         ns = raw["metadata"]["namespace"]
