@@ -18,7 +18,7 @@ from overseer.kube import Kube
 from .controller import Operator
 from .events import EventRecorder
 from .leader import LeaderElection
-from .metrics import LEADER
+from .metrics import CACHE, LEADER
 from .runtime import Runtime
 from .settings import Settings
 
@@ -40,6 +40,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
     rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
+    CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     memo.election = LeaderElection(
         kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import disable_created_metrics, start_http_server
 from pydantic import ValidationError
 
 from .leader import default_namespace
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
+        disable_created_metrics()  # a *_created gauge beside every counter and histogram: noise to Prometheus
         start_http_server(args.metrics_port)
     lease_namespace = (args.leader_elect_namespace or default_namespace()) if args.leader_elect else None
     return asyncio.run(run(settings, args.namespace or [], lease_namespace, args.liveness))
