@@ -44,9 +44,10 @@ spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
 """)
     world.agent("coder", max=1, capabilities="[pytest]")
     world.agent("keyless", secret="no-such-secret")
-    world.wait_condition("agent", "coder", "Ready", "True")
-    world.wait_condition("agent", "keyless", "Ready", "False", "SecretNotFound")
-    world.wait_condition("capability", "bad-schema", "Ready", "False", "InvalidInputSchema")
+    # Generous: the first reconciles of a fresh namespace wait on a shared, often loaded machine.
+    world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
+    world.wait_condition("agent", "keyless", "Ready", "False", "SecretNotFound", timeout=60)
+    world.wait_condition("capability", "bad-schema", "Ready", "False", "InvalidInputSchema", timeout=60)
     world.goal("early", agent="later")
     world.goal("build")
     world.running_pod("build")

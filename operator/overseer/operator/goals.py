@@ -21,6 +21,7 @@ from . import dispatch, subgoals, trust
 from .agent_resources import child_name
 from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
 from .dispatch import TERMINAL
+from .metrics import observe_start
 from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
@@ -465,6 +466,8 @@ class GoalReconciler:
             raise
         if free > 1:
             self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
+        if attempt == 0:
+            observe_start(raw)
         started = status.get("startedAt") or now_iso()
         await self.update(raw, Phase.RUNNING, "Dispatched",
                           running_message(attempt + 1, pod_name, agent_name),

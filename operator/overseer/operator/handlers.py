@@ -20,7 +20,7 @@ from .events import EventRecorder
 from .health import Probes
 from .knowledge_tenants import KnowledgeTenants
 from .leader import LeaderElection
-from .metrics import LEADER
+from .metrics import CACHE, LEADER
 from .runtime import Runtime
 from .settings import Settings
 
@@ -45,6 +45,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
                  if config.knowledge_admin_url else None)
     rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge)
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
+    CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     memo.election = LeaderElection(
         kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,

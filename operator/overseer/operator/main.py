@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import disable_created_metrics, start_http_server
 from pydantic import ValidationError
 
 from .health import HealthServer, Probes
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
+        disable_created_metrics()  # a *_created gauge beside every counter and histogram: noise to Prometheus
         start_http_server(args.metrics_port)
     probes = Probes()
     health = HealthServer(args.health_port, probes.snapshot).start() if args.health_port is not None else None
