@@ -199,7 +199,7 @@ def test_goals_an_agent_creates_are_sub_goals_of_its_own_within_its_limits(world
     refused(coder.create(sub_goal("unlimited", build, tokens=None, **strict)),
             "must carry a token budget carved from its parent's: set spec.budget.maxTokensPerGoal")
     refused(coder.create(sub_goal("preapproved", build, annotations={"overseer.dev/approve": "x"}, **strict)),
-            'needs verb "approve" on goals.overseer.dev')
+            "may not set overseer.dev/ annotations on a goal it creates (", "overseer.dev/approve")
     assert world.get("goal", "orphan") is None and world.get("goal", "escalate") is None
 
     # Refused by the operator: what needs the parent, its Agent and the other sub-goals.

@@ -2,8 +2,8 @@
 
 Admission (charts/overseer/files/admission/agent-subgoals.yaml) sees only the request and the
 creating agent's own Agent: that a goal an agent creates names a parent, owns up to it, targets
-the agent itself or one of its spec.delegates, carries no overseer.dev/ annotation and a token
-budget within the agent's. What needs other objects is checked here, from the caches: the parent
+the agent itself or one of its spec.delegates, carries no overseer.dev/ annotation and has a token
+budget. What needs other objects is checked here, from the caches: the parent
 is one of the creating agent's goals and ran when the sub-goal was created, the sub-goal's
 approval policy is no weaker, its priority and budget no larger than the parent's, and the parent
 has no more unfinished sub-goals than its Agent's spec.maxSubgoalsPerGoal. A goal that fails a
@@ -19,10 +19,11 @@ from typing import Any
 from overseer.api import Phase
 from overseer.approvals import CREATED_BY
 
+from .dispatch import TERMINAL
+
 Raw = dict[str, Any]
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
+RISK_ORDER = {"low": 0, "medium": 1, "high": 2}  # minRisk: the lower, the more calls wait for a person
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
-TERMINAL = {p.value for p in Phase if p.terminal}
 AGENT_PREFIX = "overseer-agent-"
 
 
