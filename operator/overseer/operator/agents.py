@@ -4,10 +4,10 @@ ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal cou
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -23,22 +23,35 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
-@functools.cache
-def _sdk_deprecated_models() -> dict[str, str]:
+_model_table: dict[str, str] | None = None
+_model_table_loader: threading.Thread | None = None
+
+
+def _load_model_table() -> None:
+    global _model_table
+    table: dict[str, str] = {}
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
+
+        table = dict(DEPRECATED_MODELS)
     except ImportError:  # the table moved: better no warning than a crash
-        return {}
-    return dict(DEPRECATED_MODELS)
+        pass
+    finally:
+        _model_table = table
 
 
 async def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them. The first call
-    imports the SDK in a thread: that takes seconds (28 s on a busy 2-core node), which on the
-    event loop would stall everything, renewing the leader's Lease included."""
-    if _sdk_deprecated_models.cache_info().currsize:
-        return _sdk_deprecated_models()
-    return await asyncio.to_thread(_sdk_deprecated_models)
+    """Model name -> end-of-life date, as the anthropic SDK itself knows them. The SDK is imported
+    once, in a daemon thread: that takes seconds (28 s on a busy 2-core node), which on the event
+    loop would stall everything, renewing the leader's Lease included; a daemon thread never
+    holds up the process's exit either."""
+    global _model_table_loader
+    if _model_table is None and _model_table_loader is None:
+        _model_table_loader = threading.Thread(target=_load_model_table, name="sdk-model-table", daemon=True)
+        _model_table_loader.start()
+    while _model_table is None:
+        await asyncio.sleep(0.05)
+    return _model_table
 
 
 def _collection(obj: dict[str, Any]) -> str:
