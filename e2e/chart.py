@@ -94,7 +94,8 @@ def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def adopt_crds(kubectl: Any, release: str, namespace: str) -> list[str]:
     """Hand CRDs applied earlier with kubectl (crds/, other tests, an older demo) to a release the
-    way Helm documents it: its managed-by label and release annotations."""
+    way Helm documents it: its managed-by label and release annotations. Install with
+    --force-conflicts then: fields kubectl's apply owns (its labels) pass to Helm's server-side apply."""
     names = [n for n in kubectl("get", "crd", "-o", "name").stdout.split() if n.endswith(".overseer.dev")]
     for name in names:
         kubectl("label", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")

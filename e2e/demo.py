@@ -47,14 +47,15 @@ def main() -> int:
     print(f"==> helm upgrade --install {RELEASE} charts/overseer -n {RELEASE_NAMESPACE} (CRDs, operator, RBAC)")
     if kubectl("get", "namespace", RELEASE_NAMESPACE, check=False).returncode != 0:
         harness.create_namespace(k8s, RELEASE_NAMESPACE)  # Pod Security restricted, as the README asks
-    adopt_crds(kubectl, RELEASE, RELEASE_NAMESPACE)  # a cluster from an earlier run may hold them already
+    # CRDs from an earlier run are handed to the release
+    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, RELEASE_NAMESPACE) else []
     installed = kubectl("get", "deployment", f"{RELEASE}-operator", "-n", RELEASE_NAMESPACE, "--ignore-not-found",
                         "-o", "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}").stdout
     if installed == "kustomize":  # make test applies manifests/base to this cluster
         print("    removing the kustomize install (manifests/base) an earlier make test left, CRDs kept")
         delete_kustomize_install(kubectl, "base")
-    helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "120s",
-         kubeconfig=cluster.kubeconfig)
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *takeover, "--wait",
+         "--timeout", "120s", kubeconfig=cluster.kubeconfig)
     print(kubectl("get", "deployment,pods", "-n", RELEASE_NAMESPACE).stdout.rstrip())
 
     print(f"==> namespace {NAMESPACE} (Pod Security: restricted) and the API key Secret")

@@ -150,8 +150,8 @@ def test_a_wrong_value_fails_helm_install_naming_the_field(kube_helm: Any, relea
 def test_install_runs_as_the_chart_says_then_upgrade_rolls_and_uninstall_keeps_only_crds(
         cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
         namespace: str, tmp_path: Path) -> None:
-    adopt_crds(kubectl, RELEASE, release_ns)
-    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, "--wait", "--timeout", "120s")
+    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, release_ns) else []
+    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--wait", "--timeout", "120s")
     manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
     kinds = collections.Counter(o["kind"] for o in manifest)
     print(f"\nhelm install rendered {len(manifest)} objects: {dict(sorted(kinds.items()))}")
@@ -204,7 +204,7 @@ spec:
 """)
         world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
         world.goal("hello")
-        assert "Wrote hello.txt" in world.wait_phase("hello", "Succeeded", timeout=90)["status"]["result"]
+        assert "Wrote hello.txt" in world.wait_phase("hello", "Succeeded", timeout=180)["status"]["result"]
 
         # helm upgrade with a changed value: a new template, the replicas replaced, the new ones
         # started with the new environment.
@@ -223,7 +223,7 @@ spec:
         assert all(proc_view(runner.processes[p].proc.pid)[1]["OVERSEER_WORKERS"] == "7" for p in new_pods)
         one_leader(runner, kubectl, release_ns)
         world.goal("after-upgrade")
-        world.wait_phase("after-upgrade", "Succeeded", timeout=90)
+        world.wait_phase("after-upgrade", "Succeeded", timeout=180)
 
         # helm uninstall: nothing of the release is left but the CRDs, kept by their policy.
         out = kube_helm("uninstall", RELEASE, "-n", release_ns, "--wait")
@@ -248,8 +248,8 @@ def test_namespaced_install_works_in_its_namespaces_only(
         cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
         namespace: str, tmp_path: Path) -> None:
     other = harness.create_namespace(k8s, harness.dns_name("not-watched"))
-    adopt_crds(kubectl, RELEASE, release_ns)
-    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, "--set", "rbac.mode=namespaced",
+    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, release_ns) else []
+    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--set", "rbac.mode=namespaced",
               "--set", f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "120s")
     manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
     print(f"\nhelm install (namespaced) rendered {len(manifest)} objects")

@@ -4,7 +4,6 @@ shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
