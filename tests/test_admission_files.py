@@ -39,8 +39,8 @@ def test_the_operator_looks_for_every_policy_and_binding_shipped() -> None:
 
 
 def test_the_operators_cluster_role_may_read_exactly_those() -> None:
-    docs = list(yaml.safe_load_all((ROOT / "manifests" / "base" / "rbac.yaml").read_text()))
-    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "overseer-operator")
+    docs = list(yaml.safe_load_all((ROOT / "manifests" / "base" / "overseer.yaml").read_text()))
+    role = next(d for d in docs if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == "overseer-operator-admission-policies")
     [rule] = [r for r in role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
     assert rule["verbs"] == ["get"]
     assert sorted(rule["resources"]) == sorted({r for r, _ in admission.expected()})

@@ -48,7 +48,7 @@ def test_every_operator_setting_is_a_chart_value() -> None:
 
 def test_connection_strings_only_come_from_secrets() -> None:
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
-    for var in ("OVERSEER_AGENT_DATABASE_URL", "OVERSEER_AGENT_REDIS_URL"):
+    for var in ("OVERSEER_KNOWLEDGE_ADMIN_URL", "OVERSEER_AGENT_REDIS_URL"):
         block = deployment.split(f"name: {var}", 1)[1].split("- name:", 1)[0]
         assert "secretKeyRef" in block and "value:" not in block.split("valueFrom")[0], var
 

@@ -81,10 +81,19 @@ create events.k8s.io Events although it never does.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# An Agent's API key Secret is checked, never watched or listed.
+# An Agent's API key Secret is checked, never watched or listed. The knowledge-base login of a
+# namespace (Secret overseer-knowledge, read by its goal pods) is created on first need and
+# patched only when the operator had to give that login a new password.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]                      # create cannot be limited to a name
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [overseer-knowledge]
+  verbs: [patch]
 # Events on every transition.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
