@@ -80,7 +80,7 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
             (tmp_path / ns).mkdir()
             runners.append(AgentRunner(cluster, k8s, ns, tmp_path / ns).start())
             world.apply(AGENT.format(url=model.url, share="[]"))
-        for ns, world in worlds.items():
+        for world in worlds.values():
             world.wait_condition("agent", "coder", "KnowledgeBase", "True", "CredentialsReady", timeout=60)
             world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
 

@@ -42,7 +42,7 @@ class Identity:
     def __init__(self, kubectl: Any, kubeconfig: Path, namespace: str) -> None:
         self.kubectl, self.kubeconfig, self.ns = kubectl, kubeconfig, namespace
 
-    def __call__(self, *args: str, input: str | None = None) -> Any:  # noqa: A002
+    def __call__(self, *args: str, input: str | None = None) -> Any:
         return self.kubectl("--kubeconfig", str(self.kubeconfig), "-n", self.ns, *args, input=input, check=False)
 
     def patch_status(self, goal: str, status: dict[str, Any]) -> Any:

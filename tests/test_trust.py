@@ -83,12 +83,12 @@ def pod(goal_name: str = "tests", attempt: int = 1, phase: str = "Running", exit
             "status": status}
 
 
-def world(*objects: dict[str, Any], policies: PolicyState = PolicyState()) -> tuple[Runtime, GoalReconciler, FakeKube, Events]:
+def world(*objects: dict[str, Any], policies: PolicyState | None = None) -> tuple[Runtime, GoalReconciler, FakeKube, Events]:
     events = Events()
     rt = Runtime(kube=None, settings=Settings(heartbeat_timeout_seconds=0), events=events)  # type: ignore[arg-type]
     kube = FakeKube(rt)
     rt.kube = kube  # type: ignore[assignment]
-    rt.admission = policies
+    rt.admission = policies or PolicyState()
     rt.stores["agents"].upsert({"metadata": {"namespace": NS, "name": "coder", "uid": "agent-uid"},
                                 "spec": {"model": {"name": "m", "apiKeySecretRef": {"name": "s", "key": "k"}},
                                          "maxConcurrentGoals": 2},

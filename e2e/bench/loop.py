@@ -856,8 +856,8 @@ def main(argv: list[str] | None = None) -> int:
                 kube = Kube(login, "overseer-agent", pool_size=4)
             try:
                 # Checkpoints as a goal pod writes them: with its namespace's own login, under row-level security.
-                login = await provision_login(postgres.dsn, NAMESPACE)
-                return await run_all(args, Services(login, redis.url, kube, workdir), cluster is not None)
+                tenant_url = await provision_login(postgres.dsn, NAMESPACE)
+                return await run_all(args, Services(tenant_url, redis.url, kube, workdir), cluster is not None)
             finally:
                 if kube is not None:
                     await kube.close()

@@ -501,7 +501,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 
 async def _schema_current(conn: psycopg.AsyncConnection[Any]) -> bool:
     cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not (await cur.fetchone())[0]:
+    row = await cur.fetchone()
+    if row is None or not row[0]:
         return False
     cur = await conn.execute("SELECT version FROM schema_migrations")
     return {row[0] for row in await cur.fetchall()} >= {v for v, _, _ in MIGRATIONS}

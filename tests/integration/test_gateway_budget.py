@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import anthropic
 import psycopg
 import pytest

@@ -206,8 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "environment, which the operator sets; takes no arguments.",
         epilog=f"environment: {fields}; ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL (read by the anthropic SDK); "
                f"KUBECONFIG or the pod's service account.\n"
-               f"exit codes: {EXIT_SUCCEEDED} succeeded, {EXIT_RETRY} failed (worth retrying), "
-               f"{EXIT_GAVE_UP} failed for good (budget, refusal, cancelled, bad configuration)")
+               f"exit codes: {ExitCode.SUCCEEDED:d} succeeded, {ExitCode.RETRY:d} failed (worth retrying), "
+               f"{ExitCode.GAVE_UP:d} failed for good (budget, refusal, cancelled, bad configuration)")
     return p.parse_args(argv)
 
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"overseer-agent: invalid configuration (OVERSEER_* environment, set by the operator): {e}",
               file=sys.stderr)
-        return EXIT_GAVE_UP
+        return ExitCode.GAVE_UP
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(settings))
     return ExitCode.RETRY

@@ -99,7 +99,7 @@ class RedisCounters:
     async def hold(self, goal_uid: str, request_id: str, tokens: int, usd: Decimal, limit_tokens: int | None,
                    limit_usd: Decimal | None) -> Refused | None | bool:
         """None when held; Refused when it does not fit; False when the Goal's spend is not loaded."""
-        args = [-1 if limit_tokens is None else limit_tokens, -1 if limit_usd is None else _nano(limit_usd),
+        args: list[int | float | str] = [-1 if limit_tokens is None else limit_tokens, -1 if limit_usd is None else _nano(limit_usd),
                 tokens, _nano(usd), time.time(), self._hold_seconds, request_id, KEEP_SECONDS]
         try:
             answer = await self._reserve(keys=self._keys(goal_uid), args=args)

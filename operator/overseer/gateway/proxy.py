@@ -121,7 +121,7 @@ class Proxy:
         assert self._meter is not None
         try:
             await self._meter.settle(reservation, usage, model)
-        except Exception:  # noqa: BLE001 - the answer went out; the ledger says what is missing
+        except Exception:
             log.exception("settling a model call failed")
 
 

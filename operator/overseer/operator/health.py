@@ -104,7 +104,7 @@ class HealthServer:
         checks = {"/healthz": liveness, "/readyz": readiness}
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 check = checks.get(self.path.split("?")[0])
                 if check is None:
                     self.send_error(404, "only /healthz and /readyz")
@@ -117,7 +117,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - probes every few seconds
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("0.0.0.0", port), Handler)

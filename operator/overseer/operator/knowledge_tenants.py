@@ -48,7 +48,7 @@ def tenant_url(admin_url: str, role: str, password: str) -> str:
     """The admin connection string with the namespace's login in place of the admin's."""
     params = conninfo_to_dict(admin_url)
     params.update(user=role, password=password)
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 class KnowledgeTenants:
@@ -191,7 +191,7 @@ class KnowledgeTenants:
         if conn is not None:
             try:
                 await conn.close()
-            except Exception:  # a broken connection may fail to close; it is gone either way
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close in any way; it is gone either way
                 pass
 
 
@@ -199,7 +199,9 @@ async def provision(conn: psycopg.AsyncConnection[Any], namespace: str) -> tuple
     """Create the namespace's login, or give it a new password; returns (role, password).
     `conn` is the admin login, on a migrated schema."""
     cur = await conn.execute("SELECT overseer_role_name(%s)", (namespace,))
-    role = (await cur.fetchone())[0]
+    row = await cur.fetchone()
+    assert row is not None  # a function call returns one row
+    role: str = row[0]
     password = secrets.token_urlsafe(32)
     # Only a SCRAM verifier reaches the server, so no statement log holds the password.
     verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()

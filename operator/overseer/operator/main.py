@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
-        disable_created_metrics()  # a *_created gauge beside every counter and histogram: noise to Prometheus
+        # A *_created gauge beside every counter and histogram: noise to Prometheus.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         start_http_server(args.metrics_port)
     probes = Probes()
     health = HealthServer(args.health_port, probes.snapshot).start() if args.health_port is not None else None

@@ -38,7 +38,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         {"name": Env.WORKSPACE, "value": WORKSPACE},
     ]
     volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
     if settings.gateway_url:
         # The key stays with the gateway; the pod proves who it is with a token bound to itself.
         env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},

@@ -48,7 +48,8 @@ def _tokens(spec: dict[str, Any]) -> int | None:
 
 
 def _risk(spec: dict[str, Any]) -> str:
-    return (spec.get("approvalPolicy") or {}).get("minRisk", "high")
+    risk: str = (spec.get("approvalPolicy") or {}).get("minRisk", "high")
+    return risk
 
 
 def _created(g: Raw) -> tuple[str, str]:

@@ -36,7 +36,8 @@ def trusted_phase(raw: Raw) -> str | None:
     writer changed it since."""
     if written_by_others(raw, "phase"):
         return None
-    return (raw.get("status") or {}).get("phase", Phase.PENDING.value)
+    phase: str = (raw.get("status") or {}).get("phase", Phase.PENDING.value)
+    return phase
 
 
 def trusted_decisions(raw: Raw, remembered: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
