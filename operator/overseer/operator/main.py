@@ -41,14 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overseer-operator: invalid configuration (OVERSEER_* environment): {e}", file=sys.stderr)
         return 2
     kopf.configure(verbose=args.verbose, log_prefix=True)
+    # The probes answer from here on: loading the handlers (the anthropic SDK among them) takes
+    # seconds, more on a busy node, and is starting, not wedged.
+    probes = Probes()
+    health = HealthServer(args.health_port, probes.snapshot).start() if args.health_port is not None else None
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
         # A *_created gauge beside every counter and histogram: noise to Prometheus.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         start_http_server(args.metrics_port)
-    probes = Probes()
-    health = HealthServer(args.health_port, probes.snapshot).start() if args.health_port is not None else None
     lease_namespace = (args.leader_elect_namespace or default_namespace()) if args.leader_elect else None
     try:
         return asyncio.run(run(settings, args.namespace or [], lease_namespace, probes))
