@@ -32,10 +32,10 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     first = operator.start(namespace, *replica, env=LEASE)
     leader = wait_for(lambda: identity(first), description="the first replica holds the Lease")
     second = operator.start(namespace, *replica, env=LEASE)
-    # Only the leader counts as ready (a Service or a rollout sees the one that reconciles); the
-    # standby is alive, and says whom it waits for.
+    # Both are ready once their caches are filled (a rolling update waits for new replicas to be
+    # ready); the standby says whom it waits for, and reconciles nothing.
     wait_for(lambda: first.probe("/readyz") == (200, "ok"), description="the leader's /readyz")
-    standby = (503, f"standby: waiting for Lease {namespace}/overseer-operator (held by {leader})")
+    standby = (200, f"standby: caches filled, waiting for Lease {namespace}/overseer-operator (held by {leader})")
     wait_for(lambda: second.probe("/readyz") == standby, description="the standby's /readyz")
     assert second.probe("/healthz") == (200, "ok")
     world = World(namespace, kubectl, first, exit_pod)

@@ -21,9 +21,9 @@ def informer(name: str = "Informer(goals in team-a)", synced: bool = True, silen
 
 
 def snap(*informers: InformerState, loop_age: float = 0.5, started: bool = True, lease: str | None = None,
-         leading: bool = False, holder: str | None = None) -> Snapshot:
+         leading: bool = False, holder: str | None = None, reconciling: bool = False) -> Snapshot:
     return Snapshot(now=NOW, loop_tick=NOW - loop_age, informers=informers, started=started, lease=lease,
-                    leading=leading, holder=holder)
+                    leading=leading, holder=holder, reconciling=reconciling)
 
 
 # ---- liveness -------------------------------------------------------------------------------
@@ -81,10 +81,14 @@ def test_not_ready_before_the_operator_starts():
     assert readiness(snap(started=False)) == (False, "starting")
 
 
-def test_a_standby_replica_is_not_ready_and_names_the_holder():
-    ok, reason = readiness(snap(started=False, lease="ops/overseer-operator", holder="pod-a_1234"))
+def test_a_standby_replica_is_ready_once_its_caches_are_filled_and_names_the_holder():
+    lease = "ops/overseer-operator"
+    assert readiness(snap(informer(synced=False), lease=lease, holder="pod-a_1234"))[0] is False
 
-    assert (ok, reason) == (False, "standby: waiting for Lease ops/overseer-operator (held by pod-a_1234)")
+    ok, reason = readiness(snap(informer(), lease=lease, holder="pod-a_1234"))
+
+    # Were standbys never ready, a rolling update (maxUnavailable 0) would wait for them for ever.
+    assert (ok, reason) == (True, "standby: caches filled, waiting for Lease ops/overseer-operator (held by pod-a_1234)")
 
 
 def test_the_leader_is_ready_once_filled_but_not_before():
@@ -94,7 +98,7 @@ def test_the_leader_is_ready_once_filled_but_not_before():
 
 
 def test_a_replica_that_lost_its_lease_is_not_ready():
-    assert readiness(snap(informer(), lease="ops/overseer-operator", leading=False)) == (
+    assert readiness(snap(informer(), lease="ops/overseer-operator", leading=False, reconciling=True)) == (
         False, "lost Lease ops/overseer-operator")
 
 

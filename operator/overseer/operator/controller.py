@@ -44,7 +44,8 @@ class Operator:
         self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.watching: list[tuple[Informer, asyncio.Task[None]]] = []  # each informer and its task
-        self.started = False  # run() was called: informers started, reconcilers once they are filled
+        self.started = False  # fill() was called: informers started
+        self.reconciling = False  # run() got past fill(): reconcilers started
         watched, accept = namespace_filter(namespaces or [])
         kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
             (API_VERSION, "agents", self.agent_changed, None, None),
@@ -62,15 +63,23 @@ class Operator:
                                            self.api_server_changed, namespace=SLICES_NAMESPACE,
                                            label_selector=SLICES_SELECTOR))
 
+    async def fill(self) -> None:
+        """Start the informers and wait until every cache is filled (again: just the wait). A
+        standby replica does this before it seeks the Lease, as controller-runtime's caches do:
+        it is ready to serve, and a take-over needs no relist."""
+        if not self.started:
+            self.rt.events.start()
+            self.watching = [(i, asyncio.create_task(i.run(), name=repr(i))) for i in self.informers]
+            self._tasks = [task for _, task in self.watching]
+            self.started = True
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
+
     async def run(self) -> None:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
         (a goal whose pod is not listed yet would look lost)."""
-        self.rt.events.start()
-        self.watching = [(i, asyncio.create_task(i.run(), name=repr(i))) for i in self.informers]
-        self._tasks = [task for _, task in self.watching]
-        self.started = True
-        await asyncio.gather(*(i.synced.wait() for i in self.informers))
-        logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
+        await self.fill()
+        self.reconciling = True
         await self.check_admission()  # before any decision is recorded as verified or not
         workers = self.rt.settings.workers
         for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),

@@ -66,6 +66,7 @@ async def lead(memo: kopf.Memo) -> None:
         LEADER.set(1)
         await memo.operator.run()
         return
+    await memo.operator.fill()  # a standby's caches are warm: ready, and a take-over needs no relist
     await election.acquire()
     await memo.operator.run()
     await election.hold()

@@ -50,7 +50,8 @@ class Snapshot:
     now: float
     loop_tick: float
     informers: tuple[InformerState, ...] = ()
-    started: bool = False  # the operator is running (as the leader, under leader election)
+    started: bool = False  # the informers are running
+    reconciling: bool = False  # the reconcilers are (as the leader, under leader election)
     lease: str | None = None  # under --leader-elect: namespace/name of the Lease
     leading: bool = False
     holder: str | None = None  # who holds the Lease, as last seen
@@ -73,17 +74,20 @@ def liveness(s: Snapshot) -> tuple[bool, str]:
 
 
 def readiness(s: Snapshot) -> tuple[bool, str]:
-    """True only for the replica that reconciles, once every cache is filled."""
-    if s.lease is not None and not s.leading:
-        if s.started:
-            return False, f"lost Lease {s.lease}"
-        return False, f"standby: waiting for Lease {s.lease}" + (f" (held by {s.holder})" if s.holder else "")
+    """True once every cache is filled: for the leader, which reconciles, and for a standby, which
+    keeps its caches warm to take over with (were standbys never ready, a rolling update would wait
+    for them for ever and a PodDisruptionBudget would pin the leader's node). False for a replica
+    that lost its Lease: it stops reconciling and exits."""
+    if s.lease is not None and s.reconciling and not s.leading:
+        return False, f"lost Lease {s.lease}"
     if not s.started or not s.informers:
         return False, "starting"
     filling = [i for i in s.informers if not i.synced]
     if filling:
         why = "; ".join(f"{i.name}{': ' + i.last_error if i.last_error else ''}" for i in filling)
         return False, f"caches not filled: {why}"
+    if s.lease is not None and not s.leading:
+        return True, f"standby: caches filled, waiting for Lease {s.lease}" + (f" (held by {s.holder})" if s.holder else "")
     return True, "ok"
 
 
@@ -154,12 +158,13 @@ class Probes:
     def snapshot(self) -> Snapshot:
         operator, election = self.operator, self.election
         informers: tuple[InformerState, ...] = ()
-        started = False
+        started = reconciling = False
         if operator is not None:
-            started = operator.started
+            started, reconciling = operator.started, operator.reconciling
             informers = tuple(
                 InformerState(repr(i), i.synced.is_set(), i.last_progress, i.last_error, task_state(task))
                 for i, task in operator.watching)
         return Snapshot(now=time.monotonic(), loop_tick=self.loop_tick, informers=informers, started=started,
+                        reconciling=reconciling,
                         lease=election.lease if election else None, leading=bool(election and election.leading),
                         holder=election.holder if election else None)
