@@ -4,10 +4,13 @@ shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from overseer import modifications
@@ -24,17 +27,38 @@ logger = logging.getLogger(__name__)
 
 
 def deprecated_models() -> dict[str, str]:
-    """Model name -> end-of-life date, as the anthropic SDK itself knows them."""
-    try:
-        from anthropic.resources.messages.messages import DEPRECATED_MODELS
-    except ImportError:  # the table moved: better no warning than a crash
-        return {}
-    return dict(DEPRECATED_MODELS)
+    """Model name -> end-of-life date, as the installed anthropic SDK knows them. Read from the
+    SDK's data file without importing the SDK: importing it costs the operator seconds of CPU
+    at start and tens of MB for good, for one small table."""
+    spec = importlib.util.find_spec("anthropic")  # finds the package without running it
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        table = Path(folder) / "_data" / "deprecated_models.py"
+        if table.is_file():
+            return _dict_literal(table.read_text(), "DEPRECATED_MODELS")
+    logger.warning("the anthropic SDK's table of deprecated models was not found: ModelSupported stays True")
+    return {}
 
 
-# Read once, when the operator loads: importing anthropic takes seconds of CPU (tens on a busy
-# machine), which inside the first Agent reconcile blocked the event loop past a leader's renew
-# deadline (/healthz showed "event loop blocked for 36 s").
+def _dict_literal(source: str, name: str) -> dict[str, str]:
+    """The dict literal assigned to `name` in a module's source, or {} when it is not one."""
+    for node in ast.parse(source).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if getattr(target, "id", None) == name and node.value is not None:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                break
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+    logger.warning("the anthropic SDK's %s is not a literal table any more: ModelSupported stays True", name)
+    return {}
+
+
+# Read once, when the operator loads (a parse of one small file). Importing the SDK instead took
+# seconds of CPU, tens on a busy machine, which inside the first Agent reconcile blocked the event
+# loop past a leader's renew deadline (/healthz showed "event loop blocked for 36 s").
 DEPRECATED_MODELS = deprecated_models()
 
 
