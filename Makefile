@@ -16,7 +16,7 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
-	@echo "make install-check install-wheel.sh (what the images run) into a clean folder; both commands from it"
+	@echo "make install-check operator/install-wheel.sh (what the images run) into a clean folder; both commands from it"
 	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
 	@echo "make chart-crds    regenerate the chart's CRD templates (charts/overseer/templates/crds) from the models"
 	@echo "make manifests     regenerate manifests/ (kustomize) from the chart (helm template)"
@@ -85,7 +85,7 @@ IMAGE_TAG ?= $(VERSION)
 CONTAINER_ENGINES := docker podman buildah
 CONTAINER_ENGINE ?= $(firstword $(foreach e,$(CONTAINER_ENGINES),$(if $(shell command -v $(e) 2>/dev/null),$(e))))
 .PHONY: images install-check
-# What the images hold, where no engine runs: install-wheel.sh into a clean folder, then both
+# What the images hold, where no engine runs: operator/install-wheel.sh into a clean folder, then both
 # commands from it against the local cluster (make test runs it too).
 install-check: venv cluster-build
 	$(BIN)/pytest e2e/test_install.py

@@ -1,4 +1,4 @@
-"""What the images hold, tested where no container engine runs: install-wheel.sh (the one
+"""What the images hold, tested where no container engine runs: operator/install-wheel.sh (the one
 script both Dockerfiles install with) into a clean folder, then both commands from that install
 only: `--help`, the operator against the local API server until it is ready, and the agent
 working a Goal to Succeeded with a token of its pod's ServiceAccount."""
@@ -16,7 +16,7 @@ import pytest
 from e2e.harness import REPO, wait_for
 from e2e.world import World
 
-INSTALL = REPO / "install-wheel.sh"
+INSTALL = REPO / "operator" / "install-wheel.sh"
 
 
 def clean_env() -> dict[str, str]:

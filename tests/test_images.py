@@ -45,7 +45,7 @@ def test_the_final_stage_holds_the_install_and_no_build_tools():
     for path in DOCKERFILES:
         text = path.read_text()
         build, final = text.split("\nFROM ${PYTHON_IMAGE}\n")
-        assert "RUN ./install-wheel.sh /opt/overseer" in build, path
+        assert "RUN ./operator/install-wheel.sh /opt/overseer" in build, path
         assert "COPY --from=build /opt/overseer /opt/overseer" in final
         assert "pip uninstall -y -q pip setuptools wheel" in final
         assert not re.search(r"pip install|build-essential|gcc|install-wheel", final), path

@@ -2,10 +2,10 @@
 # Build the overseer wheel from this source tree and install it, with its dependencies and
 # nothing else of the tree, into a new virtual environment:
 #
-#   ./install-wheel.sh DEST [PYTHON]      # PYTHON defaults to python3
+#   operator/install-wheel.sh DEST [PYTHON]      # PYTHON defaults to python3
 #
 # Both images (operator/Dockerfile, agent_image/Dockerfile) install this way, and CI runs the
-# same script into a clean folder and starts both commands from it (tests/test_install.py), so
+# same script into a clean folder and starts both commands from it (e2e/test_install.py), so
 # what the images hold is tested where no container engine runs.
 #
 # DEST holds no pip, setuptools or wheel (the image's last stage copies DEST and nothing of
@@ -14,7 +14,7 @@
 set -euo pipefail
 DEST=${1:?usage: install-wheel.sh DEST [PYTHON]}
 PYTHON=${2:-python3}
-SRC=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$(dirname "$0")/.." && pwd)  # the repository root
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
