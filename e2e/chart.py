@@ -5,7 +5,7 @@ the kubelet's part for the operator's own pods.
 kwok runs no containers, so `OperatorPods` runs `overseer-operator` (the image's entrypoint)
 locally for each Running pod of the chart's Deployment, with exactly that pod's args and
 environment as read back from the API server and a token of its ServiceAccount (TokenRequest,
-bound to the pod). The one rewrite: the ports it listens on (--liveness, --health-port,
+bound to the pod). The one rewrite: the ports it listens on (--health-port,
 --metrics-port) become free loopback ports, since two replicas share one machine here.
 
 `python -m e2e.chart manifests` (make manifests) writes the kustomize manifests from the chart.
@@ -188,10 +188,7 @@ def loopback_ports(args: list[str]) -> tuple[list[str], dict[str, int]]:
     out, ports = [], {}
     for arg in args:
         flag, eq, value = arg.partition("=")
-        if eq and flag == "--liveness":
-            port = ports["liveness"] = free_port()
-            value = re.sub(r"^http://[^/]+", f"http://127.0.0.1:{port}", value)
-        elif eq and flag in ("--health-port", "--metrics-port"):
+        if eq and flag in ("--health-port", "--metrics-port"):
             port = ports[flag.removeprefix("--").removesuffix("-port")] = free_port()
             value = str(port)
         out.append(f"{flag}{eq}{value}")

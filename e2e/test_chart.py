@@ -27,7 +27,7 @@ RELEASE = "ovs"
 FULLNAME = "ovs-overseer"
 OPERATOR = f"{FULLNAME}-operator"
 FAST = ["--set", "config.retryBackoffSeconds=1", "--set", "config.secretRecheckSeconds=1"]
-PORT_FLAGS = ("--liveness", "--health-port", "--metrics-port")
+PORT_FLAGS = ("--health-port", "--metrics-port")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,7 +160,7 @@ def test_install_runs_as_the_chart_says_then_upgrade_rolls_and_uninstall_keeps_o
     assert {key(o) for o in admission} <= {key(o) for o in manifest}
     assert kinds - collections.Counter(o["kind"] for o in admission) == collections.Counter({
         "CustomResourceDefinition": 3, "ServiceAccount": 1, "Deployment": 1, "PodDisruptionBudget": 1,
-        "Service": 1, "ClusterRole": 4, "ClusterRoleBinding": 1, "Role": 2, "RoleBinding": 2})
+        "Service": 1, "ClusterRole": 5, "ClusterRoleBinding": 2, "Role": 2, "RoleBinding": 2})
     missing = [key(o) for o in manifest if not exists(kubectl, o)]
     assert not missing, f"rendered but not in the cluster: {missing}"
     for crd in ("agents", "capabilities", "goals"):
@@ -183,7 +183,8 @@ def test_install_runs_as_the_chart_says_then_upgrade_rolls_and_uninstall_keeps_o
             assert whoami(kubectl, tmp_path / f"kubeconfig-{pod}") == \
                 f"system:serviceaccount:{release_ns}:{OPERATOR}"
         first_leader = one_leader(runner, kubectl, release_ns)
-        assert harness.http_ok(f"http://127.0.0.1:{runner.ports[first_leader]['liveness']}/healthz")
+        health = f"http://127.0.0.1:{runner.ports[first_leader]['health']}"
+        assert harness.http_ok(f"{health}/healthz") and harness.http_ok(f"{health}/readyz")
 
         # A sample Goal, worked on by the agent runtime against a scripted model.
         conversations = {f"{namespace}/{g}": [
@@ -257,8 +258,14 @@ def test_namespaced_install_works_in_its_namespaces_only(
                                 "metadata": {"name": OPERATOR}})
     bindings = json.loads(kubectl("get", "clusterrolebindings", "-o", "json").stdout)["items"]
     sa = {"kind": "ServiceAccount", "name": OPERATOR, "namespace": release_ns}
-    assert not [b["metadata"]["name"] for b in bindings if sa in (b.get("subjects") or [])], \
-        "namespaced mode binds nothing cluster-wide to the operator"
+    # Cluster-wide, namespaced mode binds only `get` on the admission policies Overseer ships, by
+    # name (they are cluster-scoped objects): whether approvals are verified.
+    cluster_wide = [b for b in bindings if sa in (b.get("subjects") or [])]
+    assert [b["roleRef"]["name"] for b in cluster_wide] == [f"{OPERATOR}-admission-policies"], \
+        "namespaced mode binds nothing else cluster-wide to the operator"
+    rules = json.loads(kubectl("get", "clusterrole", f"{OPERATOR}-admission-policies", "-o", "json").stdout)["rules"]
+    assert [(r["apiGroups"], r["verbs"], bool(r.get("resourceNames"))) for r in rules] == [
+        (["admissionregistration.k8s.io"], ["get"], True)]
 
     runner = OperatorPods(cluster, k8s, release_ns, tmp_path, release=RELEASE).start()
     try:
@@ -296,7 +303,7 @@ def test_namespaced_install_works_in_its_namespaces_only(
         everywhere = kubectl(*token, "get", "secrets", "-A", check=False)
         assert everywhere.returncode != 0 and "Forbidden" in everywhere.stderr
         assert kubectl(*token, "get", "secret", "anthropic", "-n", namespace, "-o", "name").stdout.strip()
-        assert kubectl(*token, "auth", "can-i", "get", "endpointslices.discovery.k8s.io/kubernetes", "-n",
+        assert kubectl(*token, "auth", "can-i", "watch", "endpointslices.discovery.k8s.io", "-n",
                        "default").stdout.strip() == "yes"
     finally:
         runner.stop()
@@ -304,10 +311,10 @@ def test_namespaced_install_works_in_its_namespaces_only(
 
 
 def test_listening_ports_are_the_only_rewrite() -> None:
-    args = ["--leader-elect", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz", "--metrics-port=9100"]
+    args = ["--leader-elect", "--all-namespaces", "--health-port=8081", "--metrics-port=9100"]
     rewritten, ports = loopback_ports(args)
     assert rewritten[:2] == args[:2]
-    assert rewritten[2] == f"--liveness=http://127.0.0.1:{ports['liveness']}/healthz"
+    assert rewritten[2] == f"--health-port={ports['health']}"
     assert rewritten[3] == f"--metrics-port={ports['metrics']}"
 
 
