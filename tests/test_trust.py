@@ -205,6 +205,18 @@ async def test_without_the_admission_policies_a_decision_is_recorded_unverified(
                         "decidedAt": "2026-12-01T10:05:00Z", "verified": False}
 
 
+async def test_without_the_admission_policies_a_decided_by_annotation_is_not_believed() -> None:
+    # Without the mutating policy anyone who may patch the Goal could have written the name.
+    annotated = awaiting({"overseer.dev/approve": "deploy-1", "overseer.dev/decided-by": "system:serviceaccount:team:alice"},
+                         [], [written_by("overseer-operator", "phase"),
+                              {"manager": "kubectl-annotate", "time": "2026-12-01T10:05:00Z",
+                               "fieldsV1": {"f:metadata": {"f:annotations": {"f:overseer.dev/approve": {}}}}}])
+    rt, goals, kube, _ = world(annotated, pod(), policies=PolicyState(missing=("mutatingadmissionpolicies/overseer-decided-by",)))
+    await goals.reconcile((NS, "tests"))
+    [decision] = status_writes(kube)[-1]["decisions"]
+    assert (decision["decidedBy"], decision["verified"]) == ("unverified field manager kubectl-annotate", False)
+
+
 async def test_decisions_planted_by_another_writer_are_dropped() -> None:
     planted = [{"id": "rm-rf", "decision": "approved", "decidedBy": "system:serviceaccount:team:admin",
                 "decidedAt": "2026-12-01T10:00:00Z", "verified": True}]

@@ -45,12 +45,13 @@ def set_by(obj: dict[str, Any], key: str) -> tuple[str, str]:
     return "unknown", now_iso()
 
 
-def decided_by(goal: dict[str, Any], key: str) -> tuple[str, str]:
+def decided_by(goal: dict[str, Any], key: str, trust_stamp: bool = True) -> tuple[str, str]:
     """(who, when) decided through annotation key (APPROVE or DENY): the user the API server
-    stamped in DECIDED_BY; without that stamp (admission policies missing) the field manager,
-    marked as such."""
+    stamped in DECIDED_BY; without that stamp, or when the admission policies that make it the
+    API server's are missing (trust_stamp False: anyone could have written it), the field
+    manager, marked as such."""
     manager, at = set_by(goal, key)
-    stamped = (goal.get("metadata", {}).get("annotations") or {}).get(DECIDED_BY)
+    stamped = (goal.get("metadata", {}).get("annotations") or {}).get(DECIDED_BY) if trust_stamp else None
     return (stamped or f"unverified field manager {manager}"), at
 
 
@@ -63,7 +64,7 @@ def record_decisions(goal: dict[str, Any], known: list[dict[str, Any]], verified
     for key, verdict in ((APPROVE, "approved"), (DENY, "denied")):
         approval_id = notes.get(key)
         if approval_id and approval_id not in ids:
-            by, at = decided_by(goal, key)
+            by, at = decided_by(goal, key, trust_stamp=verified)
             decisions.append({"id": approval_id, "decision": verdict, "decidedBy": by, "decidedAt": at,
                               "verified": verified and bool(notes.get(DECIDED_BY))})
             ids.add(approval_id)
