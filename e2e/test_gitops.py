@@ -61,7 +61,7 @@ spec: {description: d, command: {run: [x]}, inputSchema: {type: 12}}
 
     # kubectl get: MESSAGE says what a goal waits for or why it ended, and nothing while it runs.
     rows = {line.split()[0]: line for line in world.kubectl("get", "goals", "-n", world.ns).stdout.splitlines()}
-    assert rows["NAME"].split() == ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "MESSAGE", "AGE"]
+    assert rows["NAME"].split() == ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "COST", "MESSAGE", "AGE"]
     assert "waiting for build" in rows["deploy"] and "waiting for a free slot" in rows["next"]
     assert "spec.cancel is true" in rows["stop-me"]
     assert "attempt" not in rows["build"] and world.get("goal", "build")["status"]["message"].startswith("attempt 1")
