@@ -92,11 +92,20 @@ def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     return obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"]
 
 
-def adopt_crds(kubectl: Any, release: str, namespace: str) -> list[str]:
-    """Hand CRDs applied earlier with kubectl (crds/, other tests, an older demo) to a release the
-    way Helm documents it: its managed-by label and release annotations. Install with
-    --force-conflicts then: fields kubectl's apply owns (its labels) pass to Helm's server-side apply."""
+ADMISSION_KINDS = ("validatingadmissionpolicies", "validatingadmissionpolicybindings",
+                   "mutatingadmissionpolicies", "mutatingadmissionpolicybindings")
+
+
+def adopt_cluster_objects(kubectl: Any, release: str, namespace: str) -> list[str]:
+    """Hand the cluster-wide objects the chart also renders, applied earlier with kubectl (crds/,
+    the admission policies other tests install, an older demo), to a release the way Helm
+    documents it: its managed-by label and release annotations. Install with --force-conflicts
+    then: fields kubectl's apply owns (its labels) pass to Helm's server-side apply."""
     names = [n for n in kubectl("get", "crd", "-o", "name").stdout.split() if n.endswith(".overseer.dev")]
+    shipped = {o["metadata"]["name"] for f in (CHART / "files" / "admission").glob("*.yaml")
+               for o in yaml.safe_load_all(f.read_text()) if o}
+    for kind in ADMISSION_KINDS:
+        names += [n for n in kubectl("get", kind, "-o", "name").stdout.split() if n.split("/", 1)[1] in shipped]
     for name in names:
         kubectl("label", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
         kubectl("annotate", name, f"meta.helm.sh/release-name={release}",

@@ -27,7 +27,7 @@ import yaml
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
-from e2e.chart import (CHART, NAMESPACE as RELEASE_NAMESPACE, RELEASE, OperatorPods, adopt_crds, delete_kustomize_install,
+from e2e.chart import (CHART, NAMESPACE as RELEASE_NAMESPACE, RELEASE, OperatorPods, adopt_cluster_objects, delete_kustomize_install,
                        helm, leader_identity)
 from e2e.gateway import GatewayProcess, gateway_kubeconfig
 from tests.support.servers import PostgresServer
@@ -48,7 +48,7 @@ def main() -> int:
     if kubectl("get", "namespace", RELEASE_NAMESPACE, check=False).returncode != 0:
         harness.create_namespace(k8s, RELEASE_NAMESPACE)  # Pod Security restricted, as the README asks
     # CRDs from an earlier run are handed to the release
-    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, RELEASE_NAMESPACE) else []
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, RELEASE_NAMESPACE) else []
     installed = kubectl("get", "deployment", f"{RELEASE}-operator", "-n", RELEASE_NAMESPACE, "--ignore-not-found",
                         "-o", "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}").stdout
     if installed == "kustomize":  # make test applies manifests/base to this cluster

@@ -16,7 +16,7 @@ import yaml
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
-from e2e.chart import (CHART, OperatorPods, adopt_crds, exists, helm, helm_path, key, leader_identity, loopback_ports,
+from e2e.chart import (CHART, OperatorPods, adopt_cluster_objects, exists, helm, helm_path, key, leader_identity, loopback_ports,
                        objects)
 from e2e.harness import wait_for
 from e2e.world import World
@@ -46,11 +46,13 @@ def kube_helm(cluster: harness.Cluster):
 
 @pytest.fixture
 def release_ns(k8s: harness.K8s, kube_helm: Any, kubectl: harness.Kubectl) -> Iterator[str]:
-    """A namespace for the release (Pod Security restricted, as the README asks); uninstalled after."""
+    """A namespace for the release (Pod Security restricted, as the README asks); uninstalled after,
+    and the admission policies the release took over put back for the tests that follow."""
     ns = harness.create_namespace(k8s, harness.dns_name("release"))
     yield ns
     kube_helm("uninstall", RELEASE, "-n", ns, "--wait", "--ignore-not-found", check=False)
     harness.delete_namespace(k8s, ns)
+    harness.install_admission_policies(kubectl)
 
 
 def deployment(kubectl: harness.Kubectl, ns: str) -> dict[str, Any]:
@@ -150,7 +152,7 @@ def test_a_wrong_value_fails_helm_install_naming_the_field(kube_helm: Any, relea
 def test_install_runs_as_the_chart_says_then_upgrade_rolls_and_uninstall_keeps_only_crds(
         cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
         namespace: str, tmp_path: Path) -> None:
-    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, release_ns) else []
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, release_ns) else []
     kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--wait", "--timeout", "120s")
     manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
     kinds = collections.Counter(o["kind"] for o in manifest)
@@ -249,7 +251,7 @@ def test_namespaced_install_works_in_its_namespaces_only(
         cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
         namespace: str, tmp_path: Path) -> None:
     other = harness.create_namespace(k8s, harness.dns_name("not-watched"))
-    takeover = ["--force-conflicts"] if adopt_crds(kubectl, RELEASE, release_ns) else []
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, release_ns) else []
     kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--set", "rbac.mode=namespaced",
               "--set", f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "120s")
     manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
