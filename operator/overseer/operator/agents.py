@@ -43,11 +43,15 @@ def deprecated_models() -> dict[str, str]:
 def _dict_literal(source: str, name: str) -> dict[str, str]:
     """The dict literal assigned to `name` in a module's source, or {} when it is not one."""
     for node in ast.parse(source).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
-        if getattr(target, "id", None) == name and node.value is not None:
+        if isinstance(node, ast.AnnAssign):
+            target, expr = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, expr = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == name and expr is not None:
             try:
-                value = ast.literal_eval(node.value)
+                value = ast.literal_eval(expr)
             except ValueError:
                 break
             if isinstance(value, dict):
