@@ -43,6 +43,8 @@ def deprecated_models() -> dict[str, str]:
 def _dict_literal(source: str, name: str) -> dict[str, str]:
     """The dict literal assigned to `name` in a module's source, or {} when it is not one."""
     for node in ast.parse(source).body:
+        target: ast.expr
+        expr: ast.expr | None
         if isinstance(node, ast.AnnAssign):
             target, expr = node.target, node.value
         elif isinstance(node, ast.Assign) and len(node.targets) == 1:
