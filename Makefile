@@ -4,21 +4,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CLUSTER := e2e/cluster
+HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv test unit e2e demo cluster cluster-build cluster-down crds clean
+.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
 	@echo "make test          unit tests, then e2e tests on the local cluster"
+	@echo "make lint          ruff, mypy and the import contracts (pyproject.toml); CI runs it before the tests"
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make crds          regenerate crds/ from the API models"
+	@echo "make install-check operator/install-wheel.sh (what the images run) into a clean folder; both commands from it"
+	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
+	@echo "make chart-crds    regenerate the chart's CRD templates (charts/overseer/templates/crds) from the models"
+	@echo "make manifests     regenerate manifests/ (kustomize) from the chart (helm template)"
+	@echo "make helm-build    build the real Helm from its Go module into .cache/tools/bin (first time ~4 min)"
+	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus) into .cache/tools"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 	@echo "make bench-start   start benchmark into docs/performance.md: apply -> first model request ($(BENCH_START_GOALS) goals)"
+	@echo "make bench-knowledge  lessons and checkpoints with and without row-level security, 1,000,000"
+	@echo "                   experiences, into docs/performance.md (Knowledge base)"
+	@echo "make bench-gateway what the model gateway adds to 100 concurrent streamed calls, into docs/performance.md"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,17 +39,32 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# ruff (bug-catching rules, no formatting), mypy on the product packages, import-linter's
+# layer contracts; all configured in pyproject.toml, caches under .cache/.
+lint: venv
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy
+	$(BIN)/python .ci/lint_imports.py
+
 unit: venv
 	$(BIN)/pytest tests
 
-e2e: venv cluster-build
+e2e: venv cluster-build helm-build tools-build
 	$(BIN)/pytest e2e
 
-test: venv cluster-build
+# PostgreSQL, Redis, Go, curl, openssl: checked first, so a machine without them stops at once
+# with the install command instead of failing in the middle of the suite.
+prerequisites:
+	@tests/prerequisites.sh
+
+test: prerequisites venv cluster-build helm-build tools-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:
 	$(CLUSTER)/build.sh
+
+tools-build:
+	e2e/tools/health/build.sh
 
 cluster: cluster-build
 	$(CLUSTER)/up.sh
@@ -49,7 +75,43 @@ cluster-down:
 crds: venv
 	$(BIN)/overseer-crds --output crds
 
-demo: venv cluster
+# The images' names and tag, in one place: the tag is the package version in pyproject.toml,
+# which is also what the operator asks for by default (overseer/agent:VERSION) and the chart's
+# appVersion. Override any of them: make images IMAGE_REGISTRY=ghcr.io/acme/ IMAGE_TAG=dev
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE_REGISTRY ?=
+OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)overseer/operator
+AGENT_IMAGE ?= $(IMAGE_REGISTRY)overseer/agent
+IMAGE_TAG ?= $(VERSION)
+CONTAINER_ENGINES := docker podman buildah
+CONTAINER_ENGINE ?= $(firstword $(foreach e,$(CONTAINER_ENGINES),$(if $(shell command -v $(e) 2>/dev/null),$(e))))
+.PHONY: images install-check
+# What the images hold, where no engine runs: operator/install-wheel.sh into a clean folder, then both
+# commands from it against the local cluster (make test runs it too).
+install-check: venv cluster-build
+	$(BIN)/pytest e2e/test_install.py
+
+images:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+	  echo "make images: no container engine found (looked for $(CONTAINER_ENGINES) on PATH)." >&2; \
+	  echo "Install one of them, or name one: make images CONTAINER_ENGINE=/path/to/podman" >&2; \
+	  exit 1; fi
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { \
+	  echo "make images: $(CONTAINER_ENGINE) is installed but does not work ('$(CONTAINER_ENGINE) info' failed:" \
+	       "is its daemon running?)" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f operator/Dockerfile -t $(OPERATOR_IMAGE):$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build --build-arg VERSION=$(VERSION) -f agent_image/Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) .
+
+chart-crds: venv
+	$(BIN)/overseer-crds --chart charts/overseer/templates/crds
+
+helm-build:
+	e2e/tools/helm/build.sh
+
+manifests: venv helm-build
+	$(BIN)/python -m e2e.chart manifests
+
+demo: venv cluster helm-build
 	$(BIN)/python -m e2e.demo
 
 BENCH_GOALS ?= 100,1000,5000
@@ -59,12 +121,14 @@ BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
 BENCH_SCALE_GOALS ?= 10000
 BENCH_SOAK ?= 3600
 BENCH_START_GOALS ?= 50
-.PHONY: bench bench-smoke bench-loop bench-scale bench-start
+.PHONY: bench bench-smoke bench-loop bench-scale bench-knowledge bench-gateway bench-start
 BENCH_LOOP_ARGS ?=  # e.g. --wait-quiet 300, --no-cluster
 bench: venv cluster-build
 	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --steady $(BENCH_STEADY) --docs docs/performance.md $(BENCH_ARGS)
 	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
+	$(BIN)/python -m e2e.bench.knowledge --docs docs/performance.md
+	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --docs docs/performance.md
 
 bench-scale: venv cluster-build
@@ -74,13 +138,21 @@ bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.dispatch --goals 100 --steady 10:5 $(BENCH_ARGS)
 	$(BIN)/python -m e2e.bench.scale --goals 300 --agents 10 --slots 5 --soak 40 --churn 5
 	$(BIN)/python -m e2e.bench.loop --quick $(BENCH_LOOP_ARGS)
+	$(BIN)/python -m e2e.bench.knowledge --experiences 20000 --queries 50 --goals 5
+	$(BIN)/python -m e2e.bench.gateway --requests 200 --rounds 1
 	$(BIN)/python -m e2e.bench.start --goals 5
+
+bench-gateway: venv cluster-build
+	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 
 bench-start: venv cluster-build
 	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --docs docs/performance.md
 
 bench-loop: venv cluster-build
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
+
+bench-knowledge: venv
+	$(BIN)/python -m e2e.bench.knowledge --docs docs/performance.md
 
 clean: cluster-down
 	rm -rf .cache/control-plane/run

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s
+from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
 
@@ -48,6 +48,8 @@ class AgentRunner:
     extra_env: dict[str, str] = field(default_factory=dict)
     shared_workspace: bool = False
     interval: float = 0.2  # seconds between looks at the pods
+    executable: Path | None = None  # overseer-agent of another install (default: this venv's)
+    label_selector: str = LABEL_GOAL  # the pods this runner plays the kubelet for
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -99,13 +101,13 @@ class AgentRunner:
             self._stop.wait(self.interval)
 
     def _tick(self) -> None:
-        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL).items
+        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
         present = {p.metadata.name for p in pods}
         with self._lock:
             for name, p in list(self.processes.items()):
                 code = p.proc.poll()
                 if name not in present and code is None:
-                    p.proc.kill()  # the pod is gone: so is its container
+                    self._pod_gone(p)
                 elif code is not None:
                     self.finished.setdefault(name, code if code >= 0 else 128 - code)
                     if name in present and name not in self.reported:
@@ -119,6 +121,9 @@ class AgentRunner:
                 continue
             self._launch(pod)
 
+    def _pod_gone(self, p: AgentProcess) -> None:
+        p.proc.kill()  # the pod is gone: so is its container
+
     def _report_exit(self, pod: str, code: int) -> None:
         self.k8s.core.patch_namespaced_pod(pod, self.namespace,
                                            {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}})
@@ -128,8 +133,11 @@ class AgentRunner:
         goal = pod.metadata.labels[LABEL_GOAL]
         container = pod.spec.containers[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
+        projected = self._projected_tokens(pod, container)
         for var in container.env or []:
-            env[var.name] = self._value(pod, var)
+            value = self._value(pod, var)
+            if value is not None:
+                env[var.name] = _local_path(value, projected)
         env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         env["OVERSEER_HEALTH_PORT"] = "0"  # pods have a port each; processes on one machine do not
@@ -137,14 +145,16 @@ class AgentRunner:
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env.update(self.extra_env)
         log = self.workdir / f"agent-{name}.log"
-        exe = Path(sys.executable).parent / "overseer-agent"
+        exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
             proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT)
         with self._lock:
             self.processes[name] = AgentProcess(name, goal, proc, log)
 
-    def _value(self, pod: Any, var: Any) -> str:
+    def _value(self, pod: Any, var: Any) -> str | None:
+        """What the kubelet would set the variable to; None where it leaves it out (an optional
+        secretKeyRef whose Secret or key is missing)."""
         if var.value is not None:
             return var.value
         source = var.value_from
@@ -153,31 +163,65 @@ class AgentRunner:
                     "metadata.uid": pod.metadata.uid}[source.field_ref.field_path]
         if source.secret_key_ref is not None:
             import base64
-            secret = self.k8s.core.read_namespaced_secret(source.secret_key_ref.name, pod.metadata.namespace)
-            return base64.b64decode(secret.data[source.secret_key_ref.key]).decode()
+
+            from kubernetes.client.exceptions import ApiException
+
+            ref = source.secret_key_ref
+            try:
+                data = self.k8s.core.read_namespaced_secret(ref.name, pod.metadata.namespace).data or {}
+            except ApiException as exc:
+                if exc.status == 404 and ref.optional:
+                    return None
+                raise
+            if ref.key not in data and ref.optional:
+                return None
+            return base64.b64decode(data[ref.key]).decode()
         raise ValueError(f"unsupported env source for {var.name}")
+
+    def _token(self, pod: Any, audiences: list[str], seconds: int = 3600) -> str:
+        """A token of the pod's ServiceAccount bound to the pod: it stops working when the pod is deleted."""
+        from kubernetes import client
+
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=audiences, expiration_seconds=seconds,
+            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
+                                                           uid=pod.metadata.uid)))
+        return self.k8s.core.create_namespaced_service_account_token(
+            pod.spec.service_account_name, pod.metadata.namespace, request).status.token
+
+    def _projected_tokens(self, pod: Any, container: Any) -> dict[str, Path]:
+        """What the kubelet projects into the container: each serviceAccountToken source with an
+        audience of a mounted projected volume (the API server's own token comes with the kubeconfig),
+        minted for this pod, in a local folder per mount path."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        folders: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            sources = [s.service_account_token for s in (volume.projected.sources or [])
+                       if s.service_account_token is not None and s.service_account_token.audience] \
+                if volume is not None and volume.projected is not None else []
+            if not sources:
+                continue
+            folder = self.workdir / f"projected-{pod.metadata.name}-{mount.name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for token in sources:
+                (folder / token.path).write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+            folders[mount.mount_path] = folder
+        return folders
 
     def _kubeconfig(self, pod: Any) -> Path:
         """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
         when the pod is deleted), for the loopback API URL."""
-        from kubernetes import client
+        return service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace, pod.spec.service_account_name,
+                                          self.workdir / f"kubeconfig-{pod.metadata.name}", pod=pod)
 
-        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=3600,
-            bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
-                                                           uid=pod.metadata.uid)))
-        token = self.k8s.core.create_namespaced_service_account_token(
-            pod.spec.service_account_name, pod.metadata.namespace, request).status.token
-        path = self.workdir / f"kubeconfig-{pod.metadata.name}"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "local", "cluster": {"server": self.cluster.api_url,
-                                                       "certificate-authority": str(self.cluster.run_dir / "pki" / "ca.crt")}}],
-            "users": [{"name": "pod", "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": "pod",
-                                                     "namespace": pod.metadata.namespace}}],
-        }))
-        return path
+
+def _local_path(value: str, folders: dict[str, Path]) -> str:
+    """A path inside a mounted volume, as the local folder that stands for that mount."""
+    for mount_path, folder in folders.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(folder) + value[len(mount_path.rstrip("/")):]
+    return value
 
 
 def wait_exit(runner: AgentRunner, pod: str, timeout: float = 60) -> int:

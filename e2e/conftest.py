@@ -90,6 +90,13 @@ def crds(kubectl: Kubectl) -> list[str]:
     return harness.install_crds(kubectl)
 
 
+@pytest.fixture(scope="session")
+def admission_policies(kubectl: Kubectl, crds: list[str]) -> list[str]:
+    """The shipped admission policies (charts/overseer/files/admission), in force for every test
+    that runs the operator: agents' normal work has to pass them."""
+    return harness.install_admission_policies(kubectl)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-test fixtures
 
@@ -129,9 +136,9 @@ class OperatorFactory:
         item.stash[OPERATORS] = self.processes
 
     def start(self, namespace: str, *extra_args: str, env: dict[str, str] | None = None,
-              startup_timeout: float = 30) -> OperatorProcess:
+              startup_timeout: float = 30, executable: Path | None = None) -> OperatorProcess:
         log_path = self.tmp_path / f"operator-{len(self.processes) + 1}-{namespace}.log"
-        op = OperatorProcess(self.cluster, namespace, log_path, extra_args, env, startup_timeout)
+        op = OperatorProcess(self.cluster, namespace, log_path, extra_args, env, startup_timeout, executable)
         self.processes.append(op)
         return op.start()
 
@@ -156,17 +163,29 @@ def operator_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def world(namespace: str, kubectl: Kubectl, crds: Any, operator: OperatorFactory, exit_pod: Any,
-          operator_env: dict[str, str]) -> World:
+def operator_executable() -> Path | None:
+    """overseer-operator of the `world` (None: this venv's); override in a test module."""
+    return None
+
+
+@pytest.fixture
+def agent_executable() -> Path | None:
+    """overseer-agent run for goal pods by `agents` (None: this venv's); override in a test module."""
+    return None
+
+
+@pytest.fixture
+def world(namespace: str, kubectl: Kubectl, crds: Any, admission_policies: Any, operator: OperatorFactory,
+          exit_pod: Any, operator_env: dict[str, str], operator_executable: Path | None) -> World:
     """A namespace with the operator running on it (fast retries) and an API key Secret."""
-    op = operator.start(namespace, env={**FAST, **operator_env})
+    op = operator.start(namespace, env={**FAST, **operator_env}, executable=operator_executable)
     w = World(namespace, kubectl, op, exit_pod)
     w.secret()
     return w
 
 
 @pytest.fixture
-def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path) -> Iterator[Any]:
+def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path, agent_executable: Path | None) -> Iterator[Any]:
     """start(scenario_turns, **agent) -> (model server, runner): a scripted model for this
     namespace's goals, an Agent pointing at it, and the kubelet's part for goal pods."""
     started: list[Any] = []
@@ -178,7 +197,7 @@ def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path) -> Iterator
         if faults:
             scenario["faults"] = faults
         model = ModelServer(scenario, tmp_path)
-        runner = AgentRunner(cluster, k8s, world.ns, tmp_path).start()
+        runner = AgentRunner(cluster, k8s, world.ns, tmp_path, executable=agent_executable).start()
         started.extend([model, runner])
         world.apply(f"""
 apiVersion: overseer.dev/v1alpha1

@@ -25,6 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = REPO / "e2e" / "cluster"
 CRDS_DIR = REPO / "crds"
+ADMISSION_DIR = REPO / "charts" / "overseer" / "files" / "admission"
 EXIT_CODE_ANNOTATION = "overseer.dev/exit-code"
 LOOPBACK_NO_PROXY = "127.0.0.1,localhost"
 
@@ -159,7 +160,7 @@ class Kubectl:
     def __call__(
         self,
         *args: str,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | None = None,  # named as subprocess.run names it
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
@@ -201,19 +202,19 @@ class K8s:
 
     # alternative spellings, for readability at the call site
     @property
-    def CoreV1Api(self):  # noqa: N802
+    def CoreV1Api(self):
         return self.core
 
     @property
-    def CustomObjectsApi(self):  # noqa: N802
+    def CustomObjectsApi(self):
         return self.custom
 
     @property
-    def RbacAuthorizationV1Api(self):  # noqa: N802
+    def RbacAuthorizationV1Api(self):
         return self.rbac
 
     @property
-    def NetworkingV1Api(self):  # noqa: N802
+    def NetworkingV1Api(self):
         return self.networking
 
     def close(self) -> None:
@@ -247,6 +248,43 @@ def install_crds(kubectl: Kubectl, crds_dir: Path = CRDS_DIR, timeout: float = 6
                 description=f"resource {name} to be served",
             )
     return names
+
+
+def install_admission_policies(kubectl: Kubectl, admission_dir: Path = ADMISSION_DIR, timeout: float = 60) -> list[str]:
+    """Server-side apply the shipped admission policies; wait until the API server has compiled
+    each validating policy for the current generation. Returns their names (kind/name)."""
+    out = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(admission_dir), "-o", "name")
+    names = out.stdout.split()
+
+    def compiled() -> bool:
+        items = yaml.safe_load(kubectl("get", "validatingadmissionpolicies", "-o", "yaml").stdout)["items"]
+        ours = [p for p in items if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/part-of") == "overseer"]
+        return bool(ours) and all((p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
+                                  for p in ours)
+    wait_for(compiled, timeout=timeout, description="the admission policies to be compiled")
+    return names
+
+
+def service_account_kubeconfig(k8s: "K8s", cluster: "Cluster", namespace: str, account: str, path: Path,
+                               pod: Any = None, seconds: int = 3600) -> Path:
+    """A kubeconfig holding only a TokenRequest token of ServiceAccount namespace/account (bound
+    to `pod` when given, as a pod's projected token is), for the loopback API URL: the API server
+    sees exactly that account, with its RBAC and no client certificate."""
+    from kubernetes import client
+
+    bound = client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod.metadata.name,
+                                          uid=pod.metadata.uid) if pod is not None else None
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+        audiences=[], expiration_seconds=seconds, bound_object_ref=bound))
+    token = k8s.core.create_namespaced_service_account_token(account, namespace, request).status.token
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": account,
+        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
+                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account, "namespace": namespace}}],
+    }))
+    return path
 
 
 def dns_name(text: str, prefix: str = "e2e-", suffix_len: int = 5, max_len: int = 63) -> str:
@@ -332,6 +370,18 @@ def exit_pod(k8s: K8s, namespace: str, pod_name: str, code: int, timeout: float 
     )
 
 
+def token_kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
+    """A kubeconfig that authenticates with ``token`` only (what a pod's ServiceAccount gives)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "token",
+        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
+                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": "local", "user": "token"}}],
+    }))
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # the operator as a process
 
@@ -350,11 +400,18 @@ _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
+    return http_get(url, timeout)[0] == 200
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int | None, str]:
+    """(status, body) of a GET; (None, why) when nothing answers."""
     try:
         with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as e:
+        return None, str(e)
 
 
 def tail(text: str, lines: int = 60) -> str:
@@ -362,7 +419,8 @@ def tail(text: str, lines: int = 60) -> str:
 
 
 class OperatorProcess:
-    """``overseer-operator --namespace NS --liveness URL`` as a subprocess."""
+    """``overseer-operator --namespace NS --health-port PORT`` as a subprocess; started once its
+    /healthz answers 200 (readiness, /readyz, comes later: see ``probe``)."""
 
     def __init__(
         self,
@@ -372,24 +430,26 @@ class OperatorProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         startup_timeout: float = 30,
+        executable: Path | None = None,
     ):
         self.cluster = cluster
+        self.executable = executable or operator_executable()
         self.namespace = namespace
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
-        self.liveness_url = ""
+        self.health_port = 0
         self.starts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "OperatorProcess":
-        exe = operator_executable()
+        exe = self.executable
         if not exe.exists():
             raise AssertionError(f"{exe} not found: install the project into this venv (make venv)")
-        self.liveness_url = f"http://127.0.0.1:{free_port()}/healthz"
-        cmd = [str(exe), "--namespace", self.namespace, "--liveness", self.liveness_url,
+        self.health_port = free_port()
+        cmd = [str(exe), "--namespace", self.namespace, "--health-port", str(self.health_port),
                *self.extra_args]
         self.starts += 1
         with open(self.log_path, "ab") as log:
@@ -404,7 +464,7 @@ class OperatorProcess:
                 cwd=str(REPO),
             )
         deadline = time.monotonic() + self.startup_timeout
-        while not http_ok(self.liveness_url):
+        while not http_ok(self.health_url("/healthz")):
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"overseer-operator exited with {self.proc.returncode} during startup; log tail:\n"
@@ -413,11 +473,19 @@ class OperatorProcess:
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(
-                    f"overseer-operator liveness {self.liveness_url} did not answer 200 within "
+                    f"overseer-operator {self.health_url('/healthz')} did not answer 200 within "
                     f"{self.startup_timeout:g}s; log tail:\n{tail(self.log_text())}"
                 )
             time.sleep(0.2)
         return self
+
+    def health_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.health_port}{path}"
+
+    def probe(self, path: str) -> tuple[int | None, str]:
+        """(status, reason) of /healthz or /readyz."""
+        status, body = http_get(self.health_url(path), timeout=5)
+        return status, body.strip()
 
     @property
     def running(self) -> bool:

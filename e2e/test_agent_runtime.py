@@ -65,7 +65,7 @@ spec: {description: "Deploy to production", risk: high, command: {run: ["cat"]},
     done = world.wait_phase("ship", "Succeeded", timeout=60)
     decision = done["status"]["decisions"][0]
     assert (decision["id"], decision["decision"]) == (request["id"], "approved")
-    assert decision["decidedBy"] == "kubectl-annotate"
+    assert decision["decidedBy"] == "admin" and decision["verified"] is True
     assert "ApprovalRequested" in {e["reason"] for e in world.events("ship")}
 
 

@@ -63,6 +63,30 @@ def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster,
     assert "Loop overhead per iteration" in table and "cache share" in table
 
 
+def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_row_level_security(
+        cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "knowledge.json"
+    table = run_bench(cluster, "e2e.bench.knowledge", "--experiences", "5000", "--queries", "20", "--goals", "3",
+                      "--json", str(out))
+    r = json.loads(out.read_text())
+    assert set(r["lessons"]) == {"owner", "bench", "small"}
+    for name, lookups in r["lessons"].items():
+        assert len(lookups["times"]) == 20 and lookups["found"] > 0, name
+    assert {name: len(saves) for name, saves in r["checkpoints"].items()} == {"owner": 9, "bench": 9}
+    assert "row-level security" in table
+
+
+def test_gateway_benchmark_reports_added_latency_cpu_and_memory(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "gateway.json"
+    table = run_bench(cluster, "e2e.bench.gateway", "--requests", "200", "--concurrency", "50", "--rounds", "1",
+                      "--json", str(out))
+    r = json.loads(out.read_text())
+    for path in ("direct", "gateway"):
+        assert r[path]["p50_ms"] > 0 and r[path]["p99_ms"] >= r[path]["p50_ms"] and r[path]["ttfb_p50_ms"] > 0
+    assert r["gateway_cpu_ms_per_request"] > 0 and r["gateway_rss_mb"] > 0
+    assert "added by the gateway" in table
+
+
 def test_start_benchmark_times_every_step_of_a_goal_and_the_operator_start(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "start.json"
     table = run_bench(cluster, "e2e.bench.start", "--goals", "3", "--json", str(out))

@@ -82,7 +82,9 @@ def test_status_prints_the_approve_command_and_approve_lets_the_agent_continue(
     assert approval in approved
     done = world.wait_phase("ship", "Succeeded", timeout=60)
     decision = done["status"]["decisions"][0]
-    assert (decision["id"], decision["decision"], decision["decidedBy"]) == (approval, "approved", "kubectl-overseer")
+    # The API server's name for the admin kubeconfig's client certificate, not the client's choice.
+    assert (decision["id"], decision["decision"], decision["decidedBy"], decision["verified"]) == (
+        approval, "approved", "admin", True)
 
     again = overseer("approve", "ship", "-n", world.ns)
     assert again.returncode == 1 and f"Goal {world.ns}/ship has no pending approvals" in again.stderr
@@ -105,7 +107,7 @@ def test_deny_with_a_reason_reaches_the_model(world: World, agents: Any, oversee
     done = world.wait_phase("cleanup", "Succeeded", timeout=60)
     assert done["metadata"]["annotations"]["overseer.dev/deny-reason"] == "no network from this agent"
     decision = done["status"]["decisions"][0]
-    assert (decision["decision"], decision["decidedBy"]) == ("denied", "kubectl-overseer")
+    assert (decision["decision"], decision["decidedBy"]) == ("denied", "admin")
     last = model.requests()[-1]["body"]["messages"][-1]
     denial = next(b for b in last["content"] if b.get("type") == "tool_result")
     assert denial["is_error"] and "no network from this agent" in json.dumps(denial["content"])

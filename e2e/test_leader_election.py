@@ -32,6 +32,12 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     first = operator.start(namespace, *replica, env=LEASE)
     leader = wait_for(lambda: identity(first), description="the first replica holds the Lease")
     second = operator.start(namespace, *replica, env=LEASE)
+    # Both are ready once their caches are filled (a rolling update waits for new replicas to be
+    # ready); the standby says whom it waits for, and reconciles nothing.
+    wait_for(lambda: first.probe("/readyz") == (200, "ok"), description="the leader's /readyz")
+    standby = (200, f"standby: caches filled, waiting for Lease {namespace}/overseer-operator (held by {leader})")
+    wait_for(lambda: second.probe("/readyz") == standby, description="the standby's /readyz")
+    assert second.probe("/healthz") == (200, "ok")
     world = World(namespace, kubectl, first, exit_pod)
     world.secret()
     world.agent("coder", max=5)
@@ -46,6 +52,7 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     world.wait_phase("two", "Running")
     successor = identity(second)
     assert successor and successor != leader
+    wait_for(lambda: second.probe("/readyz") == (200, "ok"), description="the new leader's /readyz")
     spec = lease(kubectl, namespace)
     assert spec["holderIdentity"] == successor and spec["leaseTransitions"] >= 1
     assert len(world.goal_pods("one")) == 1, "the new leader adopted the running goal, no second pod"

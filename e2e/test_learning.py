@@ -14,7 +14,7 @@ from tests.integration.conftest import postgres, redis_server  # noqa: F401 - sh
 
 @pytest.fixture
 def operator_env(postgres: Any, redis_server: Any) -> dict[str, str]:  # noqa: F811
-    return {"OVERSEER_AGENT_DATABASE_URL": postgres.dsn, "OVERSEER_AGENT_REDIS_URL": redis_server.url}
+    return {"OVERSEER_KNOWLEDGE_ADMIN_URL": postgres.dsn, "OVERSEER_AGENT_REDIS_URL": redis_server.url}
 
 
 def test_lessons_from_one_goal_reach_the_next_ones_prompt(world: World, agents: Any, postgres: Any) -> None:  # noqa: F811

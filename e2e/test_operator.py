@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
 
 from e2e.harness import wait_for
 from e2e.world import GOAL, World
@@ -50,6 +52,54 @@ def test_agent_gets_least_privilege_children_that_follow_its_spec(world: World) 
     for kind in CHILDREN[:4]:
         wait_for(lambda: world.get(kind, "overseer-agent-coder") is None, timeout=60,
                  description=f"{kind} garbage-collected with its Agent")
+
+
+def api_server_peers(world: World) -> dict[str, list[int]]:
+    """The ipBlocks of the agent's NetworkPolicy with the ports of their rule."""
+    policy = world.get("networkpolicy", "overseer-agent-coder") or {"spec": {"egress": []}}
+    return {p["ipBlock"]["cidr"]: [port["port"] for port in rule.get("ports", [])]
+            for rule in policy["spec"]["egress"] for p in rule["to"] if "ipBlock" in p}
+
+
+def test_agent_network_policy_follows_where_the_api_server_publishes_itself(world: World, cluster: Any) -> None:
+    # The API server publishes itself in EndpointSlice default/kubernetes, as on any cluster.
+    [published] = json.loads(world.kubectl("get", "endpointslices", "-n", "default", "-l",
+                                           "kubernetes.io/service-name=kubernetes", "-o", "json").stdout)["items"]
+    # (Its advertised address: Endpoints may not name the loopback address it listens on.)
+    api_port = int(cluster.api_url.rsplit(":", 1)[1])
+    [address] = published["endpoints"][0]["addresses"]
+    assert [p["port"] for p in published["ports"]] == [api_port]
+
+    world.agent("coder")
+    world.wait_condition("agent", "coder", "Ready", "True")
+    wait_for(lambda: api_server_peers(world).get(f"{address}/32") == [api_port],
+             description="the NetworkPolicy allowing the API server's published address and port")
+    allowed = world.wait_condition("agent", "coder", "APIServerEgress", "True", "Allowed")
+    assert f"{address}/32 port {api_port}" in allowed["message"]
+
+    # A second API server endpoint appears: every Agent's NetworkPolicy follows, and again
+    # when it goes.
+    world.kubectl("apply", "-f", "-", input=EXTRA_SLICE.replace("API_PORT", str(api_port)))
+    try:
+        wait_for(lambda: api_server_peers(world).get("10.20.30.40/32") == [api_port],
+                 description="the new API server endpoint in the NetworkPolicy")
+    finally:
+        world.kubectl("delete", "endpointslice", "e2e-extra-api-server", "-n", "default", "--ignore-not-found")
+    wait_for(lambda: "10.20.30.40/32" not in api_server_peers(world) and f"{address}/32" in api_server_peers(world),
+             description="the NetworkPolicy without the removed endpoint")
+
+
+EXTRA_SLICE = """
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: e2e-extra-api-server
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: e2e}
+addressType: IPv4
+endpoints: [{addresses: [10.20.30.40], conditions: {ready: true}}]
+ports: [{name: https, port: API_PORT, protocol: TCP}]
+"""
 
 
 def test_agent_says_what_is_missing_until_it_exists(world: World) -> None:

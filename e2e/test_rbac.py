@@ -5,27 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from e2e.harness import REPO
+from e2e.harness import REPO, token_kubeconfig
 from e2e.world import FAST, World
 
 
 def operator_kubeconfig(cluster: Any, kubectl: Any, path: Path) -> Path:
     """A kubeconfig holding a token of the operator's own ServiceAccount (what it gets in a pod)."""
     token = kubectl("create", "token", "overseer-operator", "-n", "overseer-system", "--duration=1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
-                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-    }))
-    return path
+    return token_kubeconfig(cluster, token, path)
 
 
-def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: Any, namespace: str, operator: Any,
-                                              exit_pod: Any, tmp_path: Path) -> None:
+def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: Any, admission_policies: Any,
+                                              namespace: str, operator: Any, exit_pod: Any, tmp_path: Path) -> None:
     kubectl("apply", "-k", str(REPO / "manifests" / "base"))
     config = operator_kubeconfig(cluster, kubectl, tmp_path / "operator.kubeconfig")
     # As deployed with several replicas: holding the Lease in overseer-system is part of the role.
@@ -36,6 +27,8 @@ def test_operator_needs_only_its_cluster_role(cluster: Any, kubectl: Any, crds: 
     world.capability("pytest")
     world.agent("coder", capabilities="[pytest]", quota='{pods: "4"}')
     world.wait_condition("agent", "coder", "Ready", "True")
+    # It may read the admission policies it looks for, and finds them.
+    world.wait_condition("agent", "coder", "AdmissionPolicies", "True", "PoliciesInstalled")
     for kind in ("serviceaccount", "role", "rolebinding", "networkpolicy", "resourcequota"):
         assert world.get(kind, "overseer-agent-coder"), f"{kind} not created under the operator's ClusterRole"
     world.goal("fix-ci")

@@ -72,13 +72,13 @@ def test_approved_self_modifications_reach_later_goals_until_reverted(world: Wor
     learned = world.wait_phase("learn", "Succeeded", timeout=60)
     assert not any("fetch" in json.dumps(r) for r in learned["status"].get("decisions") or [])
     assert [(d["id"], d["decision"], d["decidedBy"]) for d in learned["status"]["decisions"]] == [
-        (lesson["id"], "approved", "kubectl-annotate"), (script_tool["id"], "approved", "kubectl-annotate")]
+        (lesson["id"], "approved", "admin"), (script_tool["id"], "approved", "admin")]
 
     # Stored in the Agent's own ConfigMap, not in its spec.
     kept = records(world)
     assert set(kept) == {lesson["id"], script_tool["id"]}
     assert kept[lesson["id"]] | {"approvedAt": None} == {
-        "id": lesson["id"], "kind": "lesson", "lesson": LESSON, "goal": "learn", "approvedBy": "kubectl-annotate",
+        "id": lesson["id"], "kind": "lesson", "lesson": LESSON, "goal": "learn", "approvedBy": "admin",
         "approvedAt": None, "reverted": False}
     assert kept[script_tool["id"]]["tool"]["name"] == "word_count" and not kept[script_tool["id"]]["reverted"]
     cm = world.get("configmap", CONFIG_MAP)

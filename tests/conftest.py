@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -96,3 +97,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 def settings(clean_env: pytest.MonkeyPatch) -> Settings:
     """The operator's defaults, whatever the environment of the test run holds."""
     return Settings()
+
+
+@pytest.fixture
+def path_without(tmp_path: Path):
+    """PATH as it is, less the named commands: every other command linked into one folder."""
+    def build(*absent: str) -> str:
+        folder = tmp_path / "bin"
+        folder.mkdir()
+        for directory in os.environ["PATH"].split(os.pathsep):
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                target = Path(directory, name)
+                if name not in absent and not (folder / name).exists() and os.access(target, os.X_OK):
+                    (folder / name).symlink_to(target)
+        return str(folder)
+    return build

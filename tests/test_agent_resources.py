@@ -16,6 +16,7 @@ from overseer.operator.agent_resources import (
     render_role_binding,
     render_service_account,
 )
+from overseer.operator.api_server import api_server_egress
 from overseer.operator.settings import Settings
 
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
@@ -198,6 +199,17 @@ def test_network_policy_allows_the_model_api_but_not_the_private_ranges(make_age
     assert rule["ports"] == [{"protocol": "TCP", "port": 443}]
 
 
+def test_with_a_gateway_agents_reach_the_gateway_and_not_the_internet(make_agent, clean_env):
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080")
+
+    policy = render_network_policy(make_agent(), [], settings)
+
+    assert not [peer for peer in egress_peers(policy) if "ipBlock" in peer]
+    [rule] = [r for r in policy["spec"]["egress"] if r["ports"] == [{"protocol": "TCP", "port": 8080}]]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "overseer-system"}},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "overseer-gateway"}}}]
+
+
 def test_private_ranges_are_excepted_from_every_model_cidr_that_contains_them(make_agent, clean_env):
     # Splitting 0.0.0.0/0 into halves must not open the cluster's own networks.
     settings = Settings(model_egress_cidrs=["0.0.0.0/1", "128.0.0.0/1"])
@@ -234,11 +246,21 @@ def test_network_policy_leaves_the_api_server_closed_unless_configured(make_agen
 def test_network_policy_opens_the_configured_api_server(make_agent, clean_env):
     settings = Settings(api_server_cidrs=["10.96.0.1/32", "172.18.0.2/32"])
 
-    policy = render_network_policy(make_agent(), [], settings)
+    policy = render_network_policy(make_agent(), [], settings, api_server_egress(settings, []))
 
     rule = rule_reaching(policy, "10.96.0.1/32")
     assert rule == {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.2/32"}}],
                     "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}
+
+
+def test_network_policy_opens_the_api_servers_published_endpoints(make_agent, settings):
+    slices = [{"addressType": "IPv4", "endpoints": [{"addresses": ["172.18.0.2"], "conditions": {"ready": True}}],
+               "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]
+
+    policy = render_network_policy(make_agent(), [], settings, api_server_egress(settings, slices))
+
+    assert rule_reaching(policy, "172.18.0.2/32") == {"to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}],
+                                                      "ports": [{"protocol": "TCP", "port": 6443}]}
 
 
 def test_capability_cidr_becomes_an_ip_block_with_its_ports(make_agent, make_capability, settings):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from overseer import approvals, cli
-from overseer.agent import live
+from overseer import live
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -156,14 +156,26 @@ def test_status_shows_progress_tokens_and_the_commands_that_decide_a_pending_app
     assert "deny:    kubectl overseer deny ship deploy-1 -n team-a --reason TEXT" in text
 
 
-def test_status_of_a_finished_goal_shows_decisions_and_the_result() -> None:
+def test_status_of_a_finished_goal_shows_who_decided_and_the_result() -> None:
     g = goal(phase="Succeeded", result="Deployed.\nAll checks green.",
-             decisions=[{"id": "deploy-1", "decision": "approved", "decidedBy": "kubectl-overseer",
-                         "decidedAt": "2026-01-01T11:58:00Z"}])
+             decisions=[{"id": "deploy-1", "decision": "approved", "decidedBy": "system:serviceaccount:team-a:alice",
+                         "decidedAt": "2026-01-01T11:58:00Z", "verified": True},
+                        {"id": "deploy-2", "decision": "denied", "decidedBy": "unverified field manager kubectl-annotate",
+                         "decidedAt": "2026-01-01T11:59:00Z", "verified": False}])
     text = cli.format_status(g, now=NOW)
-    assert "deploy-1  approved by kubectl-overseer at 2026-01-01T11:58:00Z" in text
+    assert "deploy-1  approved by system:serviceaccount:team-a:alice at 2026-01-01T11:58:00Z\n" in text
+    assert ("deploy-2  denied by unverified field manager kubectl-annotate at 2026-01-01T11:59:00Z (unverified: "
+            "the admission policies were missing)") in text
     assert text.endswith("Result:\n  Deployed.\n  All checks green.")
     assert "Pending approvals" not in text
+
+
+def test_status_shows_what_the_goal_cost_when_the_gateway_priced_it() -> None:
+    priced = cli.format_status(goal(phase="Running", cost={"usd": 0.012345, "tokens": 9000, "requests": 4}), now=NOW)
+    unpriced = cli.format_status(goal(phase="Running"), now=NOW)
+
+    assert "Cost:        $0.0123 in 4 model calls (model gateway)" in priced
+    assert "Cost:" not in unpriced
 
 
 def test_status_of_a_goal_the_operator_has_not_seen_yet() -> None:
@@ -268,3 +280,17 @@ def test_a_goal_reached_twice_is_expanded_once() -> None:
     lines = cli.format_tree("top", goals).splitlines()
     assert lines[-1].split() == ["└──", "x", "Blocked", "dependency", "(shown", "above)"]
     assert sum("base" in line for line in lines) == 1
+
+
+def test_status_gives_a_queued_goals_place_in_its_agents_queue() -> None:
+    goals = [goal("first", phase="Running", agent="coder"),
+             goal("low", phase="Queued", agent="coder", created="2026-01-01T11:00:00Z"),
+             goal("urgent", spec={"priority": 10}, phase="Queued", agent="coder", created="2026-01-01T11:05:00Z"),
+             goal("older-low", phase="Queued", agent="coder", created="2026-01-01T10:00:00Z"),
+             goal("elsewhere", phase="Queued", agent="reviewer")]
+    by_name = {g["metadata"]["name"]: g for g in goals}
+    assert [cli.queue_position(by_name[n], goals) for n in ("urgent", "older-low", "low")] == [(1, 3), (2, 3), (3, 3)]
+    assert cli.queue_position(by_name["first"], goals) is None
+    assert cli.queue_position(by_name["elsewhere"], goals) == (1, 1)
+    text = cli.format_status(by_name["low"], NOW, queue=cli.queue_position(by_name["low"], goals))
+    assert "Queue:       3 of 3 for agent coder" in text

@@ -14,9 +14,9 @@ from overseer.operator.dispatch import (
     check_dependencies,
     find_cycle,
     pod_outcome,
-    queue_key,
     selector_matches,
 )
+from overseer.api import queue_key
 
 
 def graph(**edges: list[str]):

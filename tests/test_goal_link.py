@@ -63,3 +63,15 @@ async def test_flush_writes_at_once_without_waiting_for_the_interval() -> None:
         await link.stop()
     assert [status["iteration"] for _, status in server.writes] == [1, 2]
     assert server.writes[-1][1]["result"] == "done"
+
+
+def test_the_knowledge_base_audit_names_the_user_the_api_server_stamped_not_the_client_tool() -> None:
+    link = GoalLink(StatusServer(), "team-a", "fix-ci")  # type: ignore[arg-type]
+    annotate = {"manager": "kubectl-annotate", "time": "2026-12-01T10:00:00Z",
+                "fieldsV1": {"f:metadata": {"f:annotations": {"f:overseer.dev/deny": {}}}}}
+    link.goal = {"metadata": {"name": "fix-ci", "managedFields": [annotate], "annotations": {
+        "overseer.dev/deny": "bash-1", "overseer.dev/decided-by": "system:serviceaccount:team-a:reviewer"}}}
+    assert link.decision("bash-1") == ("denied", "")
+    assert link.decided_by("bash-1") == ("system:serviceaccount:team-a:reviewer", "2026-12-01T10:00:00Z")
+    del link.goal["metadata"]["annotations"]["overseer.dev/decided-by"]  # the admission policies are missing
+    assert link.decided_by("bash-1") == ("unverified field manager kubectl-annotate", "2026-12-01T10:00:00Z")

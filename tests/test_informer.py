@@ -115,3 +115,31 @@ async def test_namespace_filter_drops_objects_of_other_namespaces():
     assert store.keys() == [("team-a", "a")]
     # listed items get the kind and apiVersion that list answers leave out (Events need them)
     assert (store.get(("team-a", "a"))["kind"], store.get(("team-a", "a"))["apiVersion"]) == ("Goal", "v1")
+
+
+@pytest.mark.asyncio
+async def test_progress_is_recorded_for_lists_events_and_failures_alike():
+    # The liveness probe reads last_progress: an informer retrying a refusing API server is
+    # working, and its last error is what readiness reports until a list succeeds.
+    class RefusingOnce(FakeKube):
+        async def request(self, method, url, params=None):
+            if not self.asked:
+                self.asked.append(("LIST", url, {}))
+                raise RuntimeError("403 Forbidden")
+            return await super().request(method, url, params)
+
+    kube = RefusingOnce(lists=[page([obj("a", 5)], 10)], watches=[[{"type": "MODIFIED", "object": obj("a", 12)}]])
+    informer = Informer(kube, "v1", "pods", Store(), lambda *a: None)
+    informer.last_progress = 0.0
+    seen = {}
+
+    def refused_then_watching():
+        if informer.last_error and "error" not in seen:
+            seen["error"] = (informer.last_error, informer.last_progress, informer.synced.is_set())
+        return informer.version == "12"
+
+    await run_until(informer, kube, refused_then_watching)
+
+    error, failed_at, synced = seen["error"]
+    assert (error, synced) == ("403 Forbidden", False) and failed_at > 0
+    assert informer.synced.is_set() and informer.last_error == "" and informer.last_progress > failed_at

@@ -16,7 +16,7 @@ import pytest
 
 from overseer.agent.checkpoint_file import FileCheckpoints
 from overseer.agent.loop import AgentLoop, Budget, LoopConfig, Outcome
-from overseer.agent.scripted_model import Scenario, ScriptedModelServer, count_tokens, prompt_blocks
+from overseer.testing.scripted_model import Scenario, ScriptedModelServer, count_tokens, prompt_blocks
 from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
 from overseer.agent.tools.todo import TodoList
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = ["overseer", "overseer.api", "overseer.operator", "overseer.operator.handlers", "overseer.agent"]
-COMMANDS = ["overseer-operator", "overseer-crds"]
+MODULES = ["overseer", "overseer.api", "overseer.operator", "overseer.operator.handlers", "overseer.gateway.main", "overseer.agent",
+           "overseer.agent.main", "overseer.agent.tools.shell", "overseer.contract", "overseer.live", "overseer.cli",
+           "overseer.testing.scripted_model"]
+COMMANDS = ["overseer-operator", "overseer-crds", "overseer-gateway", "overseer-agent", "overseer-scripted-model", "kubectl-overseer"]
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -71,6 +73,8 @@ def test_wheel_declares_the_commands(wheel):
 
     assert "overseer-operator = overseer.operator.main:main" in entry_points
     assert "overseer-crds = overseer.api.crd:main" in entry_points
+    assert "overseer-scripted-model = overseer.testing.scripted_model:main" in entry_points
+    assert "overseer-gateway = overseer.gateway.main:main" in entry_points
 
 
 def test_installed_packages_import_from_the_wheel(venv, tmp_path):
@@ -107,9 +111,21 @@ def test_overseer_operator_command_runs(venv, tmp_path):
     assert "usage: overseer-operator" in out
 
 
+def test_overseer_gateway_command_runs(venv, tmp_path):
+    out = run(venv / "bin" / "overseer-gateway", "--help", cwd=tmp_path).stdout
+
+    assert "usage: overseer-gateway" in out
+
+
 def test_overseer_crds_command_prints_the_three_crds(venv, tmp_path):
     out = run(venv / "bin" / "overseer-crds", cwd=tmp_path).stdout
 
     assert out.count("kind: CustomResourceDefinition") == 3
     for plural in ("agents", "goals", "capabilities"):
         assert f"name: {plural}.overseer.dev" in out
+
+
+def test_overseer_scripted_model_command_runs(venv, tmp_path):
+    out = run(venv / "bin" / "overseer-scripted-model", "--help", cwd=tmp_path).stdout
+
+    assert "usage: overseer-scripted-model" in out

@@ -110,11 +110,8 @@ def test_pod_tells_the_runtime_which_goal_and_agent_it_serves(make_goal, make_ag
     env = env_of(render_pod(goal, make_agent("coder"), 2, settings))
 
     assert env["OVERSEER_GOAL_NAME"]["value"] == "fix-ci"
-    assert env["OVERSEER_GOAL_UID"]["value"] == goal.metadata["uid"]
     assert env["OVERSEER_GOAL_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["OVERSEER_AGENT_NAME"]["value"] == "coder"
-    assert env["OVERSEER_ATTEMPT"]["value"] == "2"
-    assert env["OVERSEER_MODEL"]["value"] == "claude-sonnet-5-5"
 
 
 def test_api_key_comes_from_the_agents_secret(make_goal, make_agent, settings):
@@ -127,12 +124,46 @@ def test_api_key_comes_from_the_agents_secret(make_goal, make_agent, settings):
     assert "value" not in env["ANTHROPIC_API_KEY"]
 
 
+def test_the_knowledge_base_login_comes_from_the_namespaces_secret_never_as_a_value(make_goal, make_agent, settings):
+    settings.knowledge_admin_url = "postgresql://admin:s3cret@db.overseer-system:5432/overseer"
+
+    env = env_of(render_pod(make_goal(), make_agent(), 1, settings))
+
+    assert env["OVERSEER_DATABASE_URL"] == {"name": "OVERSEER_DATABASE_URL", "valueFrom": {
+        "secretKeyRef": {"name": "overseer-knowledge", "key": "url", "optional": True}}}
+    assert not any("s3cret" in str(e) or "db.overseer-system" in str(e) for e in env.values())
+
+
+def test_no_knowledge_base_means_no_database_in_the_pod(make_goal, make_agent, settings):
+    assert "OVERSEER_DATABASE_URL" not in env_of(render_pod(make_goal(), make_agent(), 1, settings))
+
+
 def test_base_url_is_passed_only_when_the_agent_sets_one(make_goal, make_agent, settings):
     default = env_of(render_pod(make_goal(), make_agent(), 1, settings))
     custom = env_of(render_pod(make_goal(), make_agent(model={"baseURL": "https://llm.internal:8443"}), 1, settings))
 
     assert "ANTHROPIC_BASE_URL" not in default
     assert custom["ANTHROPIC_BASE_URL"]["value"] == "https://llm.internal:8443"
+
+
+def test_with_a_gateway_the_pod_gets_a_token_bound_to_itself_and_no_api_key(make_goal, make_agent, settings):
+    settings.gateway_url = "http://overseer-gateway.overseer-system:8080"
+    agent = make_agent(model={"baseURL": "https://llm.internal:8443",
+                              "apiKeySecretRef": {"name": "team-a-anthropic", "key": "token"}})
+
+    pod = render_pod(make_goal(), agent, 1, settings)
+
+    env = env_of(pod)
+    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://overseer-gateway.overseer-system:8080"
+    assert "ANTHROPIC_API_KEY" not in env
+    assert "team-a-anthropic" not in repr(pod) and "secretKeyRef" not in repr(pod)
+    [token] = [v for v in pod["spec"]["volumes"] if v["name"] == "gateway-token"]
+    assert token["projected"]["sources"] == [{"serviceAccountToken": {
+        "audience": "overseer-gateway", "expirationSeconds": 600, "path": "token"}}]
+    [mount] = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "gateway-token"]
+    assert mount["readOnly"] is True
+    assert env["OVERSEER_GATEWAY_TOKEN_FILE"]["value"] == mount["mountPath"] + "/token"
+    assert_restricted(pod)
 
 
 # --- the container -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import anthropic
 import httpx2
 import pytest
 
-from overseer.agent.scripted_model import (
+from overseer.testing.scripted_model import (
     FINISHED_TEXT,
     MESSAGE_OVERHEAD,
     Scenario,
@@ -423,7 +423,7 @@ def test_a_scenario_with_a_mistake_names_where_it_is():
 async def test_the_command_serves_a_scenario_file(tmp_path):
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text("conversations:\n  default:\n    - reply: [{text: From the file.}]\n")
-    command = [sys.executable, "-c", "from overseer.agent.scripted_model import main; main()",
+    command = [sys.executable, "-c", "from overseer.testing.scripted_model import main; main()",
                "--scenario", str(scenario), "--port", "0"]
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:

@@ -203,7 +203,8 @@ async def test_an_approved_proposal_the_operator_did_not_store_is_an_error(tmp_p
 
 
 def goal_with(requests: list[dict[str, Any]], approve: str | None = None, uid: str = "uid-1") -> dict[str, Any]:
-    annotations = {"overseer.dev/approve": approve} if approve else {}
+    annotations = {"overseer.dev/approve": approve, "overseer.dev/decided-by": "system:serviceaccount:team-a:reviewer"} \
+        if approve else {}
     managed = [{"manager": "kubectl-annotate", "time": "2026-01-02T03:04:05Z",
                 "fieldsV1": {"f:metadata": {"f:annotations": {"f:overseer.dev/approve": {}}}}}]
     return {"metadata": {"name": "learn", "namespace": "team-a", "uid": uid, "annotations": annotations,
@@ -222,7 +223,7 @@ def test_an_approved_request_becomes_a_record_naming_who_approved_it():
 
     assert problems == []
     assert approved.record == {"id": request["id"], "kind": "lesson", "lesson": "Run the linter first",
-                               "goal": "learn", "approvedBy": "kubectl-annotate",
+                               "goal": "learn", "approvedBy": "system:serviceaccount:team-a:reviewer",
                                "approvedAt": "2026-01-02T03:04:05Z", "reverted": False}
 
 
@@ -406,4 +407,4 @@ async def test_a_script_tools_output_is_capped(tmp_path: Path):
 
     result = await tool.run({}, ToolContext(workspace=tmp_path, output_limit=1000))
 
-    assert not result.is_error and len(result.content) < 1300 and "dropped" in result.content
+    assert not result.is_error and len(result.content) < 1300 and "output truncated" in result.content

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from overseer.operator.settings import Settings
+
+
+def pyproject_version() -> str:
+    return tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_defaults_need_no_environment(settings):
@@ -13,6 +21,12 @@ def test_defaults_need_no_environment(settings):
     assert settings.model_egress_cidrs == ["0.0.0.0/0"]
     assert settings.model_egress_except == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     assert settings.api_server_cidrs == []
+
+
+def test_the_default_agent_image_is_the_one_built_from_this_release(settings):
+    # `make images` tags overseer/agent with the version in pyproject.toml; the operator must
+    # ask for exactly that tag, whatever the version is.
+    assert settings.agent_image == f"overseer/agent:{pyproject_version()}"
 
 
 def test_scalars_come_from_the_environment(clean_env):
@@ -64,7 +78,7 @@ def test_variables_without_the_prefix_are_ignored(clean_env):
     settings = Settings()
 
     assert settings.workers == 16
-    assert settings.agent_image == "overseer/agent:0.1.0"
+    assert settings.agent_image == f"overseer/agent:{version('overseer')}"
 
 
 @pytest.mark.parametrize(("var", "value"), [
@@ -90,6 +104,16 @@ def test_lease_timings_that_would_let_two_leaders_overlap_are_refused(clean_env)
         Settings()
 
     assert "OVERSEER_LEASE_RENEW_DEADLINE_SECONDS < OVERSEER_LEASE_DURATION_SECONDS" in str(error.value)
+
+
+def test_the_shared_database_login_of_earlier_versions_is_refused_naming_its_replacement(clean_env):
+    clean_env.setenv("OVERSEER_AGENT_DATABASE_URL", "postgresql://overseer@db/overseer")
+
+    with pytest.raises(ValidationError) as error:
+        Settings()
+
+    assert "OVERSEER_AGENT_DATABASE_URL is no longer read" in str(error.value)
+    assert "OVERSEER_KNOWLEDGE_ADMIN_URL" in str(error.value)
 
 
 def test_the_operator_refuses_a_bad_setting_before_it_starts(clean_env, capsys):

@@ -109,18 +109,21 @@ def test_cached_pods_keep_metadata_and_status_only():
     assert slim["metadata"]["labels"] == raw["metadata"]["labels"] and slim["status"] == {"phase": "Running"}
 
 
-def test_cached_goals_keep_only_the_managed_fields_that_say_who_annotated():
+def test_cached_goals_keep_only_the_managed_fields_that_say_who_annotated_and_who_wrote_phase_or_decisions():
     from overseer.approvals import set_by
     from overseer.operator.runtime import slim_goal
     raw = goal("a", "coder")
     raw["metadata"]["annotations"] = {"overseer.dev/approve": "req-1"}
     raw["metadata"]["managedFields"] = [
         {"manager": "overseer-operator", "fieldsV1": {"f:status": {"f:phase": {}}}},
+        {"manager": "overseer-agent", "fieldsV1": {"f:status": {"f:heartbeat": {}, "f:iteration": {}}}},
+        {"manager": "kubectl-patch", "fieldsV1": {"f:status": {"f:decisions": {}}}},
         {"manager": "kubectl-annotate", "time": "2026-12-01T10:00:00Z",
          "fieldsV1": {"f:metadata": {"f:annotations": {"f:overseer.dev/approve": {}}}}},
     ]
     slim = slim_goal(raw)
-    assert [e["manager"] for e in slim["metadata"]["managedFields"]] == ["kubectl-annotate"]
+    assert [e["manager"] for e in slim["metadata"]["managedFields"]] == [
+        "overseer-operator", "kubectl-patch", "kubectl-annotate"]
     assert set_by(slim, "overseer.dev/approve") == ("kubectl-annotate", "2026-12-01T10:00:00Z")
 
 

@@ -154,6 +154,11 @@ def test_risk_is_compared_with_the_approval_threshold() -> None:
     assert not risk_at_least("medium", "high")
 
 
+def test_an_unknown_risk_or_threshold_counts_as_high() -> None:
+    assert risk_at_least("critical", "high"), "an unknown risk waits for approval"
+    assert risk_at_least("high", "everything") and not risk_at_least("medium", "everything")
+
+
 def test_an_assessment_that_fails_is_high_risk(ctx: ToolContext) -> None:
     class Fussy(Echo):
         name = "fussy"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from overseer.agent.tools import BashTool, ToolContext, ToolRegistry, classify_command
-from overseer.agent.tools import bash as bash_module
+from overseer.agent.tools.shell import runner
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def test_timeout_kills_the_whole_process_group_quickly(tools: ToolRegistry
 
 async def test_background_processes_holding_the_output_are_stopped(
         tools: ToolRegistry, ctx: ToolContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bash_module, "KILL_GRACE", 0.2)
+    monkeypatch.setattr(runner, "KILL_GRACE", 0.2)
     started = time.monotonic()
     result = await tools.run("bash", {"command": "sleep 30 & echo done"}, ctx)
     assert time.monotonic() - started < 3

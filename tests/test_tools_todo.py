@@ -77,3 +77,10 @@ async def test_the_tool_warns_when_several_items_are_in_progress(tmp_path: Path)
                                                    {"text": "b", "status": "in_progress"}]},
                                 ToolContext(workspace=tmp_path))
     assert not result.is_error and "more than one item is in_progress" in result.content
+
+
+def test_progress_is_the_list_done_over_total_or_else_the_iteration() -> None:
+    todos = TodoList()
+    assert todos.progress(4) == "iteration 4"
+    todos.items = [TodoItem("Fix the parser", "done"), TodoItem("Run the suite", "pending")]
+    assert todos.progress(4) == "1/2"

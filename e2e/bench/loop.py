@@ -5,7 +5,7 @@ and compaction, with the scripted model behind the real `anthropic` SDK.
                              [--quick] [--no-cluster] [--keep-cluster] [--json PATH]
 
 Everything runs in this process except the services, which are real and on 127.0.0.1:
-PostgreSQL and Redis (started here in throwaway folders, as tests/integration/servers.py
+PostgreSQL and Redis (started here in throwaway folders, as tests/support/servers.py
 does; PostgreSQL with fsync and synchronous commit on) and the local control plane of
 e2e/cluster/up.sh (started if needed, stopped again if this run started it).
 
@@ -62,13 +62,13 @@ import anthropic
 
 from e2e.bench.docs import write_section
 from e2e import harness
-from overseer.agent import live
+from overseer import live
 from overseer.agent.checkpoint_file import FileCheckpoints
 from overseer.agent.goal_link import GoalLink
 from overseer.agent.knowledge import KnowledgeBase
 from overseer.agent.loop import AgentLoop, Budget, LoopConfig
 from overseer.agent.main import GUIDANCE
-from overseer.agent.scripted_model import (
+from overseer.testing.scripted_model import (
     LOOKBACK_BLOCKS,
     Scenario,
     ScriptedModelServer,
@@ -79,7 +79,8 @@ from overseer.agent.tools import default_registry
 from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
 from overseer.agent.tools.todo import TodoList
 from overseer.kube import Kube, load_credentials
-from tests.integration.servers import PostgresServer, RedisServer, _pg_bin, _wait_port
+from overseer.operator.knowledge_tenants import provision_login
+from tests.support.servers import PostgresServer, RedisServer, pg_bin, wait_port
 
 MODEL = "claude-sonnet-5-5"
 NAMESPACE = "bench-loop"
@@ -284,9 +285,9 @@ class DurablePostgres(PostgresServer):
 
     def start(self) -> None:
         opts = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1"
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
+        self._run(pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
                   "-w", "start")
-        _wait_port(self.port)
+        wait_port(self.port)
 
 
 @dataclass
@@ -354,7 +355,7 @@ async def overhead_run(variant: str, iterations: int, services: Services, run_no
         if variant == "a":
             checkpoints = FileCheckpoints(services.workdir / f"ws-{uid}", uid)
         else:
-            kb = KnowledgeBase(services.pg_dsn)
+            kb = KnowledgeBase(services.pg_dsn, namespace=NAMESPACE)
             await kb.open()
             checkpoints = kb.for_goal(uid, resume_wait=5)
             redis = live.connect(services.redis_url)
@@ -458,7 +459,7 @@ async def checkpoint_samples(store: Any, history: int) -> list[float]:
 
 async def checkpoint_bench(services: Services, histories: list[int], goals: int) -> dict[str, dict[int, list[float]]]:
     out: dict[str, dict[int, list[float]]] = {"PostgreSQL": {}, "file": {}}
-    async with KnowledgeBase(services.pg_dsn) as kb:
+    async with KnowledgeBase(services.pg_dsn, namespace=NAMESPACE) as kb:
         for h in histories:
             samples: list[float] = []
             for g in range(goals):
@@ -657,7 +658,7 @@ def machine(workdir: Path) -> dict[str, Any]:
     where = str(workdir.resolve())
     fs = max((m for m in mounts if where == m[1] or where.startswith(m[1].rstrip("/") + "/")),
              key=lambda m: len(m[1]), default=["?", "/", "?"])
-    pg = subprocess.run([_pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    pg = subprocess.run([pg_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
     redis = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"], capture_output=True,
                            text=True).stdout.split(" v=")[-1].split()[0]
     return {"nproc": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kb / 2**20, 1), "cpu": cpu,
@@ -854,7 +855,9 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 kube = Kube(login, "overseer-agent", pool_size=4)
             try:
-                return await run_all(args, Services(postgres.dsn, redis.url, kube, workdir), cluster is not None)
+                # Checkpoints as a goal pod writes them: with its namespace's own login, under row-level security.
+                tenant_url = await provision_login(postgres.dsn, NAMESPACE)
+                return await run_all(args, Services(tenant_url, redis.url, kube, workdir), cluster is not None)
             finally:
                 if kube is not None:
                     await kube.close()

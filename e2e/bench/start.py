@@ -163,7 +163,7 @@ def import_cpu(code: str, runs: int = 5) -> float:
 
 def log_time(line: str) -> float:
     """The wall-clock time of a line logged with logging's default asctime (local time, ms)."""
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()  # local time, as logged
 
 
 def operator_start(bench: Bench, ns: str, out_dir: Path, r: StartResult) -> harness.OperatorProcess:

@@ -30,6 +30,7 @@ API_PORT=${API_PORT:-32443}       # kube-apiserver secure port
 KCM_PORT=${KCM_PORT:-32257}       # kube-controller-manager healthz (https)
 SCHED_PORT=${SCHED_PORT:-32259}   # kube-scheduler healthz (https)
 KWOK_PORT=${KWOK_PORT:-32247}     # kwok's own server
+ADVERTISE_ADDRESS=192.0.2.1       # what Service default/kubernetes names (see kube-apiserver below)
 COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok"
 NODE=kwok-node-0
 
@@ -206,17 +207,22 @@ T_ETCD=$(now_ms)
 
 # ---------- 3. kube-apiserver -----------------------------------------------------------------
 # Default admission plugins (PodSecurity, ResourceQuota, ServiceAccount, ...) stay on.
+# The lease endpoint reconciler publishes the API server in Service default/kubernetes and its
+# EndpointSlice as on any cluster (the operator names that address in each Agent's
+# NetworkPolicy). Endpoints may not name a loopback address, so the API server, which listens on
+# 127.0.0.1 only, advertises $ADVERTISE_ADDRESS:$API_PORT: an address from TEST-NET-1 (RFC 5737)
+# that routes nowhere. Nothing connects to it: every client here uses the loopback URL.
 step "kube-apiserver on https://127.0.0.1:$API_PORT"
 start kube-apiserver \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+  --bind-address=127.0.0.1 --advertise-address="$ADVERTISE_ADDRESS" --secure-port="$API_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/ca.crt" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range=10.96.0.0/16 \
   --authorization-mode=Node,RBAC \
-  --endpoint-reconciler-type=none \
+  --endpoint-reconciler-type=lease \
   --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
   --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
   --requestheader-extra-headers-prefix=X-Remote-Extra- \

@@ -26,9 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from redis.exceptions import RedisError
 
-from overseer import approvals
-from overseer.agent import live
-from overseer.api import API_VERSION, Phase
+from overseer import approvals, live
+from overseer.api import API_VERSION, Phase, queue_key
 from overseer.kube import ApiError, Kube, StaticCredentials, load_credentials, path
 
 FIELD_MANAGER = "kubectl-overseer"
@@ -72,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, None)
     # Options given after the subcommand land here too; SUPPRESS keeps an absent one from
     # overwriting a value given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -253,8 +252,23 @@ def format_tokens(tokens: Mapping[str, Any] | None) -> str:
             f"cache read {t.get('cacheRead', 0):,}, cache write {t.get('cacheWrite', 0):,})")
 
 
-def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
-    """What `kubectl overseer status` prints for a Goal object (as the API returns it)."""
+def queue_position(goal: Mapping[str, Any], goals: Sequence[Mapping[str, Any]]) -> tuple[int, int] | None:
+    """(place from 1, length) of a Queued goal in its agent's queue, in the operator's order.
+    Worked out here from a list, not kept in status: every start would rewrite every queued goal."""
+    st = goal.get("status") or {}
+    if st.get("phase") != Phase.QUEUED.value or not st.get("agent"):
+        return None
+    queue = sorted((g for g in goals if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
+                    and (g.get("status") or {}).get("agent") == st["agent"]), key=queue_key)
+    names = [g["metadata"]["name"] for g in queue]
+    name = goal["metadata"]["name"]
+    return (names.index(name) + 1, len(names)) if name in names else None
+
+
+def format_status(goal: Mapping[str, Any], now: datetime | None = None,
+                  queue: tuple[int, int] | None = None) -> str:
+    """What `kubectl overseer status` prints for a Goal object (as the API returns it), with its
+    place in the queue when it waits in one."""
     now = now or datetime.now(timezone.utc)
     meta = goal.get("metadata") or {}
     spec = goal.get("spec") or {}
@@ -279,14 +293,17 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
         rows.append(("Attempt", f"{st['attempt']} of {1 + int(spec.get('maxRetries', 1))}{pod}"))
     rows.append(("Iteration", str(st.get("iteration", 0))))
     rows.append(("Tokens", format_tokens(st.get("tokens"))))
+    if st.get("cost"):
+        cost = st["cost"]
+        rows.append(("Cost", f"${cost.get('usd', 0):.4f} in {cost.get('requests', 0)} model calls (model gateway)"))
     if st.get("progress"):
         rows.append(("Progress", st["progress"]))
     if st.get("lastTool"):
         rows.append(("Last tool", one_line(st["lastTool"], 200)))
     if st.get("waitingFor"):
         rows.append(("Waiting for", ", ".join(st["waitingFor"])))
-    if st.get("queuePosition"):
-        rows.append(("Queue", f"position {st['queuePosition']}"))
+    if queue:
+        rows.append(("Queue", f"{queue[0]} of {queue[1]} for agent {agent}"))
     if st.get("retryAt"):
         rows.append(("Retry at", st["retryAt"]))
     if st.get("heartbeat") and _phase(goal) not in TERMINAL_PHASES:
@@ -314,7 +331,9 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None) -> str:
     if decisions:
         lines += ["", f"Decisions ({len(decisions)}):"]
         for d in decisions:
-            lines.append(f"  {d.get('id')}  {d.get('decision')} by {d.get('decidedBy')} at {d.get('decidedAt')}")
+            unverified = "" if d.get("verified") else " (unverified: the admission policies were missing)"
+            lines.append(f"  {d.get('id')}  {d.get('decision')} by {d.get('decidedBy')} at {d.get('decidedAt')}"
+                         f"{unverified}")
     if st.get("result"):
         lines += ["", "Result:"]
         lines += [f"  {line}" for line in str(st["result"]).rstrip().splitlines()]
@@ -443,7 +462,7 @@ class Session:
     async def _login() -> StaticCredentials:
         try:
             return load_credentials()
-        except Exception as e:  # noqa: BLE001 - the kubernetes client raises several kinds here
+        except Exception as e:  # the kubernetes client raises several kinds here
             where = os.environ.get("KUBECONFIG") or "~/.kube/config"
             raise CliError(f"no usable kubeconfig at {where}, and not in a pod ({e}): "
                            f"set KUBECONFIG or pass --kubeconfig") from e
@@ -477,7 +496,11 @@ class Session:
 
 
 async def cmd_status(s: Session, args: argparse.Namespace) -> int:
-    s.print(format_status(await s.goal(args.goal)))
+    goal = await s.goal(args.goal)
+    queue = None
+    if (goal.get("status") or {}).get("phase") == Phase.QUEUED.value:
+        queue = queue_position(goal, ((await s.kube.get(s.goal_path())) or {}).get("items") or [])
+    s.print(format_status(goal, queue=queue))
     return 0
 
 
@@ -554,7 +577,7 @@ async def cmd_logs(s: Session, args: argparse.Namespace) -> int:
         if args.follow:
             return await _follow(s, stream, redis, args)
         entries = await (redis.xrange(stream.key) if args.from_start
-                         else redis.xrevrange(stream.key, count=max(1, args.tail)))
+                         else redis.xrevrange(stream.key, count=max(1, args.tail))) or []
         if not args.from_start:
             entries = list(reversed(entries))
         if not entries:
@@ -632,7 +655,7 @@ async def run(args: argparse.Namespace, namespace: str, out: TextIO) -> int:
     except ApiError as e:
         hint = ""
         if e.status in (401, 403):
-            verb = "patch" if args.command in ("approve", "deny", "steer") else "get"
+            verb = {"approve": "approve", "deny": "approve", "steer": "patch"}.get(args.command, "get")
             hint = f"; check your access with kubectl auth can-i {verb} goals.overseer.dev -n {namespace}"
         elif e.status == 404:
             hint = "; are the Overseer CRDs installed? kubectl get crd goals.overseer.dev"

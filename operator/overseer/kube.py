@@ -13,7 +13,7 @@ import base64
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,20 +22,32 @@ import orjson
 
 
 class Credentials(Protocol):
-    """Where and how to reach the API server; kopf.ConnectionInfo fits."""
+    """Where and how to reach the API server; kopf.ConnectionInfo (frozen) fits: read-only."""
 
-    server: str
-    ca_path: Any
-    ca_data: Any
-    insecure: bool | None
-    username: str | None
-    password: str | None
-    scheme: str | None
-    token: str | None
-    certificate_path: Any
-    certificate_data: Any
-    private_key_path: Any
-    private_key_data: Any
+    @property
+    def server(self) -> str: ...
+    @property
+    def ca_path(self) -> Any: ...
+    @property
+    def ca_data(self) -> Any: ...
+    @property
+    def insecure(self) -> bool | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def scheme(self) -> str | None: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def certificate_path(self) -> Any: ...
+    @property
+    def certificate_data(self) -> Any: ...
+    @property
+    def private_key_path(self) -> Any: ...
+    @property
+    def private_key_data(self) -> Any: ...
 
 
 @dataclass
@@ -52,6 +64,10 @@ class StaticCredentials:
     certificate_data: str | None = None
     private_key_path: str | None = None
     private_key_data: str | None = None
+
+
+# A watch silent for this long is a dead connection: the server ends every watch sooner.
+WATCH_READ_SECONDS = 330
 
 
 def load_credentials() -> StaticCredentials:
@@ -240,12 +256,12 @@ class Kube:
                 return False
             raise
 
-    async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events ({type, object}) of a collection until the server ends the stream."""
         session = self._session or await self._connect()
         query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}
         async with session.get(self._server + url_path, params=query,
-                               timeout=aiohttp.ClientTimeout(total=None, sock_read=330)) as resp:
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_READ_SECONDS)) as resp:
             if resp.status >= 300:
                 raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path)
             async for line in resp.content:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import PostgresServer, RedisServer
+from tests.support.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from overseer.agent.knowledge import MIGRATIONS, Action, Experience, KnowledgeBase, migrate
-from tests.integration.servers import PostgresServer
+from overseer.agent.knowledge import Action, Experience, KnowledgeBase
+from overseer.knowledge_schema import MIGRATIONS, migrate
+from tests.support.servers import PostgresServer
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def dsn(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 async def kb(dsn: str, tmp_path: Path) -> AsyncIterator[KnowledgeBase]:
-    base = KnowledgeBase(dsn, spool=tmp_path / "knowledge.spool", retry_delay=0.1, max_retry_delay=0.5)
+    base = KnowledgeBase(dsn, namespace="team-a", spool=tmp_path / "knowledge.spool", retry_delay=0.1, max_retry_delay=0.5)
     assert await base.open()
     yield base
     await base.close()
@@ -102,7 +103,7 @@ async def test_a_replaced_pod_resumes_from_the_last_checkpoint(kb: KnowledgeBase
     await kb.save_checkpoint("g1", 2, [turn(2), turn(3)], {"items": [{"text": "fix", "done": False}]},
                              {"iteration": 2, "input": 250, "output": 60, "tool_calls": 3})
 
-    async with KnowledgeBase(dsn) as replacement:
+    async with KnowledgeBase(dsn, namespace="team-a") as replacement:
         checkpoint = await replacement.load_checkpoint("g1")
         assert await replacement.load_checkpoint("never-ran") is None
     assert checkpoint is not None
@@ -159,7 +160,7 @@ async def test_a_writer_that_never_read_the_checkpoint_is_asked_for_its_whole_co
         kb: KnowledgeBase, dsn: str, tmp_path: Path) -> None:
     assert await kb.save_checkpoint("g12", 2, [turn(0), turn(1), turn(2)], {}, {"iteration": 2})
     # A pod that could not read that checkpoint in time and started the goal afresh.
-    async with KnowledgeBase(dsn, spool=tmp_path / "fresh.spool") as fresh:
+    async with KnowledgeBase(dsn, namespace="team-a", spool=tmp_path / "fresh.spool") as fresh:
         mine = [turn(0), {"role": "assistant", "content": [{"type": "text", "text": "another answer"}]},
                 turn(2), turn(3)]
         assert not await fresh.save_checkpoint("g12", 2, mine, {}, {"iteration": 2})
@@ -176,7 +177,7 @@ async def test_a_writer_that_never_read_the_checkpoint_is_asked_for_its_whole_co
 async def test_a_checkpoint_missing_what_its_writer_counted_gets_no_gap(kb: KnowledgeBase, dsn: str,
                                                                       tmp_path: Path) -> None:
     assert await kb.save_checkpoint("g13", 1, [turn(0), turn(1)], {}, {"iteration": 1})
-    async with KnowledgeBase(dsn, spool=tmp_path / "other.spool") as other:  # a second writer ends it
+    async with KnowledgeBase(dsn, namespace="team-a", spool=tmp_path / "other.spool") as other:  # a second writer ends it
         await other.drop_checkpoint("g13")
     assert not await kb.save_checkpoint("g13", 2, [turn(2), turn(3)], {}, {"iteration": 2})
     assert rows(dsn, "SELECT count(*) FROM checkpoint_messages WHERE goal_uid = 'g13'") == [(0,)]
@@ -323,7 +324,7 @@ async def test_writes_during_an_outage_wait_and_arrive_in_order(kb: KnowledgeBas
 async def test_a_new_process_replays_what_a_crashed_one_spooled(dsn: str, tmp_path: Path,
                                                                 outage: PostgresServer) -> None:
     spool = tmp_path / "knowledge.spool"
-    first = KnowledgeBase(dsn, spool=spool, retry_delay=0.1)
+    first = KnowledgeBase(dsn, namespace="team-a", spool=spool, retry_delay=0.1)
     await first.open()
     await first.save_checkpoint("g9", 1, [turn(0)], {}, {"iteration": 1})
     outage.stop()
@@ -335,7 +336,7 @@ async def test_a_new_process_replays_what_a_crashed_one_spooled(dsn: str, tmp_pa
         "checkpoint", "checkpoint", "experience"]
     outage.start()
 
-    second = KnowledgeBase(dsn, spool=spool, retry_delay=0.1)
+    second = KnowledgeBase(dsn, namespace="team-a", spool=spool, retry_delay=0.1)
     assert second.pending_writes == 2
     async with second:
         assert await second.flush(timeout=20)
@@ -350,7 +351,7 @@ async def test_a_new_process_replays_what_a_crashed_one_spooled(dsn: str, tmp_pa
 async def test_replaying_writes_that_had_already_arrived_adds_nothing(dsn: str, tmp_path: Path,
                                                                       outage: PostgresServer) -> None:
     spool = tmp_path / "knowledge.spool"
-    async with KnowledgeBase(dsn, spool=spool, retry_delay=0.1) as kb:
+    async with KnowledgeBase(dsn, namespace="team-a", spool=spool, retry_delay=0.1) as kb:
         await kb.save_checkpoint("g10", 1, [turn(0)], {}, {"iteration": 1})
         outage.stop()
         await kb.save_checkpoint("g10", 2, [turn(1), turn(2)], {}, {"iteration": 2})
@@ -363,7 +364,7 @@ async def test_replaying_writes_that_had_already_arrived_adds_nothing(dsn: str, 
 
     # A process that died after its writes committed but before it cleared the spool.
     shutil.copy(kept, spool)
-    async with KnowledgeBase(dsn, spool=spool, retry_delay=0.1) as again:
+    async with KnowledgeBase(dsn, namespace="team-a", spool=spool, retry_delay=0.1) as again:
         assert await again.flush(timeout=20)
         checkpoint = await again.load_checkpoint("g10")
     assert checkpoint is not None

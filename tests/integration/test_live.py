@@ -15,16 +15,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from overseer.agent.live import (
-    EventStream,
-    EventType,
-    RateLimiter,
-    SteeringPoller,
-    SteeringQueue,
-    SteeringUnavailable,
-    connect,
-)
-from tests.integration.servers import RedisServer
+from overseer.agent.ratelimit import RateLimiter
+from overseer.live import EventStream, EventType, SteeringPoller, SteeringQueue, SteeringUnavailable, connect
+from tests.support.servers import RedisServer
 
 WINDOW = 1.0  # seconds: the limiter's minute, scaled down so the tests take seconds
 

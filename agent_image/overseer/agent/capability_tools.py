@@ -4,17 +4,17 @@ registry), and the Capability's risk decides whether the call waits for approval
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
+from overseer import __version__
 from overseer.api import Capability, parse_duration
 
 from .tools.base import Tool, ToolContext, ToolResult
+from .tools.shell import run_process
 
 
 class CapabilityTool(Tool):
@@ -33,34 +33,26 @@ class CapabilityTool(Tool):
 class CommandCapability(CapabilityTool):
     """Runs spec.command.run in the workspace with the input as JSON on stdin."""
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.command is not None
         argv = self.cap.spec.command.run
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=ctx.workspace, env=ctx.env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(json.dumps(input).encode()), self._timeout("5m"))
-        except asyncio.TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        outcome = await run_process(argv, cwd=ctx.workspace, env=ctx.env, timeout=self._timeout("5m"),
+                                    output_limit=ctx.output_limit, input=json.dumps(dict(input)).encode())
+        if outcome.timed_out:
             return ToolResult(f"{' '.join(argv)} timed out", is_error=True, summary=f"{self.name}: timed out")
-        text = out.decode(errors="replace")
-        if len(text) > ctx.output_limit:
-            text = text[:ctx.output_limit] + f"\n[output cut at {ctx.output_limit} characters]"
-        return ToolResult(f"exit code {proc.returncode}\n{text}", is_error=proc.returncode != 0,
-                          summary=f"{self.name}: exit {proc.returncode}")
+        return ToolResult(f"exit code {outcome.exit_code}\n{outcome.output}", is_error=outcome.exit_code != 0,
+                          summary=f"{self.name}: exit {outcome.exit_code}")
 
 
 class HttpCapability(CapabilityTool):
     """Sends the input as a JSON body to spec.http.url."""
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.http is not None
         http = self.cap.spec.http
         timeout = aiohttp.ClientTimeout(total=self._timeout("60s"))
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            kwargs = {"params": {k: str(v) for k, v in input.items()}} if http.method == "GET" else {"json": input}
+            kwargs = {"params": {k: str(v) for k, v in input.items()}} if http.method == "GET" else {"json": dict(input)}
             async with session.request(http.method, http.url, **kwargs) as resp:
                 text = (await resp.text())[:ctx.output_limit]
         return ToolResult(f"HTTP {resp.status}\n{text}", is_error=resp.status >= 400,
@@ -70,21 +62,21 @@ class HttpCapability(CapabilityTool):
 class McpCapability(CapabilityTool):
     """Calls one tool of an MCP server over the streamable HTTP transport."""
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.mcp is not None
         mcp = self.cap.spec.mcp
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             init = await _rpc(session, mcp.url, headers, "initialize", {
                 "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "overseer-agent", "version": "0.1.0"}}, 1)
+                "clientInfo": {"name": "overseer-agent", "version": __version__}}, 1)
             if init.get("session"):
                 headers["Mcp-Session-Id"] = init["session"]
             async with session.post(mcp.url, headers=headers,
                                     json={"jsonrpc": "2.0", "method": "notifications/initialized"}):
                 pass
             answer = await _rpc(session, mcp.url, headers, "tools/call",
-                                {"name": mcp.tool or self.cap.name, "arguments": input}, 2)
+                                {"name": mcp.tool or self.cap.name, "arguments": dict(input)}, 2)
         if "error" in answer:
             return ToolResult(f"MCP error: {answer['error']}", is_error=True, summary=f"{self.name}: error")
         result = answer.get("result") or {}

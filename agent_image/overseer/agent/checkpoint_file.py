@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .loop import Checkpoint
+from .checkpoint import Checkpoint
 
 
 class FileCheckpoints:

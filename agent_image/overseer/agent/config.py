@@ -1,4 +1,5 @@
-"""What a goal pod is told by the operator: one typed settings object from its environment."""
+"""What a goal pod is told by the operator: one typed settings object from its environment,
+read under the names the goal pod contract (overseer.contract) gives."""
 
 from __future__ import annotations
 
@@ -7,37 +8,35 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from overseer.contract import WORKSPACE, Env
+
 
 class AgentSettings(BaseSettings):
     """Identity of the goal and where the shared services are. ANTHROPIC_API_KEY and
     ANTHROPIC_BASE_URL are read by the anthropic SDK itself."""
 
-    model_config = SettingsConfigDict(env_prefix="OVERSEER_")
+    model_config = SettingsConfigDict(populate_by_name=True)
 
-    goal_name: str
-    goal_namespace: str
-    goal_uid: str = ""
-    agent_name: str
-    attempt: int = 1
-    pod_name: str = ""
-    workspace: Path = Path("/workspace")
-    model: str = ""
-    database_url: str | None = None
+    goal_name: str = Field(validation_alias=Env.GOAL_NAME.value)
+    goal_namespace: str = Field(validation_alias=Env.GOAL_NAMESPACE.value)
+    agent_name: str = Field(validation_alias=Env.AGENT_NAME.value)
+    workspace: Path = Field(default=Path(WORKSPACE), validation_alias=Env.WORKSPACE.value)
+    database_url: str | None = Field(default=None, validation_alias=Env.DATABASE_URL.value)
     """PostgreSQL knowledge base (checkpoints, experiences, lessons); without it the agent keeps
     checkpoints in the workspace only."""
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, validation_alias=Env.REDIS_URL.value)
     """Redis (shared rate limit, live events, steering); without it limits are local."""
-    health_port: int = 9090
+    health_port: int = Field(default=9090, validation_alias=Env.HEALTH_PORT.value)
     """Port of /healthz and /metrics; 0 turns them off."""
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0, validation_alias=Env.HEARTBEAT_SECONDS.value)
     """How often the heartbeat in the Goal's status is refreshed while the model thinks."""
-    context_tokens: int = Field(default=200_000, gt=0)
+    context_tokens: int = Field(default=200_000, gt=0, validation_alias=Env.CONTEXT_TOKENS.value)
     """The model's context window."""
-    compact_at: float = Field(default=0.75, gt=0, lt=1)
+    compact_at: float = Field(default=0.75, gt=0, lt=1, validation_alias=Env.COMPACT_AT.value)
     """Share of the context window after which older turns are compacted into a summary."""
-    max_subgoal_depth: int = Field(default=3, ge=0)
+    max_subgoal_depth: int = Field(default=3, ge=0, validation_alias=Env.MAX_SUBGOAL_DEPTH.value)
     """How deep sub-goals may nest."""
-    requests_per_minute: int = Field(default=0, ge=0)
+    requests_per_minute: int = Field(default=0, ge=0, validation_alias=Env.REQUESTS_PER_MINUTE.value)
     """Model API requests per minute for this API key across all pods; 0 = no limit."""
-    tokens_per_minute: int = Field(default=0, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0, validation_alias=Env.TOKENS_PER_MINUTE.value)
     """Model API tokens per minute for this API key across all pods; 0 = no limit."""

@@ -92,7 +92,7 @@ class GoalLink:
         """(who, when) set the annotation that decided approval_id."""
         verdict = self.decision(approval_id)
         key = approvals.APPROVE if verdict and verdict[0] == "approved" else approvals.DENY
-        return approvals.set_by(self.goal, key)
+        return approvals.decided_by(self.goal, key)
 
     async def wait_until(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Wait for a change of the Goal after which predicate() is truthy; return its value."""

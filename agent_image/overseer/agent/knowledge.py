@@ -1,8 +1,11 @@
-"""The shared knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
-approvals audit.
+"""The knowledge base in PostgreSQL: checkpoints, experiences, patterns, lessons and the
+approvals audit, kept apart per namespace by row-level security (migration 3; who may read what
+is in docs/security.md).
 
-One `KnowledgeBase` per agent process holds a single async connection, reconnects on its own
-and applies the schema migrations on every connect. Writes never block the execution loop on
+One `KnowledgeBase` per agent process holds a single async connection with its namespace's own
+login, and reconnects on its own. On connect it applies the schema migrations the database lacks
+(a namespace's login may not: the operator migrates with the admin login; the login only checks
+the schema is current). Writes never block the execution loop on
 an outage: what cannot be written now is queued in memory and in a local spool file, and a
 background task replays it in order once PostgreSQL answers again. Reads during an outage
 return None or an empty list at once.
@@ -35,311 +38,24 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from overseer.knowledge_schema import migrate
+
+from .checkpoint import Checkpoint
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Message = dict[str, Any]
 """An Anthropic Messages API message: {"role": ..., "content": [...]}."""
 
-# "overseer" in ASCII: the key of the advisory lock that serializes migrations across pods.
-MIGRATION_LOCK = 0x6F76657273656572
-
 QUERY_TERMS = 6          # terms of a new goal's description used to find similar experiences
 COMMON_LEXEME = 0.5      # share of experiences above which a term says little about a goal
-FREQUENCY_TTL = 300.0    # seconds the planner's lexeme frequencies are cached
-
-# ---- schema --------------------------------------------------------------------------------
-
-_SCHEMA_V1 = r"""
-CREATE TABLE checkpoints (
-    goal_uid       text PRIMARY KEY,
-    iteration      integer NOT NULL DEFAULT 0,
-    message_count  integer NOT NULL DEFAULT 0,
-    todos          jsonb NOT NULL DEFAULT '{}',
-    counters       jsonb NOT NULL DEFAULT '{}',
-    last_write     text,
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now()
-);
-
--- One row per message, appended: a checkpoint never rewrites the history before it.
-CREATE TABLE checkpoint_messages (
-    goal_uid  text NOT NULL REFERENCES checkpoints (goal_uid) ON DELETE CASCADE,
-    seq       integer NOT NULL,
-    message   jsonb NOT NULL,
-    PRIMARY KEY (goal_uid, seq)
-);
-
--- Error messages that differ only in numbers, paths and ids group together.
-CREATE FUNCTION overseer_normalize_error(err text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT nullif(left(
-        regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-            lower(regexp_replace(btrim(err), '\s+', ' ', 'g')),
-            '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'g'),
-            '\m0x[0-9a-f]+\M', '<hex>', 'g'),
-            '\m(?=[0-9a-f]*[0-9])[0-9a-f]{7,}\M', '<hex>', 'g'),
-            '(?:[a-z]:)?(?:[\w.~-]*/)+[\w.~-]+/?', '<path>', 'g'),
-            '\d+(?:\.\d+)*', '<n>', 'g'),
-        300), '')
-$$;
-
--- The approach: the first tools used, repeats of one tool in a row collapsed.
-CREATE FUNCTION overseer_approach(actions jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT nullif(string_agg(tool, ' > ' ORDER BY n), '')
-    FROM (SELECT tool, n, row_number() OVER (ORDER BY n) AS step
-          FROM (SELECT a ->> 'tool' AS tool, n, lag(a ->> 'tool') OVER (ORDER BY n) AS previous
-                FROM jsonb_array_elements(actions) WITH ORDINALITY AS t (a, n)) steps
-          WHERE previous IS DISTINCT FROM tool) collapsed
-    WHERE step <= 6
-$$;
-
--- The key actions in words: "bash (pytest -x: 1 failed) → edit_file (parser.py) → ...".
-CREATE FUNCTION overseer_steps(actions jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT left(coalesce(string_agg(a ->> 'tool'
-               || CASE WHEN coalesce(a ->> 'outcome', '') = '' THEN ''
-                       ELSE ' (' || left(a ->> 'outcome', 60) || ')' END,
-               ' → ' ORDER BY n) FILTER (WHERE n <= 8), '')
-           || CASE WHEN count(*) > 8 THEN ' → …' ELSE '' END, 400)
-    FROM jsonb_array_elements(actions) WITH ORDINALITY AS t (a, n)
-$$;
-
-CREATE TABLE experiences (
-    id                uuid PRIMARY KEY,
-    goal_uid          text NOT NULL,
-    goal_name         text NOT NULL,
-    namespace         text NOT NULL,
-    agent             text NOT NULL,
-    description       text NOT NULL,
-    context_summary   text NOT NULL DEFAULT '',
-    actions           jsonb NOT NULL DEFAULT '[]',
-    outcome           text NOT NULL DEFAULT '',
-    success           boolean NOT NULL,
-    tokens            bigint NOT NULL DEFAULT 0,
-    duration_seconds  double precision NOT NULL DEFAULT 0,
-    error             text,
-    created_at        timestamptz NOT NULL DEFAULT now(),
-    search            tsvector GENERATED ALWAYS AS (
-                          setweight(to_tsvector('english', left(description, 4000)), 'A')
-                          || setweight(to_tsvector('english', left(outcome, 2000)), 'B')) STORED,
-    approach          text GENERATED ALWAYS AS (overseer_approach(actions)) STORED,
-    error_key         text GENERATED ALWAYS AS (overseer_normalize_error(error)) STORED
-);
--- fastupdate off: a pending list would be scanned in full by every search until vacuumed.
-CREATE INDEX experiences_search ON experiences USING gin (search) WITH (fastupdate = off);
--- Lessons take the most recent matches: with a common query the planner walks this index
--- backwards and stops early; with a rare one it takes the GIN index.
-CREATE INDEX experiences_created ON experiences (created_at);
-CREATE INDEX experiences_goal_uid ON experiences (goal_uid);
-
--- What an agent did and what went wrong, aggregated over all goals: 'success' patterns are
--- tool sequences (counted for every goal that followed one, succeeded or not), 'error'
--- patterns normalized error messages. `search` is the pattern's own text.
-CREATE TABLE patterns (
-    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind                 text NOT NULL CHECK (kind IN ('success', 'error')),
-    agent                text NOT NULL,
-    key                  text NOT NULL,
-    task                 text NOT NULL,
-    detail               text NOT NULL,
-    outcome              text,
-    success_count        integer NOT NULL DEFAULT 0,
-    failure_count        integer NOT NULL DEFAULT 0,
-    usage_count          integer NOT NULL DEFAULT 0,
-    usage_success_count  integer NOT NULL DEFAULT 0,
-    first_seen           timestamptz NOT NULL DEFAULT now(),
-    last_seen            timestamptz NOT NULL DEFAULT now(),
-    search               tsvector GENERATED ALWAYS AS (
-                             to_tsvector('english', left(detail, 1000) || ' '
-                                                    || coalesce(left(outcome, 500), ''))) STORED,
-    UNIQUE (kind, agent, key)
-);
-CREATE INDEX patterns_search ON patterns USING gin (search) WITH (fastupdate = off);
-CREATE INDEX patterns_last_seen ON patterns (last_seen);
-
-CREATE TABLE lesson_usage (
-    write_id    text NOT NULL,
-    pattern_id  bigint NOT NULL REFERENCES patterns (id) ON DELETE CASCADE,
-    goal_uid    text,
-    success     boolean NOT NULL,
-    used_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (write_id, pattern_id)
-);
-CREATE INDEX lesson_usage_pattern ON lesson_usage (pattern_id);
-
-CREATE TABLE decisions (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    goal_uid     text NOT NULL,
-    approval_id  text NOT NULL,
-    kind         text NOT NULL,
-    summary      text NOT NULL DEFAULT '',
-    decision     text NOT NULL CHECK (decision IN ('approved', 'denied')),
-    decided_by   text NOT NULL,
-    decided_at   timestamptz NOT NULL,
-    reason       text NOT NULL DEFAULT '',
-    recorded_at  timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (goal_uid, approval_id)
-);
-
--- Patterns from the experiences one statement inserted (a single goal or a seeded million).
-CREATE FUNCTION overseer_learn() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO patterns AS p (kind, agent, key, task, detail, outcome, success_count, failure_count,
-                               first_seen, last_seen)
-    SELECT 'success', agent, approach,
-           (array_agg(description ORDER BY success DESC, created_at DESC))[1],
-           (array_agg(overseer_steps(actions) ORDER BY success DESC, created_at DESC))[1],
-           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
-           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
-           min(created_at), max(created_at)
-    FROM new_experiences
-    WHERE approach IS NOT NULL
-    GROUP BY agent, approach
-    ON CONFLICT (kind, agent, key) DO UPDATE SET
-        task = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.task ELSE p.task END,
-        detail = CASE WHEN EXCLUDED.success_count > 0 OR p.success_count = 0 THEN EXCLUDED.detail ELSE p.detail END,
-        outcome = coalesce(EXCLUDED.outcome, p.outcome),
-        success_count = p.success_count + EXCLUDED.success_count,
-        failure_count = p.failure_count + EXCLUDED.failure_count,
-        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
-
-    INSERT INTO patterns AS p (kind, agent, key, task, detail, outcome, success_count, failure_count,
-                               first_seen, last_seen)
-    SELECT 'error', agent, error_key,
-           (array_agg(description ORDER BY created_at DESC))[1],
-           (array_agg(left(error, 300) ORDER BY created_at DESC))[1],
-           (array_agg(outcome ORDER BY created_at DESC) FILTER (WHERE success))[1],
-           count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
-           min(created_at), max(created_at)
-    FROM new_experiences
-    WHERE error_key IS NOT NULL
-    GROUP BY agent, error_key
-    ON CONFLICT (kind, agent, key) DO UPDATE SET
-        task = EXCLUDED.task,
-        detail = EXCLUDED.detail,
-        outcome = coalesce(EXCLUDED.outcome, p.outcome),
-        success_count = p.success_count + EXCLUDED.success_count,
-        failure_count = p.failure_count + EXCLUDED.failure_count,
-        last_seen = greatest(p.last_seen, EXCLUDED.last_seen);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER experiences_learn AFTER INSERT ON experiences
-    REFERENCING NEW TABLE AS new_experiences
-    FOR EACH STATEMENT EXECUTE FUNCTION overseer_learn();
-"""
-
-# Synthetic experiences for benchmarks: templated tasks over a skewed set of components,
-# a few approaches with different success rates, and errors that differ in numbers and paths.
-_SCHEMA_V2 = r"""
-CREATE FUNCTION overseer_seed_experiences(n integer, agent_name text DEFAULT 'bench',
-                                          until timestamptz DEFAULT now(),
-                                          step interval DEFAULT '30 seconds') RETURNS bigint
-LANGUAGE sql AS $$
-    WITH words AS (
-        SELECT ARRAY['fix', 'add', 'update', 'refactor', 'migrate', 'debug', 'upgrade', 'document',
-                     'speed up', 'remove', 'rename', 'review'] AS verbs,
-               ARRAY['the flaky tests', 'the ci job', 'a memory leak', 'the timeout', 'the docs',
-                     'the api', 'the config', 'the build', 'the deployment', 'the metrics', 'the logging',
-                     'the error handling', 'the retries', 'the schema', 'the parser tests'] AS objects,
-               ARRAY['payment', 'order', 'user', 'search', 'report', 'image', 'email', 'session',
-                     'token', 'inventory', 'billing', 'shipping', 'catalog', 'audit', 'export',
-                     'import', 'webhook', 'ledger', 'pricing', 'review'] AS owners,
-               ARRAY['parser', 'scheduler', 'service', 'worker', 'client', 'controller', 'exporter',
-                     'importer', 'validator', 'cache', 'queue', 'gateway', 'router', 'store',
-                     'indexer', 'renderer', 'notifier', 'resolver', 'planner', 'syncer'] AS things,
-               ARRAY['[{"tool":"bash","outcome":"pytest -x: 1 failed"},{"tool":"edit_file","outcome":"fixed"},'
-                     '{"tool":"bash","outcome":"pytest: passed"}]',
-                     '[{"tool":"read_file"},{"tool":"edit_file"},{"tool":"bash","outcome":"make test"}]',
-                     '[{"tool":"bash","outcome":"git log"},{"tool":"read_file"},{"tool":"edit_file"}]',
-                     '[{"tool":"web_fetch"},{"tool":"edit_file"},{"tool":"bash","outcome":"build"}]',
-                     '[{"tool":"bash","outcome":"kubectl logs"},{"tool":"spawn_goal"}]',
-                     '[{"tool":"edit_file"}]']::jsonb[] AS approaches,
-               ARRAY[0.9, 0.75, 0.6, 0.5, 0.35, 0.2] AS rates
-    ), draws AS (
-        SELECT g, 1 + floor(random() * 12)::int AS v, 1 + floor(random() * 15)::int AS o,
-               1 + floor(power(random(), 2) * 20)::int AS ow, 1 + floor(power(random(), 2) * 20)::int AS th,
-               1 + floor(random() * 6)::int AS a, random() AS r, random() AS e,
-               until - (n - g) * step AS at
-        FROM generate_series(1, n) g
-    ), inserted AS (
-        INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, context_summary,
-                                 actions, outcome, success, tokens, duration_seconds, error, created_at)
-        SELECT gen_random_uuid(), gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name,
-               initcap(w.verbs[d.v]) || ' ' || w.objects[d.o] || ' in the ' || w.owners[d.ow] || ' '
-                   || w.things[d.th] || '. Details: kw' || floor(random() * 2000)::int || ' kw'
-                   || floor(random() * 2000)::int || '.',
-               '', w.approaches[d.a],
-               CASE WHEN d.r < w.rates[d.a] THEN 'done, checks pass' ELSE 'gave up' END,
-               d.r < w.rates[d.a], (1000 + random() * 50000)::bigint, random() * 600,
-               CASE WHEN d.r < w.rates[d.a] AND d.e > 0.1 THEN NULL
-                    ELSE (ARRAY['TimeoutError: timed out after ' || floor(d.e * 300)::int || ' seconds',
-                                'FileNotFoundError: /tmp/build-' || floor(d.e * 1e6)::int || '/out.log',
-                                'pytest: ' || floor(d.e * 40)::int || ' failed in tests/test_'
-                                    || w.things[d.th] || '.py',
-                                'exit status ' || floor(d.e * 255)::int,
-                                'HTTP 503 from gateway after ' || floor(d.e * 9000)::int || ' ms']
-                         )[1 + floor(d.e * 5)::int]
-               END,
-               d.at
-        FROM draws d, words w
-        ORDER BY d.at
-        RETURNING 1
-    )
-    SELECT count(*) FROM inserted
-$$;
-"""
-
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
-    (2, "benchmark seed function", _SCHEMA_V2),
-]
-"""Versioned, append-only: a released migration is never edited, a new one is added."""
-
-
-async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
-    """Apply the migrations this database lacks, each in its own transaction, under an
-    advisory lock so pods starting together do not race. Returns the versions applied."""
-    applied: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-    try:
-        async with conn.transaction():
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())")
-        cur = await conn.execute("SELECT version FROM schema_migrations")
-        done = {row[0] for row in await cur.fetchall()}
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(sql.encode())  # bytes: run as one simple query, many statements
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                                   (version, name))
-            applied.append(version)
-            logger.info("knowledge base: applied migration %d (%s)", version, name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-    return applied
-
+FREQUENCY_TTL = 300.0    # seconds the lexeme frequencies are cached
+FREQUENCY_SAMPLE = 2000  # recent experiences the lexeme frequencies are counted in
+FREQUENT = 0.01          # share of them below which a lexeme counts as rare (frequency 0)
+FREQUENCY_LEAST = 200    # fewer experiences say little about frequencies (and every search is cheap)
 
 # ---- what is stored ------------------------------------------------------------------------
-
-
-@dataclass
-class Checkpoint:
-    """Where a goal's run stands: its whole conversation and the loop's state."""
-
-    goal_uid: str
-    iteration: int
-    messages: list[Message]
-    todos: Any
-    counters: dict[str, Any]
-    updated_at: datetime | None = None
 
 
 @dataclass
@@ -423,7 +139,11 @@ class _Write:
 
 
 class KnowledgeBase:
-    """The shared knowledge base of a cluster's agents.
+    """The knowledge base of one namespace's agents, plus what other namespaces share with it.
+
+    `dsn` is the namespace's own login (the operator provisions one per namespace): PostgreSQL
+    lets it see and change only that namespace's rows, and read what is shared with it.
+    `namespace` is written into every row; a login for another namespace could not store it.
 
     Writes are applied at once when PostgreSQL answers and queued otherwise (in memory and in
     `spool`, a local file); queued writes are replayed in order by a background task, and a
@@ -431,10 +151,11 @@ class KnowledgeBase:
     not raise: a write PostgreSQL rejects as invalid is logged and dropped.
     """
 
-    def __init__(self, dsn: str, *, spool: Path | str | None = None, connect_timeout: float = 2.0,
+    def __init__(self, dsn: str, *, namespace: str, spool: Path | str | None = None, connect_timeout: float = 2.0,
                  query_timeout: float = 5.0, retry_delay: float = 0.5, max_retry_delay: float = 15.0,
                  lesson_candidates: int = 50) -> None:
         self.dsn = dsn
+        self.namespace = namespace
         self.spool = Path(spool) if spool is not None else None
         self.connect_timeout = connect_timeout
         self.query_timeout = query_timeout
@@ -528,6 +249,7 @@ class KnowledgeBase:
         await self._write("checkpoint", {
             "goal_uid": goal_uid, "base": base, "replace": False, "messages": _clean(list(new_messages)),
             "state": {"iteration": iteration, "todos": _clean(todos), "counters": _clean(dict(counters))},
+            "namespace": self.namespace,
         })
         if goal_uid in self._diverged:
             self._diverged.discard(goal_uid)
@@ -539,19 +261,21 @@ class KnowledgeBase:
         self._counts[goal_uid] = len(messages)
         self._diverged.discard(goal_uid)
         await self._write("checkpoint", {"goal_uid": goal_uid, "base": None, "replace": True,
-                                         "messages": _clean(list(messages)), "state": None})
+                                         "messages": _clean(list(messages)), "state": None,
+                                         "namespace": self.namespace})
 
     async def drop_checkpoint(self, goal_uid: str) -> None:
         """Forget a goal's checkpoint (its run is over)."""
         self._counts[goal_uid] = 0
-        await self._write("drop_checkpoint", {"goal_uid": goal_uid})
+        await self._write("drop_checkpoint", {"goal_uid": goal_uid, "namespace": self.namespace})
 
     async def load_checkpoint(self, goal_uid: str, wait: float = 0.0) -> Checkpoint | None:
         """The goal's last checkpoint; None if it has none or PostgreSQL cannot be reached
         within `wait` seconds (then `healthy` is False)."""
         deadline = time.monotonic() + wait
         while True:
-            row = await self._read(lambda conn: _fetchone(conn, _LOAD_CHECKPOINT, {"goal_uid": goal_uid}))
+            row = await self._read(lambda conn: _fetchone(conn, _LOAD_CHECKPOINT, {
+                "namespace": self.namespace, "goal_uid": goal_uid}))
             if row is not _UNREACHABLE or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(self.retry_delay, max(0.0, deadline - time.monotonic())))
@@ -573,6 +297,9 @@ class KnowledgeBase:
 
     async def record_experience(self, experience: Experience) -> None:
         """Store a finished goal; its success and error patterns are updated with it."""
+        if experience.namespace != self.namespace:
+            raise ValueError(f"experience of goal {experience.namespace}/{experience.goal_name}: this knowledge "
+                             f"base belongs to namespace {self.namespace}")
         args = asdict(experience)
         args["actions"] = [_action(a) for a in experience.actions]
         await self._write("experience", _clean(args))
@@ -590,7 +317,8 @@ class KnowledgeBase:
             query = _match_query(lexemes, await self._frequencies(conn))
             if query is None:
                 return []
-            params = {"query": query, "agent": agent, "limit": limit, "candidates": self.lesson_candidates}
+            params = {"query": query, "namespace": self.namespace, "agent": agent, "limit": limit,
+                      "candidates": self.lesson_candidates}
             async with conn.cursor(row_factory=dict_row) as cur:
                 # Never a generic plan: which index pays off depends on how common the terms are.
                 await cur.execute(_LESSONS, params, prepare=False)
@@ -607,7 +335,8 @@ class KnowledgeBase:
         """Count that these lessons were given to a goal, and whether the goal succeeded."""
         ids = sorted({int(i) for i in lesson_ids})
         if ids:
-            await self._write("lesson_use", {"ids": ids, "success": success, "goal_uid": goal_uid})
+            await self._write("lesson_use", {"ids": ids, "success": success, "goal_uid": goal_uid,
+                                             "namespace": self.namespace})
 
     async def seed_experiences(self, n: int, agent: str = "bench", batch: int = 50_000,
                                step_seconds: float = 30.0) -> int:
@@ -620,8 +349,8 @@ class KnowledgeBase:
             until = end - timedelta(seconds=step_seconds * (n - done - size))
             async with self._lock:
                 conn = await self._connection(force=True)
-                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s)",
-                                         (size, agent, until, timedelta(seconds=step_seconds)))
+                cur = await conn.execute("SELECT overseer_seed_experiences(%s, %s, %s, %s, %s)",
+                                         (size, agent, until, timedelta(seconds=step_seconds), self.namespace))
                 done += (await cur.fetchone())[0]
         async with self._lock:
             conn = await self._connection(force=True)
@@ -640,11 +369,13 @@ class KnowledgeBase:
         at = decided_at.isoformat() if isinstance(decided_at, datetime) else decided_at
         await self._write("decision", _clean({
             "goal_uid": goal_uid, "approval_id": approval_id, "kind": kind, "summary": summary,
-            "decision": decision, "decided_by": decided_by, "decided_at": at, "reason": reason}))
+            "decision": decision, "decided_by": decided_by, "decided_at": at, "reason": reason,
+            "namespace": self.namespace}))
 
     async def decisions(self, goal_uid: str) -> list[Decision]:
         """The decisions recorded for a goal, oldest first; empty if PostgreSQL is down."""
-        rows = await self._read(lambda conn: _fetchall(conn, _DECISIONS, {"goal_uid": goal_uid}))
+        rows = await self._read(lambda conn: _fetchall(conn, _DECISIONS, {"namespace": self.namespace,
+                                                                          "goal_uid": goal_uid}))
         if rows is _UNREACHABLE:
             return []
         return [Decision(**r) for r in rows]
@@ -827,10 +558,13 @@ class KnowledgeBase:
                 pass
 
     async def _frequencies(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
-        """Share of experiences holding each common lexeme (refreshed every few minutes)."""
+        """Share of the namespace's recent experiences holding each common lexeme (refreshed every few
+        minutes)."""
         fetched, frequencies = self._frequency_cache
         if time.monotonic() - fetched > FREQUENCY_TTL:
-            cur = await conn.execute(_LEXEME_FREQUENCIES)
+            cur = await conn.execute(_LEXEME_FREQUENCIES, {"namespace": self.namespace,
+                                                           "sample": FREQUENCY_SAMPLE, "common": FREQUENT,
+                                                           "least": FREQUENCY_LEAST})
             frequencies = {lexeme: float(f) for lexeme, f in await cur.fetchall()}
             self._frequency_cache = (time.monotonic(), frequencies)
         return frequencies
@@ -849,6 +583,7 @@ class KnowledgeBase:
                 write = _Write(data["op"], data["args"], data["id"])
                 if write.op not in _APPLY or not isinstance(write.args, dict):
                     raise ValueError(write.op)
+                write.args.setdefault("namespace", self.namespace)  # spooled before namespaces
             except (ValueError, KeyError, TypeError):
                 logger.warning("knowledge base spool %s: skipped an unreadable line", self.spool)
                 continue
@@ -905,72 +640,93 @@ class GoalCheckpoints:
 _LOAD_CHECKPOINT = """
 SELECT c.iteration, c.todos, c.counters, c.updated_at,
        coalesce((SELECT jsonb_agg(m.message ORDER BY m.seq) FROM checkpoint_messages m
-                 WHERE m.goal_uid = c.goal_uid AND m.seq < c.message_count), '[]') AS messages
-FROM checkpoints c WHERE c.goal_uid = %(goal_uid)s
+                 WHERE m.namespace = c.namespace AND m.goal_uid = c.goal_uid AND m.seq < c.message_count),
+                '[]') AS messages
+FROM checkpoints c WHERE c.namespace = %(namespace)s AND c.goal_uid = %(goal_uid)s
 """
 
 _DECISIONS = """
 SELECT goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason
-FROM decisions WHERE goal_uid = %(goal_uid)s ORDER BY decided_at, id
+FROM decisions WHERE namespace = %(namespace)s AND goal_uid = %(goal_uid)s ORDER BY decided_at, id
 """
 
 _QUERY_LEXEMES = """
 SELECT u.lexeme FROM unnest(to_tsvector('english', %s)) AS u ORDER BY u.positions[1] LIMIT 24
 """
 
-# How often each common lexeme occurs in experiences, from the planner's statistics.
+# How often each common lexeme occurs in the namespace's recent experiences. Not from pg_stats:
+# those cover every tenant's rows, and PostgreSQL hides them from a login under row-level
+# security for that reason.
 _LEXEME_FREQUENCIES = """
-SELECT f.lexeme, f.frequency
-FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS f (lexeme, frequency)
-WHERE s.schemaname = current_schema() AND s.tablename = 'experiences' AND s.attname = 'search'
-  AND f.lexeme IS NOT NULL
+SELECT f.word, f.ndoc::float8 / t.total AS frequency
+FROM (SELECT greatest(count(*), 1) AS total
+      FROM (SELECT 1 FROM experiences WHERE namespace = %(namespace)s
+            ORDER BY created_at DESC LIMIT %(sample)s) recent) t,
+     ts_stat(format('SELECT search FROM experiences WHERE namespace = %%L ORDER BY created_at DESC LIMIT %%s',
+                    %(namespace)s::text, %(sample)s::integer)) f
+WHERE t.total >= %(least)s AND f.ndoc >= %(common)s * t.total
 """
 
 # Lessons come from the most recent experiences that share terms with the new goal, grouped
 # by the pattern each followed (its tool sequence, its error), plus patterns whose own text
 # matches. The work is bounded by `candidates`, whatever the size of the table; the text rank
 # is only computed for those. The query is planned with its terms (never a generic plan): at
-# a million experiences, common terms walk experiences_created backwards with the tsquery as
+# a million experiences, common terms walk experiences_namespace_created backwards with the tsquery as
 # a filter and stop after `candidates` matches (a few thousand rows read); rare terms take a
 # bitmap scan of experiences_search. Either way a few milliseconds.
+# Row-level security decides what is readable; the search still names its own namespace (with
+# its statistics, the planner walks experiences_namespace_created for a small namespace beside a
+# big one instead of reading through the big one's rows), and then each namespace sharing with it.
 _LESSONS = """
 WITH hits AS (
-    SELECT e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions, e.error,
-           e.search, e.created_at
-    FROM experiences e
-    WHERE e.search @@ %(query)s::tsquery
-    ORDER BY e.created_at DESC
+    (SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+            e.error, e.search, e.created_at
+     FROM experiences e
+     WHERE e.namespace = %(namespace)s AND e.search @@ %(query)s::tsquery
+     ORDER BY e.created_at DESC
+     LIMIT %(candidates)s)
+    UNION ALL
+    (SELECT h.* FROM (SELECT DISTINCT s.namespace FROM knowledge_shares s
+                      WHERE s.reader IN (%(namespace)s, '*') AND s.namespace <> %(namespace)s) sharing
+     CROSS JOIN LATERAL (
+         SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+                e.error, e.search, e.created_at
+         FROM experiences e
+         WHERE e.namespace = sharing.namespace AND e.search @@ %(query)s::tsquery
+         ORDER BY e.created_at DESC
+         LIMIT %(candidates)s) h)
+    ORDER BY created_at DESC
     LIMIT %(candidates)s
 ), ranked AS (
     SELECT h.*, ts_rank(h.search, %(query)s::tsquery)
                 / (1.0 + extract(epoch FROM now() - h.created_at) / 2592000.0) AS relevance
     FROM hits h
 ), found AS (
-    SELECT 0 AS source, 'success' AS kind, agent, approach AS key, sum(relevance) AS relevance,
+    SELECT 0 AS source, 'success' AS kind, namespace, agent, approach AS key, sum(relevance) AS relevance,
            count(*) FILTER (WHERE success) AS succeeded, count(*) AS seen,
            (array_agg(description ORDER BY success DESC, relevance DESC))[1] AS task,
            overseer_steps((array_agg(actions ORDER BY success DESC, relevance DESC))[1]) AS detail,
            (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1] AS outcome
-    FROM ranked WHERE approach IS NOT NULL GROUP BY agent, approach
+    FROM ranked WHERE approach IS NOT NULL GROUP BY namespace, agent, approach
     UNION ALL
-    SELECT 0, 'error', agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
+    SELECT 0, 'error', namespace, agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
            (array_agg(description ORDER BY relevance DESC))[1],
            (array_agg(left(error, 300) ORDER BY relevance DESC))[1],
            (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1]
-    FROM ranked WHERE error_key IS NOT NULL GROUP BY agent, error_key
+    FROM ranked WHERE error_key IS NOT NULL GROUP BY namespace, agent, error_key
     UNION ALL
-    SELECT 1, kind, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
+    SELECT 1, kind, namespace, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
     FROM (SELECT p.*, ts_rank(p.search, %(query)s::tsquery)
                       / (1.0 + extract(epoch FROM now() - p.last_seen) / 2592000.0) AS relevance
           FROM patterns p WHERE p.search @@ %(query)s::tsquery
           ORDER BY p.last_seen DESC LIMIT 20) own_text
 ), merged AS (
     -- a pattern found both ways keeps the counts among the similar goals
-    SELECT kind, agent, key, sum(relevance) AS relevance,
+    SELECT kind, namespace, agent, key, sum(relevance) AS relevance,
            (array_agg(succeeded ORDER BY source))[1] AS succeeded, (array_agg(seen ORDER BY source))[1] AS seen,
            (array_agg(task ORDER BY source))[1] AS task, (array_agg(detail ORDER BY source))[1] AS detail,
            (array_agg(outcome ORDER BY source))[1] AS outcome
-    FROM found GROUP BY kind, agent, key
+    FROM found GROUP BY kind, namespace, agent, key
 )
 SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
        m.seen - m.succeeded AS failure_count, p.usage_count,
@@ -978,8 +734,9 @@ SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
        * CASE WHEN m.kind = 'success'
               THEN (m.succeeded + p.usage_success_count + 1.0) / (m.seen + p.usage_count + 2.0)
               ELSE 0.5 + 0.5 * m.succeeded / greatest(m.seen, 1.0) END
-       * CASE WHEN m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
-FROM merged m JOIN patterns p ON p.kind = m.kind AND p.agent = m.agent AND p.key = m.key
+       * CASE WHEN m.namespace = %(namespace)s AND m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
+FROM merged m JOIN patterns p ON p.namespace = m.namespace AND p.kind = m.kind AND p.agent = m.agent
+                             AND p.key = m.key
 ORDER BY score DESC, p.id
 LIMIT %(limit)s
 """
@@ -994,21 +751,22 @@ ON CONFLICT (id) DO NOTHING
 
 _LESSON_USE = """
 WITH used AS (
-    INSERT INTO lesson_usage (write_id, pattern_id, goal_uid, success)
-    SELECT %(write_id)s, p.id, %(goal_uid)s, %(success)s FROM patterns p WHERE p.id = ANY(%(ids)s)
+    INSERT INTO lesson_usage (namespace, write_id, pattern_id, goal_uid, success)
+    SELECT %(namespace)s, %(write_id)s, p.id, %(goal_uid)s, %(success)s FROM patterns p WHERE p.id = ANY(%(ids)s)
     ON CONFLICT DO NOTHING
     RETURNING pattern_id
 )
+-- only the namespace's own patterns count it: a reader of shared ones cannot move the owner's ranking
 UPDATE patterns p SET usage_count = p.usage_count + 1,
                       usage_success_count = p.usage_success_count + %(success)s::int
-FROM used WHERE p.id = used.pattern_id
+FROM used WHERE p.id = used.pattern_id AND p.namespace = %(namespace)s
 """
 
 _INSERT_DECISION = """
-INSERT INTO decisions (goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason)
-VALUES (%(goal_uid)s, %(approval_id)s, %(kind)s, %(summary)s, %(decision)s, %(decided_by)s,
+INSERT INTO decisions (namespace, goal_uid, approval_id, kind, summary, decision, decided_by, decided_at, reason)
+VALUES (%(namespace)s, %(goal_uid)s, %(approval_id)s, %(kind)s, %(summary)s, %(decision)s, %(decided_by)s,
         %(decided_at)s, %(reason)s)
-ON CONFLICT (goal_uid, approval_id) DO NOTHING
+ON CONFLICT (namespace, goal_uid, approval_id) DO NOTHING
 """
 
 
@@ -1019,11 +777,11 @@ _APPEND_CHECKPOINT = """
 WITH updated AS (
     UPDATE checkpoints SET iteration = %(iteration)s, message_count = %(count)s, todos = %(todos)s,
                            counters = %(counters)s, last_write = %(write_id)s, updated_at = now()
-    WHERE goal_uid = %(goal_uid)s AND message_count = %(base)s
-    RETURNING goal_uid
+    WHERE namespace = %(namespace)s AND goal_uid = %(goal_uid)s AND message_count = %(base)s
+    RETURNING namespace, goal_uid
 ), appended AS (
-    INSERT INTO checkpoint_messages (goal_uid, seq, message)
-    SELECT u.goal_uid, %(base)s + t.n - 1, t.m
+    INSERT INTO checkpoint_messages (namespace, goal_uid, seq, message)
+    SELECT u.namespace, u.goal_uid, %(base)s + t.n - 1, t.m
     FROM updated u, jsonb_array_elements(%(messages)s) WITH ORDINALITY AS t (m, n)
 )
 SELECT count(*) FROM updated
@@ -1041,23 +799,24 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
     read the checkpoint, so it believes there were none): a replay of a write that did commit,
     its answer lost with the connection, adds nothing twice."""
     a = write.args
-    goal, messages = a["goal_uid"], a["messages"]
+    ns, goal, messages = a["namespace"], a["goal_uid"], a["messages"]
     state = a["state"]
     if not a["replace"] and a["base"] is not None and state is not None:
         count = a["base"] + len(messages)
         cur = await conn.execute(_APPEND_CHECKPOINT, {
-            "goal_uid": goal, "base": a["base"], "count": count, "iteration": state["iteration"],
+            "namespace": ns, "goal_uid": goal, "base": a["base"], "count": count, "iteration": state["iteration"],
             "todos": Jsonb(state["todos"]), "counters": Jsonb(state["counters"]), "write_id": write.id,
             "messages": Jsonb(messages)})
         if (await cur.fetchone())[0]:
             return count
     async with conn.transaction():
         cur = await conn.execute(
-            "SELECT message_count, last_write FROM checkpoints WHERE goal_uid = %s FOR UPDATE", (goal,))
+            "SELECT message_count, last_write FROM checkpoints WHERE namespace = %s AND goal_uid = %s FOR UPDATE",
+            (ns, goal))
         row = await cur.fetchone()
         stored, last_write = (row[0], row[1]) if row else (0, None)
         if a["replace"]:
-            await conn.execute("DELETE FROM checkpoint_messages WHERE goal_uid = %s", (goal,))
+            await conn.execute("DELETE FROM checkpoint_messages WHERE namespace = %s AND goal_uid = %s", (ns, goal))
             start, new = 0, messages
         elif last_write == write.id:
             start, new = stored, []
@@ -1075,27 +834,28 @@ async def _apply_checkpoint(conn: psycopg.AsyncConnection[Any], write: _Write) -
         count = start + len(new)
         if state is None:
             await conn.execute(
-                "INSERT INTO checkpoints (goal_uid, message_count, last_write) VALUES (%s, %s, %s) "
-                "ON CONFLICT (goal_uid) DO UPDATE SET message_count = EXCLUDED.message_count, "
-                "last_write = EXCLUDED.last_write, updated_at = now()", (goal, count, write.id))
+                "INSERT INTO checkpoints (namespace, goal_uid, message_count, last_write) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (namespace, goal_uid) DO UPDATE SET message_count = EXCLUDED.message_count, "
+                "last_write = EXCLUDED.last_write, updated_at = now()", (ns, goal, count, write.id))
         else:
             await conn.execute(
-                "INSERT INTO checkpoints (goal_uid, iteration, message_count, todos, counters, last_write) "
-                "VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (goal_uid) DO UPDATE SET iteration = EXCLUDED.iteration, "
+                "INSERT INTO checkpoints (namespace, goal_uid, iteration, message_count, todos, counters, last_write) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (namespace, goal_uid) DO UPDATE SET iteration = EXCLUDED.iteration, "
                 "message_count = EXCLUDED.message_count, todos = EXCLUDED.todos, counters = EXCLUDED.counters, "
                 "last_write = EXCLUDED.last_write, updated_at = now()",
-                (goal, state["iteration"], count, Jsonb(state["todos"]), Jsonb(state["counters"]), write.id))
+                (ns, goal, state["iteration"], count, Jsonb(state["todos"]), Jsonb(state["counters"]), write.id))
         if new:
             await conn.execute(
-                "INSERT INTO checkpoint_messages (goal_uid, seq, message) "
-                "SELECT %s, %s + n - 1, m FROM jsonb_array_elements(%s) WITH ORDINALITY AS t (m, n)",
-                (goal, start, Jsonb(new)))
+                "INSERT INTO checkpoint_messages (namespace, goal_uid, seq, message) "
+                "SELECT %s, %s, %s + n - 1, m FROM jsonb_array_elements(%s) WITH ORDINALITY AS t (m, n)",
+                (ns, goal, start, Jsonb(new)))
     return count
 
 
 async def _apply_drop(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
-    await conn.execute("DELETE FROM checkpoints WHERE goal_uid = %s", (write.args["goal_uid"],))
+    await conn.execute("DELETE FROM checkpoints WHERE namespace = %s AND goal_uid = %s",
+                       (write.args["namespace"], write.args["goal_uid"]))
 
 
 async def _apply_experience(conn: psycopg.AsyncConnection[Any], write: _Write) -> None:

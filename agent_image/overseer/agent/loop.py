@@ -18,12 +18,13 @@ from .sdk import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
-from .tools.base import Assessment, ToolContext, ToolRegistry
+from .checkpoint import Checkpoints
+from .gateway_token import exhausted_budget
+from .tools.base import Assessment, ToolContext, ToolRegistry, risk_at_least
 from .tools.todo import TodoList
 
 logger = logging.getLogger(__name__)
 
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
 CACHE = {"type": "ephemeral"}
 
 
@@ -63,22 +64,6 @@ class Outcome:
     result: str
     reason: str = ""              # CamelCase, for failures the operator should not retry
     retryable: bool = False
-
-
-@dataclass
-class Checkpoint:
-    messages: list[dict[str, Any]]
-    todos: dict[str, Any]
-    counters: dict[str, Any]
-    iteration: int
-
-
-class Checkpoints(Protocol):
-    async def load(self) -> Checkpoint | None: ...
-    # False: the store's conversation is not the loop's; it wants the whole one by `replace`
-    async def save(self, iteration: int, new_messages: list[dict[str, Any]], todos: dict[str, Any],
-                   counters: dict[str, Any]) -> bool: ...
-    async def replace(self, messages: list[dict[str, Any]]) -> None: ...
 
 
 class Link(Protocol):
@@ -203,7 +188,7 @@ class AgentLoop:
 
     async def _report(self, **extra: Any) -> None:
         await self.link.report(iteration=self.counters.iteration, tokens=self.counters.tokens(),
-                               progress=self.todos.summary() if len(self.todos) else None, **extra)
+                               progress=self.todos.progress(self.counters.iteration), **extra)
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -223,6 +208,8 @@ class AgentLoop:
                 except ModelUnavailable as e:
                     return Outcome(False, str(e), "ModelUnavailable", retryable=True)
                 except anthropic.APIStatusError as e:  # a request the API refuses for good (400, 401, 403, 404)
+                    if exhausted_budget(e):  # the model gateway's budget: a retry cannot fix it either
+                        return Outcome(False, _error_message(e), "BudgetExhausted")
                     return Outcome(False, f"the model API refused the request: {e}", "ModelRequestRejected")
                 self.counters.iteration += 1
                 content = [block.model_dump(exclude_none=True, mode="json") for block in response.content]
@@ -296,7 +283,7 @@ class AgentLoop:
         self.messages.append({"role": "user", "content": content})
 
     def _needs_approval(self, assessment: Assessment) -> bool:
-        return RISK_ORDER.get(assessment.risk, 2) >= RISK_ORDER.get(self.config.min_approval_risk, 2)
+        return risk_at_least(assessment.risk, self.config.min_approval_risk)
 
     async def _run_tool(self, use: dict[str, Any], assessment: Assessment) -> dict[str, Any]:
         name, args, use_id = use["name"], use.get("input") or {}, use["id"]
@@ -320,7 +307,7 @@ class AgentLoop:
     async def _ask_approval(self, use_id: str, name: str, args: dict[str, Any], assessment: Any) -> tuple[str, str]:
         approval_id = f"{name}-{use_id[-8:]}".lower().replace("_", "-")
         detail = args.get("command") if isinstance(args.get("command"), str) else json.dumps(args)[:4000]
-        request = {"id": approval_id, "kind": "toolCall",
+        request: dict[str, Any] = {"id": approval_id, "kind": "toolCall",
                    "summary": f"{name} ({assessment.risk} risk): {assessment.reason}"[:300],
                    "detail": detail, "requestedAt": now_iso()}
         own_request = getattr(self.tools.get(name), "approval_request", None)
@@ -457,3 +444,8 @@ class AgentLoop:
 def _strip_local(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies the request may decorate (cache_control) without touching the history."""
     return [{"role": m["role"], "content": list(m["content"])} for m in messages]
+
+
+def _error_message(error: anthropic.APIStatusError) -> str:
+    body = error.body if isinstance(error.body, dict) else {}
+    return str((body.get("error") or {}).get("message") or error.message)

@@ -1,9 +1,10 @@
 """`overseer-agent`: what a Goal's pod runs. Loads the Goal, its Agent and Capabilities, runs
-the loop, reports the outcome, and exits 0 (succeeded), 1 (failed, worth retrying) or 2
-(failed in a way a retry cannot fix: budget spent, refusal, cancelled)."""
+the loop, reports the outcome, and exits with one of the goal pod contract's codes
+(overseer.contract.ExitCode: succeeded, failed and worth retrying, or failed for good)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -12,20 +13,24 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from .sdk import anthropic
 
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
-from overseer import modifications
+from overseer import live, modifications
+from overseer.contract import ExitCode
 from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
-from . import live
+from . import gateway_token
 from .capability_tools import capability_tool
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
 from .health import HealthServer
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
+from .ratelimit import RateLimiter
 from .tools import default_registry
 from .tools.base import ToolContext
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
@@ -37,8 +42,6 @@ if TYPE_CHECKING:  # psycopg is imported only when the knowledge base is configu
     from .knowledge import KnowledgeBase
 
 logger = logging.getLogger("overseer.agent")
-
-EXIT_SUCCEEDED, EXIT_RETRY, EXIT_GAVE_UP = 0, 1, 2
 
 GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
 the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
@@ -111,7 +114,8 @@ async def run(settings: AgentSettings) -> int:
         if settings.database_url:
             from .knowledge import KnowledgeBase
 
-            kb = KnowledgeBase(settings.database_url, spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
+            kb = KnowledgeBase(settings.database_url, namespace=ns,
+                               spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
             await kb.open()  # down for now: writes queue and replay when it returns
             checkpoints = kb.for_goal(uid)
             lessons = await kb.lessons(goal.spec.description, agent.name)
@@ -121,7 +125,7 @@ async def run(settings: AgentSettings) -> int:
         steering = live.SteeringQueue(redis, ns, goal.name)
         limiter = None
         if settings.requests_per_minute and settings.tokens_per_minute:
-            limiter = live.RateLimiter(redis, os.environ.get("ANTHROPIC_API_KEY", ""),
+            limiter = RateLimiter(redis, os.environ.get("ANTHROPIC_API_KEY", ""),
                                        requests_per_minute=settings.requests_per_minute,
                                        tokens_per_minute=settings.tokens_per_minute)
 
@@ -138,7 +142,7 @@ async def run(settings: AgentSettings) -> int:
                 kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
                 await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
-        client = anthropic.AsyncAnthropic(max_retries=4)
+        client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
             system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),
@@ -166,7 +170,7 @@ async def run(settings: AgentSettings) -> int:
                     outcome.reason, duration)
         await link.report(result=outcome.result[:4000], failureReason=None if outcome.success else outcome.reason,
                           iteration=loop.counters.iteration, tokens=loop.counters.tokens(),
-                          progress=todos.summary() if len(todos) else None)
+                          progress=todos.progress(loop.counters.iteration))
         await poller.stop()
         await link.flush()
         await loop.flush_events()
@@ -190,10 +194,10 @@ async def run(settings: AgentSettings) -> int:
         await kube.close()
 
 
-def exit_code(outcome: Outcome) -> int:
+def exit_code(outcome: Outcome) -> ExitCode:
     if outcome.success:
-        return EXIT_SUCCEEDED
-    return EXIT_RETRY if outcome.retryable else EXIT_GAVE_UP
+        return ExitCode.SUCCEEDED
+    return ExitCode.RETRY if outcome.retryable else ExitCode.GAVE_UP
 
 
 def _tool_env(settings: AgentSettings) -> dict[str, str]:
@@ -204,12 +208,31 @@ def _tool_env(settings: AgentSettings) -> dict[str, str]:
     return env
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fields = ", ".join(f"OVERSEER_{name.upper()}" for name in AgentSettings.model_fields)
+    p = argparse.ArgumentParser(
+        prog="overseer-agent", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Work on one Goal: what the operator runs in each goal pod. Configured by the pod's "
+                    "environment, which the operator sets; takes no arguments.",
+        epilog=f"environment: {fields}; ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL (read by the anthropic SDK); "
+               f"KUBECONFIG or the pod's service account.\n"
+               f"exit codes: {ExitCode.SUCCEEDED:d} succeeded, {ExitCode.RETRY:d} failed (worth retrying), "
+               f"{ExitCode.GAVE_UP:d} failed for good (budget, refusal, cancelled, bad configuration)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = AgentSettings()
+    try:
+        settings = AgentSettings()
+    except ValidationError as e:
+        print(f"overseer-agent: invalid configuration (OVERSEER_* environment, set by the operator): {e}",
+              file=sys.stderr)
+        return ExitCode.GAVE_UP
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(settings))
-    return EXIT_RETRY
+    return ExitCode.RETRY
 
 
 if __name__ == "__main__":

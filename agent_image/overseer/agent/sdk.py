@@ -80,7 +80,7 @@ class _LazyPackage(importlib.abc.Loader):
             raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
 
         module.__getattr__ = __getattr__  # type: ignore[method-assign]
-        module.__all__ = list(self.star)  # `from package import *` then resolves each name
+        module.__dict__["__all__"] = list(self.star)  # `from package import *` then resolves each name
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -1,15 +1,16 @@
 """The Overseer API (overseer.dev/v1alpha1): the only definition of each kind's spec and status."""
 
-from .agent import Agent, AgentSpec, AgentStatus, Budget, ModelSpec, ResourceRequirements
+from .agent import Agent, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements
 from .capability import Capability, CapabilitySpec, CapabilityStatus, EgressRule
-from .goal import Goal, GoalSpec, GoalStatus, Phase, TokenUsage
+from .goal import Goal, GoalSpec, GoalStatus, Phase, TokenUsage, queue_key
 from .meta import API_VERSION, GROUP, VERSION, Condition, parse_duration
 
 KINDS = (Agent, Goal, Capability)
 
 __all__ = [
+    "queue_key",
     "API_VERSION", "GROUP", "KINDS", "VERSION",
-    "Agent", "AgentSpec", "AgentStatus", "Budget", "ModelSpec", "ResourceRequirements",
+    "Agent", "AgentSpec", "AgentStatus", "Budget", "KnowledgeSpec", "ModelSpec", "ResourceRequirements",
     "Capability", "CapabilitySpec", "CapabilityStatus", "EgressRule",
     "Condition", "Goal", "GoalSpec", "GoalStatus", "Phase", "TokenUsage", "parse_duration",
 ]

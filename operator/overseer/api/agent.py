@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -39,6 +39,20 @@ class Budget(ApiModel):
     """Model calls a goal may make."""
     max_wall_clock: Duration | None = None
     """How long a goal may run, e.g. 30m."""
+    max_cost_per_goal: float | None = Field(default=None, ge=0)
+    """US dollars a goal (all its attempts) may spend on model calls through the model gateway before it
+    fails with BudgetExhausted, priced from the gateway's price table."""
+
+
+class AgentCost(ApiModel):
+    """What an Agent's goals cost, in US dollars, as the model gateway's spend ledger records it."""
+
+    today_usd: float = 0
+    """Spent since midnight UTC of `day`."""
+    total_usd: float = 0
+    """Spent in all."""
+    day: str | None = None
+    """The UTC day todayUsd counts, e.g. 2026-12-01."""
 
 
 class ResourceRequirements(ApiModel):
@@ -48,6 +62,20 @@ class ResourceRequirements(ApiModel):
     """Minimum resources, e.g. {cpu: 250m, memory: 256Mi}."""
     limits: dict[str, Quantity] = Field(default_factory=dict)
     """Maximum resources, e.g. {cpu: "1", memory: 1Gi}."""
+
+
+NamespaceOrAll = Annotated[str, Field(max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$",
+                                      examples=["team-b", "*"])]
+
+
+class KnowledgeSpec(ApiModel):
+    """What this agent shares of the knowledge base. Experiences, patterns and lessons belong to the
+    agent's namespace; checkpoints and approval records are never shared."""
+
+    share_with: list[NamespaceOrAll] = Field(default_factory=list, max_length=64)
+    """Namespaces whose agents may read this agent's experiences and patterns (and get lessons from
+    them); "*" for every namespace. Only this Agent's owner can share: a namespace cannot opt itself
+    into another's knowledge."""
 
 
 class AgentSpec(ApiModel):
@@ -71,13 +99,23 @@ class AgentSpec(ApiModel):
     """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu)."""
     image: str | None = None
     """Container image of the goal pods; defaults to the operator's agent image."""
+    delegates: list[str] = Field(
+        default_factory=list, max_length=64,
+        json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}},
+    )
+    """Other Agents (same namespace) this agent may hand sub-goals to; it may always hand them to itself."""
+    max_subgoals_per_goal: int = Field(default=5, ge=0, le=100)
+    """How many unfinished sub-goals one of this agent's goals may have at once; the operator fails any beyond."""
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec)
+    """The knowledge base: what this agent shares with other namespaces (nothing by default)."""
 
 
 class AgentStatus(ApiModel):
     """Observed state of an Agent."""
 
     conditions: Conditions
-    """Ready and CapabilitiesReady, with reasons."""
+    """Ready, CapabilitiesReady, ModelSupported, AdmissionPolicies (whether approvals are verified and
+    agents confined by the API server) and KnowledgeBase, with reasons."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     service_account_name: str | None = None
@@ -92,6 +130,8 @@ class AgentStatus(ApiModel):
     """Goals that failed."""
     tokens_used: int = 0
     """Tokens used by all of this agent's goals."""
+    cost: AgentCost | None = None
+    """Spend in US dollars, written by the model gateway."""
     modifications: int = 0
     """Approved self-modifications (lessons, script tools) later goals use, i.e. not reverted; they are
     kept in ConfigMap overseer-agent-NAME-modifications."""
@@ -111,6 +151,8 @@ class Agent(CustomResource):
         PrinterColumn(name="Succeeded", type="integer", json_path=".status.succeededGoals"),
         PrinterColumn(name="Failed", type="integer", json_path=".status.failedGoals"),
         PrinterColumn(name="Modifications", type="integer", json_path=".status.modifications", priority=1),
+        PrinterColumn(name="Cost", type="number", json_path=".status.cost.totalUsd",
+                      description="US dollars spent by this agent's goals"),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 

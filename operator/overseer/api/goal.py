@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -106,6 +107,17 @@ class TokenUsage(ApiModel):
     """Sum of all of the above."""
 
 
+class GoalCost(ApiModel):
+    """What a goal cost, as the model gateway's spend ledger records it."""
+
+    usd: float = 0
+    """US dollars spent on model calls, across attempts."""
+    tokens: int = 0
+    """Tokens of those calls, all kinds."""
+    requests: int = 0
+    """Model calls priced."""
+
+
 class PendingApproval(ApiModel):
     """A tool call or self-modification waiting for a person's decision."""
 
@@ -129,9 +141,14 @@ class ApprovalDecision(ApiModel):
     decision: Literal["approved", "denied"]
     """approved or denied."""
     decided_by: str
-    """Who set the annotation, as the API server recorded it (field manager)."""
+    """Who decided: the authenticated user the API server stamped in annotation overseer.dev/decided-by
+    (e.g. system:serviceaccount:NS:NAME or alice@example.com)."""
     decided_at: str = Field(json_schema_extra={"format": "date-time"})
     """When the annotation was set."""
+    verified: bool = False
+    """True when the admission policies were in place, so that deciding needed verb approve on
+    goals.overseer.dev and decidedBy is the API server's; false means anyone who could patch the Goal
+    may have decided, under any name."""
 
 
 class GoalStatus(ApiModel):
@@ -140,7 +157,14 @@ class GoalStatus(ApiModel):
     phase: Phase = Phase.PENDING
     """Pending, Blocked, Queued, Running, AwaitingApproval, Succeeded, Failed or Cancelled."""
     conditions: Conditions
-    """Ready (resolved and dispatchable), DependenciesMet, Complete, with reasons."""
+    """Ready: True once Succeeded; while False, its reason is the phase (or why the goal ended) and
+    its message what the goal waits for or why it ended, blank while Running. Reconciling: True
+    while the goal is under way (Pending to AwaitingApproval). Stalled: True once Failed or
+    Cancelled. (Ready, Reconciling and Stalled are what kstatus, Flux and `kubectl wait` read.)
+    Dispatched: whether a pod runs the current attempt, or why not yet (AgentNotFound,
+    AgentNotReady, DependenciesPending, WaitingForSlot, QuotaExceeded, RetryBackoff).
+    DependenciesMet: only with spec.dependsOn. Complete: set when the goal ends, True if it
+    succeeded."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
     message: str | None = None
@@ -153,8 +177,6 @@ class GoalStatus(ApiModel):
     """The current attempt, from 1."""
     waiting_for: list[str] = Field(default_factory=list)
     """Dependencies that have not succeeded yet."""
-    queue_position: int | None = None
-    """Place in the agent's queue while Queued, from 1."""
     retry_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the next attempt may start after a failed one."""
     last_exit_code: int | None = None
@@ -163,8 +185,10 @@ class GoalStatus(ApiModel):
     """Model calls made so far."""
     tokens: TokenUsage = Field(default_factory=TokenUsage)
     """Tokens used so far."""
+    cost: GoalCost | None = None
+    """Spend in US dollars, written by the model gateway."""
     progress: str | None = None
-    """TODO summary such as 3/7."""
+    """The agent's TODO list done over total, such as 3/7, or `iteration N` while it keeps none."""
     heartbeat: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """Last sign of life from the agent."""
     result: str | None = None
@@ -176,7 +200,7 @@ class GoalStatus(ApiModel):
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
     """Requests waiting for approval."""
     decisions: list[ApprovalDecision] = Field(default_factory=list)
-    """Approvals and denials so far."""
+    """Approvals and denials so far, as the operator recorded them (it rewrites any other writer's list)."""
     started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     """When the first attempt started."""
     completed_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
@@ -194,11 +218,19 @@ class Goal(CustomResource):
         PrinterColumn(name="Agent", type="string", json_path=".status.agent"),
         PrinterColumn(name="Progress", type="string", json_path=".status.progress"),
         PrinterColumn(name="Tokens", type="integer", json_path=".status.tokens.total"),
+        PrinterColumn(name="Cost", type="number", json_path=".status.cost.usd", description="US dollars spent"),
         PrinterColumn(name="Attempt", type="integer", json_path=".status.attempt", priority=1),
-        PrinterColumn(name="Message", type="string", json_path=".status.message", priority=1),
+        # Ready's message: what a goal waits for or why it ended, blank while Running or Succeeded.
+        PrinterColumn(name="Message", type="string", json_path='.status.conditions[?(@.type=="Ready")].message'),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 
     kind: str = "Goal"
     spec: GoalSpec
     status: GoalStatus = Field(default_factory=GoalStatus)
+
+
+def queue_key(goal: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Order of an Agent's queue of goals (raw objects): higher priority first, then older, then by name."""
+    return (-int(goal.get("spec", {}).get("priority", 0)),
+            goal["metadata"].get("creationTimestamp", ""), goal["metadata"]["name"])

@@ -146,16 +146,18 @@ class CustomResource(ApiModel):
     short_names: ClassVar[list[str]] = []
     printer_columns: ClassVar[list[PrinterColumn]] = []
 
-    api_version: Literal["overseer.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["overseer.dev/v1alpha1"] = "overseer.dev/v1alpha1"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return self.metadata.get("name", "")
+        name: str = self.metadata.get("name", "")
+        return name
 
     @property
     def namespace(self) -> str:
-        return self.metadata.get("namespace", "")
+        namespace: str = self.metadata.get("namespace", "")
+        return namespace
 
     @property
     def generation(self) -> int:

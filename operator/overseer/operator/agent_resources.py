@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from overseer import modifications
 from overseer.api import API_VERSION, GROUP, Agent, Capability
 from overseer.api.meta import LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY
 
+from .api_server import APIServerEgress
 from .settings import Settings
 
 
@@ -85,21 +87,29 @@ def _ip_block(cidr: str, excluded: list[str]) -> dict[str, Any]:
     return {"ipBlock": {"cidr": cidr, **({"except": inside} if inside else {})}}
 
 
-def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings) -> dict[str, Any]:
-    """Default deny for the agent's pods; egress only to DNS, the model API, the Kubernetes API
-    and what its capabilities declare; ingress only to the agent's metrics port."""
+def render_network_policy(agent: Agent, capabilities: list[Capability], settings: Settings,
+                          api_server: APIServerEgress | None = None) -> dict[str, Any]:
+    """Default deny for the agent's pods; egress only to DNS, the model API (or the
+    gateway, when one is configured), the Kubernetes API
+    (when its addresses are known) and what its capabilities declare; ingress only to the
+    agent's metrics port."""
     dns_peer: dict[str, Any] = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
         "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
     }
-    egress: list[dict[str, Any]] = [
-        {"to": [dns_peer], "ports": _ports([53], "UDP") + _ports([53], "TCP")},
-        {"to": [_ip_block(cidr, settings.model_egress_except) for cidr in settings.model_egress_cidrs],
-         "ports": _ports(settings.model_egress_ports)},
-    ]
-    if settings.api_server_cidrs:
-        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in settings.api_server_cidrs],
-                       "ports": _ports(settings.api_server_ports)})
+    egress: list[dict[str, Any]] = [{"to": [dns_peer], "ports": _ports([53], "UDP") + _ports([53], "TCP")}]
+    if settings.gateway_url:  # the gateway holds the key and alone reaches the model API
+        url = urlsplit(settings.gateway_url)
+        egress.append({"to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}},
+            "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)}}],
+            "ports": _ports([url.port or (443 if url.scheme == "https" else 80)])})
+    else:
+        egress.append({"to": [_ip_block(cidr, settings.model_egress_except) for cidr in settings.model_egress_cidrs],
+                       "ports": _ports(settings.model_egress_ports)})
+    if api_server is not None:
+        egress.append({"to": [{"ipBlock": {"cidr": c}} for c in api_server.cidrs],
+                       "ports": _ports(list(api_server.ports))})
     for cap in sorted(capabilities, key=lambda c: c.name):
         for rule in cap.spec.egress:
             peer: dict[str, Any]

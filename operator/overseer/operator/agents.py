@@ -1,10 +1,10 @@
 """Agent reconciliation: its ServiceAccount, Role, RoleBinding, NetworkPolicy and
-ResourceQuota, kept in line with the spec; Ready and CapabilitiesReady; goal counts."""
+ResourceQuota, kept in line with the spec; its namespace's knowledge-base login and what it
+shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
 
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 import importlib.util
 import json
@@ -17,7 +17,8 @@ from overseer import modifications
 from overseer.api import Agent, Capability
 
 from . import agent_resources as render
-from .conditions import is_true, same_conditions, set_condition
+from .api_server import SLICES_SOURCE, APIServerEgress
+from .conditions import is_true, same_conditions, set_condition, summarize
 from .modification_store import ModificationStore, describe
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
@@ -25,7 +26,6 @@ from .runtime import Key, Runtime, agent_path
 logger = logging.getLogger(__name__)
 
 
-@functools.cache
 def deprecated_models() -> dict[str, str]:
     """Model name -> end-of-life date, as the installed anthropic SDK knows them. Read from the
     SDK's data file without importing the SDK: importing it costs the operator seconds of CPU
@@ -43,17 +43,39 @@ def deprecated_models() -> dict[str, str]:
 def _dict_literal(source: str, name: str) -> dict[str, str]:
     """The dict literal assigned to `name` in a module's source, or {} when it is not one."""
     for node in ast.parse(source).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
-        if getattr(target, "id", None) == name and node.value is not None:
+        target: ast.expr
+        expr: ast.expr | None
+        if isinstance(node, ast.AnnAssign):
+            target, expr = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, expr = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == name and expr is not None:
             try:
-                value = ast.literal_eval(node.value)
+                value = ast.literal_eval(expr)
             except ValueError:
                 break
             if isinstance(value, dict):
                 return {str(k): str(v) for k, v in value.items()}
     logger.warning("the anthropic SDK's %s is not a literal table any more: ModelSupported stays True", name)
     return {}
+
+
+# Read once, when the operator loads (a parse of one small file). Importing the SDK instead took
+# seconds of CPU, tens on a busy machine, which inside the first Agent reconcile blocked the event
+# loop past a leader's renew deadline (/healthz showed "event loop blocked for 36 s").
+DEPRECATED_MODELS = deprecated_models()
+
+
+def api_server_condition(agent: Agent, api_server: APIServerEgress | None) -> tuple[bool, str, str]:
+    """Whether the agent's NetworkPolicy lets its goal pods reach the API server they report to."""
+    if api_server is not None:
+        return True, "Allowed", f"goal pods may reach the API server at {api_server.describe()}"
+    return False, "APIServerAddressUnknown", (
+        f"Agent {agent.namespace}/{agent.name}: NetworkPolicy {render.child_name(agent.name)} opens no way to the "
+        f"API server: OVERSEER_API_SERVER_CIDRS is unset and no {SLICES_SOURCE} names an address. Under a network "
+        f"plugin that enforces NetworkPolicy, goal pods cannot report; set OVERSEER_API_SERVER_CIDRS on the operator")
 
 
 def _collection(obj: dict[str, Any]) -> str:
@@ -74,6 +96,8 @@ class AgentReconciler:
         """Apply every agent's children and read every Secret again on the next reconcile (drift repair)."""
         self._applied.clear()
         self._secrets_found.clear()
+        if self.rt.knowledge is not None:
+            self.rt.knowledge.forget()
 
     async def check_secret(self, agent: Agent) -> tuple[bool, str, str]:
         """Whether the API key Secret is there. A found one is trusted for secret_recheck_seconds:
@@ -96,7 +120,7 @@ class AgentReconciler:
 
     async def apply_children(self, agent: Agent, caps: list[Capability]) -> None:
         children = [render.render_service_account(agent), render.render_role(agent),
-                    render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings)]
+                    render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings, self.rt.api_server)]
         quota = render.render_resource_quota(agent)
         fingerprint = hashlib.sha256(json.dumps([children, quota], sort_keys=True).encode()).hexdigest()
         key = (agent.namespace, agent.name)
@@ -136,6 +160,8 @@ class AgentReconciler:
         raw = self.rt.one("agents", key)
         if raw is None:
             self._applied.pop(key, None)
+            if self.rt.knowledge is not None:
+                await self.rt.knowledge.unshare(ns, name)
             return None  # children go with it: they carry owner references
         agent = Agent.model_validate(raw)
         gen = agent.generation
@@ -162,10 +188,23 @@ class AgentReconciler:
         if not secret_ok:
             requeue = self.rt.settings.secret_recheck_seconds  # secrets are not watched, only read
 
+        if self.rt.knowledge is not None:
+            access = await self.rt.knowledge.ensure(ns)
+            if access.ready:
+                access = await self.rt.knowledge.share(ns, name, agent.spec.knowledge.share_with) or access
+            conds = set_condition(conds, "KnowledgeBase", access.ready, access.reason, access.message, gen)
+            if not access.ready:
+                # Goal pods still run, without the knowledge base, until this is put right.
+                requeue = self.rt.settings.secret_recheck_seconds
+        else:
+            conds = [c for c in conds if c.get("type") != "KnowledgeBase"]
+
         caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
 
-        eol = deprecated_models().get(agent.spec.model.name)
+        conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)
+
+        eol = DEPRECATED_MODELS.get(agent.spec.model.name)
         if eol:
             msg = (f"spec.model.name {agent.spec.model.name!r} is deprecated and reaches end of life on {eol}; "
                    f"choose a current model")
@@ -179,7 +218,8 @@ class AgentReconciler:
             ready, reason, message = False, secret_reason, secret_msg
         else:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
-        conds = set_condition(conds, "Ready", ready, reason, message, gen)
+        conds = summarize(conds, ready, reason, message, gen)  # not Ready: waiting for a Secret or Capability
+        conds = set_condition(conds, "AdmissionPolicies", *self.rt.admission.condition(), gen)
 
         try:
             active = await self.sync_modifications(raw)
@@ -195,7 +235,8 @@ class AgentReconciler:
             for c in conds:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
-                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported"):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "AdmissionPolicies",
+                                                                 "KnowledgeBase"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])

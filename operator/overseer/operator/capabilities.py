@@ -9,7 +9,7 @@ import jsonschema
 from overseer.api import Capability
 
 from . import dispatch
-from .conditions import same_conditions, set_condition
+from .conditions import same_conditions, summarize
 from .runtime import Key, Runtime, capability_path
 
 
@@ -30,6 +30,10 @@ def validate(cap: Capability, exists: Callable[[str], bool],
     return True, "Valid", "input schema and requirements are valid"
 
 
+# Only a change to a spec clears these; a missing requirement may still be created.
+SPEC_ERRORS = {"InvalidInputSchema", "RequirementCycle"}
+
+
 class CapabilityReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -46,7 +50,8 @@ class CapabilityReconciler:
             requires_of=lambda n: ((self.rt.one("capabilities", (ns, n)) or {}).get("spec") or {}).get("requires") or [],
         )
         status = raw.get("status") or {}
-        conds = set_condition(list(status.get("conditions") or []), "Ready", ready, reason, message, cap.generation)
+        conds = summarize(list(status.get("conditions") or []), ready, reason, message, cap.generation,
+                          stalled=reason in SPEC_ERRORS)
         used_by = sorted(a["metadata"]["name"] for a in self.rt.by("agents", "namespace", ns)
                          if name in ((a.get("spec") or {}).get("capabilities") or []))
         changes = {"observedGeneration": cap.generation, "usedBy": used_by}

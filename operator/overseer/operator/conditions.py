@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from overseer.api import Phase
 from overseer.kube import now_iso
 
 
@@ -18,7 +19,7 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | s
         "status": status_text,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now_iso() if changed else old["lastTransitionTime"],
+        "lastTransitionTime": old["lastTransitionTime"] if old is not None and not changed else now_iso(),
     }
     if generation is not None:
         new["observedGeneration"] = generation
@@ -40,3 +41,34 @@ def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | 
 def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
     c = condition(conditions, type_)
     return c is not None and c.get("status") == "True"
+
+
+def summarize(conditions: list[dict[str, Any]], ready: bool, reason: str, message: str,
+              generation: int | None, stalled: bool = False, ready_message: str | None = None) -> list[dict[str, Any]]:
+    """Ready, plus Reconciling while not ready or Stalled when it never will be without a change
+    from someone: the conditions kstatus (Flux, cli-utils) reads. Reconciling and Stalled are
+    there only while true, as kstatus' convention has it."""
+    conds = set_condition(conditions, "Ready", ready, reason, message if ready_message is None else ready_message,
+                          generation)
+    working = not ready and not stalled
+    for type_, wanted in (("Reconciling", working), ("Stalled", stalled)):
+        if wanted:
+            conds = set_condition(conds, type_, True, reason, message, generation)
+        else:
+            conds = [c for c in conds if c.get("type") != type_]
+    return conds
+
+
+def summarize_goal(conditions: list[dict[str, Any]], phase: str, reason: str, message: str,
+                   generation: int | None) -> list[dict[str, Any]]:
+    """summarize() for a goal's phase: Succeeded is Ready, Failed and Cancelled are Stalled (with
+    the reason they ended), anything else is Reconciling. A live goal's reason is its phase: the
+    pod watch and dispatch write the same phase with different reasons, and must not rewrite
+    each other's conditions. Ready's message (the MESSAGE column of `kubectl get goals`) is
+    blank for a goal that runs or succeeded: only the others have something to say."""
+    if phase == Phase.SUCCEEDED.value:
+        return summarize(conditions, True, reason, "", generation)
+    if phase in (Phase.FAILED.value, Phase.CANCELLED.value):
+        return summarize(conditions, False, reason, message, generation, stalled=True)
+    return summarize(conditions, False, phase, message, generation,
+                     ready_message="" if phase == Phase.RUNNING.value else None)

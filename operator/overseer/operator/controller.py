@@ -11,8 +11,9 @@ from collections.abc import Callable
 from overseer.api import API_VERSION
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
-from . import metrics
+from . import admission, metrics
 from .agents import AgentReconciler
+from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, api_server_egress
 from .capabilities import CapabilityReconciler
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
@@ -42,6 +43,9 @@ class Operator:
         self.capabilities = CapabilityReconciler(rt)
         self._agent_seen: dict[tuple[str, str], tuple[object, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.watching: list[tuple[Informer, asyncio.Task[None]]] = []  # each informer and its task
+        self.started = False  # fill() was called: informers started
+        self.reconciling = False  # run() got past fill(): reconcilers started
         watched, accept = namespace_filter(namespaces or [])
         kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
             (API_VERSION, "agents", self.agent_changed, None, None),
@@ -53,20 +57,37 @@ class Operator:
         self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
                                    label_selector=selector, accept=accept, transform=transform)
                           for api_version, plural, handler, selector, transform in kinds for ns in watched]
+        rt.api_server = api_server_egress(rt.settings, [])
+        if rt.api_server is None:  # not configured: follow what the API server publishes
+            self.informers.append(Informer(rt.kube, SLICES_API_VERSION, "endpointslices", rt.stores["endpointslices"],
+                                           self.api_server_changed, namespace=SLICES_NAMESPACE,
+                                           label_selector=SLICES_SELECTOR))
+
+    async def fill(self) -> None:
+        """Start the informers and wait until every cache is filled (again: just the wait). A
+        standby replica does this before it seeks the Lease, as controller-runtime's caches do:
+        it is ready to serve, and a take-over needs no relist."""
+        if not self.started:
+            self.rt.events.start()
+            self.watching = [(i, asyncio.create_task(i.run(), name=repr(i))) for i in self.informers]
+            self._tasks = [task for _, task in self.watching]
+            self.started = True
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
 
     async def run(self) -> None:
         """Fill every cache, then start reconciling: a reconcile never sees a half-listed world
         (a goal whose pod is not listed yet would look lost)."""
-        self.rt.events.start()
-        self._tasks = [asyncio.create_task(i.run(), name=repr(i)) for i in self.informers]
-        await asyncio.gather(*(i.synced.wait() for i in self.informers))
-        logger.info("caches filled: %s", ", ".join(f"{len(s)} {kind}" for kind, s in self.rt.stores.items()))
+        await self.fill()
+        self.reconciling = True
+        await self.check_admission()  # before any decision is recorded as verified or not
         workers = self.rt.settings.workers
         for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),
                                         (self.rt.capabilities, self.capabilities, "capability")):
             queue.start(metrics.instrumented(kind, reconciler.reconcile, queue.__len__), workers)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
+        self._tasks.append(asyncio.create_task(self._admission_loop(), name="admission-check"))
 
     async def stop(self) -> None:
         """Stop watching and reconciling (again: a no-op). The client stays open for its owner."""
@@ -81,6 +102,25 @@ class Operator:
         while True:
             await asyncio.sleep(QUEUE_SWEEP_SECONDS)
             self.goals.sweep_queues()
+
+    async def check_admission(self) -> None:
+        """Read the admission policies; when what is missing changes, every Agent's condition does."""
+        try:
+            state = await admission.check(self.rt.kube)
+        except Exception as e:  # noqa: BLE001 - unreachable API: keep what was known, try again later
+            logger.warning("admission policies not checked: %s", e)
+            return
+        if state != self.rt.admission:
+            logger.log(logging.INFO if state.complete else logging.WARNING, "admission policies: %s",
+                       state.condition()[2])
+            self.rt.admission = state
+            for key in self.rt.keys("agents"):
+                self.rt.agents.add(key)
+
+    async def _admission_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rt.settings.admission_check_seconds)
+            await self.check_admission()
 
     async def _resync_loop(self) -> None:
         """Level-triggered safety net: look at everything again now and then (drift, lost events)."""
@@ -100,6 +140,8 @@ class Operator:
         if event == "DELETED" or not self.rt.is_own_write(raw):
             self.rt.goals.add(key)
         self.rt.forget(event, raw)
+        if event == "DELETED":
+            self.rt.decisions.pop(raw["metadata"].get("uid") or "", None)
         phase = (raw.get("status") or {}).get("phase")
         finished = event == "DELETED" or phase in TERMINAL
         if finished or event == "ADDED":
@@ -150,6 +192,15 @@ class Operator:
             self.rt.goals.add((ns, goal))
         for cap in (raw.get("spec") or {}).get("capabilities") or []:
             self.rt.capabilities.add((ns, cap))
+
+    def api_server_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        found = api_server_egress(self.rt.settings, self.rt.stores["endpointslices"].values())
+        if found == self.rt.api_server:
+            return
+        logger.info("goal pods reach the API server at %s", found.describe() if found else "no known address")
+        self.rt.api_server = found
+        for key in self.rt.keys("agents"):  # their NetworkPolicies name the addresses
+            self.rt.agents.add(key)
 
     def capability_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         self.rt.forget(event, raw)

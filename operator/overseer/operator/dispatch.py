@@ -18,7 +18,7 @@ def find_cycle(start: str, edges: Callable[[str], Iterable[str]]) -> list[str] |
     seen = {start}
     while stack:
         node, children = stack[-1]
-        child = next(iter(children), None)  # type: ignore[call-overload]
+        child = next(iter(children), None)
         if child is None:
             stack.pop()
             path.pop()
@@ -59,15 +59,9 @@ def check_dependencies(name: str, depends_on: list[str], phase_of: Callable[[str
     return Dependencies(waiting=waiting, failed=failed, cycle=cycle)
 
 
-def queue_key(goal: Mapping[str, Any]) -> tuple[int, str, str]:
-    """Order of an agent's queue: higher priority first, then older, then by name."""
-    return (-int(goal.get("spec", {}).get("priority", 0)),
-            goal["metadata"].get("creationTimestamp", ""), goal["metadata"]["name"])
-
-
 def backoff_seconds(failed_attempts: int, base: float, cap: float) -> float:
     """Delay before the next attempt after failed_attempts failures: base, 2*base, 4*base ... cap."""
-    return min(cap, base * 2 ** max(0, failed_attempts - 1))
+    return min(cap, base * 2.0 ** max(0, failed_attempts - 1))
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,27 @@
 """Goal reconciliation: resolve the agent, wait for dependencies, queue, run one pod per
-attempt, retry with backoff, time out, and let the pod's phase drive the goal's."""
+attempt, retry with backoff, time out, and let the pod's phase drive the goal's.
+
+The phase is the operator's: it acts on a phase only as it wrote it (trust.py), and otherwise
+works it out again from the goal's pods, spec and dependencies."""
 
 from __future__ import annotations
 
 import heapq
 import logging
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any
 
-from overseer.api import Agent, Goal, Phase, parse_duration
+from overseer.api import Agent, Goal, Phase, parse_duration, queue_key
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
+from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
-from . import dispatch
+from . import dispatch, subgoals, trust
 from .agent_resources import child_name
-from .conditions import is_true, same_conditions, set_condition
+from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
 from .dispatch import TERMINAL
+from .metrics import observe_start
 from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
@@ -26,7 +32,6 @@ logger = logging.getLogger(__name__)
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 # A parent that ended in one of these has nobody left to read its sub-goals' results.
 STOPS_SUBGOALS = {Phase.CANCELLED.value, Phase.FAILED.value}
-EXIT_GAVE_UP = 2  # the agent's exit code for a failure that retrying cannot fix
 QUEUE_SWEEP_SECONDS = 10.0
 
 
@@ -52,6 +57,7 @@ class GoalReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.modifications = ModificationStore(rt.kube)
+        self._ignored: set[tuple[str | None, str | None]] = set()  # (uid, phase) already warned about
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -88,7 +94,7 @@ class GoalReconciler:
     # ---- writing ------------------------------------------------------------------------
 
     async def update(self, raw: Raw, phase: Phase, reason: str, message: str,
-                     conditions: list[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
+                     conditions: Sequence[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
                      **fields: Any) -> None:
         """Write the goal's status (only what changed) and an Event when the phase moves."""
         status = raw.get("status") or {}
@@ -97,6 +103,7 @@ class GoalReconciler:
         conds = list(status.get("conditions") or [])
         for ctype, cstatus, creason, cmessage in conditions:
             conds = set_condition(conds, ctype, cstatus, creason, cmessage, generation)
+        conds = summarize_goal(conds, phase.value, reason, message, generation)
         changes: dict[str, Any] = {"phase": phase.value, "message": message, "observedGeneration": generation}
         if not same_conditions(conds, status.get("conditions") or []):
             changes["conditions"] = conds
@@ -106,6 +113,20 @@ class GoalReconciler:
         await self.rt.patch_status(goal_path(ns, name, "status"), raw, changes)
         if moved or (status.get("message") != message and event_type == "Warning"):
             self.rt.events.record(raw, event_type, reason, message)
+
+    async def settle(self, raw: Raw) -> None:
+        """A finished goal runs no more, but still says it saw its latest spec (observedGeneration),
+        or kstatus would call it in progress for ever after an edit."""
+        status = raw.get("status") or {}
+        generation = raw["metadata"].get("generation")
+        old = status.get("conditions") or []
+        ended = condition(old, "Complete") or {}
+        conds = summarize_goal(list(old), status["phase"], ended.get("reason") or status["phase"],
+                               status.get("message") or "", generation)
+        if status.get("observedGeneration") != generation or not same_conditions(conds, old):
+            ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+            await self.rt.patch_status(goal_path(ns, name, "status"), raw,
+                                       {"observedGeneration": generation, "conditions": conds})
 
     async def delete_live_pods(self, pods: list[Raw]) -> None:
         for pod in pods:
@@ -131,7 +152,7 @@ class GoalReconciler:
         queued = [g for g in self.rt.by("goals", "queued", (ns, agent))
                   if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
                   and not (g.get("status") or {}).get("retryAt", "") > now]
-        for g in heapq.nsmallest(free, queued, key=dispatch.queue_key):
+        for g in heapq.nsmallest(free, queued, key=queue_key):
             self.rt.goals.add((ns, g["metadata"]["name"]))
 
     def sweep_queues(self) -> None:
@@ -151,11 +172,15 @@ class GoalReconciler:
             return None
         goal = Goal.model_validate(raw)
         status = raw.get("status") or {}
-        phase = status.get("phase", Phase.PENDING.value)
+        phase = trust.trusted_phase(raw)
+        if phase is None:
+            self.phase_ignored(raw)
+            phase = Phase.PENDING.value
         pods = self.pods(ns, name)
 
         if phase in TERMINAL:
             await self.delete_live_pods(pods)  # a cancel or timeout may have died before the delete
+            await self.settle(raw)
             return None
 
         if goal.spec.cancel:
@@ -164,8 +189,8 @@ class GoalReconciler:
                               [("Complete", False, "Cancelled", "cancelled by spec.cancel")],
                               completedAt=now_iso())
             return None
-        parent_phase = ((self.goal(ns, goal.spec.parent) or {}).get("status") or {}).get("phase") \
-            if goal.spec.parent else None
+        parent = self.goal(ns, goal.spec.parent) if goal.spec.parent else None
+        parent_phase = trust.trusted_phase(parent) if parent else None
         if parent_phase in STOPS_SUBGOALS:
             msg = f"parent goal {goal.spec.parent} is {parent_phase}; the sub-goal was stopped"
             await self.delete_live_pods(pods)
@@ -202,13 +227,46 @@ class GoalReconciler:
                                   lastExitCode=outcome.exit_code, completedAt=now_iso(),
                                   startedAt=status.get("startedAt") or now_iso())
                 return None
-            if latest_attempt > attempt or phase in LIVE:
+            if latest_attempt > attempt or phase in LIVE or not self.retryable(goal, latest_attempt, outcome):
                 return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
                                                  latest["metadata"]["name"])
         elif phase in LIVE and status.get("pod") and status["pod"] not in self.rt.inflight.get((ns, agent_name or ""), ()):
             return await self.attempt_failed(raw, goal, attempt, "PodLost", None, status["pod"])
 
+        if goal.spec.parent and attempt == 0:
+            refused = self.subgoal_refusal(raw, parent)
+            if refused is not None:
+                await self.update(raw, Phase.FAILED, refused.reason, refused.message,
+                                  [("Complete", False, refused.reason, refused.message)], event_type="Warning",
+                                  completedAt=now_iso())
+                return None
         return await self.dispatch(raw, goal, attempt, now, next_look)
+
+    def phase_ignored(self, raw: Raw) -> None:
+        """Say once per forged value that status.phase was written by someone else."""
+        status = raw.get("status") or {}
+        mark = (raw["metadata"].get("uid"), status.get("phase"))
+        if mark in self._ignored:
+            return
+        self._ignored.add(mark)
+        writers = ", ".join(sorted(trust.written_by_others(raw, "phase")))
+        self.rt.events.record(raw, "Warning", "PhaseIgnored",
+                              f"status.phase {status.get('phase')} was written by {writers}, not the operator; "
+                              f"ignored: the phase is worked out again from the goal's pods")
+
+    @staticmethod
+    def retryable(goal: Goal, attempt: int, outcome: dispatch.PodOutcome) -> bool:
+        """Whether a failed attempt may be followed by another: read from the pod and the spec,
+        whatever the status says."""
+        return outcome.exit_code != ExitCode.GAVE_UP and attempt <= goal.spec.max_retries
+
+    def subgoal_refusal(self, raw: Raw, parent: Raw | None) -> subgoals.Refusal | None:
+        ns = raw["metadata"]["namespace"]
+        parent_name = (raw.get("spec") or {}).get("parent")
+        siblings = [g for g in self.rt.by("goals", "parent", (ns, parent_name))
+                    if g["metadata"]["name"] != raw["metadata"]["name"]]
+        return subgoals.refusal(raw, parent, lambda agent: self.rt.one("agents", (ns, agent)), siblings,
+                                trust.trusted_phase)
 
     async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
                       next_look: float | None) -> float | None:
@@ -233,14 +291,30 @@ class GoalReconciler:
             await self.delete_live_pods([pod])
             return 1.0
         await self.store_modifications(raw, agent_name)
-        decisions = record_decisions(raw)
-        extra = {"decisions": decisions} if decisions != (status.get("decisions") or []) else {}
+        extra = self.decisions(raw)
         await self.update(raw, phase, reason, message,
                           [("Dispatched", True, "PodCreated", pod_name)], agent=agent_name, pod=pod_name,
                           attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)
         if timeout and not pending:
             next_look = min(next_look, timeout) if next_look else timeout
         return next_look
+
+    def decisions(self, raw: Raw) -> dict[str, Any]:
+        """{"decisions": [...]} when status.decisions should change: the decisions the operator
+        recorded plus new ones from the annotations. Another writer's list is replaced."""
+        current = (raw.get("status") or {}).get("decisions") or []
+        uid = raw["metadata"].get("uid") or ""
+        known = trust.trusted_decisions(raw, self.rt.decisions.get(uid))
+        if current != known:
+            writers = ", ".join(sorted(trust.written_by_others(raw, "decisions"))) or "another writer"
+            forged = [str(d.get("id")) for d in current if d not in known]
+            self.rt.events.record(raw, "Warning", "DecisionsRestored",
+                                  f"status.decisions was changed by {writers}; restored the operator's record"
+                                  + (f" (dropped {', '.join(forged)})" if forged else ""))
+        decisions = record_decisions(raw, known, self.rt.admission.complete)
+        if decisions:
+            self.rt.decisions[uid] = decisions  # an erased list is restored while the operator runs
+        return {"decisions": decisions} if decisions != current else {}
 
     async def store_modifications(self, raw: Raw, agent_name: str | None) -> None:
         """Store the self-modifications a person approved in the agent's ConfigMap. Runs before the
@@ -275,9 +349,9 @@ class GoalReconciler:
                              pod: str) -> float | None:
         status = raw.get("status") or {}
         detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
-        if exit_code == EXIT_GAVE_UP:
+        if exit_code == ExitCode.GAVE_UP:
             # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
-            why = status.get("failureReason") or "AgentGaveUp"
+            why = trust.failure_reason(status.get("failureReason"), "AgentGaveUp")
             msg = f"attempt {attempt}: {status.get('result') or why} ({detail}); not retried"
             await self.update(raw, Phase.FAILED, why, msg, [("Complete", False, why, msg)], event_type="Warning",
                               attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
@@ -318,8 +392,9 @@ class GoalReconciler:
 
         deps = dispatch.check_dependencies(
             name, goal.spec.depends_on,
-            phase_of=lambda n: ((self.goal(ns, n) or {}).get("status") or {}).get("phase", "Pending")
-            if self.goal(ns, n) is not None else None,
+            # A dependency counts as it stands in the operator's own record, never as another wrote it.
+            phase_of=lambda n: (trust.trusted_phase(dep) or Phase.PENDING.value)
+            if (dep := self.goal(ns, n)) is not None else None,
             depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
         )
         if deps.cycle:
@@ -353,14 +428,14 @@ class GoalReconciler:
         # can take the same slot: pod creates of one agent still run side by side.
         limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
         free = limit - self.rt.live_pods_of_agent(ns, agent_name)
-        me = dispatch.queue_key(raw)
+        me = queue_key(raw)
         ahead = 0
         if free > 0:
             for other in self.rt.by("goals", "queued", (ns, agent_name)):
                 ost = other.get("status") or {}
                 if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
                         and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
-                        and dispatch.queue_key(other) < me):
+                        and queue_key(other) < me):
                     ahead += 1
                     if ahead >= free:
                         break
@@ -391,6 +466,8 @@ class GoalReconciler:
             raise
         if free > 1:
             self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
+        if attempt == 0:
+            observe_start(raw)
         started = status.get("startedAt") or now_iso()
         await self.update(raw, Phase.RUNNING, "Dispatched",
                           running_message(attempt + 1, pod_name, agent_name),

@@ -1,4 +1,4 @@
-"""kopf wiring: kopf runs the process (logging, credentials, liveness, signals); the
+"""kopf wiring: kopf runs the process (logging, credentials, signals); the
 operator's own informers and work queues (controller.py) do the watching and reconciling.
 
 kopf's per-event machinery (handler invocation, diff-base copies of every body) cost more CPU
@@ -17,14 +17,17 @@ from overseer.kube import Kube
 
 from .controller import Operator
 from .events import EventRecorder
+from .health import Probes
+from .knowledge_tenants import KnowledgeTenants
 from .leader import LeaderElection
-from .metrics import LEADER
+from .metrics import CACHE, LEADER
 from .runtime import Runtime
 from .settings import Settings
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
+                  logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     settings.posting.reporting_component = "overseer-operator"
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
@@ -38,15 +41,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
 
     config: Settings = memo.settings
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
-    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube))
+    knowledge = (KnowledgeTenants(config.knowledge_admin_url, kube, recheck_seconds=config.secret_recheck_seconds)
+                 if config.knowledge_admin_url else None)
+    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge)
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
+    CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     memo.election = LeaderElection(
         kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,
         renew_deadline=config.lease_renew_deadline_seconds, retry_period=config.lease_retry_period_seconds,
     ) if memo.get("lease_namespace") else None
-    # Waiting for the Lease and filling the caches may take a while: beside kopf, which serves
-    # liveness meanwhile.
+    probes: Probes = memo.probes
+    probes.operator, probes.election = memo.operator, memo.election
+    memo.beat_task = asyncio.create_task(probes.beat(), name="health-beat")
+    # Waiting for the Lease and filling the caches may take a while: beside kopf.
     memo.operator_task = asyncio.create_task(lead(memo), name="operator")
 
 
@@ -58,6 +66,7 @@ async def lead(memo: kopf.Memo) -> None:
         LEADER.set(1)
         await memo.operator.run()
         return
+    await memo.operator.fill()  # a standby's caches are warm: ready, and a take-over needs no relist
     await election.acquire()
     await memo.operator.run()
     await election.hold()
@@ -70,8 +79,11 @@ async def lead(memo: kopf.Memo) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     operator = getattr(memo, "operator", None)
     if operator is not None:
+        memo.beat_task.cancel()
         memo.operator_task.cancel()
         await operator.stop()
         if memo.election is not None:
             await memo.election.release()
+        if operator.rt.knowledge is not None:
+            await operator.rt.knowledge.close()
         await operator.rt.kube.close()

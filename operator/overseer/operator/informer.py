@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -47,6 +48,10 @@ class Informer:
         self.transform = transform  # what of each object is worth keeping in memory
         self.synced = asyncio.Event()  # the first listing is in the store
         self.version = ""  # of the newest event seen: where a dropped watch resumes
+        # When a list, a watch or an error last came back: a working informer does so at least
+        # once per watch, however quiet the cluster (the health probe reads it).
+        self.last_progress = time.monotonic()
+        self.last_error = ""  # of the last failed list or watch, until one succeeds
 
     def __repr__(self) -> str:
         where = self.namespace or "all namespaces"
@@ -72,16 +77,20 @@ class Informer:
                 while True:
                     try:
                         await self.watch()
+                        self._progress()
                         backoff = 0.5
                     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+                        self._progress(f"watch interrupted: {e or type(e).__name__}")
                         logger.info("%s: watch interrupted (%s); resuming from %s", self, e, self.version)
                         await asyncio.sleep(backoff)
                         backoff = min(MAX_BACKOFF, backoff * 2)
             except Expired:
+                self._progress()
                 logger.info("%s: resourceVersion expired; listing again", self)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - keep the cache alive through any API trouble
+                self._progress(str(e))
                 logger.warning("%s: %s; listing again in %.1fs", self, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
@@ -114,6 +123,7 @@ class Informer:
             if old is not None:
                 self.handler("DELETED", old, old)
         self.version = page["metadata"]["resourceVersion"]
+        self._progress()
         self.synced.set()
 
     async def watch(self) -> None:
@@ -131,6 +141,11 @@ class Informer:
             if kind != "BOOKMARK" and self._wanted(raw):
                 self._apply(kind, raw)
             self.version = (raw.get("metadata") or {}).get("resourceVersion") or self.version
+            self.last_progress = time.monotonic()
+
+    def _progress(self, error: str = "") -> None:
+        self.last_progress = time.monotonic()
+        self.last_error = error
 
     def _apply(self, kind: str | None, raw: Raw) -> None:
         if self.transform is not None:

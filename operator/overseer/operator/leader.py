@@ -62,6 +62,11 @@ class LeaderElection:
     def lease(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def holder(self) -> str | None:
+        """Who held the Lease when it was last read."""
+        return (self._observed or ({}, 0.0))[0].get("holderIdentity")
+
     async def acquire(self) -> None:
         """Return once this replica holds the Lease."""
         logger.info("waiting to hold Lease %s as %s", self.lease, self.identity)
@@ -80,9 +85,8 @@ class LeaderElection:
                 if time.monotonic() + self.retry_period / 4 >= deadline:
                     self.leading = False
                     LEADER.set(0)
-                    holder = (self._observed or ({}, 0.0))[0].get("holderIdentity")
                     logger.error("could not renew Lease %s within %g s (last seen held by %s): no longer the leader",
-                                 self.lease, self.renew_deadline, holder)
+                                 self.lease, self.renew_deadline, self.holder)
                     return
                 await asyncio.sleep(self.retry_period / 4)
 
@@ -141,7 +145,8 @@ class LeaderElection:
 
     def _spec(self, old: dict[str, Any] | None) -> dict[str, Any]:
         now = _micro_time()
-        mine = bool(old) and old.get("holderIdentity") == self.identity
+        old = old or {}
+        mine = old.get("holderIdentity") == self.identity
         return {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_seconds),
                 "acquireTime": old["acquireTime"] if mine and old.get("acquireTime") else now, "renewTime": now,
-                "leaseTransitions": (old or {}).get("leaseTransitions", 0) + (0 if mine or not old else 1)}
+                "leaseTransitions": old.get("leaseTransitions", 0) + (0 if mine or not old else 1)}

@@ -7,9 +7,10 @@ import asyncio
 import sys
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import disable_created_metrics, start_http_server
 from pydantic import ValidationError
 
+from .health import HealthServer, Probes
 from .leader import default_namespace
 from .settings import Settings
 
@@ -24,7 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run as one of several replicas: only the holder of Lease overseer-operator reconciles")
     p.add_argument("--leader-elect-namespace", metavar="NS",
                    help="namespace of that Lease (default: POD_NAMESPACE, the pod's own, or overseer-system)")
-    p.add_argument("--liveness", metavar="URL", help="serve liveness at this URL, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--health-port", type=int, metavar="PORT",
+                   help="serve GET /healthz (liveness: the event loop and the informers make progress) and "
+                        "/readyz (every cache filled and, under --leader-elect, holding the Lease) on this port")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
@@ -38,20 +41,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overseer-operator: invalid configuration (OVERSEER_* environment): {e}", file=sys.stderr)
         return 2
     kopf.configure(verbose=args.verbose, log_prefix=True)
+    # The probes answer from here on: loading the handlers (the anthropic SDK among them) takes
+    # seconds, more on a busy node, and is starting, not wedged.
+    probes = Probes()
+    health = HealthServer(args.health_port, probes.snapshot).start() if args.health_port is not None else None
     from . import handlers  # noqa: F401 - registers the handlers with kopf
 
     if args.metrics_port:
+        # A *_created gauge beside every counter and histogram: noise to Prometheus.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         start_http_server(args.metrics_port)
     lease_namespace = (args.leader_elect_namespace or default_namespace()) if args.leader_elect else None
-    return asyncio.run(run(settings, args.namespace or [], lease_namespace, args.liveness))
+    try:
+        return asyncio.run(run(settings, args.namespace or [], lease_namespace, probes))
+    finally:
+        if health is not None:
+            health.stop()
 
 
-async def run(settings: Settings, namespaces: list[str], lease_namespace: str | None, liveness: str | None) -> int:
+async def run(settings: Settings, namespaces: list[str], lease_namespace: str | None, probes: Probes) -> int:
     # kopf only runs the process here; the operator's informers watch these namespaces.
     memo = kopf.Memo(settings=settings, namespaces=namespaces, lease_namespace=lease_namespace,
-                     stop=asyncio.Event(), lost_lease=False)
-    await kopf.operator(clusterwide=True, liveness_endpoint=liveness, standalone=True, memo=memo,
-                        stop_flag=memo.stop)
+                     stop=asyncio.Event(), lost_lease=False, probes=probes)
+    await kopf.operator(clusterwide=True, standalone=True, memo=memo, stop_flag=memo.stop)
     return 1 if memo.lost_lease else 0
 
 

@@ -65,7 +65,7 @@ def approved_requests(goal: Raw) -> tuple[list[Approved], list[str]]:
             problems.append(f"request {request['id']}: its detail does not match its id (it changed after it "
                             f"was requested); not stored")
             continue
-        by, at = approvals.set_by(goal, approvals.APPROVE)
+        by, at = approvals.decided_by(goal, approvals.APPROVE)
         ok.append(Approved(request["id"], modifications.record(request["id"], proposal, meta["name"], by, at)))
     return ok, problems
 
@@ -118,7 +118,7 @@ class ModificationStore:
                     rec.update(reverted=True, revertedBy=by, revertedAt=at)
                     changed[rec["id"]] = json.dumps(rec, sort_keys=True)
                     reverted.append(rec)
-            if not changed or await self._patch(url, cm, changed):
+            if not changed or (cm is not None and await self._patch(url, cm, changed)):
                 return reverted, missing, {**data, **changed}
         raise RuntimeError(f"ConfigMap {meta['namespace']}/{modifications.configmap_name(meta['name'])} kept changing")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from overseer.api import Agent, Goal
+from overseer.api import Agent, Goal, gateway
+from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
+from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
+from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
 from .settings import Settings
-
-WORKSPACE = "/workspace"
-AGENT_UID = 65532  # the "nonroot" user of distroless-style images
 
 
 def pod_name(goal_name: str, attempt: int) -> str:
@@ -32,31 +32,41 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
     the `restricted` Pod Security level."""
     model = agent.spec.model
     env: list[dict[str, Any]] = [
-        {"name": "OVERSEER_GOAL_NAME", "value": goal.name},
-        {"name": "OVERSEER_GOAL_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "OVERSEER_GOAL_UID", "value": goal.metadata.get("uid", "")},
-        {"name": "OVERSEER_AGENT_NAME", "value": agent.name},
-        {"name": "OVERSEER_ATTEMPT", "value": str(attempt)},
-        {"name": "OVERSEER_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "OVERSEER_WORKSPACE", "value": WORKSPACE},
-        {"name": "OVERSEER_MODEL", "value": model.name},
-        {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": {
-            "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}},
+        {"name": Env.GOAL_NAME, "value": goal.name},
+        {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": Env.AGENT_NAME, "value": agent.name},
+        {"name": Env.WORKSPACE, "value": WORKSPACE},
     ]
-    if model.base_url:
-        env.append({"name": "ANTHROPIC_BASE_URL", "value": model.base_url})
-    for name, value in (("OVERSEER_DATABASE_URL", settings.agent_database_url),
-                        ("OVERSEER_REDIS_URL", settings.agent_redis_url),
-                        ("OVERSEER_REQUESTS_PER_MINUTE", settings.agent_requests_per_minute or None),
-                        ("OVERSEER_TOKENS_PER_MINUTE", settings.agent_tokens_per_minute or None),
-                        ("OVERSEER_HEALTH_PORT", settings.agent_metrics_port)):
+    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    if settings.gateway_url:
+        # The key stays with the gateway; the pod proves who it is with a token bound to itself.
+        env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},
+                {"name": gateway.TOKEN_FILE_ENV, "value": gateway.TOKEN_FILE}]
+        volumes.append({"name": "gateway-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": gateway.AUDIENCE, "expirationSeconds": gateway.TOKEN_EXPIRY_SECONDS, "path": "token"}}]}})
+        mounts.append({"name": "gateway-token", "mountPath": gateway.TOKEN_DIR, "readOnly": True})
+    else:
+        env.append({"name": Env.ANTHROPIC_API_KEY, "valueFrom": {"secretKeyRef": {
+            "name": model.api_key_secret_ref.name, "key": model.api_key_secret_ref.key}}})
+        if model.base_url:
+            env.append({"name": Env.ANTHROPIC_BASE_URL, "value": model.base_url})
+    if settings.knowledge_admin_url:
+        # The namespace's own login; optional, so a pod started before the operator could write
+        # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
+        env.append({"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
+            "name": KNOWLEDGE_SECRET, "key": KNOWLEDGE_SECRET_KEY, "optional": True}}})
+    for name, value in ((Env.REDIS_URL, settings.agent_redis_url),
+                        (Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
+                        (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
+                        (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
             env.append({"name": name, "value": str(value)})
     resources = agent.spec.resources.to_api()
     container = {
         "name": "agent",
         "image": agent.spec.image or settings.agent_image,
-        "command": ["overseer-agent"],
+        "command": [COMMAND],
         "env": env,
         "workingDir": WORKSPACE,
         "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
@@ -66,7 +76,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
         },
-        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     }
     if resources:
         container["resources"] = resources
@@ -92,6 +102,6 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],
-            "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+            "volumes": volumes,
         },
     }

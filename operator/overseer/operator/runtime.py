@@ -11,10 +11,13 @@ from overseer.api import API_VERSION, Phase
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
+from .api_server import APIServerEgress
+from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
+from .knowledge_tenants import KnowledgeTenants
 from .settings import Settings
-from .store import Key, Raw, Store
+from .store import Indexer, Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
 from .workqueue import WorkQueue
 
 RUNNING_PHASES = {Phase.RUNNING.value: "runningGoals", Phase.AWAITING_APPROVAL.value: "runningGoals",
@@ -50,13 +53,13 @@ def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
         return None
     status = raw.get("status") or {}
     amounts = {"tokensUsed": int((status.get("tokens") or {}).get("total") or 0)}
-    category = RUNNING_PHASES.get(status.get("phase"))
+    category = RUNNING_PHASES.get(str(status.get("phase")))
     if category:
         amounts[category] = 1
     return (_ns(raw), agent), amounts
 
 
-def _pod_label(label: str, live_only: bool = False):  # noqa: ANN202 - an Indexer
+def _pod_label(label: str, live_only: bool = False) -> Indexer:
     def indexer(raw: Raw) -> Iterable[Hashable]:
         value = (raw["metadata"].get("labels") or {}).get(label)
         if not value or (live_only and pod_outcome(raw).state != "live"):
@@ -73,19 +76,24 @@ def slim_pod(raw: Raw) -> Raw:
             "status": raw.get("status") or {}}
 
 
+def _kept(entry: dict[str, Any]) -> bool:
+    fields = entry.get("fieldsV1") or {}
+    status = fields.get("f:status") or {}
+    return "f:annotations" in (fields.get("f:metadata") or {}) or "f:phase" in status or "f:decisions" in status
+
+
 def slim_goal(raw: Raw) -> Raw:
-    """A goal without the managedFields entries that do not own an annotation: only those say
-    who approved or denied a request (overseer.approvals.set_by)."""
+    """A goal with only the managedFields entries that say when an annotation was set
+    (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py)."""
     meta = raw["metadata"]
     fields = meta.get("managedFields")
     if fields:
-        meta["managedFields"] = [e for e in fields
-                                 if "f:annotations" in ((e.get("fieldsV1") or {}).get("f:metadata") or {})]
+        meta["managedFields"] = [e for e in fields if _kept(e)]
     return raw
 
 
 def new_stores() -> dict[str, Store]:
-    """The caches of the four watched kinds and the questions reconcilers ask of them."""
+    """The caches of the watched kinds and the questions reconcilers ask of them."""
     return {
         "goals": Store(
             indexers={"agent": _goal_by_agent, "queued": _goal_queued, "namespace": lambda g: (_ns(g),),
@@ -96,6 +104,8 @@ def new_stores() -> dict[str, Store]:
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
         "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
+        # the kubernetes Service's, when OVERSEER_API_SERVER_CIDRS does not say where the API server is
+        "endpointslices": Store(),
     }
 
 
@@ -107,6 +117,7 @@ class Runtime:
     kube: Kube
     settings: Settings
     events: EventRecorder
+    knowledge: KnowledgeTenants | None = None  # with OVERSEER_KNOWLEDGE_ADMIN_URL
     stores: dict[str, Store] = field(default_factory=new_stores)
     goals: WorkQueue = field(default_factory=lambda: WorkQueue("goals"))
     agents: WorkQueue = field(default_factory=lambda: WorkQueue("agents"))
@@ -118,6 +129,12 @@ class Runtime:
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.
     written: dict[str, tuple[str, Raw]] = field(default_factory=dict)
+    # Where goal pods reach the API server (their NetworkPolicy), None while unknown.
+    api_server: APIServerEgress | None = None
+    # The status.decisions the operator last wrote, by goal uid (trust.trusted_decisions).
+    decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Whether the shipped admission policies are in the cluster (admission.check).
+    admission: PolicyState = field(default_factory=PolicyState)
 
     def _fresh(self, raw: Raw) -> Raw:
         uid = raw["metadata"].get("uid")

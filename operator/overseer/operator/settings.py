@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from overseer import __version__
+
+AGENT_IMAGE_REPOSITORY = "overseer/agent"
+
+
+def default_agent_image() -> str:
+    """The agent image built from the same release as this operator (`make images` tags it so)."""
+    return f"{AGENT_IMAGE_REPOSITORY}:{__version__}"
 
 
 class Settings(BaseSettings):
@@ -11,8 +22,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OVERSEER_")
 
-    agent_image: str = "overseer/agent:0.1.0"
-    """Image of goal pods when an Agent names none."""
+    agent_image: str = Field(default_factory=default_agent_image)
+    """Image of goal pods when an Agent names none; by default the agent image of this release."""
     workers: int = Field(default=16, ge=1)
     """Concurrent reconciles per kind."""
     resync_seconds: float = Field(default=300.0, gt=0)
@@ -39,22 +50,42 @@ class Settings(BaseSettings):
     """Namespace of the cluster DNS pods."""
     dns_pod_labels: dict[str, str] = {"k8s-app": "kube-dns"}
     """Labels of the cluster DNS pods agents may query."""
-    agent_database_url: str | None = None
-    """PostgreSQL knowledge base handed to goal pods (checkpoints, experiences, lessons)."""
+    knowledge_admin_url: str | None = None
+    """Admin login of the PostgreSQL knowledge base (checkpoints, experiences, lessons): the operator
+    migrates it and gives each namespace its own login, in the Secret overseer-knowledge that goal
+    pods read. Unset: no knowledge base (goal pods keep checkpoints in their workspace)."""
     agent_redis_url: str | None = None
     """Redis handed to goal pods (shared rate limit, live events, steering)."""
     agent_requests_per_minute: int = Field(default=0, ge=0)
     """Model API requests per minute shared by all goal pods of an API key; 0 = no limit."""
     agent_tokens_per_minute: int = Field(default=0, ge=0)
     """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
+    gateway_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The model gateway's Service URL: goal pods call the model through it with a projected token and get
+    no API key; unset, they get the Agent's key and call its model endpoint themselves."""
+    gateway_namespace: str = "overseer-system"
+    """Namespace of the gateway's pods, which goal pods may reach instead of the model API."""
+    gateway_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "overseer-gateway"}
+    """Labels of the gateway's pods."""
     agent_metrics_port: int = 9090
     """Port of the agent's /metrics and /healthz inside goal pods."""
+    admission_check_seconds: float = Field(default=60.0, gt=0)
+    """How often the operator checks that its admission policies are installed (condition AdmissionPolicies)."""
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     """Under --leader-elect: how long a Lease nobody renews stays taken."""
     lease_renew_deadline_seconds: float = Field(default=10.0, gt=0)
     """Under --leader-elect: a leader that cannot renew for this long stops reconciling."""
     lease_retry_period_seconds: float = Field(default=2.0, gt=0)
     """Under --leader-elect: how often the Lease is renewed, or tried by a waiting replica."""
+
+    @model_validator(mode="after")
+    def _no_shared_login(self) -> Settings:
+        if os.environ.get("OVERSEER_AGENT_DATABASE_URL"):
+            raise ValueError(
+                "OVERSEER_AGENT_DATABASE_URL is no longer read: one login for every namespace let each read the "
+                "others' knowledge. Set OVERSEER_KNOWLEDGE_ADMIN_URL to a login that owns the knowledge-base "
+                "database and may create roles (CREATEROLE); the operator gives each namespace its own login")
+        return self
 
     @model_validator(mode="after")
     def _lease_timings(self) -> Settings:

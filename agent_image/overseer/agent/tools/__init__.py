@@ -20,8 +20,9 @@ from .base import (
     resolve_in_workspace,
     risk_at_least,
 )
-from .bash import BashTool, classify_command
+from .bash import BashTool
 from .files import EditFile, Glob, Grep, ListDirectory, ReadFile, WriteFile
+from .shell import classify_command
 from .todo import TodoItem, TodoList, TodoTool
 
 

@@ -28,9 +28,11 @@ Level = Literal["read-only", "writes-workspace", "dangerous"]
 RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
 
 
-def risk_at_least(risk: Risk, threshold: Risk) -> bool:
-    """Whether a call of this risk meets the approval policy's `minRisk`."""
-    return RISK_ORDER[risk] >= RISK_ORDER[threshold]
+def risk_at_least(risk: str, threshold: str) -> bool:
+    """Whether a call of this risk meets the approval policy's `minRisk`. A risk or threshold
+    this table does not know counts as high: an unknown value never lets a call through."""
+    highest = RISK_ORDER["high"]
+    return RISK_ORDER.get(risk, highest) >= RISK_ORDER.get(threshold, highest)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""`search_knowledge`: ask the knowledge base shared by the cluster's agents for lessons from
-earlier goals, beyond the few the prompt starts with."""
+"""`search_knowledge`: ask the namespace's knowledge base (and what other namespaces share with
+it) for lessons from earlier goals, beyond the few the prompt starts with."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def render_lessons(query: str, lessons: Sequence[LessonLike]) -> str:
 class SearchKnowledge(Tool):
     name = "search_knowledge"
     description = (
-        "Search the knowledge base shared by this cluster's agents for lessons from earlier goals: approaches "
+        "Search the knowledge base of this namespace's agents for lessons from earlier goals: approaches "
         "that worked (and how often), and errors others ran into. Describe the task or paste an error message. "
         "Useful before starting a kind of task new to you here, and when stuck on an error."
     )

@@ -10,13 +10,10 @@ network unless the agent may use it (see `network_uses`).
 from __future__ import annotations
 
 import ast
-import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from overseer import modifications
 from overseer.kube import ApiError, Kube, path
 
 from .base import Assessment, Tool, ToolContext, ToolError, ToolRegistry, ToolResult, cap_output, shorten
+from .shell import run_process
 
 logger = logging.getLogger(__name__)
 
@@ -304,45 +302,17 @@ class ScriptTool(Tool):
         with tempfile.TemporaryDirectory(prefix="overseer-tool-") as folder:
             script = Path(folder) / f"{self.name}.py"
             script.write_text(self.script)
-            proc = await asyncio.create_subprocess_exec(
-                "python3", str(script), cwd=ctx.workspace, env=ctx.env, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
-            assert proc.stdin and proc.stdout and proc.stderr
-            limit = ctx.output_limit
-            try:
-                out, err, _ = await asyncio.wait_for(asyncio.gather(
-                    _read_capped(proc.stdout, limit), _read_capped(proc.stderr, limit),
-                    _feed(proc.stdin, json.dumps(dict(input)).encode())), self.timeout)
-                code = await proc.wait()
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-                return ToolResult.error(f"{self.name} did not finish within {self.timeout:.0f}s and was stopped",
-                                        summary=f"{self.name}: timed out")
-        text = out.decode(errors="replace")
+            outcome = await run_process(["python3", str(script)], cwd=ctx.workspace, env=ctx.env,
+                                        timeout=self.timeout, output_limit=ctx.output_limit,
+                                        input=json.dumps(dict(input)).encode(), merge_stderr=False)
+        if outcome.timed_out:
+            return ToolResult.error(f"{self.name} did not finish within {self.timeout:.0f}s and was stopped",
+                                    summary=f"{self.name}: timed out")
+        text, code = outcome.output, outcome.exit_code
         if code != 0:
-            text = f"exit code {code}\n{text}" + (f"\n--- stderr\n{err.decode(errors='replace')}" if err else "")
-        return ToolResult(cap_output(text, limit) or "(no output)", is_error=code != 0,
+            text = f"exit code {code}\n{text}" + (f"\n--- stderr\n{outcome.errors}" if outcome.errors else "")
+        return ToolResult(cap_output(text, ctx.output_limit) or "(no output)", is_error=code != 0,
                           summary=f"{self.name}: exit {code}")
-
-
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stdin.write(data)
-        await stdin.drain()
-    stdin.close()
-
-
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
-    """Up to limit bytes (plus a notice of what was left out); the rest is read and dropped, so a
-    chatty script can neither block on a full pipe nor fill the agent's memory."""
-    kept, dropped = bytearray(), 0
-    while chunk := await stream.read(65536):
-        room = max(limit - len(kept), 0)
-        kept += chunk[:room]
-        dropped += len(chunk) - min(room, len(chunk))
-    return bytes(kept) + (f"\n[... {dropped} more bytes of output dropped ...]".encode() if dropped else b"")
 
 
 @dataclass

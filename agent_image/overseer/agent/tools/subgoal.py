@@ -14,6 +14,11 @@ a sub-goal:
 - Its token budget is carved from the parent's: while it runs the parent is charged what was
   carved, once it has ended what it used, and the parent's own budget shrinks accordingly
   (`TokenLedger`). The parent keeps a reserve to read the result and finish.
+
+The API server and the operator hold every sub-goal to these rules whoever writes it
+(docs/security.md): a parent of the agent's own, its own Agent or one of its spec.delegates, no
+weaker approval policy, a budget within the parent's, no steering annotation, and at most the
+Agent's spec.maxSubgoalsPerGoal unfinished at once.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ MIN_SUBGOAL_TOKENS = 2_000
 """Fewer tokens than this buy a sub-goal no useful model call."""
 PARENT_RESERVE_TOKENS = 2_000
 """Tokens a parent keeps for itself to read the sub-goal's result and finish."""
+UNLIMITED_PARENT_TOKENS = 100_000
+"""A sub-goal's budget when its parent has no token limit and none was asked: every sub-goal an
+agent creates carries one (admission refuses an unlimited one)."""
 DEFAULT_WAIT_SECONDS = 30 * 60
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 RESULT_LIMIT = 8_000              # characters of the sub-goal's result shown to the model
@@ -96,13 +104,12 @@ async def ancestors(fetch: Callable[[str], Awaitable[Mapping[str, Any] | None]],
 
 
 def carve_tokens(requested: int | None, remaining: int | None, minimum: int = MIN_SUBGOAL_TOKENS,
-                 reserve: int = PARENT_RESERVE_TOKENS) -> int | None:
+                 reserve: int = PARENT_RESERVE_TOKENS) -> int:
     """The token budget of a new sub-goal: what was asked (by default half of what is left),
-    capped so the parent keeps `reserve`; None when the parent has no token limit and nothing
-    was asked (the sub-goal gets its agent's budget). Raises BudgetRefused when less than
-    `minimum` could be given."""
+    capped so the parent keeps `reserve`; what was asked or UNLIMITED_PARENT_TOKENS when the parent
+    has no token limit. Raises BudgetRefused when less than `minimum` could be given."""
     if remaining is None:
-        return requested
+        return requested or UNLIMITED_PARENT_TOKENS
     available = remaining - reserve
     if available < minimum:
         raise BudgetRefused(
@@ -140,13 +147,11 @@ class ParentGoal:
     approval_policy: Mapping[str, Any] | None = None
 
 
-def render_subgoal(parent: ParentGoal, name: str, description: str, agent: str, tokens: int | None) -> dict[str, Any]:
+def render_subgoal(parent: ParentGoal, name: str, description: str, agent: str, tokens: int) -> dict[str, Any]:
     """The sub-goal's Goal object."""
     labels = {LABEL_PARENT: parent.name} if len(parent.name) <= MAX_NAME else {}
     spec: dict[str, Any] = {"description": description, "agentRef": {"name": agent}, "parent": parent.name,
-                            "priority": parent.priority}
-    if tokens is not None:
-        spec["budget"] = {"maxTokensPerGoal": tokens}
+                            "priority": parent.priority, "budget": {"maxTokensPerGoal": tokens}}
     if parent.approval_policy:
         # A sub-goal's calls wait for approval as its parent's would: spawning is no way around a policy.
         spec["approvalPolicy"] = dict(parent.approval_policy)
@@ -232,7 +237,8 @@ class SpawnSubgoal(Tool):
             "description": {"type": "string", "minLength": 1, "maxLength": 32768,
                             "description": "The task, complete and self-contained."},
             "agent": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253,
-                      "description": "The Agent that works on it; this agent when left out."},
+                      "description": "The Agent that works on it: this agent (when left out) or one of the Agents "
+                                     "its spec.delegates names."},
             "max_tokens": {"type": "integer", "minimum": 1,
                            "description": "Token budget of the sub-goal, taken from this goal's; by default half "
                                           "of what this goal has left."},
@@ -325,8 +331,7 @@ class SpawnSubgoal(Tool):
             created = await self.kube.get(self._url(name))
             if created is None or not self._owns(created):
                 raise ToolError(f"Goal {self.parent.namespace}/{name} exists and is not a sub-goal of this goal")
-        logger.info("spawned sub-goal %s/%s for agent %s with %s tokens", self.parent.namespace, name, agent,
-                    tokens if tokens is not None else "the agent's")
+        logger.info("spawned sub-goal %s/%s for agent %s with %s tokens", self.parent.namespace, name, agent, tokens)
         return created
 
     async def _until_terminal(self, name: str, child: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class TodoList:
         """Done over total, e.g. "3/7"."""
         return f"{self.done}/{len(self.items)}"
 
+    def progress(self, iteration: int) -> str:
+        """The goal's status.progress (PROGRESS in `kubectl get goals`): done over total, or the
+        iteration while the model keeps no list."""
+        return self.summary() if self.items else f"iteration {iteration}"
+
     def render(self) -> str:
         """The block re-shown to the model after tool calls."""
         if not self.items:

@@ -459,7 +459,7 @@ def stream_events(message: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            opening = {"type": "text", "text": ""}
+            opening: dict[str, Any] = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])]
         else:
             opening = {**block, "input": {}}
@@ -542,7 +542,7 @@ class ScriptedModelServer:
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        kwargs = {} if self._access_log else {"access_log": None}
+        kwargs: dict[str, Any] = {} if self._access_log else {"access_log": None}
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, **kwargs)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)

@@ -21,7 +21,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float = 30) -> None:
+def wait_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -31,7 +31,7 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if found:
         return found[-1]
@@ -61,20 +61,25 @@ class PostgresServer:
             d.mkdir(parents=True, exist_ok=True)
             if self.as_postgres:
                 shutil.chown(d, "postgres", "postgres")
-        self._run(_pg_bin("initdb"), "-D", str(self.dir), "-A", "trust", "-U", "overseer", "--no-sync")
+        self._run(pg_bin("initdb"), "-D", str(self.dir), "-A", "trust", "-U", "overseer", "--no-sync")
+        # The superuser the tests use gets in freely; every other login (a namespace's knowledge-base
+        # login) needs its password, as in a real installation.
+        (self.dir / "pg_hba.conf").write_text(
+            "local all overseer trust\nhost all overseer 127.0.0.1/32 trust\n"
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")
         self.start()
-        self._run(_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "overseer", "overseer")
+        self._run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "overseer", "overseer")
         return self
 
     def start(self) -> None:
         opts = (f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
                 f"-c synchronous_commit=off -c full_page_writes=off")
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
+        self._run(pg_bin("pg_ctl"), "-D", str(self.dir), "-o", opts, "-l", str(self.dir / "server.log"),
                   "-w", "start")
-        _wait_port(self.port)
+        wait_port(self.port)
 
     def stop(self) -> None:
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.dir), "-m", "fast", "-w", "stop")
+        self._run(pg_bin("pg_ctl"), "-D", str(self.dir), "-m", "fast", "-w", "stop")
 
 
 class RedisServer:
@@ -92,7 +97,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port)
+        wait_port(self.port)
         return self
 
     def stop(self) -> None:

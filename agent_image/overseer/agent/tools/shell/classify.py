@@ -1,0 +1,299 @@
+"""The classification of shell commands by what they may touch.
+
+`classify_command` reads a command the way the shell would split it (quotes, escapes,
+pipelines, `&&`/`||`/`;`, subshells, command and process substitution, redirections,
+here-documents) and judges every simple command in it; the command as a whole gets the
+most severe level:
+
+- dangerous: anything that may reach beyond the workspace. Network clients (curl, wget,
+  nc, ssh, scp, rsync to a host, cloud CLIs; curl and wget to localhost only are
+  exempt), git commands that talk to a remote (push, pull, fetch, clone of a URL),
+  package installs (pip, npm, cargo, go get, apt and other system package managers),
+  privilege (sudo, su, chown, chmod +s), the system (kill, shutdown, mount, iptables,
+  docker, kubectl, ...), writes or deletions outside the workspace (absolute paths
+  outside it, `..` escapes, `~`, paths that depend on a variable, anything after `cd`
+  out of the workspace), downloaded content fed to an interpreter, fork bombs, and
+  commands that cannot be parsed.
+- writes-workspace: changes inside the workspace: file commands (rm, mv, cp, touch,
+  sed -i, ...) on workspace paths, redirections into the workspace or /tmp, git
+  commands that change the repository, builds and test runs (they write caches and
+  artifacts), interpreters running scripts, and every command not known to be
+  read-only.
+- read-only: commands known only to read (ls, cat, grep, find without -delete/-exec,
+  git status/diff/log, ...), with no redirection into a file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+
+from ..base import Classification
+from .commands import HANDLERS, python_module
+from .lexer import Lexer, ParseError, Word
+from .parser import SimpleCommand, parse
+from .rules import (
+    BUILD_TOOLS,
+    NETWORK_COMMANDS,
+    PACKAGE_MANAGERS,
+    PREFIX_KEYWORDS,
+    PRIVILEGE_COMMANDS,
+    READ_ONLY,
+    READ_ONLY_COMMANDS,
+    SEVERITY,
+    SHELLS,
+    SKIPPED_KEYWORDS,
+    SYSTEM_COMMANDS,
+    WRAPPERS,
+    Finding,
+    dangerous,
+    is_assignment,
+    is_interpreter,
+    is_python,
+    read_only,
+    within,
+    writes,
+)
+
+_SAFE_DEVICES = {"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin", "/dev/tty", "/dev/zero"}
+_SCRATCH = ("/tmp", "/var/tmp")
+_FORK_BOMB = re.compile(r"(\S+?)\s*\(\s*\)\s*\{.*?\1\s*\|\s*&?\s*\1", re.S)
+_MAX_DEPTH = 8
+
+
+class Classifier:
+    """Judges the commands of one command line in order, following `cd`, `pushd` and `popd`, so
+    a relative path is placed where the shell would be by then."""
+
+    def __init__(self, workspace: Path | None) -> None:
+        self.workspace = workspace.resolve() if workspace is not None else None
+        self.cwd: str | None = "."          # relative: inside the workspace; absolute; None: unknown
+        self.dirs: list[str | None] = []    # pushd stack
+        self.depth = 0
+
+    # -- entry points --
+
+    def source(self, command: str) -> list[Finding]:
+        if self.depth >= _MAX_DEPTH:
+            return [dangerous("commands nested too deeply to judge")]
+        self.depth += 1
+        try:
+            if _FORK_BOMB.search(command):
+                return [dangerous("defines a function that pipes into itself (a fork bomb)", priority=2)]
+            lexer = Lexer(command)
+            try:
+                tokens = lexer.run()
+            except ParseError as exc:
+                return [dangerous(f"cannot parse the command ({exc}); the shell would reject it")]
+            findings: list[Finding] = []
+            for sub in lexer.heredoc_subs:
+                findings += self.source(sub)
+            for cmd in parse(tokens):
+                findings += self.command(cmd)
+            return findings
+        finally:
+            self.depth -= 1
+
+    def command(self, cmd: SimpleCommand) -> list[Finding]:
+        findings: list[Finding] = []
+        for word in cmd.words + [target for _, target in cmd.redirects]:
+            for sub in word.subs:
+                findings += self.source(sub)
+        for op, target in cmd.redirects:
+            findings += self.redirect(op, target)
+        found = self.argv(cmd.words, cmd)
+        cmd.network = any(f.network for f in found)
+        return findings + found
+
+    def redirect(self, op: str, target: Word) -> list[Finding]:
+        bare = op.lstrip("0123456789")
+        if bare in ("<", "<<", "<<-", "<<<", "<&"):
+            return []
+        if bare == ">&" and (target.text.isdigit() or target.text == "-"):
+            return []  # 2>&1 duplicates a descriptor
+        finding = self.target("redirects output to", target, name="")
+        return [finding] if finding else []
+
+    # -- paths --
+
+    def locate(self, word: Word) -> tuple[str, str]:
+        """("inside" | "scratch" | "device" | "outside", how to say where it is)."""
+        text = word.text
+        if word.dynamic:
+            if text.startswith("~"):
+                return "outside", f"{text}, in the home directory outside the workspace"
+            return "outside", f"{text}, which is known only when it runs and may be outside the workspace"
+        if text in _SAFE_DEVICES or text.startswith("/dev/fd/"):
+            return "device", text
+        if self.cwd is None and not text.startswith("/"):
+            return "outside", f"{text} after cd out of the workspace (or to a place known only when it runs)"
+        if text.startswith("/") or (self.cwd or ".").startswith("/"):
+            absolute = posixpath.normpath(posixpath.join(self.cwd or "/", text))
+            if self.workspace is not None and within(absolute, str(self.workspace)):
+                return self._real_check(Path(absolute), text)
+            if any(within(absolute, root) for root in _SCRATCH):
+                return "scratch", text
+            return "outside", f"{text}, outside the workspace"
+        joined = posixpath.normpath(posixpath.join(self.cwd or ".", text))
+        if joined == ".." or joined.startswith("../"):
+            return "outside", f"{text}, which escapes the workspace"
+        if self.workspace is not None:
+            return self._real_check(self.workspace / joined, text)
+        return "inside", text
+
+    def _real_check(self, path: Path, text: str) -> tuple[str, str]:
+        assert self.workspace is not None
+        real = path.resolve()
+        if real == self.workspace or self.workspace in real.parents:
+            return "inside", text
+        return "outside", f"{text}, which leads outside the workspace through a symlink"
+
+    def target(self, verb: str, word: Word, name: str) -> Finding | None:
+        kind, where = self.locate(word)
+        subject = f"{name} {verb}" if name else verb
+        if kind == "device":
+            return None
+        if kind == "outside":
+            return dangerous(f"{subject} {where}")
+        if kind == "scratch":
+            return writes(f"{subject} {where} (scratch space)")
+        return writes(f"{subject} {where}")
+
+    def targets(self, verb: str, words: list[Word], name: str) -> list[Finding]:
+        found = [f for f in (self.target(verb, w, name) for w in words) if f is not None]
+        return found or [writes(f"{name} {verb} files in the workspace")]
+
+    def cd(self, args: list[Word], push: bool = False) -> None:
+        if push:
+            self.dirs.append(self.cwd)
+        rest = [a for a in args if not (a.text.startswith("-") and a.text != "-")]
+        if not rest or rest[0].dynamic or rest[0].text in ("-", "~"):
+            self.cwd = None
+            return
+        text = rest[0].text
+        if text.startswith("/"):
+            absolute = posixpath.normpath(text)
+            if self.workspace is not None and within(absolute, str(self.workspace)):
+                self.cwd = posixpath.relpath(absolute, str(self.workspace))
+            else:
+                self.cwd = absolute
+        elif self.cwd is None:
+            return
+        else:
+            joined = posixpath.normpath(posixpath.join(self.cwd, text))
+            self.cwd = None if joined == ".." or joined.startswith("../") else joined
+
+    # -- commands --
+
+    def argv(self, words: list[Word], cmd: SimpleCommand) -> list[Finding]:
+        words = list(words)
+        while words and is_assignment(words[0]):
+            words.pop(0)
+        while words and words[0].text in PREFIX_KEYWORDS and not words[0].dynamic:
+            words.pop(0)
+        if not words:
+            return []
+        head, args = words[0], words[1:]
+        if head.text in SKIPPED_KEYWORDS:
+            return []
+        if head.dynamic:
+            return [writes(f"runs {head.text}, a command known only when it runs")]
+        name = posixpath.basename(head.text)
+        if name in WRAPPERS:
+            return self.wrapper(name, args, cmd)
+        handler = HANDLERS.get(name)
+        if handler is not None:
+            return handler(self, name, args, cmd)
+        if name in READ_ONLY_COMMANDS:
+            return [read_only(name)]
+        if name in NETWORK_COMMANDS:
+            return [dangerous(f"{name} uses the network", network=True)]
+        if name in PRIVILEGE_COMMANDS:
+            return [dangerous(f"{name} changes privileges or ownership")]
+        if name in SYSTEM_COMMANDS or name.startswith("mkfs"):
+            return [dangerous(f"{name} acts on the system outside the workspace")]
+        if name in PACKAGE_MANAGERS:
+            return [dangerous(f"{name} installs or changes system packages", network=True)]
+        if name in SHELLS or is_interpreter(name):
+            return self.interpreter(name, args, cmd)
+        if name in BUILD_TOOLS:
+            return [writes(f"{name} builds or tests, which writes in the workspace")]
+        return [writes(f"{name} is not known to be read-only; assumed to write in the workspace")]
+
+    def wrapper(self, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
+        rest = list(args)
+        if name == "command" and rest and rest[0].text in ("-v", "-V"):
+            return [read_only("command")]
+        takes_value = WRAPPERS[name]
+        while rest and rest[0].text.startswith("-") and rest[0].text != "-":
+            option = rest.pop(0).text
+            if option == "--":
+                break
+            if option in takes_value and rest:
+                rest.pop(0)
+        if name == "env":
+            while rest and is_assignment(rest[0]):
+                rest.pop(0)
+            if not rest:
+                return [read_only("env")]
+        if name == "timeout" and rest:
+            rest.pop(0)  # the duration
+        if name == "xargs" and not rest:
+            return [read_only("xargs")]
+        return self.argv(rest, cmd)
+
+    def interpreter(self, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
+        texts = [a.text for a in args]
+        if any(t in ("--version", "-V", "--help") for t in texts[:1]):
+            return [read_only(name)]
+        upstream_network = any(c.network for c in cmd.upstream)
+        proc_network = any(c.network for c in cmd.process_subs)
+        if name in SHELLS:
+            index = next((i for i, t in enumerate(texts) if re.fullmatch(r"-[a-zA-Z]*c[a-zA-Z]*", t)), -1)
+            if index >= 0:
+                if index + 1 < len(args):
+                    inner = args[index + 1]
+                    found = self.source(inner.text)
+                    if any(f.network for f in found) and inner.subs:
+                        found.append(dangerous(f"{name} -c runs downloaded content", priority=1, network=True))
+                    return found
+            script = next((a for a in args if not a.text.startswith("-")), None)
+            reads_input = any(re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", t) for t in texts)
+            if script is None or script.text == "-" or reads_input or proc_network:
+                if upstream_network or proc_network:
+                    return [dangerous(f"pipes downloaded content into {name}", priority=1, network=True)]
+                return [writes(f"{name} runs commands read from its input")]
+            return [writes(f"{name} runs the script {script.text}")]
+        if is_python(name) and "-m" in texts:
+            index = texts.index("-m")
+            module = texts[index + 1] if index + 1 < len(texts) else ""
+            return python_module(self, name, module, args[index + 2:], cmd)
+        code_flags = {"-c", "-e", "-E", "--eval", "-p", "--print", "-r"}
+        if any(t in code_flags for t in texts):
+            return [writes(f"{name} runs inline code")]
+        script = next((a for a in args if not a.text.startswith("-")), None)
+        if script is None or script.text == "-" or proc_network:
+            if upstream_network or proc_network:
+                return [dangerous(f"pipes downloaded content into {name}", priority=1, network=True)]
+            return [writes(f"{name} runs code read from its input")]
+        if script.text.startswith(("http://", "https://")):
+            return [dangerous(f"{name} runs code from {script.text}", network=True)]
+        return [writes(f"{name} runs {script.text}")]
+
+
+def classify_command(command: str, workspace: Path | None = None) -> Classification:
+    """What a shell command may touch: read-only, writes-workspace or dangerous, and why.
+    With a workspace, absolute paths inside it and symlinks out of it are recognised."""
+    if not command.strip():
+        return Classification(READ_ONLY, "empty command")
+    findings = Classifier(workspace).source(command)
+    if not findings:
+        return Classification(READ_ONLY, "only sets shell state")
+    worst = max(SEVERITY[f.level] for f in findings)
+    top = [f for f in findings if SEVERITY[f.level] == worst]
+    if worst == 0:
+        names = list(dict.fromkeys(f.name or f.reason for f in top))
+        return Classification(READ_ONLY, f"only reads ({', '.join(names)})")
+    chosen = max(top, key=lambda f: f.priority)  # max() keeps the first of equals
+    return Classification(chosen.level, chosen.reason)

@@ -1,0 +1,117 @@
+{{/* Names: "overseer" for a release called overseer, else RELEASE-overseer (fullnameOverride wins). */}}
+{{- define "overseer.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "overseer.operatorName" -}}
+{{- printf "%s-operator" (include "overseer.fullname" .) -}}
+{{- end -}}
+
+{{- define "overseer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "overseer.operatorName" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "overseer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: overseer
+{{- end -}}
+
+{{/* Also in overseer.operatorLabels, which holds the instance label already. */}}
+{{- define "overseer.selectorLabels" -}}
+app.kubernetes.io/name: overseer-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "overseer.operatorLabels" -}}
+{{ include "overseer.labels" . }}
+app.kubernetes.io/name: overseer-operator
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The pods' labels: no helm.sh/chart or managed-by, which say how an install was made. */}}
+{{- define "overseer.podLabels" -}}
+{{ include "overseer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: overseer
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* An image reference; the tag defaults to the chart's appVersion (the package version). */}}
+{{- define "overseer.image" -}}
+{{- $img := index . 0 -}}{{- $root := index . 1 -}}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+
+{{/* The namespaced mode's namespaces, else none (cluster mode). */}}
+{{- define "overseer.namespacedMode" -}}
+{{- if eq .Values.rbac.mode "namespaced" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator may do, and nothing more: a ClusterRole in cluster mode, a Role in each
+watched namespace in namespaced mode. It also holds every permission it grants to agents
+(Kubernetes refuses to let it grant more than it has): that is why it may create Goals and
+create events.k8s.io Events although it never does.
+*/}}
+{{- define "overseer.operatorRules" -}}
+# The three kinds: listed and watched into the caches, status written by the operator.
+- apiGroups: [overseer.dev]
+  resources: [agents, capabilities, goals]
+  verbs: [get, list, watch]
+- apiGroups: [overseer.dev]
+  resources: [agents/status, capabilities/status, goals/status]
+  verbs: [get, patch]
+- apiGroups: [overseer.dev]
+  resources: [goals]
+  verbs: [create]                      # only to grant it: agents create sub-goals
+# One pod per goal attempt; deleted on cancel and timeout.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+# An Agent's API key Secret is checked, never watched or listed. The knowledge-base login of a
+# namespace (Secret overseer-knowledge, read by its goal pods) is created on first need and
+# patched only when the operator had to give that login a new password.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]                      # create cannot be limited to a name
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [overseer-knowledge]
+  verbs: [patch]
+# Events on every transition.
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+# What an Agent becomes.
+- apiGroups: [""]
+  resources: [serviceaccounts, resourcequotas]
+  verbs: [get, create, patch, delete]
+# An Agent's approved self-modifications (overseer-agent-NAME-modifications): read by name,
+# created on the first approval, patched to add one or mark one reverted. Its goal pods get
+# `get` on theirs, which the operator must hold to grant.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
+{{- end -}}

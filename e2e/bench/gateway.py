@@ -1,0 +1,225 @@
+"""What the model gateway adds to a streamed model call (make bench-gateway).
+
+The scripted model and the gateway run as their own processes; the gateway reviews a real
+pod-bound token with the local API server (once: then it is cached, as in production) and reads
+the Agent and its key Secret from it. One client process sends the same streamed request to the
+model directly and through the gateway, in alternating rounds of `--requests` requests with
+`--concurrency` in flight, so both see the same machine at the same time. For each path:
+latency to the last byte and to the first byte, p50 and p99; for the gateway its CPU seconds per
+request and its memory.
+
+    python -m e2e.bench.gateway [--requests 2000] [--concurrency 100] [--rounds 3] [--docs FILE] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from e2e import harness
+from e2e.bench.docs import write_section
+from e2e.gateway import GatewayProcess, gateway_kubeconfig, pod_token
+
+NAMESPACE = "bench-gateway"
+MODEL = "claude-sonnet-5-5"
+REPLY = "The parser splits on tabs; the failing test expects commas too. " * 4
+BEGIN, END = "<!-- bench-gateway:begin -->", "<!-- bench-gateway:end -->"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS now, peak RSS) in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = {k: int(v.split()[0]) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(.*)$", status, re.M)}
+    return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
+
+
+class Model:
+    """overseer-scripted-model as a process, answering every request with the same reply."""
+
+    def __init__(self, workdir: Path) -> None:
+        scenario = workdir / "scenario.yaml"
+        scenario.write_text(yaml.safe_dump({"conversations": {"default": [REPLY]}, "repeat_last": True}))
+        exe = Path(sys.executable).parent / "overseer-scripted-model"
+        self.proc = subprocess.Popen([str(exe), "--scenario", str(scenario)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            raise RuntimeError(f"scripted model did not start: {line!r}")
+        self.url = match.group(1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def goal_pod(kubectl: harness.Kubectl, k8s: harness.K8s, model_url: str) -> str:
+    """An Agent on the scripted model, a Goal and its pod, as the operator would make them; the pod's token."""
+    harness.delete_namespace(k8s, NAMESPACE)
+    harness.wait_for(lambda: k8s.core.list_namespace(field_selector=f"metadata.name={NAMESPACE}").items == [],
+                     timeout=120, description=f"namespace {NAMESPACE} gone")
+    harness.create_namespace(k8s, NAMESPACE)
+    kubectl("create", "secret", "generic", "anthropic", "-n", NAMESPACE, "--from-literal=api-key=bench-key")
+    kubectl("create", "serviceaccount", "overseer-agent-bench", "-n", NAMESPACE)
+    kubectl("apply", "-n", NAMESPACE, "-f", "-", input=f"""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {{name: bench}}
+spec:
+  model: {{name: {MODEL}, baseURL: "{model_url}", apiKeySecretRef: {{name: anthropic, key: api-key}}}}
+---
+apiVersion: overseer.dev/v1alpha1
+kind: Goal
+metadata: {{name: bench}}
+spec: {{description: benchmark, agentRef: {{name: bench}}}}
+""")
+    goal = json.loads(kubectl("get", "goal", "bench", "-n", NAMESPACE, "-o", "json").stdout)
+    pod = harness.restricted_pod("bench-a1", serviceAccountName="overseer-agent-bench")
+    pod["metadata"].update(labels={"overseer.dev/goal": "bench", "overseer.dev/agent": "bench"}, ownerReferences=[{
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Goal", "name": "bench",
+        "uid": goal["metadata"]["uid"], "controller": True}])
+    k8s.core.create_namespaced_pod(NAMESPACE, pod)
+    return pod_token(k8s, NAMESPACE, "bench-a1", seconds=3600)
+
+
+async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes) -> tuple[float, float]:
+    """(seconds to the first byte of the body, seconds to the last) of one streamed call."""
+    started = time.perf_counter()
+    first = 0.0
+    async with session.post(url + "/v1/messages", data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: {resp.status} {await resp.text()}")
+        async for _ in resp.content.iter_any():
+            if not first:
+                first = time.perf_counter() - started
+    return first, time.perf_counter() - started
+
+
+async def batch(url: str, headers: dict[str, str], requests: int, concurrency: int) -> list[tuple[float, float]]:
+    body = json.dumps({"model": MODEL, "max_tokens": 256, "stream": True,
+                       "messages": [{"role": "user", "content": "Why does test_parser fail?"}]}).encode()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    results: list[tuple[float, float]] = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                results.append(await one(session, url, headers, body))
+
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return results
+
+
+async def measure(model_url: str, gateway: GatewayProcess, token: str, requests: int, concurrency: int,
+                  rounds: int) -> dict[str, Any]:
+    paths = {"direct": (model_url, {"x-api-key": "bench-key"}),
+             "gateway": (gateway.url, {"x-api-key": token})}
+    for url, headers in paths.values():  # warm up: connections, the token review, the caches
+        await batch(url, headers | {"content-type": "application/json"}, concurrency, concurrency)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    cpu = 0.0
+    for r in range(rounds):
+        for name, (url, headers) in paths.items():
+            before = cpu_seconds(gateway.proc.pid)
+            samples[name] += await batch(url, headers | {"content-type": "application/json"}, requests, concurrency)
+            if name == "gateway":
+                cpu += cpu_seconds(gateway.proc.pid) - before
+        log(f"round {r + 1}/{rounds} done")
+    rss, peak = memory_mb(gateway.proc.pid)
+    out: dict[str, Any] = {"requests": requests * rounds, "concurrency": concurrency, "rounds": rounds,
+                           "load_average": os.getloadavg()[0]}
+    for name, values in samples.items():
+        firsts, totals = [v[0] for v in values], [v[1] for v in values]
+        out[name] = {"p50_ms": pct(totals, 0.5) * 1000, "p99_ms": pct(totals, 0.99) * 1000,
+                     "ttfb_p50_ms": pct(firsts, 0.5) * 1000, "ttfb_p99_ms": pct(firsts, 0.99) * 1000}
+    out["added"] = {k: out["gateway"][k] - out["direct"][k] for k in out["direct"]}
+    out["gateway_cpu_ms_per_request"] = cpu / (requests * rounds) * 1000
+    out["gateway_rss_mb"], out["gateway_rss_peak_mb"] = rss, peak
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [("direct", r["direct"]), ("through the gateway", r["gateway"]), ("added by the gateway", r["added"])]
+    lines = [f"{r['requests']} streamed calls ({r['rounds']} alternating rounds), {r['concurrency']} in flight, "
+             f"{os.cpu_count()} cores (load average {r['load_average']:.1f} at the end); model, gateway and "
+             "client on one machine\n",
+             "| path | p50 | p99 | first byte p50 | first byte p99 |", "|---|---|---|---|---|"]
+    for name, v in rows:
+        lines.append(f"| {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['ttfb_p50_ms']:.2f} ms | "
+                     f"{v['ttfb_p99_ms']:.2f} ms |")
+    lines.append(f"\ngateway CPU per call: {r['gateway_cpu_ms_per_request']:.3f} ms; "
+                 f"gateway memory: {r['gateway_rss_mb']:.0f} MB RSS (peak {r['gateway_rss_peak_mb']:.0f} MB)\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench.gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="calls per path and round")
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--docs", type=Path, help="write the table into this file's gateway block")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    cluster = harness.start_cluster()
+    kubectl, k8s = harness.Kubectl(cluster), harness.K8s(cluster)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    model = gateway = None
+    try:
+        harness.install_crds(kubectl)
+        model = Model(workdir)
+        token = goal_pod(kubectl, k8s, model.url)
+        gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gw.kubeconfig"),
+                                 workdir / "gateway.log")
+        log(f"model {model.url}, gateway {gateway.url}: {args.rounds} rounds of {args.requests} calls per path")
+        result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, args.rounds))
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if model is not None:
+            model.stop()
+        harness.delete_namespace(k8s, NAMESPACE)
+        k8s.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if cluster.started_here:
+            harness.stop_cluster()
+    text = table(result)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.docs:
+        command = (f"make bench-gateway (python -m e2e.bench.gateway --requests {args.requests} "
+                   f"--concurrency {args.concurrency} --rounds {args.rounds})")
+        write_section(args.docs, "Model gateway", BEGIN, END, f"`{command}`\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()

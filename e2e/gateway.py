@@ -1,0 +1,92 @@
+"""`overseer-gateway` as a subprocess on the local control plane, running as its own
+ServiceAccount with the least privilege it needs (e2e/gateway-rbac.yaml, what the chart grants),
+and pod-bound tokens minted the way the kubelet projects them into goal pods."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.harness import Cluster, K8s, Kubectl, free_port, http_ok, tail
+
+from overseer.api.gateway import AUDIENCE
+
+RBAC = Path(__file__).resolve().parent / "gateway-rbac.yaml"
+NAMESPACE = "overseer-system"
+SERVICE_ACCOUNT = "overseer-gateway"
+
+
+def pod_token(k8s: K8s, namespace: str, pod: str, audience: str = AUDIENCE, seconds: int = 600) -> str:
+    """A token of the pod's ServiceAccount bound to the pod, as a projected volume would hold it."""
+    from kubernetes import client
+
+    obj = k8s.core.read_namespaced_pod(pod, namespace)
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+        audiences=[audience] if audience else [], expiration_seconds=seconds,
+        bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=pod,
+                                                       uid=obj.metadata.uid)))
+    return k8s.core.create_namespaced_service_account_token(
+        obj.spec.service_account_name, namespace, request).status.token
+
+
+def gateway_kubeconfig(cluster: Cluster, kubectl: Kubectl, k8s: K8s, path: Path) -> Path:
+    """Install the gateway's ServiceAccount and RBAC; a kubeconfig with a token of that account."""
+    from kubernetes import client
+
+    kubectl("apply", "-f", str(RBAC))
+    token = k8s.core.create_namespaced_service_account_token(
+        SERVICE_ACCOUNT, NAMESPACE, client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600))).status.token
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gateway",
+        "clusters": [{"name": "local", "cluster": {"server": cluster.api_url,
+                                                   "certificate-authority": str(cluster.run_dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "gateway", "user": {"token": token}}],
+        "contexts": [{"name": "gateway", "context": {"cluster": "local", "user": "gateway"}}],
+    }))
+    return path
+
+
+class GatewayProcess:
+    """The gateway on a free loopback port; `.url` for clients, `.stop()` when done."""
+
+    def __init__(self, cluster: Cluster, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        exe = Path(sys.executable).parent / "overseer-gateway"
+        environment = cluster.env(KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
+                                  OVERSEER_GATEWAY_HOST="127.0.0.1", OVERSEER_GATEWAY_PORT=str(self.port),
+                                  **(env or {}))
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([str(exe)], env=environment, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not http_ok(f"{self.url}/healthz"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"overseer-gateway did not start; log:\n{tail(self.log_text())}")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,344 @@
+"""The Helm chart with the real Helm on the real API server: lint, schema errors, install,
+upgrade and uninstall in cluster-wide and namespace-scoped mode, with the operator's replicas
+running exactly as the Deployment says, as the chart's ServiceAccount (e2e/chart.py)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from e2e import harness
+from e2e.agent_runner import AgentRunner, ModelServer
+from e2e.chart import (CHART, OperatorPods, adopt_cluster_objects, exists, helm, helm_path, key, leader_identity, loopback_ports,
+                       objects)
+from e2e.harness import wait_for
+from e2e.world import World
+
+# Not "overseer": manifests/base (test_rbac, test_kustomize) installs objects named overseer-*
+# without Helm, which a release of that name would refuse to take over.
+RELEASE = "ovs"
+FULLNAME = "ovs-overseer"
+OPERATOR = f"{FULLNAME}-operator"
+FAST = ["--set", "config.retryBackoffSeconds=1", "--set", "config.secretRecheckSeconds=1"]
+PORT_FLAGS = ("--health-port", "--metrics-port")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_helm() -> Path:
+    if not helm_path().exists():
+        pytest.fail(f"{helm_path()} missing: run make helm-build", pytrace=False)
+    return helm_path()
+
+
+@pytest.fixture
+def kube_helm(cluster: harness.Cluster):
+    def run(*args: str, check: bool = True, timeout: float = 300):
+        return helm(*args, kubeconfig=cluster.kubeconfig, check=check, timeout=timeout)
+    return run
+
+
+@pytest.fixture
+def release_ns(k8s: harness.K8s, kube_helm: Any, kubectl: harness.Kubectl) -> Iterator[str]:
+    """A namespace for the release (Pod Security restricted, as the README asks); uninstalled after,
+    and the admission policies the release took over put back for the tests that follow."""
+    ns = harness.create_namespace(k8s, harness.dns_name("release"))
+    yield ns
+    kube_helm("uninstall", RELEASE, "-n", ns, "--wait", "--ignore-not-found", check=False)
+    harness.delete_namespace(k8s, ns)
+    harness.install_admission_policies(kubectl)
+
+
+def deployment(kubectl: harness.Kubectl, ns: str) -> dict[str, Any]:
+    return json.loads(kubectl("get", "deployment", OPERATOR, "-n", ns, "-o", "json").stdout)
+
+
+def proc_view(pid: int) -> tuple[list[str], dict[str, str]]:
+    """What a process really got: its argv and environment, from /proc."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in e)
+    return argv, env
+
+
+def assert_replicas_run_as_deployed(runner: OperatorPods, dep: dict[str, Any], ns: str,
+                                    secrets: dict[str, str] | None = None) -> list[str]:
+    """Each running replica has exactly the Deployment's args (listening ports aside) and
+    environment, and a kubeconfig for the chart's ServiceAccount. Returns the pod names."""
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    expected_env = {}
+    for var in container["env"]:
+        if "value" in var:
+            expected_env[var["name"]] = var["value"]
+        elif "fieldRef" in var["valueFrom"]:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+            expected_env[var["name"]] = ns
+        else:
+            expected_env[var["name"]] = (secrets or {})[var["valueFrom"]["secretKeyRef"]["name"]]
+    pods = runner.running()
+    for pod in pods:
+        argv, env = proc_view(runner.processes[pod].proc.pid)
+        assert Path(argv[1]).name == "overseer-operator", argv
+        ran = argv[2:]
+        assert len(ran) == len(args)
+        for deployed, actual in zip(args, ran):
+            if deployed.split("=", 1)[0] in PORT_FLAGS:
+                assert actual.split("=", 1)[0] == deployed.split("=", 1)[0]
+            else:
+                assert actual == deployed
+        assert {k: env.get(k) for k in expected_env} == expected_env
+        assert not {k for k in env if k.startswith("OVERSEER_")} - set(expected_env), "env beyond the Deployment's"
+        config = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+        token = config["users"][0]["user"]["token"]
+        assert token and "client-certificate" not in json.dumps(config)
+    return pods
+
+
+def whoami(kubectl: harness.Kubectl, kubeconfig: Path) -> str:
+    out = kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json").stdout
+    return json.loads(out)["status"]["userInfo"]["username"]
+
+
+def leading(log: str) -> bool:
+    """Whether a replica's log says it leads now (its last word on the Lease)."""
+    said = re.findall(r"(holding Lease \S+ as \S+: reconciling|no longer the leader)", log)
+    return bool(said) and said[-1] != "no longer the leader"
+
+
+def one_leader(runner: OperatorPods, kubectl: harness.Kubectl, ns: str) -> str:
+    """The one running replica that leads, and holds the Lease the API server shows."""
+    def leaders() -> list[str]:
+        found = [p for p in runner.running() if leading(runner.log(p))]
+        return found if len(found) == 1 else []
+    pod = wait_for(leaders, timeout=60, description="exactly one replica holding the Lease")[0]
+    lease = json.loads(kubectl("get", "lease", "overseer-operator", "-n", ns, "-o", "json").stdout)
+    assert lease["spec"]["holderIdentity"] == leader_identity(runner.log(pod))
+    return pod
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chart_lints_strict_in_every_mode() -> None:
+    for extra in ([], ["--set", "rbac.mode=namespaced", "--set", "watchNamespaces={a,b}"],
+                  ["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
+                   "--set", "grafanaDashboard.enabled=true", "--set", "knowledgeBase.existingSecret=kb",
+                   "--set", "redis.existingSecret=redis"]):
+        out = helm("lint", "--strict", str(CHART), *extra)
+        assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("setting, field", [
+    ("replicas=two", "/replicas"),
+    ("rbac.mode=everywhere", "/rbac/mode"),
+    ("config.resyncSeconds=-5", "/config/resyncSeconds"),
+    ("rbac.mode=namespaced", "/watchNamespaces"),
+    ("networkPolicy.modelEgress.cidrs={example.com}", "/networkPolicy/modelEgress/cidrs/0"),
+])
+def test_a_wrong_value_fails_helm_install_naming_the_field(kube_helm: Any, release_ns: str, setting: str,
+                                                           field: str) -> None:
+    out = kube_helm("install", RELEASE, str(CHART), "-n", release_ns, "--set", setting, check=False)
+    assert out.returncode != 0
+    assert field in out.stderr and "schema" in out.stderr, out.stderr
+    assert kube_helm("list", "-n", release_ns, "-q").stdout.strip() == ""
+
+
+def test_install_runs_as_the_chart_says_then_upgrade_rolls_and_uninstall_keeps_only_crds(
+        cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
+        namespace: str, tmp_path: Path) -> None:
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, release_ns) else []
+    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--wait", "--timeout", "120s")
+    manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
+    kinds = collections.Counter(o["kind"] for o in manifest)
+    print(f"\nhelm install rendered {len(manifest)} objects: {dict(sorted(kinds.items()))}")
+    admission = [o for f in sorted((CHART / "files" / "admission").glob("*.yaml"))
+                 for o in yaml.safe_load_all(f.read_text()) if o]
+    assert {key(o) for o in admission} <= {key(o) for o in manifest}
+    assert kinds - collections.Counter(o["kind"] for o in admission) == collections.Counter({
+        "CustomResourceDefinition": 3, "ServiceAccount": 1, "Deployment": 1, "PodDisruptionBudget": 1,
+        "Service": 1, "ClusterRole": 5, "ClusterRoleBinding": 2, "Role": 2, "RoleBinding": 2})
+    missing = [key(o) for o in manifest if not exists(kubectl, o)]
+    assert not missing, f"rendered but not in the cluster: {missing}"
+    for crd in ("agents", "capabilities", "goals"):
+        got = json.loads(kubectl("get", "crd", f"{crd}.overseer.dev", "-o", "json").stdout)
+        assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    view = json.loads(kubectl("get", "clusterrole", "view", "-o", "json").stdout)
+    assert any("goals" in r.get("resources", []) for r in view["rules"]), "overseer-view aggregated into view"
+
+    dep = deployment(kubectl, release_ns)
+    assert dep["spec"]["replicas"] == 2 and dep["status"].get("readyReplicas") == 2
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-elect" in args and "--all-namespaces" in args
+
+    runner = OperatorPods(cluster, k8s, release_ns, tmp_path, release=RELEASE).start()
+    model = agents = None
+    try:
+        wait_for(lambda: len(runner.running()) == 2, timeout=60, description="two operator replicas running")
+        pods = assert_replicas_run_as_deployed(runner, dep, release_ns)
+        for pod in pods:
+            assert whoami(kubectl, tmp_path / f"kubeconfig-{pod}") == \
+                f"system:serviceaccount:{release_ns}:{OPERATOR}"
+        first_leader = one_leader(runner, kubectl, release_ns)
+        health = f"http://127.0.0.1:{runner.ports[first_leader]['health']}"
+        assert harness.http_ok(f"{health}/healthz") and harness.http_ok(f"{health}/readyz")
+
+        # A sample Goal, worked on by the agent runtime against a scripted model.
+        conversations = {f"{namespace}/{g}": [
+            {"reply": [{"tool_use": {"name": "write_file", "input": {"path": f"{g}.txt", "content": "done\n"}}}]},
+            {"reply": [{"text": f"Wrote {g}.txt."}]}] for g in ("hello", "after-upgrade")}
+        model = ModelServer({"follow_history": True, "conversations": conversations}, tmp_path)
+        agents = AgentRunner(cluster, k8s, namespace, tmp_path).start()
+        world = World(namespace, kubectl, None, lambda *a, **k: None)
+        world.secret()
+        world.apply(f"""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {{name: coder}}
+spec:
+  role: Python engineer
+  model: {{name: claude-sonnet-5-5, maxTokens: 4096, baseURL: "{model.url}",
+           apiKeySecretRef: {{name: anthropic, key: api-key}}}}
+""")
+        world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
+        world.goal("hello")
+        assert "Wrote hello.txt" in world.wait_phase("hello", "Succeeded", timeout=180)["status"]["result"]
+
+        # helm upgrade with a changed value: a new template, the replicas replaced, the new ones
+        # started with the new environment.
+        generation = dep["metadata"]["generation"]
+        kube_helm("upgrade", RELEASE, str(CHART), "-n", release_ns, "--reuse-values",
+                  "--set", "config.workers=7", "--wait", "--timeout", "120s")
+        dep = deployment(kubectl, release_ns)
+        assert dep["metadata"]["generation"] > generation
+        env = {v["name"]: v.get("value") for v in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["OVERSEER_WORKERS"] == "7"
+        wait_for(lambda: len(runner.running()) == 2 and not set(runner.running()) & set(pods), timeout=90,
+                 description="the old replicas replaced by two new ones")
+        wait_for(lambda: all(p in runner.finished for p in pods), description="the old replicas' exit codes")
+        assert [runner.finished[p] for p in pods] == [0, 0], "the old replicas did not shut down cleanly"
+        new_pods = assert_replicas_run_as_deployed(runner, dep, release_ns)
+        assert all(proc_view(runner.processes[p].proc.pid)[1]["OVERSEER_WORKERS"] == "7" for p in new_pods)
+        one_leader(runner, kubectl, release_ns)
+        world.goal("after-upgrade")
+        world.wait_phase("after-upgrade", "Succeeded", timeout=180)
+
+        # helm uninstall: nothing of the release is left but the CRDs, kept by their policy.
+        out = kube_helm("uninstall", RELEASE, "-n", release_ns, "--wait")
+        assert "kept due to the resource policy" in out.stdout + out.stderr
+        left = [key(o) for o in manifest if exists(kubectl, o)]
+        assert sorted(k[1] for k in left) == ["CustomResourceDefinition"] * 3, left
+        wait_for(lambda: not runner.running(), timeout=60, description="the replicas gone with their pods")
+        labelled = kubectl("get", "all,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,"
+                           "poddisruptionbudgets", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}",
+                           "-o", "name").stdout.split()
+        assert labelled == []
+        assert world.get("goal", "hello"), "Goals stay with their kept CRDs"
+    finally:
+        for thing in (agents, runner):
+            if thing is not None:
+                thing.stop()
+        if model is not None:
+            model.stop()
+
+
+def test_namespaced_install_works_in_its_namespaces_only(
+        cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
+        namespace: str, tmp_path: Path) -> None:
+    other = harness.create_namespace(k8s, harness.dns_name("not-watched"))
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, release_ns) else []
+    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--set", "rbac.mode=namespaced",
+              "--set", f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "120s")
+    manifest = objects(kube_helm("get", "manifest", RELEASE, "-n", release_ns).stdout)
+    print(f"\nhelm install (namespaced) rendered {len(manifest)} objects")
+    assert not exists(kubectl, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                "metadata": {"name": OPERATOR}})
+    bindings = json.loads(kubectl("get", "clusterrolebindings", "-o", "json").stdout)["items"]
+    sa = {"kind": "ServiceAccount", "name": OPERATOR, "namespace": release_ns}
+    # Cluster-wide, namespaced mode binds only `get` on the admission policies Overseer ships, by
+    # name (they are cluster-scoped objects): whether approvals are verified.
+    cluster_wide = [b for b in bindings if sa in (b.get("subjects") or [])]
+    assert [b["roleRef"]["name"] for b in cluster_wide] == [f"{OPERATOR}-admission-policies"], \
+        "namespaced mode binds nothing else cluster-wide to the operator"
+    rules = json.loads(kubectl("get", "clusterrole", f"{OPERATOR}-admission-policies", "-o", "json").stdout)["rules"]
+    assert [(r["apiGroups"], r["verbs"], bool(r.get("resourceNames"))) for r in rules] == [
+        (["admissionregistration.k8s.io"], ["get"], True)]
+
+    runner = OperatorPods(cluster, k8s, release_ns, tmp_path, release=RELEASE).start()
+    try:
+        wait_for(lambda: len(runner.running()) == 2, timeout=60, description="two operator replicas running")
+        assert_replicas_run_as_deployed(runner, deployment(kubectl, release_ns), release_ns)
+        leader = one_leader(runner, kubectl, release_ns)
+
+        exit_pod = lambda ns, pod, code: harness.exit_pod(k8s, ns, pod, code)  # noqa: E731
+        watched = World(namespace, kubectl, None, exit_pod)
+        watched.secret()
+        watched.agent("coder")
+        watched.wait_condition("agent", "coder", "Ready", "True", timeout=60)
+        watched.goal("in-scope")
+        watched.finish("in-scope", 0)
+        watched.wait_phase("in-scope", "Succeeded")
+
+        ignored = World(other, kubectl, None, exit_pod)
+        ignored.secret()
+        ignored.agent("coder")
+        ignored.goal("out-of-scope")
+        watched.goal("later")  # once this one is handled, the other namespace had its chance too
+        watched.wait_phase("later", "Running")
+        assert ignored.get("goal", "out-of-scope").get("status") is None
+        assert ignored.get("agent", "coder").get("status") is None
+        assert ignored.goal_pods("out-of-scope") == []
+        # No crash: a replica exits only when it loses its Lease (by design; a slow machine can do that).
+        assert all("no longer the leader" in runner.log(p) for p in runner.finished), runner.finished
+        logs = "\n".join(runner.log(p) for p in runner.processes)
+        assert "Forbidden" not in logs and "Traceback" not in logs, logs[-3000:]
+
+        # The operator's own token, as an attacker holding it would use it.
+        token = ["--kubeconfig", str(tmp_path / f"kubeconfig-{leader}")]
+        denied = kubectl(*token, "get", "secret", "anthropic", "-n", other, check=False)
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
+        everywhere = kubectl(*token, "get", "secrets", "-A", check=False)
+        assert everywhere.returncode != 0 and "Forbidden" in everywhere.stderr
+        assert kubectl(*token, "get", "secret", "anthropic", "-n", namespace, "-o", "name").stdout.strip()
+        assert kubectl(*token, "auth", "can-i", "watch", "endpointslices.discovery.k8s.io", "-n",
+                       "default").stdout.strip() == "yes"
+    finally:
+        runner.stop()
+        harness.delete_namespace(k8s, other)
+
+
+def test_listening_ports_are_the_only_rewrite() -> None:
+    args = ["--leader-elect", "--all-namespaces", "--health-port=8081", "--metrics-port=9100"]
+    rewritten, ports = loopback_ports(args)
+    assert rewritten[:2] == args[:2]
+    assert rewritten[2] == f"--health-port={ports['health']}"
+    assert rewritten[3] == f"--metrics-port={ports['metrics']}"
+
+
+def test_admission_policy_files_are_installed_as_they_are(tmp_path: Path) -> None:
+    chart = tmp_path / "overseer"
+    shutil.copytree(CHART, chart)
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "overseer-test-policy"},
+              "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": ["overseer.dev"], "apiVersions": ["*"],
+                                                               "operations": ["UPDATE"], "resources": ["goals"]}]},
+                       "validations": [{"expression": "true"}]}}
+    admission = chart / "files" / "admission"
+    for f in admission.glob("*.yaml"):
+        f.unlink()
+
+    def rendered(*args: str) -> list[dict[str, Any]]:
+        out = helm("template", RELEASE, str(chart), *args).stdout
+        return [o for o in objects(out) if o["apiVersion"].startswith("admissionregistration.k8s.io")]
+
+    assert rendered() == [], "no files, no admission objects"
+    (admission / "test.yaml").write_text("# a comment\n" + yaml.safe_dump(policy))
+    assert rendered() == [policy]
+    assert rendered("--set", "admissionPolicies.enabled=false") == []
+    shutil.rmtree(admission)
+    assert rendered() == [], "no folder, no admission objects"

@@ -1,0 +1,175 @@
+"""The model gateway on the local control plane: goal pods' own tokens, reviewed by the real API
+server, the gateway running as its own least-privileged ServiceAccount."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import shutil
+import tempfile
+
+import anthropic
+import psycopg
+import pytest
+
+from e2e.agent_runner import ModelServer
+from e2e.gateway import GatewayProcess, gateway_kubeconfig, pod_token
+from e2e.harness import Cluster, K8s, Kubectl, restricted_pod, wait_for
+from e2e.world import World
+from tests.support.servers import PostgresServer
+
+MODEL = "claude-sonnet-5-5"
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Iterator[ModelServer]:
+    server = ModelServer({"conversations": {"default": ["Hello through the gateway."]}, "repeat_last": True},
+                         tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    base = Path(tempfile.mkdtemp(prefix="overseer-gw-pg-"))
+    server = PostgresServer(base).init()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, kubectl: Kubectl, k8s: K8s, tmp_path: Path,
+            ledger_db: PostgresServer) -> Iterator[GatewayProcess]:
+    kubeconfig = gateway_kubeconfig(cluster, kubectl, k8s, tmp_path / "gateway.kubeconfig")
+    with GatewayProcess(cluster, kubeconfig, tmp_path / "gateway.log", env={
+            "OVERSEER_GATEWAY_DATABASE_URL": ledger_db.dsn, "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5"}) as gw:
+        yield gw
+
+
+@pytest.fixture
+def operator_env(gateway: GatewayProcess) -> dict[str, str]:
+    """The operator of this module's tests sends goal pods to the gateway."""
+    return {"OVERSEER_GATEWAY_URL": gateway.url}
+
+
+def ledger(db: PostgresServer, goal_uid: str) -> tuple[float, int, list[str]]:
+    """(dollars, calls, goal names) the spend ledger holds for a goal uid."""
+    with psycopg.connect(db.dsn) as conn:
+        found = conn.execute("SELECT coalesce(sum(cost_usd), 0), count(*), array_agg(DISTINCT goal)"
+                             " FROM gateway_spend WHERE goal_uid = %s", (goal_uid,)).fetchone()
+    assert found is not None
+    return float(found[0]), int(found[1]), list(found[2] or [])
+
+
+@pytest.fixture
+def goal_pods(world: World, model: ModelServer) -> dict[str, str]:
+    """Two running goals of one Agent whose model endpoint is the scripted model: goal -> pod."""
+    world.apply(f"""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {{name: coder}}
+spec:
+  model: {{name: {MODEL}, baseURL: "{model.url}", apiKeySecretRef: {{name: anthropic, key: api-key}}}}
+  maxConcurrentGoals: 2
+""")
+    world.wait_condition("agent", "coder", "Ready", "True")
+    world.goal("fix-ci")
+    world.goal("fix-docs")
+    return {goal: world.running_pod(goal) for goal in ("fix-ci", "fix-docs")}
+
+
+def ask(gateway: GatewayProcess, token: str, **extra: Any) -> Any:
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=token, max_retries=0)
+    return client.messages.create(model=MODEL, max_tokens=50, messages=HELLO, **extra)  # type: ignore[arg-type]
+
+
+def test_a_goal_pods_token_is_charged_to_its_own_goal_whatever_the_request_says(
+        gateway: GatewayProcess, goal_pods: dict[str, str], world: World, k8s: K8s, model: ModelServer,
+        ledger_db: PostgresServer) -> None:
+    answer = ask(gateway, pod_token(k8s, world.ns, goal_pods["fix-ci"]),
+                 metadata={"user_id": f"{world.ns}/fix-docs"})
+
+    assert answer.content[0].text == "Hello through the gateway."
+    assert [r["body"]["messages"] for r in model.requests()] == [HELLO]
+    fix_ci, fix_docs = (world.get("goal", g)["metadata"]["uid"] for g in ("fix-ci", "fix-docs"))  # type: ignore[index]
+    assert wait_for(lambda: ledger(ledger_db, fix_ci)[1] == 1, timeout=60, description="the call in the ledger")
+    assert ledger(ledger_db, fix_ci)[2] == ["fix-ci"] and ledger(ledger_db, fix_docs)[1] == 0
+
+
+def test_tokens_other_than_a_goal_pods_gateway_token_are_refused(
+        gateway: GatewayProcess, goal_pods: dict[str, str], world: World, k8s: K8s, model: ModelServer) -> None:
+    pod = goal_pods["fix-ci"]
+    # The token the agent uses for the Kubernetes API (default audience) is not a gateway token.
+    with pytest.raises(anthropic.AuthenticationError, match="audience overseer-gateway"):
+        ask(gateway, pod_token(k8s, world.ns, pod, audience=""))
+    with pytest.raises(anthropic.AuthenticationError):
+        ask(gateway, "sk-ant-api03-not-a-kubernetes-token")
+    assert model.requests() == []
+
+
+def test_a_token_stops_working_with_its_pod(gateway: GatewayProcess, goal_pods: dict[str, str], world: World,
+                                            k8s: K8s) -> None:
+    pod = goal_pods["fix-docs"]
+    token = pod_token(k8s, world.ns, pod)
+    world.kubectl("delete", "pod", "-n", world.ns, pod, "--wait=true")
+
+    with pytest.raises(anthropic.AuthenticationError):
+        ask(gateway, token)
+
+
+def test_a_pod_made_to_look_like_a_goal_pod_is_refused(gateway: GatewayProcess, goal_pods: dict[str, str],
+                                                       world: World, k8s: K8s, model: ModelServer) -> None:
+    # Someone who may create pods runs one as the agent's ServiceAccount, labelled with a goal,
+    # hoping to spend that goal's budget: no Goal controls the pod, so the gateway says no.
+    forged = restricted_pod("forged", serviceAccountName="overseer-agent-coder")
+    forged["metadata"]["labels"] = {"overseer.dev/goal": "fix-ci", "overseer.dev/agent": "coder"}
+    k8s.core.create_namespaced_pod(world.ns, forged)
+
+    with pytest.raises(anthropic.PermissionDeniedError, match="not controlled by Goal fix-ci"):
+        ask(gateway, pod_token(k8s, world.ns, "forged"))
+    assert model.requests() == []
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"reply": [{"text": value}]}
+
+
+def test_a_goal_runs_through_the_gateway_and_its_cost_in_status_matches_the_ledger(
+        world: World, agents: Any, ledger_db: PostgresServer) -> None:
+    model, runner = agents({"fix-ci": [text("Looked at it."), text("Done: tests pass.")]})
+    world.goal("fix-ci", extra="  maxRetries: 0")
+    goal = world.wait_phase("fix-ci", "Succeeded", timeout=90)
+
+    [pod] = world.goal_pods("fix-ci")
+    container = pod["spec"]["containers"][0]
+    assert "ANTHROPIC_API_KEY" not in {e["name"] for e in container["env"]}
+    assert "secretKeyRef" not in repr(pod["spec"]) and "test-key" not in repr(pod)
+    usd, calls, _ = ledger(ledger_db, goal["metadata"]["uid"])
+    assert calls == len(model.requests()) >= 1 and usd > 0
+    cost = wait_for(lambda: (world.get("goal", "fix-ci") or {}).get("status", {}).get("cost"), timeout=60,
+                    description="status.cost of goal fix-ci")
+    assert (cost["usd"], cost["requests"]) == (round(usd, 6), calls)
+    agent_cost = wait_for(lambda: (world.get("agent", "coder") or {}).get("status", {}).get("cost"), timeout=60,
+                          description="status.cost of agent coder")
+    assert agent_cost["totalUsd"] == agent_cost["todayUsd"] == round(usd, 6)
+    header, row = world.kubectl("get", "goal", "fix-ci", "-n", world.ns).stdout.splitlines()
+    start = header.index("COST")  # kubectl aligns columns; some cells of this row are empty
+    assert float(row[start:].split()[0]) == pytest.approx(usd, rel=1e-3)
+
+
+def test_a_goal_over_its_money_budget_fails_with_budget_exhausted_and_the_amount(
+        world: World, agents: Any) -> None:
+    # maxTokens 4096 of output at $10 per million may cost $0.04: more than the whole budget.
+    model, runner = agents({"tiny": [text("never sent")]}, budget="  budget: {maxCostPerGoal: 0.001}")
+    world.goal("tiny", extra="  maxRetries: 2")
+    goal = world.wait_phase("tiny", "Failed", timeout=90)
+
+    assert goal["status"]["failureReason"] == "BudgetExhausted"
+    assert goal["status"]["attempt"] == 1  # not retried
+    assert "budget maxCostPerGoal $0.0010 of Goal" in goal["status"]["message"]
+    assert "may cost up to $0.04" in goal["status"]["message"]
+    assert model.requests() == []

@@ -1,0 +1,47 @@
+"""Gateway configuration: one typed object read from OVERSEER_GATEWAY_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ANTHROPIC_API = "https://api.anthropic.com"
+
+
+class GatewaySettings(BaseSettings):
+    """Every knob of the gateway; docs/gateway.md lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="OVERSEER_GATEWAY_")
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port of the Messages API (and /healthz)."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of Prometheus /metrics; 0 = off."""
+    default_base_url: str = Field(default=ANTHROPIC_API, pattern=r"^https?://")
+    """Upstream of Agents without spec.model.baseURL."""
+    token_cache_seconds: float = Field(default=30.0, ge=0)
+    """How long a reviewed token is trusted without asking the API server again; a token of a
+    deleted pod works at most this long."""
+    object_cache_seconds: float = Field(default=10.0, ge=0)
+    """How long a pod, Goal, Agent or API key Secret read from the API server is reused."""
+    upstream_connections: int = Field(default=512, ge=1)
+    """Size of the pooled upstream connection pool, all endpoints together."""
+    upstream_timeout_seconds: float = Field(default=600.0, gt=0)
+    """Longest a single upstream call may take (a long streamed answer included)."""
+    upstream_connect_seconds: float = Field(default=10.0, gt=0)
+    """Longest a new upstream connection may take."""
+    database_url: str | None = None
+    """PostgreSQL of the spend ledger; without it the gateway forwards calls but prices, budgets and
+    records nothing."""
+    prices_file: str | None = None
+    """The price table (YAML, the ConfigMap overseer-gateway-prices mounted as a file); re-read when it
+    changes. Without it the built-in list prices apply."""
+    budget_refresh_seconds: float = Field(default=5.0, gt=0)
+    """How often a goal's spend is read again from the ledger (what other replicas spent shows up)."""
+    status_interval_seconds: float = Field(default=2.0, gt=0)
+    """How often Goal.status.cost and Agent.status.cost are written for goals that spent."""
+    redis_url: str | None = None
+    """Redis holding the budget counters all replicas share; without it each replica counts alone
+    between reads of the ledger."""

@@ -1,0 +1,68 @@
+"""Cost in status: Goal.status.cost and Agent.status.cost, from the spend ledger.
+
+Each call marks its Goal and Agent; every `interval` seconds the marked ones get their totals
+from the ledger (not from this replica's counters, so two replicas write the same numbers) and
+a merge patch of status.cost alone, under the field manager overseer-gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from overseer.api import API_VERSION
+from overseer.kube import ApiError, Kube, path
+
+from .ledger import Ledger, LedgerUnavailable, Spend
+
+log = logging.getLogger(__name__)
+
+
+class CostStatus:
+    def __init__(self, kube: Kube, ledger: Ledger, interval: float = 2.0) -> None:
+        self._kube = kube
+        self._ledger = ledger
+        self._interval = interval
+        self._goals: dict[str, tuple[str, str]] = {}  # goal uid -> (namespace, name)
+        self._agents: set[tuple[str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def spent(self, spend: Spend) -> None:
+        self._goals[spend.goal_uid] = (spend.namespace, spend.goal)
+        self._agents.add((spend.namespace, spend.agent))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_forever(), name="cost-status")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.write()  # what the last calls cost
+
+    async def _write_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.write()
+
+    async def write(self) -> None:
+        """Write the cost of every Goal and Agent that spent since the last write."""
+        goals, self._goals = self._goals, {}
+        agents, self._agents = self._agents, set()
+        try:
+            for uid, (namespace, name) in goals.items():
+                total = await self._ledger.goal_total(uid)
+                await self._kube.merge_patch(path(API_VERSION, "goals", namespace, name, "status"), {"status": {
+                    "cost": {"usd": round(float(total.cost_usd), 6), "tokens": total.tokens,
+                             "requests": total.requests}}})
+            for namespace, name in agents:
+                today, total = await self._ledger.agent_totals(namespace, name)
+                await self._kube.merge_patch(path(API_VERSION, "agents", namespace, name, "status"), {"status": {
+                    "cost": {"todayUsd": round(float(today.cost_usd), 6), "totalUsd": round(float(total.cost_usd), 6),
+                             "day": time.strftime("%Y-%m-%d", time.gmtime())}}})
+        except (ApiError, LedgerUnavailable, OSError) as e:
+            log.warning("cost status: %s; tried again later", e)
+            for uid, where in goals.items():
+                self._goals.setdefault(uid, where)
+            self._agents |= agents

@@ -1,0 +1,108 @@
+"""Sub-goals: the checks the operator makes of a goal with spec.parent before its first attempt.
+
+Admission (charts/overseer/files/admission/agent-subgoals.yaml) sees only the request and the
+creating agent's own Agent: that a goal an agent creates names a parent, owns up to it, targets
+the agent itself or one of its spec.delegates, carries no overseer.dev/ annotation and has a token
+budget. What needs other objects is checked here, from the caches: the parent
+is one of the creating agent's goals and ran when the sub-goal was created, the sub-goal's
+approval policy is no weaker, its priority and budget no larger than the parent's, and the parent
+has no more unfinished sub-goals than its Agent's spec.maxSubgoalsPerGoal. A goal that fails a
+check fails for good, with the reason in its status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from overseer.api import Phase
+from overseer.approvals import CREATED_BY
+
+from .dispatch import TERMINAL
+
+Raw = dict[str, Any]
+RISK_ORDER = {"low": 0, "medium": 1, "high": 2}  # minRisk: the lower, the more calls wait for a person
+LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
+AGENT_PREFIX = "overseer-agent-"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+def creator_agent(goal: Raw) -> str | None:
+    """The Agent whose pod created goal, from the API server's stamp; None for anyone else."""
+    meta = goal["metadata"]
+    parts = ((meta.get("annotations") or {}).get(CREATED_BY) or "").split(":")
+    if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"] and parts[2] == meta.get("namespace") \
+            and parts[3].startswith(AGENT_PREFIX):
+        return parts[3][len(AGENT_PREFIX):]
+    return None
+
+
+def _tokens(spec: dict[str, Any]) -> int | None:
+    return ((spec.get("budget") or {}).get("maxTokensPerGoal")) or None
+
+
+def _risk(spec: dict[str, Any]) -> str:
+    risk: str = (spec.get("approvalPolicy") or {}).get("minRisk", "high")
+    return risk
+
+
+def _created(g: Raw) -> tuple[str, str]:
+    return g["metadata"].get("creationTimestamp", ""), g["metadata"]["name"]
+
+
+def refusal(goal: Raw, parent: Raw | None, agent_of: Callable[[str], Raw | None], siblings: list[Raw],
+            phase_of: Callable[[Raw], str | None]) -> Refusal | None:
+    """Why the sub-goal `goal` may not run, or None. agent_of looks up an Agent of the namespace,
+    siblings are the other goals naming the same parent, phase_of gives a goal's phase as the
+    operator trusts it."""
+    ns, name = goal["metadata"]["namespace"], goal["metadata"]["name"]
+    spec = goal.get("spec") or {}
+    ref = f"Goal {ns}/{name}"
+    parent_name = spec["parent"]
+    if parent is None:
+        return Refusal("ParentNotFound", f"{ref}: spec.parent {parent_name!r} does not exist in namespace {ns}")
+    pspec, pstatus = parent.get("spec") or {}, parent.get("status") or {}
+    parent_agent = agent_of(pstatus["agent"]) if pstatus.get("agent") else None
+    creator = creator_agent(goal)
+    if creator is not None:
+        target = (spec.get("agentRef") or {}).get("name")
+        delegates = ((agent_of(creator) or {}).get("spec") or {}).get("delegates") or []
+        if target != creator and target not in delegates:
+            return Refusal("NotADelegate", f"{ref} was created by agent {creator} for agent {target or '(a selector)'}, "
+                                           f"which its Agent's spec.delegates does not list")
+        if pstatus.get("agent") != creator:
+            return Refusal("NotOwnGoal", f"{ref} was created by agent {creator}, but its spec.parent {parent_name} is "
+                                         f"worked on by {pstatus.get('agent') or 'no agent'}: an agent may create "
+                                         f"sub-goals of its own goals only")
+        parent_phase = phase_of(parent)
+        ended = pstatus.get("completedAt") or ""
+        if parent_phase not in LIVE and not (parent_phase in TERMINAL and ended >= _created(goal)[0]):
+            return Refusal("ParentNotRunning", f"{ref} was created by agent {creator} while its spec.parent "
+                                               f"{parent_name} was not running ({parent_phase})")
+    if RISK_ORDER.get(_risk(spec), 2) > RISK_ORDER.get(_risk(pspec), 2):
+        return Refusal("WeakerApprovalPolicy",
+                       f"{ref}: spec.approvalPolicy.minRisk {_risk(spec)} lets more calls run unapproved than its "
+                       f"parent {parent_name}'s ({_risk(pspec)}); set minRisk {_risk(pspec)} or lower")
+    if int(spec.get("priority", 0)) > int(pspec.get("priority", 0)):
+        return Refusal("PriorityAboveParent", f"{ref}: spec.priority {spec.get('priority')} is above its parent "
+                                              f"{parent_name}'s ({pspec.get('priority', 0)})")
+    limit = _tokens(pspec) or _tokens((parent_agent or {}).get("spec") or {})
+    if limit is not None:
+        mine = _tokens(spec)
+        if mine is None or mine > limit:
+            return Refusal("BudgetAboveParent",
+                           f"{ref}: spec.budget.maxTokensPerGoal {mine or 'unset (unlimited)'} is not carved from its "
+                           f"parent {parent_name}'s budget of {limit} tokens; set it to at most {limit}")
+    most = int(((parent_agent or {}).get("spec") or {}).get("maxSubgoalsPerGoal", 5))
+    earlier = [s for s in siblings if _created(s) < _created(goal) and phase_of(s) not in TERMINAL]
+    if len(earlier) >= most:
+        return Refusal("TooManySubgoals",
+                       f"{ref}: its parent {parent_name} already has {len(earlier)} unfinished sub-goals, the most "
+                       f"its Agent {pstatus.get('agent')} allows (spec.maxSubgoalsPerGoal {most})")
+    return None

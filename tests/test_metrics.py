@@ -1,0 +1,61 @@
+"""Gauges the operator works out from its caches at scrape time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from overseer.operator.metrics import CacheCollector
+
+
+def goal(name: str, phase: str | None, agent: str | None = "coder", ns: str = "team-a",
+         annotations: dict[str, str] | None = None, **status: Any) -> dict[str, Any]:
+    st = {**({"phase": phase} if phase else {}), **({"agent": agent} if agent else {}), **status}
+    return {"metadata": {"name": name, "namespace": ns, "annotations": annotations or {}}, "status": st}
+
+
+def ago(seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def scrape(goals: list[dict[str, Any]]) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    collector = CacheCollector()
+    collector.goals = lambda: goals
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
+            for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+
+def test_goals_are_counted_by_namespace_agent_and_phase() -> None:
+    metrics = scrape([goal("a", "Running"), goal("b", "Running"), goal("c", "Queued"),
+                      goal("d", "Succeeded", ns="team-b"), goal("new", None, agent=None)])
+    assert metrics["overseer_goals"] == {
+        (("agent", "coder"), ("namespace", "team-a"), ("phase", "Queued")): 1,
+        (("agent", "coder"), ("namespace", "team-a"), ("phase", "Running")): 2,
+        (("agent", "coder"), ("namespace", "team-b"), ("phase", "Succeeded")): 1,
+        (("agent", ""), ("namespace", "team-a"), ("phase", "Pending")): 1,
+    }
+
+
+def test_approvals_waiting_and_the_oldest_ones_age_by_namespace() -> None:
+    def request(rid: str, seconds: float) -> dict[str, str]:
+        return {"id": rid, "kind": "toolCall", "summary": "deploy", "requestedAt": ago(seconds)}
+    metrics = scrape([
+        goal("ship", "AwaitingApproval", pendingApprovals=[request("r1", 600), request("r2", 30)]),
+        # r3 is decided (the annotation is there) but the agent has not taken it back yet.
+        goal("lint", "AwaitingApproval", annotations={"overseer.dev/approve": "r3"},
+             pendingApprovals=[request("r3", 3600), request("r4", 60)]),
+        goal("old", "Succeeded", pendingApprovals=[request("r5", 9000)]),
+    ])
+    assert metrics["overseer_approvals_pending"] == {(("namespace", "team-a"),): 3}
+    (age,) = metrics["overseer_approval_oldest_pending_age_seconds"].values()
+    assert 600 <= age < 660
+
+
+def test_nothing_to_report_is_no_series() -> None:
+    metrics = scrape([])
+    assert metrics["overseer_goals"] == {} and metrics["overseer_approvals_pending"] == {}
