@@ -46,7 +46,7 @@ from e2e.agent_runner import AgentRunner
 from e2e.bench.baseline_controller import AGENTS, GOALS, PODS
 from e2e.bench.dispatch import Bench, Watcher, busy_seconds, cpu_seconds, log, machine, memory_kb, percentile, settle
 from e2e.bench.docs import write_section
-from overseer.agent.scripted_model import ScriptedModelServer
+from overseer.testing.scripted_model import ScriptedModelServer
 
 SECTION_BEGIN = "<!-- start:begin (written by python -m e2e.bench.start --docs) -->"
 SECTION_END = "<!-- start:end -->"
