@@ -84,10 +84,15 @@ def k8s(cluster: Cluster) -> Iterator[K8s]:
 
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> list[str]:
-    """Apply crds/*.yaml (server-side) and wait until every CRD is Established."""
+    """Apply crds/*.yaml (server-side) and wait until every CRD is Established, and until policies
+    an earlier run left in the cluster admit Goals again (an API server restart leaves a policy
+    whose paramKind is a CRD failing closed for a while)."""
     if not harness.crd_files():
         pytest.skip(f"no CRD manifests in {harness.CRDS_DIR}: run make crds")
-    return harness.install_crds(kubectl)
+    names = harness.install_crds(kubectl)
+    harness.wait_for(lambda: harness.policies_configured(kubectl), timeout=240,
+                     description="the API server to resolve the admission policies' paramKind (Agent)")
+    return names
 
 
 @pytest.fixture(scope="session")

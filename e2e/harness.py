@@ -262,7 +262,28 @@ def install_admission_policies(kubectl: Kubectl, admission_dir: Path = ADMISSION
         return bool(ours) and all((p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
                                   for p in ours)
     wait_for(compiled, timeout=timeout, description="the admission policies to be compiled")
+    wait_for(lambda: policies_configured(kubectl), timeout=240,
+             description="the API server to resolve the policies' paramKind (Agent)")
     return names
+
+
+PROBE_GOAL = """
+apiVersion: overseer.dev/v1alpha1
+kind: Goal
+metadata: {name: admission-probe, namespace: default}
+spec: {description: probe, agentRef: {name: probe}}
+"""
+
+
+def policies_configured(kubectl: Kubectl) -> bool:
+    """Whether a Goal create gets past the policies' configuration. A policy whose paramKind is a
+    CRD the API server's REST mapper has not discovered yet fails closed ("failed to configure
+    policy") until the mapper's next reset and the policy controller's retry, up to about two
+    minutes after CRDs and policies are installed together (docs/security.md)."""
+    out = kubectl("create", "--dry-run=server", "-f", "-", input=PROBE_GOAL, check=False)
+    if out.returncode != 0 and "failed to configure policy" not in out.stderr:
+        raise AssertionError(f"the probe Goal was refused for another reason: {out.stderr}")
+    return out.returncode == 0
 
 
 def service_account_kubeconfig(k8s: "K8s", cluster: "Cluster", namespace: str, account: str, path: Path,

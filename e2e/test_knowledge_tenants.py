@@ -138,8 +138,6 @@ def test_an_agent_says_when_its_namespace_has_no_knowledge_base_login(
     assert world.get("secret", "overseer-knowledge") is None
 
 
-@pytest.mark.xfail(reason="known bug, open: a login deleted from the database is not renewed within 60 s after the "
-                          "merge of the install, security and gateway work (provisioning itself works)", strict=False)
 def test_the_operators_cluster_role_is_enough_to_provision_and_renew_logins(
         cluster: Cluster, kubectl: Any, crds: Any, namespace: str, operator: Any, exit_pod: Any, admin: str,
         tmp_path: Path) -> None:

@@ -187,6 +187,8 @@ class Operator:
             return
         else:
             self._agent_seen[key] = seen
+            if self.rt.knowledge is not None:
+                self.rt.knowledge.recheck(ns)
         self.rt.agents.add(key)
         for goal in self.rt.stores["goals"].names("namespace", ns):
             self.rt.goals.add((ns, goal))

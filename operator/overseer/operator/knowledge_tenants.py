@@ -73,6 +73,12 @@ class KnowledgeTenants:
         self._failed.clear()
         self._shared.clear()
 
+    def recheck(self, namespace: str) -> None:
+        """Check the namespace's login on its next reconcile, however recently it was found whole: a
+        person changed one of its Agents (e.g. `kubectl annotate` to repair a lost login)."""
+        self._checked.pop(namespace, None)
+        self._failed.pop(namespace, None)
+
     async def close(self) -> None:
         async with self._lock:
             await self._disconnect()
