@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from overseer.api import Phase
+from overseer.api.meta import RISK_ORDER
 from overseer.approvals import CREATED_BY
 
 from .dispatch import TERMINAL
 
 Raw = dict[str, Any]
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}  # minRisk: the lower, the more calls wait for a person
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 AGENT_PREFIX = "overseer-agent-"
 

@@ -65,7 +65,7 @@ def _parse_list(tokens: list[Token], i: int, nested: bool) -> tuple[list[SimpleC
             inner, i = _parse_list(tokens, i, nested=True)
             out.extend(inner)
             current.process_subs.extend(inner)
-            current.words.append(Word(op + "…)", dynamic=True))
+            current.words.append(Word(op + "…)", dynamic=True, computed=True))
         elif op.lstrip("0123456789") in REDIRECTS:
             if i < len(tokens) and isinstance(tokens[i], Word):
                 current.redirects.append((op, tokens[i]))  # type: ignore[arg-type]
