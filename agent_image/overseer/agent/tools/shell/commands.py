@@ -276,6 +276,8 @@ def _git(c: Classifier, args: list[Word]) -> list[Finding]:
     if sub == "submodule":
         if texts[:1] in (["status"], ["summary"], []):
             return [read_only(label)]
+        if texts[:1] == ["foreach"]:
+            return [writes("git submodule foreach runs a command in each submodule")]
         return [dangerous(f"{label} may clone or fetch repositories", network=True)]
     if sub == "remote":
         if not texts or texts[0] in ("-v", "--verbose", "get-url"):
