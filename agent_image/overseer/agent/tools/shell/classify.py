@@ -222,6 +222,8 @@ class Classifier:
         head, args = words[0], words[1:]
         if head.text == "for" and len(args) >= 2 and args[1].text == "in" and any(a.computed for a in args[2:]):
             self.tainted.add(args[0].text)  # each value comes from a list read when it runs
+        if head.text == "function" and not head.computed:
+            return found + self.argv(args[1:], cmd)  # function NAME { BODY: the body's first command follows
         if head.text in SKIPPED_KEYWORDS or (head.arith and head.text.startswith("((")):
             return found
         if head.computed:

@@ -112,7 +112,7 @@ WRAPPERS: dict[str, frozenset[str]] = {
     "strace": frozenset({"-o", "-e", "-p", "-s"}), "busybox": frozenset(), "toybox": frozenset(), "ltrace": frozenset({"-o", "-e"}), "flock": frozenset({"-w"}),
 }
 PREFIX_KEYWORDS = frozenset({"!", "{", "if", "then", "else", "elif", "do", "while", "until", "time", "}"})
-SKIPPED_KEYWORDS = frozenset({"fi", "done", "esac", "for", "select", "case", "function"})
+SKIPPED_KEYWORDS = frozenset({"fi", "done", "esac", "for", "select", "case"})
 
 
 def within(path: str, root: str) -> bool:
