@@ -19,6 +19,8 @@ from overseer.agent.tools.shell.lexer import Lexer, ParseError
 from overseer.agent.tools.shell.parser import parse
 from overseer.agent.tools.shell.rules import PREFIX_KEYWORDS, SKIPPED_KEYWORDS, is_assignment
 
+from .test_tools_bash import CLASSIFICATIONS
+
 CORPUS = [e["command"] for e in yaml.safe_load((Path(__file__).parent / "data" / "shell_corpus.yaml").read_text())]
 # Shapes the corpus does not hold but a reader of bash must get right.
 SHAPES = [
@@ -203,7 +205,7 @@ def _reading(read: Any, source: str) -> Any:
         return "rejected"
 
 
-@pytest.mark.parametrize("source", CORPUS + SHAPES, ids=lambda s: s[:50])
+@pytest.mark.parametrize("source", CORPUS + SHAPES + [c for c, _ in CLASSIFICATIONS], ids=lambda s: s[:50])
 def test_our_parser_reads_commands_as_tree_sitter_bash_does(source: str) -> None:
     mine, reference = _reading(ours, source), _reading(theirs, source)
     if source in DELIBERATE:
