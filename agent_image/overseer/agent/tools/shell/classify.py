@@ -269,8 +269,8 @@ class Classifier:
                 rest.pop(0)
         found: list[Finding] = []
         if name == "env":
-            split = [a for a in args if a.text in ("-S", "--split-string") or a.text.startswith(("-S", "--split-s"))]
-            if split:
+            options = args[:len(args) - len(rest)]
+            if any(a.text.startswith(("-S", "--split-s")) for a in options):
                 return [runs_code("env -S splits a string into a command")]
             while rest and "=" in rest[0].text and not rest[0].text.startswith("-"):
                 found += code.assignment(self, rest.pop(0), rest[0].text if rest else "")
@@ -303,7 +303,9 @@ class Classifier:
                     if inner.computed:
                         found.append(runs_code(f"{name} -c runs a command string built when it runs"))
                     return found
-            script = next((a for a in args if not a.text.startswith("-")), None)
+            if any(t.split("=", 1)[0] in ("--rcfile", "--init-file") for t in texts):
+                return [runs_code(f"{name} --rcfile runs a startup file the classifier does not read")]
+            script = _script(args, _SHELL_VALUES)
             reads_input = any(re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", t) for t in texts)
             if script is None or script.text == "-" or reads_input or proc_network or script.computed:
                 if upstream_network or proc_network:
@@ -317,7 +319,7 @@ class Classifier:
         inline = _inline_code(name, texts)
         if inline:
             return [runs_code(f"{name} {inline} runs inline code")]
-        script = next((a for a in args if not a.text.startswith("-")), None)
+        script = _script(args, _PYTHON_VALUES if is_python(name) else frozenset())
         if script is None or script.text == "-" or proc_network or script.computed:
             if upstream_network or proc_network:
                 return [dangerous(f"pipes downloaded content into {name}", priority=1, network=True)]
@@ -329,23 +331,46 @@ class Classifier:
 
 _CODE_FLAGS = frozenset({"-e", "-E", "--eval", "-p", "--print", "-r", "--require", "--import", "-R", "-B", "-l",
                          "-eval", "-s", "-run", "--loader", "--experimental-loader", "eval"})
+_PYTHON_VALUES = frozenset({"-W", "-X", "--check-hash-based-pycs"})
 
 
 def _inline_code(name: str, texts: list[str]) -> str | None:
-    """The option (or deno's `eval`) that hands an interpreter code on its command line."""
-    for text in texts:
-        if not text.startswith("-") and text != "eval":
-            return None  # the script; what follows are its arguments
+    """The option (or deno's `eval`) that hands an interpreter code on its command line. Reading
+    stops at the script; a word that does not look like a file (an option's value) does not stop it."""
+    i = 0
+    while i < len(texts):
+        text = texts[i]
+        i += 1
         if is_python(name):
-            if text.startswith(("-W", "-X", "--")):
-                continue
-            if "c" in text:
+            if text in _PYTHON_VALUES:
+                i += 1
+            elif not text.startswith("-") or text == "-":
+                return None
+            elif not text.startswith(("-W", "-X", "--")) and "c" in text:
                 return "-c"
         elif name in ("perl", "ruby") and re.fullmatch(r"-[a-zA-Z0-9]*[eE].*", text):
             return text
         elif text in _CODE_FLAGS or text.split("=", 1)[0] in _CODE_FLAGS:
             return text
+        elif not text.startswith("-") and ("." in text or "/" in text):
+            return None  # the script; what follows are its arguments
     return None
+
+
+def _script(args: list[Word], values: frozenset[str]) -> Word | None:
+    """The first argument that is not an option or an option's value."""
+    i = 0
+    while i < len(args):
+        text = args[i].text
+        i += 1
+        if text in values:
+            i += 1
+        elif not text.startswith(("-", "+")) or text == "-":
+            return args[i - 1]
+    return None
+
+
+_SHELL_VALUES = frozenset({"-o", "+o", "-O", "+O"})
 
 
 def classify_command(command: str, workspace: Path | None = None) -> Classification:

@@ -10,6 +10,7 @@ parse (a sed `e` command, an awk system(), a git option naming a command).
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -34,9 +35,10 @@ CODE_VARIABLES = frozenset({
     "GIT_TEMPLATE_DIR", "GIT_DIR",
 })
 # Parameter names that likely hold a credential: expanding one prints or sends it.
-SECRET_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|COOKIE|(^|_)DSN$|_URL$|(^|_)AUTH)")
-# Files that hold the agent's environment or its ServiceAccount credentials.
-SECRET_PATH = re.compile(r"^/proc/[^/]*/(task/[^/]*/)?environ$|^/(var/)?run/secrets(/|$)")
+SECRET_NAME = re.compile(r"(?i)(^|_)(API_?KEY|KEYS?|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|COOKIE|DSN|AUTH)($|_)"
+                         r"|_URL$")
+# The ServiceAccount's credentials (the environment is /proc/PID/environ, matched by its last part).
+SECRET_DIR = re.compile(r"^/(var/)?run/secrets(/|$)")
 # Options that make a command run another command it names (tar --to-command=CMD, ...).
 CODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "tar": ("--to-command", "--checkpoint-action", "-I", "--use-compress-program", "--rsh-command", "-F",
@@ -69,8 +71,9 @@ def secret_reads(c: Classifier, words: list[Word]) -> list[Finding]:
         path = word.text
         if c.cwd is not None and c.cwd.startswith("/") and not path.startswith("/"):
             path = f"{c.cwd.rstrip('/')}/{path}"
-        if SECRET_PATH.search(re.sub(r"/+", "/", path)) or (path.startswith("/proc/") and word.computed
-                                                             and "environ" not in path and "*" in path):
+        parts = re.sub(r"/+", "/", path).split("/")
+        if SECRET_DIR.match("/".join(parts)) or (parts[:2] == ["", "proc"] and len(parts) >= 4
+                                                 and fnmatch.fnmatchcase("environ", parts[-1])):
             found.append(dangerous(f"reads {word.text}, which holds the agent's environment or credentials"))
         secret = [p for p in word.params if SECRET_NAME.search(p)]
         if secret:
