@@ -348,6 +348,8 @@ def _inline_code(name: str, texts: list[str]) -> str | None:
                 return None
             elif not text.startswith(("-W", "-X", "--")) and "c" in text:
                 return "-c"
+            elif not text.startswith(("-W", "-X", "--")) and "i" in text:
+                return "-i (code read from its input after the script)"
         elif name in ("perl", "ruby") and re.fullmatch(r"-[a-zA-Z0-9]*[eE].*", text):
             return text
         elif text in _CODE_FLAGS or text.split("=", 1)[0] in _CODE_FLAGS:
@@ -366,8 +368,11 @@ def _script(args: list[Word], values: frozenset[str]) -> Word | None:
         if text in values:
             i += 1
         elif not text.startswith(("-", "+")) or text == "-":
-            return args[i - 1]
+            return Word("-") if _STDIN.match(text) else args[i - 1]
     return None
+
+
+_STDIN = re.compile(r"^/dev/(stdin|fd/0)$|^/proc/(self|\$\$|[0-9]+)/fd/0$")
 
 
 _SHELL_VALUES = frozenset({"-o", "+o", "-O", "+O"})

@@ -47,7 +47,13 @@ CODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "man": ("-P", "--pager", "-H", "--html"),
     "sort": ("--compress-program",),
     "split": ("--filter",),
+    "make": ("--eval", "-E"),
+    "gmake": ("--eval", "-E"),
+    "rsync": ("-e", "--rsh", "--rsync-path"),
 }
+# name[…$(…)…] as text: bash evaluates an array subscript wherever a builtin takes a variable name
+# (printf -v, read, unset, declare, test -v), and runs the substitution in it.
+_SUBSCRIPT = re.compile(r"[A-Za-z_]\w*\[[^\]]*(\$\(|`)")
 # Programs whose own language can start a shell (dc's `!`, sqlite3's .shell, an editor's :!).
 CODE_RUNNERS = frozenset({"dc", "sqlite3", "ed", "ex", "vi", "vim", "nvim", "view", "emacs", "gdb", "expect",
                           "parallel", "coproc", "script", "irb"})
@@ -78,6 +84,9 @@ def secret_reads(c: Classifier, words: list[Word]) -> list[Finding]:
         secret = [p for p in word.params if SECRET_NAME.search(p)]
         if secret:
             found.append(dangerous(f"expands ${secret[0]}, which may hold a credential"))
+        if word.quoted_subst and _SUBSCRIPT.search(word.text):
+            found.append(runs_code(f"{word.text} is an array subscript with a command substitution, which bash "
+                                   "runs when a builtin reads the name"))
         if word.indirect:
             found.append(dangerous("expands ${!…}, a variable named only when it runs, which may hold a credential"))
     return found
