@@ -4,19 +4,16 @@ write, whether they reach the network, which of their subcommands only read."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .code import awk_finding, git_code_hazard, sed_hazard
+from .code import Handler, awk_finding, git_code_hazard, sed_hazard
 from .lexer import Word
 from .parser import SimpleCommand
 from .rules import DANGEROUS, Finding, dangerous, read_only, runs_code, short_flags, split_options, writes
 
 if TYPE_CHECKING:
     from .classify import Classifier
-
-Handler = Callable[["Classifier", str, list[Word], SimpleCommand], list[Finding]]
 
 
 def _h_cd(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
