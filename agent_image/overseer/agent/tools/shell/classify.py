@@ -117,8 +117,8 @@ class Classifier:
                 findings.append(runs_code(f"{word.text} hides a command substitution inside a parameter or "
                                           "arithmetic expansion"))
         findings += code.secret_reads(self, words)
-        head = next((w.text for w in cmd.words if not is_assignment(w)), "")
-        findings += code.arithmetic(self, cmd.words, head)
+        named = [w for w in cmd.words if not is_assignment(w) and w.text not in PREFIX_KEYWORDS]
+        findings += code.arithmetic(self, cmd.words, named[0].text if named else "")
         for op, target in cmd.redirects:
             findings += self.redirect(op, target)
         found = self.argv(cmd.words, cmd)
