@@ -118,6 +118,13 @@ class Lexer:
         quoted = False
         while self.i < len(s):
             c = s[self.i]
+            if c == "(" and not quoted and _ASSIGNMENT.fullmatch("".join(text)):
+                end = _balanced(s, self.i + 1, "(", ")")  # name=(a b c): an array's elements, one word
+                word.subs.extend(_substitutions(s[self.i + 1: end]))
+                word.computed = word.computed or "$" in s[self.i: end] or "`" in s[self.i: end]
+                text.append(s[self.i: end + 1])
+                self.i = end + 1
+                continue
             if c in " \t\r\n" or c in _OP_START:
                 break
             if c == "\\":
@@ -268,7 +275,10 @@ class Lexer:
         self._pending.clear()
 
 
+_WORD_BREAK = " \t\n;&|()"
+_KEYWORD = re.compile(r"(case|in|esac)(?=[\s;&|()]|$)")
 _REST_OF_WORD = re.compile(r"[^\s;&|()<>]*")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ANSI_C = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{1,4}|U[0-9A-Fa-f]{1,8}|[0-7]{1,3}|c.|.)", re.S)
 _ANSI_SIMPLE = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
@@ -295,11 +305,34 @@ def _ansi_c(body: str) -> str:
 
 
 def _balanced(s: str, i: int, open_: str, close: str) -> int:
-    """Index of the `close` that ends a group opened just before i; quotes inside are skipped."""
+    """Index of the `close` that ends a group opened just before i; quotes inside are skipped, and
+    so is the `)` of a case pattern inside $(...), which closes nothing."""
     depth = 1
+    cases: list[str] = []  # per case statement still open: "header", "pattern" or "body"
+    start = i
     while i < len(s):
         c = s[i]
         if c == "\\":
+            i += 2
+            continue
+        if open_ == "(" and (i == start or s[i - 1] in _WORD_BREAK):
+            keyword = _KEYWORD.match(s, i)
+            if keyword:
+                word = keyword.group(1)
+                if word == "case":
+                    cases.append("header")
+                elif word == "in" and cases and cases[-1] == "header":
+                    cases[-1] = "pattern"
+                elif word == "esac" and cases:
+                    cases.pop()
+                i = keyword.end(1)
+                continue
+        if cases and cases[-1] == "pattern" and c in "()":
+            cases[-1] = "body" if c == ")" else "pattern"
+            i += 1
+            continue
+        if cases and s.startswith(";;", i):
+            cases[-1] = "pattern"
             i += 2
             continue
         if c == "'" and open_ == "(":
