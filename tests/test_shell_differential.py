@@ -80,6 +80,24 @@ SHAPES = [
     "cd \"$(dirname \"$0\")\" && pwd",
     "echo \"$(cat <<EOF\ninner\nEOF\n)\"",
     "(( i++ )); echo $((i++))",
+    "echo $(echo \"a)b\") $(echo 'a)b') $(echo a\\)b)",
+    "echo $(echo a # c )\n)",
+    "echo $(: # ) '\necho inner #'\n)",
+    "echo $(echo `echo mixed`) \"$((1+$(echo 2)))\" ${x?$(echo err)}",
+    "cmd 2>&- 1<&0",
+    "IFS=: read -r a b <<< \"$line\"",
+    "[[ $a == b* && $c =~ ^d ]] && echo match",
+    "[[ ( -f a || -f b ) && ! -d c ]]",
+    "x=${y:-$(echo z)} cmd",
+    "echo $(<file.txt) 'a'\\''b' \"\\`not\\`\"",
+    "echo $((a[$(echo 0)]))",
+    "echo `echo \\`echo inner\\``",
+    "echo ${x:-'a}b'}",
+    "cat <<EOF; echo after\nbody\nEOF",
+    "echo x > >(cat) 2> >(cat >&2)",
+    "echo ok)",
+    "while IFS= read -r l; do :; done < <(ls)",
+    "h() { :; } > out",
 ]
 
 # Commands (corpus or shapes) we read differently on purpose, and why.
@@ -95,6 +113,20 @@ DELIBERATE: dict[str, str] = {
                                                           "classifier on a `:` command, which tree-sitter-bash lacks",
     "time ls -la": "time is a reserved word that times the pipeline; tree-sitter-bash reads it as a command name",
     "echo a\\\nb": "a backslash-newline joins the lines inside a word; tree-sitter-bash splits the word there",
+    "echo `echo \\`echo inner\\``": "bash unescapes \\` inside backquotes and runs the inner command too; "
+                                     "tree-sitter-bash keeps one substitution with the escapes",
+    "echo ${x:-'a}b'}": "bash honours single quotes in an unquoted ${…}; we reject it (so it is dangerous)",
+    "cat <<EOF; echo after\nbody\nEOF": "bash reads here-document bodies after the line's other commands; "
+                                        "tree-sitter-bash rejects it",
+    "echo x > >(cat) 2> >(cat >&2)": "a redirection into a process substitution: we judge the process's commands "
+                                     "and keep the target as a word of the command, writing to no file",
+    "echo ok)": "a stray ) is a syntax error, so bash runs nothing; we read past it",
+    "while IFS= read -r l; do :; done < <(ls)": "the redirection into the loop from a process substitution: "
+                                                "we judge the process's commands and drop the redirection",
+    "echo $(echo `echo )`; python3 -c 'x')": "bash reads the backquotes inside $(…) first, so their `)` closes "
+                                              "nothing (and runs the rest); tree-sitter-bash rejects it",
+    "h() { :; } > out": "a redirection of a function definition applies when it is called; we judge it at "
+                        "the definition (stricter)",
 }
 
 _PARSER = Parser(Language(tree_sitter_bash.language()))
@@ -168,6 +200,8 @@ def _redirect(node: Node) -> list[tuple[str, str]]:
     descriptor = next((_text(c) for c in node.children if c.type == "file_descriptor"), "")
     op = next(_text(c) for c in node.children if not c.is_named)
     target = "".join(word(c) for c in node.named_children if c.type != "file_descriptor")
+    if op.endswith("&-"):  # closing a descriptor: one token here, operator and target for us
+        op, target = op[:-1], "-"
     return [(descriptor + op, target)]
 
 

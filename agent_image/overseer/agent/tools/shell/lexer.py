@@ -205,11 +205,7 @@ class Lexer:
             word.dynamic = True
         word.computed = True
         if s[self.i] == "`":
-            end = self.i + 1
-            while end < len(s) and s[end] != "`":
-                end += 2 if s[end] == "\\" else 1
-            if end >= len(s):
-                raise ParseError("unterminated backquote")
+            end = _backquote_end(s, self.i)
             word.subs.append(s[self.i + 1: end].replace("\\`", "`"))
             self.i = end + 1
         elif s.startswith("$((", self.i):
@@ -304,6 +300,16 @@ def _ansi_c(body: str) -> str:
     return _ANSI_C.sub(one, body)
 
 
+def _backquote_end(s: str, i: int) -> int:
+    """Index of the backquote that closes the one at i."""
+    end = i + 1
+    while end < len(s) and s[end] != "`":
+        end += 2 if s[end] == "\\" else 1
+    if end >= len(s):
+        raise ParseError("unterminated backquote")
+    return end
+
+
 def _balanced(s: str, i: int, open_: str, close: str) -> int:
     """Index of the `close` that ends a group opened just before i; quotes inside are skipped, and
     so is the `)` of a case pattern inside $(...), which closes nothing."""
@@ -314,6 +320,13 @@ def _balanced(s: str, i: int, open_: str, close: str) -> int:
         c = s[i]
         if c == "\\":
             i += 2
+            continue
+        if open_ == "(" and c == "`":
+            i = _backquote_end(s, i) + 1
+            continue
+        if open_ == "(" and c == "#" and (i == start or s[i - 1] in _WORD_BREAK):
+            end = s.find("\n", i)  # a comment, to the end of the line: a `)` in it closes nothing
+            i = len(s) if end < 0 else end
             continue
         if open_ == "(" and (i == start or s[i - 1] in _WORD_BREAK):
             keyword = _KEYWORD.match(s, i)

@@ -57,6 +57,10 @@ def _parse_list(tokens: list[Token], i: int, nested: bool) -> tuple[list[SimpleC
                 continue
             else:
                 continue  # `|` between patterns, `(` before one, newlines
+        if isinstance(token, Op) and current.words and current.words[0].text == "[[" \
+                and current.words[-1].text != "]]" and token.text in ("&&", "||", "(", ")", "<", ">"):
+            current.words.append(Word(token.text))  # inside [[ ]] these are operators of the test
+            continue
         if isinstance(token, Word):
             current.words.append(token)
             if token.text == "in" and len(current.words) == 3 and current.words[0].text == "case":
