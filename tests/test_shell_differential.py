@@ -98,6 +98,8 @@ SHAPES = [
     "echo ok)",
     "while IFS= read -r l; do :; done < <(ls)",
     "h() { :; } > out",
+    "echo ${x:-$(echo ran; echo })}",
+    "echo ${y:-`echo }`}",
 ]
 
 # Commands (corpus or shapes) we read differently on purpose, and why.
@@ -125,6 +127,9 @@ DELIBERATE: dict[str, str] = {
                                                 "we judge the process's commands and drop the redirection",
     "echo $(echo `echo )`; python3 -c 'x')": "bash reads the backquotes inside $(…) first, so their `)` closes "
                                               "nothing (and runs the rest); tree-sitter-bash rejects it",
+    "echo ${y:-`echo }`}": "bash reads backquotes inside ${…} first, so their } closes nothing; tree-sitter-bash "
+                          "rejects it",
+    "echo ${x:-`python3 -c 'print(1)' #}`}": "the same: a } inside backquotes within ${…}",
     "h() { :; } > out": "a redirection of a function definition applies when it is called; we judge it at "
                         "the definition (stricter)",
 }

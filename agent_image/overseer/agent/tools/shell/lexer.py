@@ -321,8 +321,11 @@ def _balanced(s: str, i: int, open_: str, close: str) -> int:
         if c == "\\":
             i += 2
             continue
-        if open_ == "(" and c == "`":
+        if c == "`":
             i = _backquote_end(s, i) + 1
+            continue
+        if open_ == "{" and s.startswith("$(", i):  # ${x:-$(echo })}: the } in $(…) closes nothing
+            i = _balanced(s, i + 2, "(", ")") + 1
             continue
         if open_ == "(" and c == "#" and (i == start or s[i - 1] in _WORD_BREAK):
             end = s.find("\n", i)  # a comment, to the end of the line: a `)` in it closes nothing
