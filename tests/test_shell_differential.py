@@ -100,6 +100,8 @@ SHAPES = [
     "h() { :; } > out",
     "echo ${x:-$(echo ran; echo })}",
     "echo ${y:-`echo }`}",
+    "echo $(cat <<EOF\n) '\nEOF\necho ran-hidden\n#'\n)",
+    "x=$(cat <<-'END'\n\t)\n\tEND\n); echo \"$x\"",
 ]
 
 # Commands (corpus or shapes) we read differently on purpose, and why.

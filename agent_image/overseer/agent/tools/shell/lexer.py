@@ -272,6 +272,7 @@ class Lexer:
 
 
 _WORD_BREAK = " \t\n;&|()"
+_HEREDOC = re.compile(r"<<(-?)[ \t]*((?:[^\s;&|()<>'\"]|'[^']*'|\"[^\"]*\")+)")
 _KEYWORD = re.compile(r"(case|in|esac)(?=[\s;&|()]|$)")
 _REST_OF_WORD = re.compile(r"[^\s;&|()<>]*")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=")
@@ -315,11 +316,29 @@ def _balanced(s: str, i: int, open_: str, close: str) -> int:
     so is the `)` of a case pattern inside $(...), which closes nothing."""
     depth = 1
     cases: list[str] = []  # per case statement still open: "header", "pattern" or "body"
+    heredocs: list[tuple[str, bool]] = []  # here-documents whose bodies start at the next newline
     start = i
     while i < len(s):
         c = s[i]
         if c == "\\":
             i += 2
+            continue
+        if open_ == "(" and s.startswith("<<", i) and not s.startswith("<<<", i):
+            delimiter = _HEREDOC.match(s, i)
+            if delimiter:  # its body is text: a `)` in it closes nothing
+                heredocs.append((re.sub(r"[\"'\\]", "", delimiter.group(2)), bool(delimiter.group(1))))
+                i = delimiter.end()
+                continue
+        if c == "\n" and heredocs:
+            i += 1
+            for word, strip in heredocs:
+                while i < len(s):
+                    end = s.find("\n", i)
+                    line = s[i: len(s) if end < 0 else end]
+                    i = len(s) if end < 0 else end + 1
+                    if (line.lstrip("\t") if strip else line) == word:
+                        break
+            heredocs.clear()
             continue
         if c == "`":
             i = _backquote_end(s, i) + 1
