@@ -86,6 +86,27 @@ def test_a_denied_call_tells_the_model_why(world: World, agents: Any, kubectl: A
     assert world.get("goal", "cleanup")["status"]["decisions"][0]["decision"] == "denied"
 
 
+INLINE_CODE = "python3 -c 'open(\"ran.txt\", \"w\").write(\"ran\")'"
+
+
+def test_inline_code_waits_for_a_person_until_the_agent_allows_code_execution(world: World, agents: Any,
+                                                                              kubectl: Any) -> None:
+    model, runner = agents({name: [tool("bash", command=INLINE_CODE), text("Done.")] for name in ("gated", "allowed")})
+    world.goal("gated")
+    waiting = world.wait_phase("gated", "AwaitingApproval", timeout=60)
+    request = waiting["status"]["pendingApprovals"][0]
+    assert request["summary"] == "bash (high risk): python3 -c runs inline code" and request["detail"] == INLINE_CODE
+    kubectl("annotate", "goal", "gated", "-n", world.ns, f"overseer.dev/deny={request['id']}")
+    world.wait_phase("gated", "Succeeded", timeout=60)
+    assert not (runner.workspace("gated") / "ran.txt").exists()
+
+    kubectl("patch", "agent", "coder", "-n", world.ns, "--type", "merge", "-p", '{"spec":{"codeExecution":"Allowed"}}')
+    world.goal("allowed")
+    done = world.wait_phase("allowed", "Succeeded", timeout=60)
+    assert not done["status"].get("decisions")
+    assert (runner.workspace("allowed") / "ran.txt").read_text() == "ran"
+
+
 def test_steering_reaches_the_running_loop(world: World, agents: Any, kubectl: Any) -> None:
     model, runner = agents({"refactor": [
         tool("bash", command="true"),

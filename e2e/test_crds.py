@@ -55,6 +55,7 @@ def test_valid_samples_are_accepted_and_defaulted(crds: list[str], kubectl: Kube
     agent = json.loads(kubectl("get", "agent", "coder", "-n", namespace, "-o", "json").stdout)
     assert agent["spec"]["quota"] == {"pods": "4", "requests.cpu": "2", "requests.memory": "4Gi"}
     assert agent["spec"]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    assert agent["spec"]["codeExecution"] == "RequiresApproval"  # code waits for a person unless allowed
 
 
 BAD = {
@@ -74,6 +75,8 @@ BAD = {
     "timeout-soon": ("Goal", {"timeout": "soon"}, ["spec.timeout"]),
     "priority-high": ("Goal", {"priority": "high"}, ["spec.priority", "integer"]),
     "max-concurrent-goals-zero": ("Agent", {"maxConcurrentGoals": 0}, ["spec.maxConcurrentGoals"]),
+    "code-execution-sometimes": ("Agent", {"codeExecution": "Sometimes"},
+                                 ["spec.codeExecution", '"RequiresApproval"', '"Allowed"']),
     "depends-on-itself": ("Goal", {"dependsOn": ["fix-ci"]}, ["cannot depend on itself"]),
     "egress-cidr-and-selector": (
         "Capability", {"egress": [{"cidr": "10.0.0.0/8", "podSelector": {"matchLabels": {"app": "db"}}}]},

@@ -69,7 +69,7 @@ def test_each_namespace_gets_its_own_login_and_keeps_its_lessons(
     op = operator.start(a, "--namespace", b, env={**FAST, "OVERSEER_KNOWLEDGE_ADMIN_URL": admin})
     worlds = {ns: World(ns, kubectl, op, exit_pod) for ns in (a, b)}
     model = ModelServer({"follow_history": True, "conversations": {
-        f"{a}/plant": [tool("bash", command="python3 -c 'print(42)'"), text(f"Tests fixed. {PLANTED}")],
+        f"{a}/plant": [tool("bash", command="echo 42"), text(f"Tests fixed. {PLANTED}")],
         f"{b}/apart": [text("Done.")],
         f"{b}/shared": [text("Done.")],
     }}, tmp_path)

@@ -20,7 +20,7 @@ def operator_env(postgres: Any, redis_server: Any) -> dict[str, str]:  # noqa: F
 def test_lessons_from_one_goal_reach_the_next_ones_prompt(world: World, agents: Any, postgres: Any) -> None:  # noqa: F811
     description = "Fix the failing parser tests in the billing service"
     model, runner = agents({
-        "first": [tool("bash", command="python3 -c 'print(42)'"), text("Parser tests fixed by running them first.")],
+        "first": [tool("bash", command="echo 42"), text("Parser tests fixed by running them first.")],
         "second": [text("Done, using what worked before.")],
     })
     world.goal("first", description=description)

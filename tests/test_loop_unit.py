@@ -18,6 +18,7 @@ from overseer.agent.checkpoint_file import FileCheckpoints
 from overseer.agent.loop import AgentLoop, Budget, LoopConfig, Outcome
 from overseer.testing.scripted_model import Scenario, ScriptedModelServer, count_tokens, prompt_blocks
 from overseer.agent.tools.base import Tool, ToolContext, ToolRegistry, ToolResult
+from overseer.agent.tools.bash import BashTool
 from overseer.agent.tools.todo import TodoList
 
 MODEL = "claude-sonnet-5-5"
@@ -384,3 +385,47 @@ async def test_a_call_that_waits_for_a_person_has_its_answer_saved_first(tmp_pat
     assert outcome.success and len(tool.calls) == 2
     assert link.saved_at_request and link.saved_at_request[-1]["role"] == "assistant"
     assert link.saved_at_request[-1]["content"][0]["id"] == "toolu_1"
+
+
+class Denying(MemoryLink):
+    """A person who denies every call, noting each approval request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []
+
+    def decision(self, approval_id: str) -> tuple[str, str] | None:
+        return ("denied", "no code execution here")
+
+    async def report(self, **fields: Any) -> None:
+        self.requests += fields.get("pendingApprovals") or []
+        await super().report(**fields)
+
+
+INLINE_CODE = "python3 -c 'open(\"ran.txt\", \"w\").write(\"ran\")'"
+
+
+def inline_code_then_done() -> dict[str, Any]:
+    call = {"reply": [{"tool_use": {"name": "bash", "input": {"command": INLINE_CODE}, "id": "toolu_py"}}]}
+    return {"conversations": {"default": [call, {"reply": "Done."}]}, "follow_history": True}
+
+
+@pytest.mark.parametrize("code_execution, waits", [("RequiresApproval", True), ("Allowed", False)])
+async def test_inline_python_waits_for_a_person_under_the_default_policy_unless_the_agent_allows_code(
+        tmp_path: Path, code_execution: str, waits: bool) -> None:
+    link = Denying()
+    async with model(inline_code_then_done()) as (server, client):
+        loop = AgentLoop(client, LoopConfig(model=MODEL, max_tokens=1024, system=SYSTEM, goal_key=GOAL),
+                         ToolRegistry([BashTool()]), ToolContext(workspace=tmp_path, code_execution=code_execution),
+                         link, FileCheckpoints(tmp_path, "uid-1"), Budget(), TodoList())
+        outcome = await loop.run(TASK)
+    assert outcome.success
+    assert (tmp_path / "ran.txt").exists() is not waits
+    if waits:
+        [request] = link.requests
+        assert request["detail"] == INLINE_CODE
+        assert request["summary"] == "bash (high risk): python3 -c runs inline code"
+        result = messages_requests(server)[-1].body["messages"][-1]["content"][0]
+        assert result["type"] == "tool_result" and result["is_error"] and result["content"].startswith("A person denied this call: no code execution")
+    else:
+        assert link.requests == []

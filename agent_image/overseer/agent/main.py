@@ -96,7 +96,8 @@ async def run(settings: AgentSettings) -> int:
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
         todos = TodoList()
-        ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), extras={"todos": todos})
+        ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), code_execution=agent.spec.code_execution,
+                          extras={"todos": todos})
         registry = default_registry(todos)
         for cap in capabilities:
             registry.register(capability_tool(cap))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -108,6 +108,11 @@ class AgentSpec(ApiModel):
     """How many unfinished sub-goals one of this agent's goals may have at once; the operator fails any beyond."""
     knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec)
     """The knowledge base: what this agent shares with other namespaces (nothing by default)."""
+    code_execution: Literal["RequiresApproval", "Allowed"] = "RequiresApproval"
+    """Shell commands that run code the classifier cannot read (python3 -c, node -e, eval, source, here-documents
+    fed to a shell or interpreter, command names known only when they run): RequiresApproval makes them high
+    risk, so the default approval policy (minRisk high) waits for a person; Allowed makes them medium, like
+    other writes in the workspace."""
 
 
 class AgentStatus(ApiModel):

@@ -6,9 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn
-
-Risk = Literal["low", "medium", "high"]
+from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, Risk
 
 
 class CommandTool(ApiModel):

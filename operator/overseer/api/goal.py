@@ -17,6 +17,7 @@ from .meta import (
     LabelSelector,
     LocalObjectReference,
     PrinterColumn,
+    Risk,
 )
 
 
@@ -40,8 +41,10 @@ class Phase(str, Enum):
 class ApprovalPolicy(ApiModel):
     """Which tool calls wait for a person's approval."""
 
-    min_risk: Literal["low", "medium", "high"] = "high"
-    """Calls at or above this risk wait for `kubectl annotate goal/NAME overseer.dev/approve=ID`."""
+    min_risk: Risk = "high"
+    """Calls at or above this risk wait for `kubectl annotate goal/NAME overseer.dev/approve=ID`. A shell
+    command that runs code (python3 -c, eval, a here-document fed to a shell, ...) is high unless the
+    Agent's spec.codeExecution is Allowed, then medium."""
 
 
 class GoalSpec(ApiModel):

@@ -22,6 +22,11 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "overseer"
 ANNOTATION_EXIT_CODE = f"{GROUP}/exit-code"
 
+Risk = Literal["low", "medium", "high"]
+RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+"""The one ordering of risks: of a tool call, of a Capability, and of a Goal's
+approvalPolicy.minRisk (the lower the threshold, the more calls wait for a person)."""
+
 
 class ApiModel(BaseModel):
     """Base of every API model: camelCase on the wire, snake_case in Python."""

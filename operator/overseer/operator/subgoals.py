@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from overseer.api import Phase
+from overseer.api.meta import RISK_ORDER
 from overseer.approvals import CREATED_BY
 
 from .dispatch import TERMINAL
 
 Raw = dict[str, Any]
-RISK_ORDER = {"low": 0, "medium": 1, "high": 2}  # minRisk: the lower, the more calls wait for a person
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 AGENT_PREFIX = "overseer-agent-"
 
@@ -85,7 +85,8 @@ def refusal(goal: Raw, parent: Raw | None, agent_of: Callable[[str], Raw | None]
         if parent_phase not in LIVE and not (parent_phase in TERMINAL and ended >= _created(goal)[0]):
             return Refusal("ParentNotRunning", f"{ref} was created by agent {creator} while its spec.parent "
                                                f"{parent_name} was not running ({parent_phase})")
-    if RISK_ORDER.get(_risk(spec), 2) > RISK_ORDER.get(_risk(pspec), 2):
+    highest = RISK_ORDER["high"]
+    if RISK_ORDER.get(_risk(spec), highest) > RISK_ORDER.get(_risk(pspec), highest):
         return Refusal("WeakerApprovalPolicy",
                        f"{ref}: spec.approvalPolicy.minRisk {_risk(spec)} lets more calls run unapproved than its "
                        f"parent {parent_name}'s ({_risk(pspec)}); set minRisk {_risk(pspec)} or lower")

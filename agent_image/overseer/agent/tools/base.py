@@ -6,7 +6,8 @@ Risk of one call, as the approval policy (`spec.approvalPolicy.minRisk`) sees it
 - medium: changes inside the workspace whose effect the call does not show (overwriting a
   file wholesale, a shell command that writes in the workspace).
 - high: effects beyond the workspace (network, packages, privileges, the system, files
-  outside the workspace). With the default policy only these wait for a person.
+  outside the workspace), and code the classifier cannot read (runs-code) unless the Agent's
+  spec.codeExecution is Allowed. With the default policy only these wait for a person.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any, Literal
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-Risk = Literal["low", "medium", "high"]
-Level = Literal["read-only", "writes-workspace", "dangerous"]
+from overseer.api.meta import RISK_ORDER as RISK_ORDER  # the one risk table, shared with the operator
+from overseer.api.meta import Risk as Risk
 
-RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+Level = Literal["read-only", "writes-workspace", "runs-code", "dangerous"]
+CodeExecution = Literal["RequiresApproval", "Allowed"]
 
 
 def risk_at_least(risk: str, threshold: str) -> bool:
@@ -67,6 +69,8 @@ class ToolContext:
     """Characters of output returned to the model per call."""
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     """Environment of subprocesses."""
+    code_execution: CodeExecution = "RequiresApproval"
+    """The Agent's spec.codeExecution: whether commands that run code are high risk or medium."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Free room for tools added later."""
 

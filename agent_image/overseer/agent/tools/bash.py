@@ -1,7 +1,8 @@
 """The bash tool: a command line run with `bash -c` in the workspace.
 
 Its risk follows the command's classification (shell.classify): dangerous is high (waits for
-approval under the default policy), writes-workspace is medium, read-only is low.
+approval under the default policy), runs-code is high unless the Agent allows code execution
+(then medium), writes-workspace is medium, read-only is low.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from .base import Assessment, Tool, ToolContext, ToolError, ToolResult, shorten
 from .shell import classify_command, run_command
-from .shell.rules import READ_ONLY, RISK_OF_LEVEL
+from .shell.rules import READ_ONLY, risk_of
 
 
 class BashTool(Tool):
@@ -21,8 +22,9 @@ class BashTool(Tool):
         "stderr with the exit code. Each call starts a fresh shell: chain dependent steps with && "
         "and use paths relative to the workspace. Commands time out; long output keeps its "
         "beginning and end. Prefer read_file, grep, glob and edit_file for files. Commands that "
-        "reach beyond the workspace (network, package installs, sudo, files outside) wait for a "
-        "person's approval."
+        "reach beyond the workspace (network, package installs, sudo, files outside) or run code "
+        "that cannot be read before it runs (python3 -c, eval, here-documents fed to a shell) may wait "
+        "for a person's approval."
     )
     input_schema = {
         "type": "object",
@@ -39,7 +41,7 @@ class BashTool(Tool):
 
     def assess(self, input: Mapping[str, Any], ctx: ToolContext) -> Assessment:
         classification = classify_command(input["command"], workspace=ctx.workspace)
-        return Assessment(RISK_OF_LEVEL[classification.level], classification.reason, classification,
+        return Assessment(risk_of(classification.level, ctx.code_execution), classification.reason, classification,
                           side_effects=classification.level != READ_ONLY)
 
     async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:

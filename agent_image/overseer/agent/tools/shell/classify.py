@@ -12,12 +12,18 @@ most severe level:
   privilege (sudo, su, chown, chmod +s), the system (kill, shutdown, mount, iptables,
   docker, kubectl, ...), writes or deletions outside the workspace (absolute paths
   outside it, `..` escapes, `~`, paths that depend on a variable, anything after `cd`
-  out of the workspace), downloaded content fed to an interpreter, fork bombs, and
-  commands that cannot be parsed.
+  out of the workspace), downloaded content fed to an interpreter, fork bombs, commands
+  that print the environment or read credentials (env, printenv, set, /proc/*/environ,
+  $API_KEY), and commands that cannot be parsed.
+- runs-code: code the classifier cannot read before it runs (shell.code): interpreters with
+  inline code or code on their input (python3 -c, node -e, bash <<EOF, base64 -d | sh),
+  command names known only when they run ($x, $(…)), eval, source, trap, env -S, hash -p,
+  substitutions hidden in parameter or arithmetic expansions, sed e and w, awk system(),
+  git options and config that name a command, find -exec, xargs.
 - writes-workspace: changes inside the workspace: file commands (rm, mv, cp, touch,
   sed -i, ...) on workspace paths, redirections into the workspace or /tmp, git
   commands that change the repository, builds and test runs (they write caches and
-  artifacts), interpreters running scripts, and every command not known to be
+  artifacts), interpreters running script files, and every command not known to be
   read-only.
 - read-only: commands known only to read (ls, cat, grep, find without -delete/-exec,
   git status/diff/log, ...), with no redirection into a file.
@@ -30,7 +36,9 @@ import re
 from pathlib import Path
 
 from ..base import Classification
-from .commands import HANDLERS, python_module
+from . import code
+from .commands import HANDLERS as COMMAND_HANDLERS
+from .commands import python_module
 from .lexer import Lexer, ParseError, Word
 from .parser import SimpleCommand, parse
 from .rules import (
@@ -52,9 +60,12 @@ from .rules import (
     is_interpreter,
     is_python,
     read_only,
+    runs_code,
     within,
     writes,
 )
+
+HANDLERS = {**COMMAND_HANDLERS, **code.HANDLERS}
 
 _SAFE_DEVICES = {"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin", "/dev/tty", "/dev/zero"}
 _SCRATCH = ("/tmp", "/var/tmp")
@@ -71,6 +82,7 @@ class Classifier:
         self.cwd: str | None = "."          # relative: inside the workspace; absolute; None: unknown
         self.dirs: list[str | None] = []    # pushd stack
         self.depth = 0
+        self.tainted: set[str] = set()      # variables holding text read when the command runs
 
     # -- entry points --
 
@@ -97,9 +109,16 @@ class Classifier:
 
     def command(self, cmd: SimpleCommand) -> list[Finding]:
         findings: list[Finding] = []
-        for word in cmd.words + [target for _, target in cmd.redirects]:
+        words = cmd.words + [target for _, target in cmd.redirects]
+        for word in words:
             for sub in word.subs:
                 findings += self.source(sub)
+            if word.hidden_subs:
+                findings.append(runs_code(f"{word.text} hides a command substitution inside a parameter or "
+                                          "arithmetic expansion"))
+        findings += code.secret_reads(self, words)
+        named = [w for w in cmd.words if not is_assignment(w) and w.text not in PREFIX_KEYWORDS]
+        findings += code.arithmetic(self, cmd.words, named[0].text if named else "")
         for op, target in cmd.redirects:
             findings += self.redirect(op, target)
         found = self.argv(cmd.words, cmd)
@@ -108,6 +127,8 @@ class Classifier:
 
     def redirect(self, op: str, target: Word) -> list[Finding]:
         bare = op.lstrip("0123456789")
+        if target.text.startswith(("/dev/tcp/", "/dev/udp/")):
+            return [dangerous(f"redirects to {target.text}, a network connection", network=True)]
         if bare in ("<", "<<", "<<-", "<<<", "<&"):
             return []
         if bare == ">&" and (target.text.isdigit() or target.text == "-"):
@@ -188,18 +209,32 @@ class Classifier:
 
     def argv(self, words: list[Word], cmd: SimpleCommand) -> list[Finding]:
         words = list(words)
-        while words and is_assignment(words[0]):
-            words.pop(0)
-        while words and words[0].text in PREFIX_KEYWORDS and not words[0].dynamic:
-            words.pop(0)
+        found: list[Finding] = []
+        assignments = []
+        while words and (is_assignment(words[0]) or (words[0].text in PREFIX_KEYWORDS and not words[0].dynamic)):
+            word = words.pop(0)
+            if is_assignment(word):
+                assignments.append(word)
+        for word in assignments:
+            found += code.assignment(self, word, words[0].text if words else "")
         if not words:
-            return []
+            return found
         head, args = words[0], words[1:]
-        if head.text in SKIPPED_KEYWORDS:
-            return []
-        if head.dynamic:
-            return [writes(f"runs {head.text}, a command known only when it runs")]
+        if head.text == "for" and len(args) >= 2 and args[1].text == "in" and any(a.computed for a in args[2:]):
+            self.tainted.add(args[0].text)  # each value comes from a list read when it runs
+        if head.text == "function" and not head.computed:
+            return found + self.argv(args[1:], cmd)  # function NAME { BODY: the body's first command follows
+        if head.text in SKIPPED_KEYWORDS or (head.arith and head.text.startswith("((")):
+            return found
+        if head.computed:
+            return found + [runs_code(f"runs {head.text}, a command known only when it runs")]
+        return found + self.named(head, args, cmd)
+
+    def named(self, head: Word, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
         name = posixpath.basename(head.text)
+        option = code.option_runs_code(name, [a.text for a in args])
+        if option:
+            return [runs_code(f"{name} {option} runs a command it names")]
         if name in WRAPPERS:
             return self.wrapper(name, args, cmd)
         handler = HANDLERS.get(name)
@@ -232,16 +267,24 @@ class Classifier:
                 break
             if option in takes_value and rest:
                 rest.pop(0)
+        found: list[Finding] = []
         if name == "env":
-            while rest and is_assignment(rest[0]):
-                rest.pop(0)
+            options = args[:len(args) - len(rest)]
+            if any(a.text.startswith(("-S", "--split-s")) for a in options):
+                return [runs_code("env -S splits a string into a command")]
+            while rest and "=" in rest[0].text and not rest[0].text.startswith("-"):
+                found += code.assignment(self, rest.pop(0), rest[0].text if rest else "")
             if not rest:
-                return [read_only("env")]
+                return [dangerous("env prints the environment, where the agent's credentials are")]
         if name == "timeout" and rest:
             rest.pop(0)  # the duration
-        if name == "xargs" and not rest:
-            return [read_only("xargs")]
-        return self.argv(rest, cmd)
+        if name == "xargs":
+            if not rest:
+                return [read_only("xargs")]
+            found.append(runs_code("xargs runs a command with arguments read from its input"))
+        if name == "watch":
+            return found + self.source(" ".join(a.text for a in rest))  # watch hands its words to sh -c
+        return found + self.argv(rest, cmd)
 
     def interpreter(self, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
         texts = [a.text for a in args]
@@ -257,29 +300,82 @@ class Classifier:
                     found = self.source(inner.text)
                     if any(f.network for f in found) and inner.subs:
                         found.append(dangerous(f"{name} -c runs downloaded content", priority=1, network=True))
+                    if inner.computed:
+                        found.append(runs_code(f"{name} -c runs a command string built when it runs"))
                     return found
-            script = next((a for a in args if not a.text.startswith("-")), None)
+            if any(t.split("=", 1)[0] in ("--rcfile", "--init-file") for t in texts):
+                return [runs_code(f"{name} --rcfile runs a startup file the classifier does not read")]
+            script = _script(args, _SHELL_VALUES)
             reads_input = any(re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", t) for t in texts)
-            if script is None or script.text == "-" or reads_input or proc_network:
+            if script is None or script.text == "-" or reads_input or proc_network or script.computed:
                 if upstream_network or proc_network:
                     return [dangerous(f"pipes downloaded content into {name}", priority=1, network=True)]
-                return [writes(f"{name} runs commands read from its input")]
+                return [runs_code(f"{name} runs commands read from its input or built when it runs")]
             return [writes(f"{name} runs the script {script.text}")]
         if is_python(name) and "-m" in texts:
             index = texts.index("-m")
             module = texts[index + 1] if index + 1 < len(texts) else ""
             return python_module(self, name, module, args[index + 2:], cmd)
-        code_flags = {"-c", "-e", "-E", "--eval", "-p", "--print", "-r"}
-        if any(t in code_flags for t in texts):
-            return [writes(f"{name} runs inline code")]
-        script = next((a for a in args if not a.text.startswith("-")), None)
-        if script is None or script.text == "-" or proc_network:
+        inline = _inline_code(name, texts)
+        if inline:
+            return [runs_code(f"{name} {inline} runs inline code")]
+        script = _script(args, _PYTHON_VALUES if is_python(name) else frozenset())
+        if script is None or script.text == "-" or proc_network or script.computed:
             if upstream_network or proc_network:
                 return [dangerous(f"pipes downloaded content into {name}", priority=1, network=True)]
-            return [writes(f"{name} runs code read from its input")]
+            return [runs_code(f"{name} runs code read from its input or built when it runs")]
         if script.text.startswith(("http://", "https://")):
             return [dangerous(f"{name} runs code from {script.text}", network=True)]
         return [writes(f"{name} runs {script.text}")]
+
+
+_CODE_FLAGS = frozenset({"-e", "-E", "--eval", "-p", "--print", "-r", "--require", "--import", "-R", "-B", "-l",
+                         "-eval", "-s", "-run", "--loader", "--experimental-loader", "eval"})
+_PYTHON_VALUES = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+
+
+def _inline_code(name: str, texts: list[str]) -> str | None:
+    """The option (or deno's `eval`) that hands an interpreter code on its command line. Reading
+    stops at the script; a word that does not look like a file (an option's value) does not stop it."""
+    i = 0
+    while i < len(texts):
+        text = texts[i]
+        i += 1
+        if is_python(name):
+            if text in _PYTHON_VALUES:
+                i += 1
+            elif not text.startswith("-") or text == "-":
+                return None
+            elif not text.startswith(("-W", "-X", "--")) and "c" in text:
+                return "-c"
+            elif not text.startswith(("-W", "-X", "--")) and "i" in text:
+                return "-i (code read from its input after the script)"
+        elif name in ("perl", "ruby") and re.fullmatch(r"-[a-zA-Z0-9]*[eE].*", text):
+            return text
+        elif text in _CODE_FLAGS or text.split("=", 1)[0] in _CODE_FLAGS:
+            return text
+        elif not text.startswith("-") and ("." in text or "/" in text):
+            return None  # the script; what follows are its arguments
+    return None
+
+
+def _script(args: list[Word], values: frozenset[str]) -> Word | None:
+    """The first argument that is not an option or an option's value."""
+    i = 0
+    while i < len(args):
+        text = args[i].text
+        i += 1
+        if text in values:
+            i += 1
+        elif not text.startswith(("-", "+")) or text == "-":
+            return Word("-") if _STDIN.match(text) else args[i - 1]
+    return None
+
+
+_STDIN = re.compile(r"^/dev/(stdin|fd/0)$|^/proc/(self|\$\$|[0-9]+)/fd/0$")
+
+
+_SHELL_VALUES = frozenset({"-o", "+o", "-O", "+O"})
 
 
 def classify_command(command: str, workspace: Path | None = None) -> Classification:

@@ -4,18 +4,16 @@ write, whether they reach the network, which of their subcommands only read."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .code import Handler, awk_finding, git_code_hazard, sed_hazard
 from .lexer import Word
 from .parser import SimpleCommand
-from .rules import DANGEROUS, Finding, dangerous, read_only, short_flags, split_options, writes
+from .rules import DANGEROUS, Finding, dangerous, read_only, runs_code, short_flags, split_options, writes
 
 if TYPE_CHECKING:
     from .classify import Classifier
-
-Handler = Callable[["Classifier", str, list[Word], SimpleCommand], list[Finding]]
 
 
 def _h_cd(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
@@ -73,6 +71,9 @@ def _h_tee(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> li
 
 
 def _h_sed(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
+    hazard = sed_hazard(args)
+    if hazard:
+        return [runs_code(hazard)]
     positional, options = split_options(args, frozenset({"-e", "--expression", "-f", "--file", "-l"}))
     in_place = any(k in ("--in-place",) or (k.startswith("-i") or (not k.startswith("--") and "i" in k[1:]))
                    for k in options if k not in ("-e", "-f", "-l"))
@@ -94,11 +95,7 @@ def _h_sort(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> l
 
 
 def _h_awk(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
-    positional, options = split_options(args, frozenset({"-F", "-v", "-f"}))
-    program = "" if "-f" in options or not positional else positional[0].text
-    if "-f" in options or re.search(r"system\s*\(|[>|]\s*\"|print[^;}]*>", program):
-        return [writes(f"{name} program may write files or run commands")]
-    return [read_only(name)]
+    return [awk_finding(name, args)]
 
 
 def _h_find(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
@@ -123,6 +120,8 @@ def _h_find(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> l
             while j < len(args) and args[j].text not in (";", "+"):
                 j += 1
             inner = [Word(root.text, dynamic=root.dynamic) if a.text == "{}" else a for a in args[i + 1: j]]
+            findings.append(runs_code(f"find {args[i].text} runs a command for each file it finds, with names "
+                                      "the files choose"))
             findings += c.argv(inner, SimpleCommand(words=inner))
             i = j
         i += 1
@@ -243,6 +242,12 @@ _GIT_NETWORK = {"push", "pull", "fetch", "ls-remote", "send-email", "request-pul
 
 
 def _h_git(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
+    hazard = git_code_hazard(args)
+    found = _git(c, args)
+    return [runs_code(hazard), *found] if hazard else found
+
+
+def _git(c: Classifier, args: list[Word]) -> list[Finding]:
     rest = list(args)
     repo: Word | None = None
     while rest and rest[0].text.startswith("-") and rest[0].text not in ("--version", "--help"):
@@ -268,6 +273,8 @@ def _h_git(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> li
     if sub == "submodule":
         if texts[:1] in (["status"], ["summary"], []):
             return [read_only(label)]
+        if texts[:1] == ["foreach"]:
+            return [writes("git submodule foreach runs a command in each submodule")]
         return [dangerous(f"{label} may clone or fetch repositories", network=True)]
     if sub == "remote":
         if not texts or texts[0] in ("-v", "--verbose", "get-url"):
@@ -400,17 +407,6 @@ def _h_hostname_date(c: Classifier, name: str, args: list[Word], cmd: SimpleComm
     return [read_only(name)]
 
 
-def _h_eval(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
-    if name in ("source", "."):
-        if cmd.process_subs and any(p.network for p in cmd.process_subs):
-            return [dangerous(f"{name} runs downloaded content", priority=1, network=True)]
-        return [writes(f"{name} runs the shell script {args[0].text if args else ''}".rstrip())]
-    found = c.source(" ".join(a.text for a in args))
-    if any(s for a in args for s in a.subs) and any(f.network for f in found):
-        found.append(dangerous("eval runs downloaded content", priority=1, network=True))
-    return found or [read_only(name)]
-
-
 def _h_openssl(c: Classifier, name: str, args: list[Word], cmd: SimpleCommand) -> list[Finding]:
     if args and args[0].text in ("s_client", "s_time", "ocsp"):
         return [dangerous(f"openssl {args[0].text} uses the network", network=True)]
@@ -427,6 +423,8 @@ def python_module(c: Classifier, name: str, module: str, rest: list[Word], cmd: 
     if module in ("venv", "virtualenv"):
         positional, _ = split_options(rest, frozenset({"--prompt"}))
         return c.targets("creates a virtual environment at", positional[:1], f"{name} -m {module}")
+    if module in ("timeit", "code", "pdb", "runpy", "cProfile", "profile", "trace"):
+        return [runs_code(f"{name} -m {module} runs code given on its command line or input")]
     if module in _PYTHON_TEST_MODULES:
         return [writes(f"{name} -m {module} runs tests or tools, which write caches in the workspace")]
     return [writes(f"{name} -m {module} runs a module, assumed to write in the workspace")]
@@ -459,7 +457,6 @@ HANDLERS: dict[str, Handler] = {
     **{name: _h_language for name in _LANGUAGE_DANGEROUS},
     "kill": _h_kill, "killall": _h_kill, "pkill": _h_kill,
     "date": _h_hostname_date, "hostname": _h_hostname_date,
-    "eval": _h_eval, "source": _h_eval, ".": _h_eval,
     "openssl": _h_openssl,
 }
 

@@ -15,6 +15,7 @@ class SimpleCommand:
     """Commands earlier in the same pipeline, whose output this one may read."""
     process_subs: list[SimpleCommand] = field(default_factory=list)
     network: bool = False
+    """Whether the command uses the network (set by the classifier, read by those downstream)."""
 
 
 def parse(tokens: list[Token]) -> list[SimpleCommand]:
@@ -37,17 +38,43 @@ def _parse_list(tokens: list[Token], i: int, nested: bool) -> tuple[list[SimpleC
             pipeline = []
         current = SimpleCommand(upstream=upstream)
 
+    open_cases = 0        # case statements begun and not yet closed by esac
+    pattern: list[Word] | None = None  # the words of a case pattern being read, up to its `)`
     while i < len(tokens):
         token = tokens[i]
         i += 1
+        if pattern is not None:
+            if isinstance(token, Word) and token.text == "esac" and not pattern:
+                open_cases -= 1
+                pattern = None
+            elif isinstance(token, Word):
+                pattern.append(token)
+                continue
+            elif token.text == ")":
+                if any(w.subs for w in pattern):  # a pattern's substitutions run too; `:` carries them
+                    out.append(SimpleCommand(words=[Word(":"), *pattern]))
+                pattern = None
+                continue
+            else:
+                continue  # `|` between patterns, `(` before one, newlines
+        if isinstance(token, Op) and current.words and current.words[0].text == "[[" \
+                and current.words[-1].text != "]]" and token.text in ("&&", "||", "(", ")", "<", ">"):
+            current.words.append(Word(token.text))  # inside [[ ]] these are operators of the test
+            continue
         if isinstance(token, Word):
             current.words.append(token)
+            if token.text == "in" and len(current.words) == 3 and current.words[0].text == "case":
+                finish(keep_pipeline=False)
+                open_cases += 1
+                pattern = []
             continue
         op = token.text
         if op in ("|", "|&"):
             finish(keep_pipeline=True)
         elif op in (";", "&", "&&", "||", ";;"):
             finish(keep_pipeline=False)
+            if op == ";;" and open_cases:
+                pattern = []
         elif op == ")":
             if nested:
                 finish(keep_pipeline=False)
@@ -65,7 +92,7 @@ def _parse_list(tokens: list[Token], i: int, nested: bool) -> tuple[list[SimpleC
             inner, i = _parse_list(tokens, i, nested=True)
             out.extend(inner)
             current.process_subs.extend(inner)
-            current.words.append(Word(op + "…)", dynamic=True))
+            current.words.append(Word(op + "…)", dynamic=True, computed=True))
         elif op.lstrip("0123456789") in REDIRECTS:
             if i < len(tokens) and isinstance(tokens[i], Word):
                 current.redirects.append((op, tokens[i]))  # type: ignore[arg-type]

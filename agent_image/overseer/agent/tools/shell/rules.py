@@ -6,14 +6,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..base import Level, Risk
+from ..base import CodeExecution, Level, Risk
 from .lexer import Word
 
 READ_ONLY: Level = "read-only"
 WRITES: Level = "writes-workspace"
+RUNS_CODE: Level = "runs-code"
 DANGEROUS: Level = "dangerous"
-SEVERITY = {READ_ONLY: 0, WRITES: 1, DANGEROUS: 2}
-RISK_OF_LEVEL: dict[Level, Risk] = {READ_ONLY: "low", WRITES: "medium", DANGEROUS: "high"}
+SEVERITY = {READ_ONLY: 0, WRITES: 1, RUNS_CODE: 2, DANGEROUS: 3}
+
+
+def risk_of(level: Level, code_execution: CodeExecution) -> Risk:
+    """The risk the approval policy compares with minRisk: code the classifier cannot read is
+    high (a person approves it under the default policy) unless the Agent allows code execution."""
+    risks: dict[Level, Risk] = {READ_ONLY: "low", WRITES: "medium", DANGEROUS: "high",
+                                RUNS_CODE: "medium" if code_execution == "Allowed" else "high"}
+    return risks[level]
 
 
 @dataclass(frozen=True)
@@ -33,30 +41,34 @@ def writes(reason: str) -> Finding:
     return Finding(WRITES, reason)
 
 
+def runs_code(reason: str, priority: int = 0) -> Finding:
+    return Finding(RUNS_CODE, reason, priority)
+
+
 def dangerous(reason: str, priority: int = 0, network: bool = False) -> Finding:
     return Finding(DANGEROUS, reason, priority, network)
 
 
 READ_ONLY_COMMANDS = frozenset({
     "ls", "ll", "dir", "cat", "head", "tail", "less", "more", "wc", "grep", "egrep", "fgrep", "rg", "ag", "ack",
-    "fd", "tree", "pwd", "echo", "printf", "true", "false", "test", "[", "[[", "which", "whereis", "type",
-    "whoami", "id", "groups", "printenv", "stat", "file", "du", "df", "diff", "cmp", "cut", "tr", "jq", "yq",
+    "fd", "tree", "pwd", "echo", "true", "false", "test", "[", "[[", "which", "whereis", "type",
+    "whoami", "id", "groups", "stat", "file", "du", "df", "diff", "cmp", "cut", "tr", "jq", "yq",
     "basename", "dirname", "realpath", "readlink", "md5sum", "sha1sum", "sha224sum", "sha256sum", "sha384sum",
     "sha512sum", "b2sum", "cksum", "sum", "nl", "column", "xxd", "hexdump", "od", "strings", "tac", "rev",
-    "fold", "expand", "unexpand", "paste", "join", "comm", "seq", "sleep", "dirs", "export", "set", "unset",
-    "alias", "unalias", "read", "shift", "local", "declare", "typeset", "readonly", "exit", "return", ":",
-    "wait", "jobs", "help", "man", "nproc", "free", "uptime", "ps", "locale", "expr", "getconf", "cal",
+    "fold", "expand", "unexpand", "paste", "join", "comm", "seq", "sleep", "dirs", "unset",
+    "unalias", "shift", "exit", "return", ":",
+    "wait", "jobs", "help", "man", "nproc", "free", "uptime", "locale", "expr", "getconf", "cal",
     "lscpu", "lsb_release", "whatis", "apropos", "zcat", "zgrep", "bzcat", "xzcat", "zless", "base64",
-    "base32", "fmt", "look", "mapfile", "readarray", "getopts", "trap", "umask", "ulimit", "hash", "break",
+    "base32", "fmt", "look", "umask", "ulimit", "break",
     "continue", "let", "tput", "arch", "tty", "stty", "history", "info", "pgrep", "pidof", "lsof",
-    "top", "htop", "vmstat", "iostat", "numfmt", "factor", "bc", "dc", "yes", "cygpath", "sha", "diff3",
+    "top", "htop", "vmstat", "iostat", "numfmt", "factor", "bc", "yes", "cygpath", "sha", "diff3",
     "sdiff", "colordiff", "wdiff", "shellcheck", "tsort", "ptx",
 })
 NETWORK_COMMANDS = frozenset({
     "nc", "ncat", "netcat", "ssh", "scp", "sftp", "telnet", "ftp", "tftp", "lftp", "socat", "nmap", "ping",
     "ping6", "dig", "nslookup", "host", "http", "https", "httpie", "xh", "aria2c", "whois", "traceroute",
     "tracepath", "mtr", "mosh", "gh", "glab", "aws", "gcloud", "gsutil", "az", "s3cmd", "rclone", "svn", "hg",
-    "ssh-keyscan", "sshpass", "ncftp", "axel", "links", "lynx", "w3m", "mail", "sendmail", "smbclient",
+    "ssh-keyscan", "sshpass", "ncftp", "axel", "links", "lynx", "w3m", "mail", "sendmail", "smbclient", "psql", "mysql", "redis-cli", "mongosh", "mongo",
 })
 PRIVILEGE_COMMANDS = frozenset({
     "sudo", "su", "doas", "pkexec", "chown", "chgrp", "setcap", "setfacl", "passwd", "chpasswd", "useradd",
@@ -77,7 +89,7 @@ PACKAGE_MANAGERS = frozenset({
     "snap", "flatpak", "rpm", "nix-env", "nix", "easy_install", "emerge", "pkg", "choco", "winget",
     "sdkmanager", "asdf", "update-alternatives",
 })
-SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "fish", "ash", "csh", "tcsh", "busybox"})
+SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "fish", "ash", "csh", "tcsh"})
 SCRIPTING = frozenset({"perl", "ruby", "node", "nodejs", "php", "deno", "lua", "luajit", "Rscript", "julia",
                         "tclsh", "osascript", "irb", "ts-node", "tsx", "groovy", "scala", "elixir", "erl"})
 BUILD_TOOLS = frozenset({
@@ -97,10 +109,10 @@ WRAPPERS: dict[str, frozenset[str]] = {
                         "--max-procs", "--delimiter", "-i"}),
     "watch": frozenset({"-n", "--interval", "-d"}), "chronic": frozenset(), "unbuffer": frozenset(),
     "setsid": frozenset(), "taskset": frozenset({"-c"}), "caffeinate": frozenset(), "catchsegv": frozenset(),
-    "strace": frozenset({"-o", "-e", "-p", "-s"}), "ltrace": frozenset({"-o", "-e"}), "flock": frozenset({"-w"}),
+    "strace": frozenset({"-o", "-e", "-p", "-s"}), "busybox": frozenset(), "toybox": frozenset(), "ltrace": frozenset({"-o", "-e"}), "flock": frozenset({"-w"}),
 }
 PREFIX_KEYWORDS = frozenset({"!", "{", "if", "then", "else", "elif", "do", "while", "until", "time", "}"})
-SKIPPED_KEYWORDS = frozenset({"fi", "done", "esac", "for", "select", "case", "function"})
+SKIPPED_KEYWORDS = frozenset({"fi", "done", "esac", "for", "select", "case"})
 
 
 def within(path: str, root: str) -> bool:
