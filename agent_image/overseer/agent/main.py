@@ -22,7 +22,7 @@ from overseer.contract import ExitCode
 from overseer.kube import Kube, load_credentials, path
 
 from . import gateway_token
-from .capability_tools import capability_tool
+from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
@@ -31,7 +31,7 @@ from .knowledge import Action, Experience, KnowledgeBase
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from .ratelimit import RateLimiter
 from .tools import default_registry
-from .tools.base import ToolContext
+from .tools.base import ToolContext, ToolError, ToolRegistry
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
 from .tools.knowledge_search import SearchKnowledge
 from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
@@ -59,6 +59,44 @@ def system_prompt(agent: Agent, lessons: list[str], approved: list[str] | None =
     return "\n\n".join(parts)
 
 
+async def load_capabilities(kube: Kube, ns: str, names: list[str]) -> list[Capability]:
+    """The named Capabilities and, transitively, those they require (one that is gone is skipped:
+    the Agent's CapabilitiesReady condition says so)."""
+    found: dict[str, Capability] = {}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
+        if raw is not None:
+            found[name] = Capability.model_validate(raw)
+            todo.extend(found[name].spec.requires)
+    return list(found.values())
+
+
+async def open_mcp_servers(caps: list[Capability], registry: ToolRegistry) -> list[Any]:
+    """One session per MCP capability, its tools registered. The SDK is imported only here: it
+    costs seconds of start time that agents without an MCP server should not pay."""
+    if not caps:
+        return []
+    from .mcp_tools import McpSession
+
+    sessions = []
+    for cap in caps:
+        assert cap.spec.mcp is not None
+        try:
+            headers = resolve_headers(cap, cap.spec.mcp.headers)
+        except ToolError as exc:
+            logger.warning("%s: its tools are not offered", exc)
+            continue
+        sessions.append(McpSession(cap, registry, headers))
+    await asyncio.gather(*(s.start() for s in sessions))
+    return sessions
+
+
 def effective_budget(agent: Agent, goal: Goal) -> Budget:
     """The goal's budget overrides field by field; the agent's fills the rest."""
     a, g = agent.spec.budget, goal.spec.budget or BudgetSpec()
@@ -73,6 +111,7 @@ async def run(settings: AgentSettings) -> int:
         return load_credentials()
 
     kube = Kube(login, "overseer-agent", pool_size=4)
+    servers: list[Any] = []
     link = GoalLink(kube, settings.goal_namespace, settings.goal_name, settings.heartbeat_seconds)
     health = HealthServer(settings.health_port, stale_after=max(60.0, settings.heartbeat_seconds * 6))
     try:
@@ -82,18 +121,16 @@ async def run(settings: AgentSettings) -> int:
         if agent_raw is None:
             raise LookupError(f"Agent {ns}/{settings.agent_name} does not exist")
         agent = Agent.model_validate(agent_raw)
-        capabilities = []
-        for name in agent.spec.capabilities:
-            raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
-            if raw is not None:
-                capabilities.append(Capability.model_validate(raw))
+        capabilities = await load_capabilities(kube, ns, agent.spec.capabilities)
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
         todos = TodoList()
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), extras={"todos": todos})
         registry = default_registry(todos)
         for cap in capabilities:
-            registry.register(capability_tool(cap))
+            if cap.spec.mcp is None:
+                registry.register(capability_tool(cap))
+        servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry)
 
         uid = goal.metadata.get("uid") or goal.name
         # Approved self-modifications: lessons for the prompt, script tools (registered last).
@@ -179,6 +216,8 @@ async def run(settings: AgentSettings) -> int:
             await kb.close()
         return exit_code(outcome)
     finally:
+        for server in servers:
+            await server.close()
         await link.stop()
         await health.stop()
         await kube.close()

@@ -1,21 +1,25 @@
-"""Capability reconciliation: validate the input schema and the requires graph."""
+"""Capability reconciliation: validate the input schema and the requires graph; Ready only once
+all it requires is Ready."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jsonschema
 
 from overseer.api import Capability
+from overseer.api.capability import with_requirements
 
 from . import dispatch
-from .conditions import same_conditions, summarize
+from .conditions import condition, same_conditions, summarize
 from .runtime import Key, Runtime, capability_path
 
 
-def validate(cap: Capability, exists: Callable[[str], bool],
-             requires_of: Callable[[str], list[str]]) -> tuple[bool, str, str]:
-    """(ready, reason, message) for a capability, given how to look up the others."""
+def validate(cap: Capability, exists: Callable[[str], bool], requires_of: Callable[[str], list[str]],
+             unready: Callable[[str], str | None] = lambda _: None) -> tuple[bool, str, str]:
+    """(ready, reason, message) for a capability, given how to look up the others: whether one
+    exists, what it requires, and why it is not Ready (None when it is)."""
     try:
         jsonschema.validators.validator_for(cap.spec.input_schema).check_schema(cap.spec.input_schema)
     except jsonschema.SchemaError as e:
@@ -27,7 +31,31 @@ def validate(cap: Capability, exists: Callable[[str], bool],
     cycle = dispatch.find_cycle(cap.name, lambda n: cap.spec.requires if n == cap.name else requires_of(n))
     if cycle:
         return False, "RequirementCycle", "spec.requires forms a cycle: " + " -> ".join(cycle)
+    waiting = [(r, why) for r in cap.spec.requires if (why := unready(r)) is not None]
+    if waiting:
+        return False, "RequirementNotReady", "spec.requires names capabilities that are not Ready: " + "; ".join(
+            f"{r} ({why})" for r, why in waiting)
     return True, "Valid", "input schema and requirements are valid"
+
+
+def needed(rt: Runtime, namespace: str, names: list[str]) -> dict[str, tuple[list[str], dict[str, Any] | None]]:
+    """Every capability the named ones need through `requires`, transitively, as the store has
+    them: the chain that brings each in, and the object (None when it does not exist)."""
+    def requires_of(name: str) -> list[str] | None:
+        raw = rt.one("capabilities", (namespace, name))
+        return None if raw is None else list((raw.get("spec") or {}).get("requires") or [])
+
+    return {n: (chain, rt.one("capabilities", (namespace, n))) for n, chain in with_requirements(names, requires_of).items()}
+
+
+def not_ready_reason(raw: dict[str, Any] | None) -> str | None:
+    """Why a capability object is not usable (its Ready condition's reason), or None when it is Ready."""
+    if raw is None:
+        return "NotFound"
+    ready = condition((raw.get("status") or {}).get("conditions") or [], "Ready")
+    if ready is None:
+        return "NotValidatedYet"
+    return None if ready.get("status") == "True" else str(ready.get("reason") or "NotReady")
 
 
 # Only a change to a spec clears these; a missing requirement may still be created.
@@ -48,6 +76,7 @@ class CapabilityReconciler:
             cap,
             exists=lambda n: self.rt.one("capabilities", (ns, n)) is not None,
             requires_of=lambda n: ((self.rt.one("capabilities", (ns, n)) or {}).get("spec") or {}).get("requires") or [],
+            unready=lambda n: not_ready_reason(self.rt.one("capabilities", (ns, n))),
         )
         status = raw.get("status") or {}
         conds = summarize(list(status.get("conditions") or []), ready, reason, message, cap.generation,

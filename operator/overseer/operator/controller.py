@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 from overseer.api import API_VERSION
+from overseer.api.capability import with_requirements
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from . import admission, metrics
@@ -209,6 +210,11 @@ class Operator:
         for cap in self.rt.stores["capabilities"].by("namespace", ns):
             if name in ((cap.get("spec") or {}).get("requires") or []):
                 self.rt.capabilities.add(key_of(cap))
-        for agent in self.rt.stores["agents"].by("namespace", ns):
-            if name in ((agent.get("spec") or {}).get("capabilities") or []):
+        caps = {c["metadata"]["name"]: c for c in self.rt.stores["capabilities"].by("namespace", ns)}
+
+        def requires_of(n: str) -> list[str] | None:
+            return None if n not in caps else list((caps[n].get("spec") or {}).get("requires") or [])
+
+        for agent in self.rt.stores["agents"].by("namespace", ns):  # its own or one it needs through requires
+            if name in with_requirements((agent.get("spec") or {}).get("capabilities") or [], requires_of):
                 self.rt.agents.add(key_of(agent))
