@@ -1,5 +1,5 @@
-"""Capability reconciliation: validate the input schema and the requires graph; Ready only once
-all it requires is Ready."""
+"""Capability reconciliation: validate the input schema and the requires graph (Ready only once
+all it requires is Ready); for an MCP server, show the tools it lists."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from overseer.api import Capability
 from overseer.api.capability import with_requirements
 
 from . import dispatch
-from .conditions import condition, same_conditions, summarize
+from .conditions import condition, same_conditions, set_condition, summarize
+from .mcp_probe import Prober, offered_names, tools_condition
 from .runtime import Key, Runtime, capability_path
 
 
@@ -65,11 +66,13 @@ SPEC_ERRORS = {"InvalidInputSchema", "RequirementCycle"}
 class CapabilityReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.prober = Prober(rt)
 
     async def reconcile(self, key: Key) -> float | None:
         ns, name = key
         raw = self.rt.one("capabilities", key)
         if raw is None:
+            self.prober.forget(key)
             return None
         cap = Capability.model_validate(raw)
         ready, reason, message = validate(
@@ -83,10 +86,27 @@ class CapabilityReconciler:
                           stalled=reason in SPEC_ERRORS)
         used_by = sorted(a["metadata"]["name"] for a in self.rt.by("agents", "namespace", ns)
                          if name in ((a.get("spec") or {}).get("capabilities") or []))
-        changes = {"observedGeneration": cap.generation, "usedBy": used_by}
+        changes: dict[str, Any] = {"observedGeneration": cap.generation, "usedBy": used_by}
+        requeue = None
+        if cap.spec.mcp is not None:
+            probe = self.prober.result(key, cap)
+            found, why, text = tools_condition(cap, probe)
+            conds = set_condition(conds, "ToolsDiscovered", found, why, text, cap.generation)
+            if probe is not None and probe.tools is not None:
+                changes["tools"] = offered_names(cap, probe.tools)
+                changes["toolCount"] = len(changes["tools"])
+            elif probe is not None:
+                requeue = self.rt.settings.mcp_probe_retry_seconds
+        else:
+            conds = [c for c in conds if c.get("type") != "ToolsDiscovered"]
+        old_found = condition(status.get("conditions") or [], "ToolsDiscovered")
+        new_found = condition(conds, "ToolsDiscovered")
+        if new_found is not None and new_found["status"] == "False" and (
+                old_found is None or old_found.get("reason") != new_found["reason"]):
+            self.rt.events.record(raw, "Warning", new_found["reason"], new_found["message"])
         if not same_conditions(conds, status.get("conditions") or []):
             changes["conditions"] = conds
             if not ready:
                 self.rt.events.record(raw, "Warning", reason, message)
         await self.rt.patch_status(capability_path(ns, name, "status"), raw, changes)
-        return None
+        return requeue
