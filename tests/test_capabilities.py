@@ -6,7 +6,7 @@ import pytest
 
 from overseer.api.capability import with_requirements
 from overseer.operator.agents import capabilities_condition
-from overseer.operator.capabilities import validate
+from overseer.operator.capabilities import call_stats, validate
 
 
 def catalogue(**requires: list[str]):
@@ -155,3 +155,29 @@ def test_an_agent_counts_what_it_gets_through_requires(make_agent):
     caps = {"lint": (["lint"], raw_capability("lint")), "fmt": (["lint", "fmt"], raw_capability("fmt"))}
 
     assert capabilities_condition(agent, caps) == (True, "AllReady", "2 capabilities ready (1 through requires)")
+
+
+def goal_reporting(heartbeat: str, *entries: dict):
+    return {"status": {"heartbeat": heartbeat, "capabilityCalls": list(entries)}}
+
+
+def test_call_statistics_are_summed_over_the_goals_that_called_the_capability():
+    goals = [goal_reporting("2026-12-01T10:00:00Z", {"name": "deploy", "calls": 3, "failures": 1,
+                                                     "recentMs": [100, 200, 300]},
+                            {"name": "lint", "calls": 9, "failures": 0, "recentMs": [5]}),
+             goal_reporting("2026-12-01T11:00:00Z", {"name": "deploy", "calls": 2, "failures": 0,
+                                                     "recentMs": [40, 50]}),
+             {"status": {}}]
+
+    assert call_stats("deploy", goals) == {"calls": 5, "failures": 1, "latencyP50Ms": 100}
+    assert call_stats("pytest", goals) == {}
+
+
+def test_the_p50_covers_only_the_most_recent_calls():
+    old = goal_reporting("2026-12-01T09:00:00Z", {"name": "deploy", "calls": 100, "recentMs": [9000] * 20})
+    new = [goal_reporting(f"2026-12-01T1{i}:00:00Z", {"name": "deploy", "calls": 20, "recentMs": [10] * 20})
+           for i in range(5)]
+
+    stats = call_stats("deploy", [old, *new])
+
+    assert stats["calls"] == 200 and stats["latencyP50Ms"] == 10, "the 100 most recent calls were all fast"

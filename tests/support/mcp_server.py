@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
@@ -87,3 +88,34 @@ class ToolServer:
                 self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
             await app(scope, receive, send)
         return record
+
+
+class ThreadedToolServer:
+    """A ToolServer in a thread of its own, for tests that do not run an event loop (e2e)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.server = ToolServer()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mcp-server", daemon=True)
+        self._thread.start()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def start(self) -> ThreadedToolServer:
+        self._run(self.server.start())
+        return self
+
+    def stop(self) -> None:
+        self._run(self.server.stop())
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return self.server.url

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,17 +16,26 @@ from overseer.api import Capability, parse_duration
 from overseer.api.capability import Header
 from overseer.contract import secret_env
 
+from .capability_stats import CallStats
 from .tools.base import Tool, ToolContext, ToolError, ToolResult
 from .tools.shell import run_process
 
 
 class CapabilityTool(Tool):
-    def __init__(self, cap: Capability) -> None:
+    def __init__(self, cap: Capability, stats: CallStats | None = None) -> None:
         self.cap = cap
+        self.stats = stats or CallStats()
         self.name = cap.name.replace(".", "_")
         self.description = cap.spec.description
         self.input_schema = cap.spec.input_schema or {"type": "object"}
         self.risk = cap.spec.risk
+
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        return await self.stats.timed(self.cap.name, self.call(input, ctx))
+
+    @abstractmethod
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        """One call, counted by run()."""
 
     def _timeout(self, default: str) -> float:
         spec = self.cap.spec.command or self.cap.spec.http
@@ -35,7 +45,7 @@ class CapabilityTool(Tool):
 class CommandCapability(CapabilityTool):
     """Runs spec.command.run in the workspace with the input as JSON on stdin."""
 
-    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.command is not None
         argv = self.cap.spec.command.run
         outcome = await run_process(argv, cwd=ctx.workspace, env=ctx.env, timeout=self._timeout("5m"),
@@ -50,7 +60,7 @@ class HttpCapability(CapabilityTool):
     """Sends the input to spec.http.url: as query parameters for GET and DELETE, as a JSON body
     otherwise, with the headers the spec names (Secret values from the pod's environment)."""
 
-    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.http is not None
         http = self.cap.spec.http
         headers = resolve_headers(self.cap, http.headers)
@@ -91,8 +101,8 @@ def resolve_headers(cap: Capability, headers: list[Header], environ: Mapping[str
     return out
 
 
-def capability_tool(cap: Capability) -> CapabilityTool:
+def capability_tool(cap: Capability, stats: CallStats | None = None) -> CapabilityTool:
     """The tool that runs a command or HTTP Capability (MCP servers: overseer.agent.mcp_tools)."""
     if cap.spec.command is not None:
-        return CommandCapability(cap)
-    return HttpCapability(cap)
+        return CommandCapability(cap, stats)
+    return HttpCapability(cap, stats)

@@ -22,6 +22,7 @@ from overseer.contract import ExitCode
 from overseer.kube import Kube, load_credentials, path
 
 from . import gateway_token
+from .capability_stats import CallStats
 from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
@@ -77,7 +78,7 @@ async def load_capabilities(kube: Kube, ns: str, names: list[str]) -> list[Capab
     return list(found.values())
 
 
-async def open_mcp_servers(caps: list[Capability], registry: ToolRegistry) -> list[Any]:
+async def open_mcp_servers(caps: list[Capability], registry: ToolRegistry, stats: CallStats) -> list[Any]:
     """One session per MCP capability, its tools registered. The SDK is imported only here: it
     costs seconds of start time that agents without an MCP server should not pay."""
     if not caps:
@@ -92,7 +93,7 @@ async def open_mcp_servers(caps: list[Capability], registry: ToolRegistry) -> li
         except ToolError as exc:
             logger.warning("%s: its tools are not offered", exc)
             continue
-        sessions.append(McpSession(cap, registry, headers))
+        sessions.append(McpSession(cap, registry, headers, stats))
     await asyncio.gather(*(s.start() for s in sessions))
     return sessions
 
@@ -127,10 +128,12 @@ async def run(settings: AgentSettings) -> int:
         todos = TodoList()
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), extras={"todos": todos})
         registry = default_registry(todos)
+        stats = CallStats(lambda entries: link.report(capabilityCalls=entries))
+        stats.restore([c.to_api() for c in goal.status.capability_calls])  # an earlier attempt's
         for cap in capabilities:
             if cap.spec.mcp is None:
-                registry.register(capability_tool(cap))
-        servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry)
+                registry.register(capability_tool(cap, stats))
+        servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry, stats)
 
         uid = goal.metadata.get("uid") or goal.name
         # Approved self-modifications: lessons for the prompt, script tools (registered last).

@@ -24,9 +24,11 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from overseer import __version__
 from overseer.api import Capability, parse_duration
 
+from .capability_stats import CallStats
 from .tools.base import Risk, Tool, ToolContext, ToolRegistry, ToolResult
 
 logger = logging.getLogger(__name__)
+logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
 
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 NAME_LIMIT = 64
@@ -63,7 +65,7 @@ class McpServerTool(Tool):
         self.risk = risk
 
     async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
-        return await self.server.call(self, dict(input), ctx)
+        return await self.server.stats.timed(self.server.cap.name, self.server.call(self, dict(input), ctx))
 
 
 class McpSession:
@@ -71,9 +73,11 @@ class McpSession:
     (the SDK's transport lives in task groups that must start and end in one task), reopened
     when a call finds it broken."""
 
-    def __init__(self, cap: Capability, registry: ToolRegistry, headers: dict[str, str]) -> None:
+    def __init__(self, cap: Capability, registry: ToolRegistry, headers: dict[str, str],
+                 stats: CallStats | None = None) -> None:
         assert cap.spec.mcp is not None
         self.cap = cap
+        self.stats = stats or CallStats()
         self.url = cap.spec.mcp.url
         self.registry = registry
         self.headers = headers

@@ -150,6 +150,12 @@ class CapabilityStatus(ApiModel):
     """For an MCP server: the tools the operator found on it (after spec.mcp.tools narrowed them)."""
     tool_count: int | None = None
     """How many tools are in status.tools."""
+    calls: int | None = None
+    """Calls made by the goals that still exist (agents report them in their Goal's status)."""
+    failures: int | None = None
+    """Of those, calls that returned an error."""
+    latency_p50_ms: int | None = None
+    """Median latency in milliseconds over the most recent calls (up to 100)."""
 
 
 class Capability(CustomResource):
@@ -163,6 +169,9 @@ class Capability(CustomResource):
         PrinterColumn(name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status'),
         PrinterColumn(name="Reason", type="string", json_path='.status.conditions[?(@.type=="Ready")].reason', priority=1),
         PrinterColumn(name="Tools", type="integer", json_path=".status.toolCount"),
+        PrinterColumn(name="Calls", type="integer", json_path=".status.calls"),
+        PrinterColumn(name="Failures", type="integer", json_path=".status.failures"),
+        PrinterColumn(name="P50-ms", type="integer", json_path=".status.latencyP50Ms"),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 

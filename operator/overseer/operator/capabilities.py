@@ -3,6 +3,7 @@ all it requires is Ready); for an MCP server, show the tools it lists."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,32 @@ def not_ready_reason(raw: dict[str, Any] | None) -> str | None:
     return None if ready.get("status") == "True" else str(ready.get("reason") or "NotReady")
 
 
+P50_WINDOW = 100
+"""Most recent calls the p50 latency is taken over."""
+
+
+def call_stats(name: str, goals: list[dict[str, Any]]) -> dict[str, int]:
+    """calls, failures and latencyP50Ms of a Capability, summed up from what agents report in
+    their goals' status.capabilityCalls ({} when no goal has called it). The p50 covers the most
+    recent P50_WINDOW calls, goals ordered by their last heartbeat."""
+    calls = failures = 0
+    recent: list[tuple[str, list[int]]] = []
+    for goal in goals:
+        status = goal.get("status") or {}
+        for entry in status.get("capabilityCalls") or []:
+            if entry.get("name") == name:
+                calls += int(entry.get("calls") or 0)
+                failures += int(entry.get("failures") or 0)
+                recent.append((str(status.get("heartbeat") or ""), [int(ms) for ms in entry.get("recentMs") or []]))
+    if not calls:
+        return {}
+    window = [ms for _, samples in sorted(recent, key=lambda r: r[0]) for ms in samples][-P50_WINDOW:]
+    out = {"calls": calls, "failures": failures}
+    if window:
+        out["latencyP50Ms"] = int(statistics.median_low(window))
+    return out
+
+
 # Only a change to a spec clears these; a missing requirement may still be created.
 SPEC_ERRORS = {"InvalidInputSchema", "RequirementCycle"}
 
@@ -86,7 +113,8 @@ class CapabilityReconciler:
                           stalled=reason in SPEC_ERRORS)
         used_by = sorted(a["metadata"]["name"] for a in self.rt.by("agents", "namespace", ns)
                          if name in ((a.get("spec") or {}).get("capabilities") or []))
-        changes: dict[str, Any] = {"observedGeneration": cap.generation, "usedBy": used_by}
+        changes: dict[str, Any] = {"observedGeneration": cap.generation, "usedBy": used_by,
+                                   **call_stats(name, self.rt.by("goals", "namespace", ns))}
         requeue = None
         if cap.spec.mcp is not None:
             probe = self.prober.result(key, cap)

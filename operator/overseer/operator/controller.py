@@ -151,6 +151,10 @@ class Operator:
         if phase in STOPS_SUBGOALS:
             for child in self.rt.stores["goals"].names("parent", key):
                 self.rt.goals.add((ns, child))
+        calls = (raw.get("status") or {}).get("capabilityCalls") or []
+        if event == "DELETED" or calls != ((old or {}).get("status") or {}).get("capabilityCalls"):
+            for entry in calls:  # their call statistics; coalesced to one write a second
+                self.rt.capabilities.add_after((ns, entry.get("name") or ""), 1.0)
         agent = goal_agent(raw)
         if agent:
             self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second

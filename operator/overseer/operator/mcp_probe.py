@@ -60,6 +60,7 @@ async def list_tools(url: str, headers: dict[str, str], timeout: float) -> list[
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
     names: list[str] = []
     async with asyncio.timeout(timeout):
         http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(timeout))
