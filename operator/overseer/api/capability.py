@@ -145,7 +145,7 @@ class CapabilityStatus(ApiModel):
     observed_generation: int | None = None
     """The metadata.generation last validated."""
     used_by: list[str] = Field(default_factory=list)
-    """Agents that list this capability."""
+    """Agents that list this capability, or one that requires it."""
     tools: list[str] = Field(default_factory=list)
     """For an MCP server: the tools the operator found on it (after spec.mcp.tools narrowed them)."""
     tool_count: int | None = None

@@ -112,7 +112,7 @@ class CapabilityReconciler:
         conds = summarize(list(status.get("conditions") or []), ready, reason, message, cap.generation,
                           stalled=reason in SPEC_ERRORS)
         used_by = sorted(a["metadata"]["name"] for a in self.rt.by("agents", "namespace", ns)
-                         if name in ((a.get("spec") or {}).get("capabilities") or []))
+                         if name in needed(self.rt, ns, list((a.get("spec") or {}).get("capabilities") or [])))
         changes: dict[str, Any] = {"observedGeneration": cap.generation, "usedBy": used_by,
                                    **call_stats(name, self.rt.by("goals", "namespace", ns))}
         requeue = None

@@ -15,7 +15,7 @@ from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 from . import admission, metrics
 from .agents import AgentReconciler
 from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, api_server_egress
-from .capabilities import CapabilityReconciler
+from .capabilities import CapabilityReconciler, needed
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
 from .goals import QUEUE_SWEEP_SECONDS, STOPS_SUBGOALS, GoalReconciler
@@ -195,8 +195,8 @@ class Operator:
         self.rt.agents.add(key)
         for goal in self.rt.stores["goals"].names("namespace", ns):
             self.rt.goals.add((ns, goal))
-        for cap in (raw.get("spec") or {}).get("capabilities") or []:
-            self.rt.capabilities.add((ns, cap))
+        for cap in needed(self.rt, ns, list((raw.get("spec") or {}).get("capabilities") or [])):
+            self.rt.capabilities.add((ns, cap))  # their usedBy
 
     def api_server_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         found = api_server_egress(self.rt.settings, self.rt.stores["endpointslices"].values())
