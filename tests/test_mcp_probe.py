@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
+
 import pytest
 
 from overseer.api import Capability
-from overseer.operator.mcp_probe import Probe, list_tools, tools_condition
+from overseer.operator.mcp_probe import Probe, Prober, list_tools, tools_condition
+from overseer.operator.settings import Settings
 from tests.support.mcp_server import ToolServer
 
 
 def mcp_capability(**mcp) -> Capability:
     return Capability.model_validate({"metadata": {"name": "weather", "namespace": "team-a", "generation": 2},
                                       "spec": {"description": "weather tools",
-                                               "mcp": {"url": "http://127.0.0.1:9/mcp", **mcp}}})
+                                               "mcp": {"url": "http://127.0.0.1:9/mcp"} | mcp}})
 
 
 async def test_the_probe_lists_the_tools_of_a_real_server():
@@ -60,3 +65,59 @@ def test_a_narrowing_that_names_a_tool_the_server_lacks_says_which():
 
 def test_until_the_first_probe_ends_the_tools_are_unknown():
     assert tools_condition(mcp_capability(), None)[:2] == ("Unknown", "Probing")
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str]] = []
+
+    def add(self, key: tuple[str, str]) -> None:
+        self.added.append(key)
+
+
+def runtime(**settings: float) -> SimpleNamespace:
+    return SimpleNamespace(settings=Settings(**settings), capabilities=Queue(), kube=None)
+
+
+async def test_a_probe_runs_beside_the_reconcile_and_once_per_generation():
+    server = await ToolServer().start()
+    rt = runtime(mcp_probe_timeout_seconds=10)
+    prober = Prober(rt)
+    cap = mcp_capability(url=server.url)
+    key = ("team-a", "weather")
+    try:
+        assert prober.result(key, cap) is None, "the reconcile does not wait for the server"
+        await until(lambda: rt.capabilities.added == [key])
+        probe = prober.result(key, cap)
+        assert probe is not None and sorted(probe.tools) == ["alerts", "forecast", "unlock"]
+        assert prober.result(key, cap) is probe
+        await asyncio.sleep(0.2)
+        assert rt.capabilities.added == [key], "no second probe for the same generation"
+        newer = mcp_capability(url=server.url, tools=["forecast"])
+        newer.metadata["generation"] = 3
+        assert prober.result(key, newer) is None, "a changed Capability is probed again"
+        await until(lambda: len(rt.capabilities.added) == 2)
+    finally:
+        await server.stop()
+
+
+async def test_a_failed_probe_is_tried_again_after_the_retry_interval():
+    rt = runtime(mcp_probe_timeout_seconds=2, mcp_probe_retry_seconds=0.5)
+    prober = Prober(rt)
+    cap = mcp_capability()  # nothing listens on port 9
+    key = ("team-a", "weather")
+
+    prober.result(key, cap)
+    await until(lambda: len(rt.capabilities.added) == 1)
+    failed = prober.result(key, cap)
+    assert failed is not None and failed.tools is None and failed.error
+    await asyncio.sleep(0.6)
+    prober.result(key, cap)
+    await until(lambda: len(rt.capabilities.added) == 2)
+
+
+async def until(check, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
