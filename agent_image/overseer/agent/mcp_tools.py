@@ -92,7 +92,7 @@ class McpSession:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, wait: float = 30) -> None:
+    async def start(self, wait: float = 10) -> None:
         """Open the session and register the server's tools; when the server cannot be reached,
         register the tools the operator last found on it, whose calls then say why they fail."""
         self._task = asyncio.create_task(self._keep(), name=f"mcp {self.cap.name}")
@@ -156,7 +156,9 @@ class McpSession:
             await self._wanted.wait()
 
     async def _session(self) -> None:
-        http = httpx2.AsyncClient(headers=self.headers, timeout=httpx2.Timeout(30, read=max(self.timeout, 30)))
+        # Calls are bounded by read_timeout_seconds; the HTTP read timeout only has to outlast the
+        # quiet spells of the stream that announces tool list changes (the SDK's own default).
+        http = httpx2.AsyncClient(headers=self.headers, timeout=httpx2.Timeout(10, read=max(self.timeout, 300)))
         info = mcp_types.Implementation(name="overseer-agent", version=__version__)
         async with http, Client(streamable_http_client(self.url, http_client=http), client_info=info,
                                 read_timeout_seconds=self.timeout, message_handler=self._on_message) as client:
