@@ -78,6 +78,13 @@ def test_role_reads_only_the_capabilities_the_agent_lists(make_agent):
     assert rule["verbs"] == ["get"]
 
 
+def test_role_reads_what_the_listed_capabilities_require_too(make_agent):
+    role = render_role(make_agent(capabilities=["lint"]), ["lint", "fmt", "parser"])
+
+    [rule] = rules_for(role, "capabilities")
+    assert rule["resourceNames"] == ["fmt", "lint", "parser"]
+
+
 def test_role_grants_no_capabilities_to_an_agent_without_any(make_agent):
     # An empty resourceNames list would mean "all capabilities", so there must be no rule at all.
     role = render_role(make_agent(capabilities=[]))

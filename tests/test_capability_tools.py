@@ -1,7 +1,8 @@
-"""Capabilities as tools: a command in the workspace, an HTTP endpoint, an MCP server."""
+"""Capabilities as tools: a command in the workspace, an HTTP endpoint (MCP servers: test_mcp_tools.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from aiohttp import web
 from overseer.agent.capability_tools import capability_tool
 from overseer.agent.tools.base import ToolContext, ToolRegistry
 from overseer.api import Capability
+from overseer.contract import secret_env
 
 
 def cap(name: str, **spec: Any) -> Capability:
@@ -64,31 +66,77 @@ async def test_http_capability_posts_its_input(tmp_path: Path) -> None:
     assert not result.is_error and "HTTP 200" in result.content and "deployed" in result.content
 
 
-async def test_mcp_capability_calls_the_servers_tool(tmp_path: Path) -> None:
-    calls: list[dict[str, Any]] = []
+async def test_http_capability_sends_headers_from_secrets_the_model_never_sees(tmp_path: Path, monkeypatch) -> None:
+    seen: list[web.Request] = []
 
     async def handler(request: web.Request) -> web.Response:
-        message = await request.json()
-        calls.append(message)
-        if message["method"] == "initialize":
-            return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {
-                "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
-                "serverInfo": {"name": "test", "version": "1"}}}, headers={"Mcp-Session-Id": "s-1"})
-        if message["method"] == "notifications/initialized":
-            return web.Response(status=202)
-        assert request.headers.get("Mcp-Session-Id") == "s-1"
-        args = message["params"]["arguments"]
-        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {
-            "content": [{"type": "text", "text": f"weather in {args['city']}: sunny"}], "isError": False}})
+        seen.append(request)
+        return web.json_response({"deleted": request.query.get("id")})
 
     app = web.Application()
-    app.router.add_post("/mcp", handler)
+    app.router.add_delete("/items", handler)
     runner, url = await serve(app)
+    monkeypatch.setenv(secret_env("tracker", "token"), "Bearer s3cret")
     try:
-        tool = capability_tool(cap("weather", mcp={"url": f"{url}/mcp", "tool": "forecast"}))
-        result = await tool.run({"city": "Oslo"}, ToolContext(workspace=tmp_path))
+        tool = capability_tool(cap("delete-item", http={"url": f"{url}/items", "method": "DELETE", "headers": [
+            {"name": "Authorization", "secretKeyRef": {"name": "tracker", "key": "token"}},
+            {"name": "X-Team", "value": "a"}]}))
+        result = await tool.run({"id": 7}, ToolContext(workspace=tmp_path))
     finally:
         await runner.cleanup()
-    assert not result.is_error and result.content == "weather in Oslo: sunny"
-    assert [c["method"] for c in calls] == ["initialize", "notifications/initialized", "tools/call"]
-    assert calls[-1]["params"]["name"] == "forecast"
+    [request] = seen
+    assert request.headers["Authorization"] == "Bearer s3cret" and request.headers["X-Team"] == "a"
+    assert not result.is_error and '"deleted": "7"' in result.content
+    assert "s3cret" not in json.dumps(tool.definition()) + result.content
+
+
+async def test_http_capability_without_its_secret_says_which_is_missing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(secret_env("tracker", "token"), raising=False)
+    tool = capability_tool(cap("deploy", http={"url": "http://127.0.0.1:9/deploy", "headers": [
+        {"name": "Authorization", "secretKeyRef": {"name": "tracker", "key": "token"}}]}))
+
+    result = await ToolRegistry([tool]).run("deploy", {}, ToolContext(workspace=tmp_path))
+
+    assert result.is_error and "Secret 'tracker'" in result.content and "'token'" in result.content
+
+
+async def test_http_capability_cuts_a_long_response_and_says_so(tmp_path: Path) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="x" * 5000)
+
+    app = web.Application()
+    app.router.add_post("/logs", handler)
+    runner, url = await serve(app)
+    try:
+        tool = capability_tool(cap("logs", http={"url": f"{url}/logs", "maxResponseBytes": 1000}))
+        result = await tool.run({}, ToolContext(workspace=tmp_path))
+    finally:
+        await runner.cleanup()
+    assert result.content.split("\n")[1] == "x" * 1000
+    assert "cut at 1000 bytes (spec.http.maxResponseBytes)" in result.content
+
+
+async def test_http_capability_on_a_service_that_is_down_gives_an_error_the_model_can_act_on(tmp_path: Path) -> None:
+    runner, url = await serve(web.Application())
+    await runner.cleanup()  # the port is free again: nothing listens
+    tool = capability_tool(cap("deploy", http={"url": f"{url}/deploy"}))
+
+    result = await ToolRegistry([tool]).run("deploy", {}, ToolContext(workspace=tmp_path))
+
+    assert result.is_error and f"{url}/deploy failed" in result.content and "try again later" in result.content
+
+
+async def test_http_capability_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/slow", handler)
+    runner, url = await serve(app)
+    try:
+        tool = capability_tool(cap("slow", http={"url": f"{url}/slow", "timeout": "1s"}))
+        result = await ToolRegistry([tool]).run("slow", {}, ToolContext(workspace=tmp_path))
+    finally:
+        await runner.cleanup()
+    assert result.is_error and "did not answer within 1s" in result.content

@@ -70,7 +70,8 @@ def test_default_values_match_the_operator_defaults() -> None:
     s = Settings()
     camel = lambda name: re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)  # noqa: E731
     for field in ("workers", "resync_seconds", "retry_backoff_seconds", "retry_backoff_max_seconds",
-                  "heartbeat_timeout_seconds", "secret_recheck_seconds"):
+                  "heartbeat_timeout_seconds", "secret_recheck_seconds", "mcp_probe_timeout_seconds",
+                  "mcp_probe_retry_seconds"):
         assert values["config"][camel(field)] == getattr(s, field), field
     np = values["networkPolicy"]
     assert np["modelEgress"] == {"cidrs": s.model_egress_cidrs, "except": s.model_egress_except,

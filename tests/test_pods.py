@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from overseer.contract import secret_env
 from overseer.operator.pods import pod_name, render_pod
 
 # Volume types the `restricted` Pod Security level allows.
@@ -122,6 +123,21 @@ def test_api_key_comes_from_the_agents_secret(make_goal, make_agent, settings):
     assert env["ANTHROPIC_API_KEY"] == {"name": "ANTHROPIC_API_KEY", "valueFrom": {
         "secretKeyRef": {"name": "team-a-anthropic", "key": "token"}}}
     assert "value" not in env["ANTHROPIC_API_KEY"]
+
+
+def test_capability_header_secrets_reach_the_pod_by_reference_once_each(make_goal, make_agent, make_capability,
+                                                                        settings):
+    token = {"name": "Authorization", "secretKeyRef": {"name": "tracker", "key": "token"}}
+    caps = [make_capability("issues", command=None, http={"url": "http://tracker:80/api", "headers": [token]}),
+            make_capability("tracker-mcp", command=None, mcp={"url": "http://tracker:80/mcp", "headers": [
+                token, {"name": "X-Team", "value": "team-a"}]})]
+
+    env = env_of(render_pod(make_goal(), make_agent(capabilities=["issues", "tracker-mcp"]), 1, settings, caps))
+
+    name = secret_env("tracker", "token")
+    assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "tracker", "key": "token"}}}
+    assert [e for e in env if e.startswith("OVERSEER_SECRET_")] == [name]
+    assert "team-a" not in str(env), "literal headers stay in the Capability, read by the agent"
 
 
 def test_the_knowledge_base_login_comes_from_the_namespaces_secret_never_as_a_value(make_goal, make_agent, settings):

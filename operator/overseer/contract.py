@@ -8,6 +8,7 @@ agent's environment is checked against `Env` by tests/test_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 from enum import IntEnum, StrEnum
 
 COMMAND = "overseer-agent"
@@ -44,6 +45,15 @@ class Env(StrEnum):
     CONTEXT_TOKENS = "OVERSEER_CONTEXT_TOKENS"
     COMPACT_AT = "OVERSEER_COMPACT_AT"
     MAX_SUBGOAL_DEPTH = "OVERSEER_MAX_SUBGOAL_DEPTH"
+
+
+SECRET_ENV_PREFIX = "OVERSEER_SECRET_"
+
+
+def secret_env(secret: str, key: str) -> str:
+    """The variable through which the agent container gets one key of a Secret that a Capability's
+    header names (secretKeyRef). Its OVERSEER_ prefix keeps it out of the tools' environment."""
+    return SECRET_ENV_PREFIX + hashlib.sha256(f"{secret}/{key}".encode()).hexdigest()[:16].upper()
 
 
 class ExitCode(IntEnum):

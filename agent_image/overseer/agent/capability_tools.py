@@ -1,29 +1,41 @@
-"""An Agent's Capabilities as tools: a command in the pod, an HTTP endpoint, or a tool of an
-MCP server. The call's input is validated against the Capability's inputSchema first (by the
+"""An Agent's Capabilities as tools: a command in the pod or an HTTP endpoint (an MCP server's
+tools: overseer.agent.mcp_tools). The call's input is validated against the Capability's inputSchema first (by the
 registry), and the Capability's risk decides whether the call waits for approval."""
 
 from __future__ import annotations
 
 import json
+import os
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from overseer import __version__
 from overseer.api import Capability, parse_duration
+from overseer.api.capability import Header
+from overseer.contract import secret_env
 
-from .tools.base import Tool, ToolContext, ToolResult
+from .capability_stats import CallStats
+from .tools.base import Tool, ToolContext, ToolError, ToolResult
 from .tools.shell import run_process
 
 
 class CapabilityTool(Tool):
-    def __init__(self, cap: Capability) -> None:
+    def __init__(self, cap: Capability, stats: CallStats | None = None) -> None:
         self.cap = cap
+        self.stats = stats or CallStats()
         self.name = cap.name.replace(".", "_")
         self.description = cap.spec.description
         self.input_schema = cap.spec.input_schema or {"type": "object"}
         self.risk = cap.spec.risk
+
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        return await self.stats.timed(self.cap.name, self.call(input, ctx))
+
+    @abstractmethod
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        """One call, counted by run()."""
 
     def _timeout(self, default: str) -> float:
         spec = self.cap.spec.command or self.cap.spec.http
@@ -33,7 +45,7 @@ class CapabilityTool(Tool):
 class CommandCapability(CapabilityTool):
     """Runs spec.command.run in the workspace with the input as JSON on stdin."""
 
-    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.command is not None
         argv = self.cap.spec.command.run
         outcome = await run_process(argv, cwd=ctx.workspace, env=ctx.env, timeout=self._timeout("5m"),
@@ -45,71 +57,52 @@ class CommandCapability(CapabilityTool):
 
 
 class HttpCapability(CapabilityTool):
-    """Sends the input as a JSON body to spec.http.url."""
+    """Sends the input to spec.http.url: as query parameters for GET and DELETE, as a JSON body
+    otherwise, with the headers the spec names (Secret values from the pod's environment)."""
 
-    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+    async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
         assert self.cap.spec.http is not None
         http = self.cap.spec.http
+        headers = resolve_headers(self.cap, http.headers)
         timeout = aiohttp.ClientTimeout(total=self._timeout("60s"))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            kwargs = {"params": {k: str(v) for k, v in input.items()}} if http.method == "GET" else {"json": dict(input)}
-            async with session.request(http.method, http.url, **kwargs) as resp:
-                text = (await resp.text())[:ctx.output_limit]
-        return ToolResult(f"HTTP {resp.status}\n{text}", is_error=resp.status >= 400,
-                          summary=f"{self.name}: HTTP {resp.status}")
+        as_query = http.method in ("GET", "DELETE")
+        kwargs: dict[str, Any] = {"params": {k: str(v) for k, v in input.items()}} if as_query else {"json": dict(input)}
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, \
+                    session.request(http.method, http.url, headers=headers, **kwargs) as resp:
+                body = await resp.content.read(http.max_response_bytes + 1)
+                status = resp.status
+        except TimeoutError:
+            raise ToolError(f"{self.name}: {http.method} {http.url} did not answer within {http.timeout}") from None
+        except aiohttp.ClientError as exc:
+            raise ToolError(f"{self.name}: {http.method} {http.url} failed: {type(exc).__name__}: {exc}. "
+                            f"The service may be down; go on without it or try again later.") from None
+        cut = len(body) > http.max_response_bytes
+        text = body[:http.max_response_bytes].decode(errors="replace")[:ctx.output_limit]
+        note = f"\n[response cut at {http.max_response_bytes} bytes (spec.http.maxResponseBytes)]" if cut else ""
+        return ToolResult(f"HTTP {status}\n{text}{note}", is_error=status >= 400, summary=f"{self.name}: HTTP {status}")
 
 
-class McpCapability(CapabilityTool):
-    """Calls one tool of an MCP server over the streamable HTTP transport."""
-
-    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
-        assert self.cap.spec.mcp is not None
-        mcp = self.cap.spec.mcp
-        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-            init = await _rpc(session, mcp.url, headers, "initialize", {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "overseer-agent", "version": __version__}}, 1)
-            if init.get("session"):
-                headers["Mcp-Session-Id"] = init["session"]
-            async with session.post(mcp.url, headers=headers,
-                                    json={"jsonrpc": "2.0", "method": "notifications/initialized"}):
-                pass
-            answer = await _rpc(session, mcp.url, headers, "tools/call",
-                                {"name": mcp.tool or self.cap.name, "arguments": dict(input)}, 2)
-        if "error" in answer:
-            return ToolResult(f"MCP error: {answer['error']}", is_error=True, summary=f"{self.name}: error")
-        result = answer.get("result") or {}
-        text = "\n".join(c.get("text", json.dumps(c)) for c in result.get("content") or [])
-        return ToolResult(text[:ctx.output_limit], is_error=bool(result.get("isError")), summary=f"{self.name}: done")
+def resolve_headers(cap: Capability, headers: list[Header], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Header values: literal, or from the pod's environment, where the operator put the Secret
+    keys the headers name (overseer.contract.secret_env)."""
+    env = os.environ if environ is None else environ
+    out = {}
+    for header in headers:
+        if header.secret_key_ref is None:
+            out[header.name] = header.value or ""
+            continue
+        ref = header.secret_key_ref
+        value = env.get(secret_env(ref.name, ref.key))
+        if value is None:
+            raise ToolError(f"{cap.name}: header {header.name} needs key {ref.key!r} of Secret {ref.name!r}, which "
+                            f"this pod was not given (the pod predates the header, or the Secret is missing)")
+        out[header.name] = value
+    return out
 
 
-async def _rpc(session: aiohttp.ClientSession, url: str, headers: dict[str, str], method: str,
-               params: dict[str, Any], rpc_id: int) -> dict[str, Any]:
-    async with session.post(url, headers=headers,
-                            json={"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params}) as resp:
-        resp.raise_for_status()
-        session_id = resp.headers.get("Mcp-Session-Id")
-        if resp.content_type == "text/event-stream":
-            answer: dict[str, Any] = {}
-            async for raw in resp.content:
-                line = raw.decode().strip()
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("id") == rpc_id:
-                        answer = message
-                        break
-        else:
-            answer = await resp.json()
-    if session_id:
-        answer["session"] = session_id
-    return answer
-
-
-def capability_tool(cap: Capability) -> CapabilityTool:
-    """The tool that runs this Capability the way its spec says."""
+def capability_tool(cap: Capability, stats: CallStats | None = None) -> CapabilityTool:
+    """The tool that runs a command or HTTP Capability (MCP servers: overseer.agent.mcp_tools)."""
     if cap.spec.command is not None:
-        return CommandCapability(cap)
-    if cap.spec.http is not None:
-        return HttpCapability(cap)
-    return McpCapability(cap)
+        return CommandCapability(cap, stats)
+    return HttpCapability(cap, stats)

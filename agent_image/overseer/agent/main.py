@@ -24,7 +24,8 @@ from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
 from . import gateway_token
-from .capability_tools import capability_tool
+from .capability_stats import CallStats
+from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
@@ -32,7 +33,7 @@ from .health import HealthServer
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from .ratelimit import RateLimiter
 from .tools import default_registry
-from .tools.base import ToolContext
+from .tools.base import ToolContext, ToolError, ToolRegistry
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
 from .tools.knowledge_search import SearchKnowledge
 from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
@@ -63,6 +64,44 @@ def system_prompt(agent: Agent, lessons: list[str], approved: list[str] | None =
     return "\n\n".join(parts)
 
 
+async def load_capabilities(kube: Kube, ns: str, names: list[str]) -> list[Capability]:
+    """The named Capabilities and, transitively, those they require (one that is gone is skipped:
+    the Agent's CapabilitiesReady condition says so)."""
+    found: dict[str, Capability] = {}
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
+        if raw is not None:
+            found[name] = Capability.model_validate(raw)
+            todo.extend(found[name].spec.requires)
+    return list(found.values())
+
+
+async def open_mcp_servers(caps: list[Capability], registry: ToolRegistry, stats: CallStats) -> list[Any]:
+    """One session per MCP capability, its tools registered. The SDK is imported only here: it
+    costs seconds of start time that agents without an MCP server should not pay."""
+    if not caps:
+        return []
+    from .mcp_tools import McpSession
+
+    sessions = []
+    for cap in caps:
+        assert cap.spec.mcp is not None
+        try:
+            headers = resolve_headers(cap, cap.spec.mcp.headers)
+        except ToolError as exc:
+            logger.warning("%s: its tools are not offered", exc)
+            continue
+        sessions.append(McpSession(cap, registry, headers, stats))
+    await asyncio.gather(*(s.start() for s in sessions))
+    return sessions
+
+
 def effective_budget(agent: Agent, goal: Goal) -> Budget:
     """The goal's budget overrides field by field; the agent's fills the rest."""
     a, g = agent.spec.budget, goal.spec.budget or BudgetSpec()
@@ -77,6 +116,7 @@ async def run(settings: AgentSettings) -> int:
         return pod_credentials()
 
     kube = Kube(login, "overseer-agent", pool_size=4)
+    servers: list[Any] = []
     link = GoalLink(kube, settings.goal_namespace, settings.goal_name, settings.heartbeat_seconds)
     health = HealthServer(settings.health_port, stale_after=max(60.0, settings.heartbeat_seconds * 6))
     try:
@@ -86,11 +126,7 @@ async def run(settings: AgentSettings) -> int:
         if agent_raw is None:
             raise LookupError(f"Agent {ns}/{settings.agent_name} does not exist")
         agent = Agent.model_validate(agent_raw)
-        capabilities = []
-        for name in agent.spec.capabilities:
-            raw = await kube.get(path(API_VERSION, "capabilities", ns, name))
-            if raw is not None:
-                capabilities.append(Capability.model_validate(raw))
+        capabilities = await load_capabilities(kube, ns, agent.spec.capabilities)
         logger.info("goal %s/%s: loaded Goal, Agent %s and %d capabilities", ns, goal.name, agent.name,
                     len(capabilities))
 
@@ -99,8 +135,12 @@ async def run(settings: AgentSettings) -> int:
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), code_execution=agent.spec.code_execution,
                           extras={"todos": todos})
         registry = default_registry(todos)
+        stats = CallStats(lambda entries: link.report(capabilityCalls=entries))
+        stats.restore([c.to_api() for c in goal.status.capability_calls])  # an earlier attempt's
         for cap in capabilities:
-            registry.register(capability_tool(cap))
+            if cap.spec.mcp is None:
+                registry.register(capability_tool(cap, stats))
+        servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry, stats)
 
         uid = goal.metadata.get("uid") or goal.name
         # Approved self-modifications: lessons for the prompt, script tools (registered last).
@@ -190,6 +230,8 @@ async def run(settings: AgentSettings) -> int:
             await kb.close()
         return exit_code(outcome)
     finally:
+        for server in servers:
+            await server.close()
         await link.stop()
         await health.stop()
         await kube.close()

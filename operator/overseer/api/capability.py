@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, Risk
+from .meta import (ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, Risk,
+                   SecretKeySelector)
+
+
+class Header(ApiModel):
+    """One request header: a literal value, or one read from a Secret by the goal pod (the model
+    never sees it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.value) != has(self.secretKeyRef)",
+                 "message": "set either value or secretKeyRef, not both and not neither"}
+            ]
+        }
+    )
+
+    name: str = Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=256)
+    """Header name, e.g. Authorization."""
+    value: str | None = Field(default=None, max_length=4096)
+    """Literal value, for what is no secret."""
+    secret_key_ref: SecretKeySelector | None = None
+    """Secret (same namespace) and key holding the value, e.g. "Bearer ..." for Authorization."""
 
 
 class CommandTool(ApiModel):
@@ -23,19 +46,30 @@ class HttpTool(ApiModel):
 
     url: str = Field(pattern=r"^https?://")
     """Endpoint URL."""
-    method: Literal["GET", "POST", "PUT"] = "POST"
-    """HTTP method."""
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    """HTTP method; GET and DELETE send the input as query parameters, the others as a JSON body."""
+    headers: list[Header] = Field(default_factory=list, max_length=32)
+    """Request headers, e.g. Authorization from a Secret."""
     timeout: Duration = "60s"
     """How long one call may take."""
+    max_response_bytes: int = Field(default=1_048_576, ge=1, le=67_108_864)
+    """Responses longer than this are cut off, and the model is told so."""
 
 
-class McpTool(ApiModel):
-    """A tool served by a Model Context Protocol server."""
+class McpServer(ApiModel):
+    """A Model Context Protocol server whose tools the agent gets, each under the name
+    CAPABILITY__TOOL with the server's own input schema."""
 
     url: str = Field(pattern=r"^https?://")
-    """URL of the MCP server (streamable HTTP transport)."""
-    tool: str | None = None
-    """Name of the tool on that server; defaults to the Capability's name."""
+    """URL of the MCP server (streamable HTTP transport), e.g. http://mcp.tools.svc:8000/mcp."""
+    tools: list[str] = Field(default_factory=list, max_length=256)
+    """Offer only these of the server's tools; empty offers every tool it lists."""
+    tool_risk: dict[str, Risk] = Field(default_factory=dict)
+    """Risk per tool name, overriding spec.risk, e.g. {delete_issue: high}."""
+    headers: list[Header] = Field(default_factory=list, max_length=32)
+    """Headers sent with every request to the server, e.g. Authorization from a Secret."""
+    timeout: Duration = "60s"
+    """How long one tool call may take."""
 
 
 class EgressRule(ApiModel):
@@ -87,8 +121,8 @@ class CapabilitySpec(ApiModel):
     """Run a command in the goal's pod."""
     http: HttpTool | None = None
     """Call an HTTP endpoint."""
-    mcp: McpTool | None = None
-    """Call a tool of an MCP server."""
+    mcp: McpServer | None = None
+    """Offer the tools of an MCP server."""
     input_schema: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object"},
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
@@ -110,7 +144,17 @@ class CapabilityStatus(ApiModel):
     observed_generation: int | None = None
     """The metadata.generation last validated."""
     used_by: list[str] = Field(default_factory=list)
-    """Agents that list this capability."""
+    """Agents that list this capability, or one that requires it."""
+    tools: list[str] = Field(default_factory=list)
+    """For an MCP server: the tools the operator found on it (after spec.mcp.tools narrowed them)."""
+    tool_count: int | None = None
+    """How many tools are in status.tools."""
+    calls: int | None = None
+    """Calls made by the goals that still exist (agents report them in their Goal's status)."""
+    failures: int | None = None
+    """Of those, calls that returned an error."""
+    latency_p50_ms: int | None = None
+    """Median latency in milliseconds over the most recent calls (up to 100)."""
 
 
 class Capability(CustomResource):
@@ -123,9 +167,29 @@ class Capability(CustomResource):
         PrinterColumn(name="Risk", type="string", json_path=".spec.risk"),
         PrinterColumn(name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status'),
         PrinterColumn(name="Reason", type="string", json_path='.status.conditions[?(@.type=="Ready")].reason', priority=1),
+        PrinterColumn(name="Tools", type="integer", json_path=".status.toolCount"),
+        PrinterColumn(name="Calls", type="integer", json_path=".status.calls"),
+        PrinterColumn(name="Failures", type="integer", json_path=".status.failures"),
+        PrinterColumn(name="P50-ms", type="integer", json_path=".status.latencyP50Ms"),
         PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
     ]
 
     kind: str = "Capability"
     spec: CapabilitySpec
     status: CapabilityStatus = Field(default_factory=CapabilityStatus)
+
+
+def with_requirements(names: Iterable[str], requires_of: Callable[[str], list[str] | None]) -> dict[str, list[str]]:
+    """Every capability the named ones need, transitively, each with the chain that brings it in
+    (["lint", "fmt"]: lint requires fmt). requires_of answers None for one that does not exist;
+    it is kept, so the caller can name the missing link. Cycles end where they close."""
+    chains: dict[str, list[str]] = {}
+    todo = [[name] for name in names]
+    while todo:
+        chain = todo.pop(0)
+        name = chain[-1]
+        if name in chains:
+            continue
+        chains[name] = chain
+        todo.extend(chain + [r] for r in requires_of(name) or [] if r not in chains)
+    return chains

@@ -20,6 +20,9 @@ from .meta import (
     Risk,
 )
 
+RECENT_CALLS = 20
+"""Latencies a goal keeps per Capability, for the p50 the operator shows."""
+
 
 class Phase(str, Enum):
     """Readable summary of where a Goal is; conditions carry the details."""
@@ -154,6 +157,19 @@ class ApprovalDecision(ApiModel):
     may have decided, under any name."""
 
 
+class CapabilityCalls(ApiModel):
+    """How one Capability's calls went in one goal."""
+
+    name: str
+    """The Capability."""
+    calls: int = Field(default=0, ge=0)
+    """Calls made."""
+    failures: int = Field(default=0, ge=0)
+    """Calls that returned an error."""
+    recent_ms: list[int] = Field(default_factory=list, max_length=RECENT_CALLS)
+    """Latency in milliseconds of the most recent calls, oldest first."""
+
+
 class GoalStatus(ApiModel):
     """Observed state of a Goal."""
 
@@ -200,6 +216,9 @@ class GoalStatus(ApiModel):
     """Why the agent gave up, when it did (e.g. BudgetExhausted, Refusal); such a failure is not retried."""
     last_tool: str | None = None
     """The agent's latest tool call, in one line."""
+    capability_calls: list[CapabilityCalls] = Field(default_factory=list, max_length=256)
+    """Calls of each Capability in this goal so far, reported by the agent; the operator sums them up
+    in each Capability's status."""
     pending_approvals: list[PendingApproval] = Field(default_factory=list)
     """Requests waiting for approval."""
     decisions: list[ApprovalDecision] = Field(default_factory=list)

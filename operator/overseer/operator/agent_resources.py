@@ -41,8 +41,9 @@ def render_service_account(agent: Agent) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(agent)}
 
 
-def render_role(agent: Agent) -> dict[str, Any]:
-    """Least privilege for the agent's pods: read its Agent, Capabilities, Goals and approved
+def render_role(agent: Agent, capabilities: list[str] | None = None) -> dict[str, Any]:
+    """Least privilege for the agent's pods: read its Agent, Capabilities (`capabilities`: those it
+    lists and what they require; by default those it lists), Goals and approved
     self-modifications, report on Goal status, create sub-goals and events. No update/patch of
     Goals themselves, so an agent can never set the approval annotations on its own goal, and no
     write to its modifications ConfigMap, so it can never approve a change to itself."""
@@ -54,9 +55,9 @@ def render_role(agent: Agent) -> dict[str, Any]:
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [modifications.configmap_name(agent.name)],
          "verbs": ["get"]},
     ]
-    if agent.spec.capabilities:
-        rules.insert(1, {"apiGroups": [GROUP], "resources": ["capabilities"],
-                         "resourceNames": sorted(set(agent.spec.capabilities)), "verbs": ["get"]})
+    names = sorted(set(agent.spec.capabilities if capabilities is None else capabilities))
+    if names:
+        rules.insert(1, {"apiGroups": [GROUP], "resources": ["capabilities"], "resourceNames": names, "verbs": ["get"]})
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(agent),
             "rules": rules}
 

@@ -18,7 +18,8 @@ from overseer.api import Agent, Capability
 
 from . import agent_resources as render
 from .api_server import SLICES_SOURCE, APIServerEgress
-from .conditions import is_true, same_conditions, set_condition, summarize
+from .capabilities import needed, not_ready_reason
+from .conditions import condition, same_conditions, set_condition, summarize
 from .modification_store import ModificationStore, describe
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
@@ -78,6 +79,35 @@ def api_server_condition(agent: Agent, api_server: APIServerEgress | None) -> tu
         f"plugin that enforces NetworkPolicy, goal pods cannot report; set OVERSEER_API_SERVER_CIDRS on the operator")
 
 
+def capabilities_condition(agent: Agent, caps: dict[str, tuple[list[str], dict[str, Any] | None]]
+                           ) -> tuple[bool, str, str]:
+    """CapabilitiesReady: whether every capability the agent needs (its own and what they require)
+    is there and Ready, or the missing link, with the chain of requires that leads to it."""
+    ns, name = agent.namespace, agent.name
+
+    def via(chain: list[str]) -> str:
+        return "" if len(chain) == 1 else f" (needed by {' -> '.join(chain)})"
+
+    missing = [(n, chain) for n, (chain, raw) in caps.items() if raw is None]
+    if missing:
+        return False, "CapabilityNotFound", (
+            f"Agent {ns}/{name}: capability " + ", ".join(n + via(chain) for n, chain in missing)
+            + f" does not exist in namespace {ns} (spec.capabilities)")
+    unready = {n: (chain, raw) for n, (chain, raw) in caps.items() if not_ready_reason(raw) is not None}
+    if unready:
+        # Name the capability at the end of the broken chain, not those only waiting for it.
+        own = {n: v for n, v in unready.items() if not_ready_reason(v[1]) != "RequirementNotReady"} or unready
+        parts = []
+        for n, (chain, raw) in own.items():
+            ready = condition(((raw or {}).get("status") or {}).get("conditions") or [], "Ready") or {}
+            parts.append(f"{n}{via(chain)}: {ready.get('reason', 'NotValidatedYet')}"
+                         + (f" ({ready['message']})" if ready.get("message") else ""))
+        return False, "CapabilityNotReady", "capabilities not Ready: " + "; ".join(parts)
+    return True, "AllReady", f"{len(caps)} capabilities ready" + (
+        f" ({len(caps) - len(agent.spec.capabilities)} through requires)" if len(caps) > len(agent.spec.capabilities)
+        else "")
+
+
 def _collection(obj: dict[str, Any]) -> str:
     plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
               "NetworkPolicy": "networkpolicies", "ResourceQuota": "resourcequotas"}[obj["kind"]]
@@ -119,7 +149,7 @@ class AgentReconciler:
         return True, "SecretFound", ""
 
     async def apply_children(self, agent: Agent, caps: list[Capability]) -> None:
-        children = [render.render_service_account(agent), render.render_role(agent),
+        children = [render.render_service_account(agent), render.render_role(agent, [c.name for c in caps]),
                     render.render_role_binding(agent), render.render_network_policy(agent, caps, self.rt.settings, self.rt.api_server)]
         quota = render.render_resource_quota(agent)
         fingerprint = hashlib.sha256(json.dumps([children, quota], sort_keys=True).encode()).hexdigest()
@@ -169,19 +199,8 @@ class AgentReconciler:
         conds: list[dict[str, Any]] = list(status.get("conditions") or [])
         requeue: float | None = None
 
-        caps_raw = {n: self.rt.one("capabilities", (ns, n)) for n in agent.spec.capabilities}
-        missing = [n for n, c in caps_raw.items() if c is None]
-        unready = [n for n, c in caps_raw.items()
-                   if c is not None and not is_true((c.get("status") or {}).get("conditions") or [], "Ready")]
-        if missing:
-            caps_ok, caps_reason = False, "CapabilityNotFound"
-            caps_msg = (f"Agent {ns}/{name}: spec.capabilities names {', '.join(missing)}, which do not exist in "
-                        f"namespace {ns}")
-        elif unready:
-            caps_ok, caps_reason = False, "CapabilityNotReady"
-            caps_msg = f"capabilities not Ready: {', '.join(unready)} (see kubectl describe capability)"
-        else:
-            caps_ok, caps_reason, caps_msg = True, "AllReady", f"{len(caps_raw)} capabilities ready"
+        caps_raw = needed(self.rt, ns, agent.spec.capabilities)
+        caps_ok, caps_reason, caps_msg = capabilities_condition(agent, caps_raw)
         conds = set_condition(conds, "CapabilitiesReady", caps_ok, caps_reason, caps_msg, gen)
 
         secret_ok, secret_reason, secret_msg = await self.check_secret(agent)
@@ -199,7 +218,7 @@ class AgentReconciler:
         else:
             conds = [c for c in conds if c.get("type") != "KnowledgeBase"]
 
-        caps = [Capability.model_validate(c) for c in caps_raw.values() if c is not None]
+        caps = [Capability.model_validate(c) for _, c in caps_raw.values() if c is not None]
         await self.apply_children(agent, caps)
 
         conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)

@@ -9,12 +9,13 @@ import logging
 from collections.abc import Callable
 
 from overseer.api import API_VERSION
+from overseer.api.capability import with_requirements
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from . import admission, metrics
 from .agents import AgentReconciler
 from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, api_server_egress
-from .capabilities import CapabilityReconciler
+from .capabilities import CapabilityReconciler, needed
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
 from .goals import QUEUE_SWEEP_SECONDS, STOPS_SUBGOALS, GoalReconciler
@@ -150,6 +151,10 @@ class Operator:
         if phase in STOPS_SUBGOALS:
             for child in self.rt.stores["goals"].names("parent", key):
                 self.rt.goals.add((ns, child))
+        calls = (raw.get("status") or {}).get("capabilityCalls") or []
+        if event == "DELETED" or calls != ((old or {}).get("status") or {}).get("capabilityCalls"):
+            for entry in calls:  # their call statistics; coalesced to one write a second
+                self.rt.capabilities.add_after((ns, entry.get("name") or ""), 1.0)
         agent = goal_agent(raw)
         if agent:
             self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second
@@ -192,8 +197,8 @@ class Operator:
         self.rt.agents.add(key)
         for goal in self.rt.stores["goals"].names("namespace", ns):
             self.rt.goals.add((ns, goal))
-        for cap in (raw.get("spec") or {}).get("capabilities") or []:
-            self.rt.capabilities.add((ns, cap))
+        for cap in needed(self.rt, ns, list((raw.get("spec") or {}).get("capabilities") or [])):
+            self.rt.capabilities.add((ns, cap))  # their usedBy
 
     def api_server_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         found = api_server_egress(self.rt.settings, self.rt.stores["endpointslices"].values())
@@ -211,6 +216,11 @@ class Operator:
         for cap in self.rt.stores["capabilities"].by("namespace", ns):
             if name in ((cap.get("spec") or {}).get("requires") or []):
                 self.rt.capabilities.add(key_of(cap))
-        for agent in self.rt.stores["agents"].by("namespace", ns):
-            if name in ((agent.get("spec") or {}).get("capabilities") or []):
+        caps = {c["metadata"]["name"]: c for c in self.rt.stores["capabilities"].by("namespace", ns)}
+
+        def requires_of(n: str) -> list[str] | None:
+            return None if n not in caps else list((caps[n].get("spec") or {}).get("requires") or [])
+
+        for agent in self.rt.stores["agents"].by("namespace", ns):  # its own or one it needs through requires
+            if name in with_requirements((agent.get("spec") or {}).get("capabilities") or [], requires_of):
                 self.rt.agents.add(key_of(agent))

@@ -12,13 +12,14 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any
 
-from overseer.api import Agent, Goal, Phase, parse_duration, queue_key
+from overseer.api import Agent, Capability, Goal, Phase, parse_duration, queue_key
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
 from . import dispatch, subgoals, trust
 from .agent_resources import child_name
+from .capabilities import needed
 from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
 from .dispatch import TERMINAL
 from .metrics import observe_start
@@ -445,7 +446,10 @@ class GoalReconciler:
                               [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                               agent=agent_name, waitingFor=[])
             return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
-        pod = render_pod(goal, Agent.model_validate(agent_raw), attempt + 1, self.rt.settings)
+        agent = Agent.model_validate(agent_raw)
+        pod = render_pod(goal, agent, attempt + 1, self.rt.settings, 
+                         [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
+                          if c is not None])
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent_name)].add(pod_name)
         try:

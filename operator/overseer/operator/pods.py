@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
-from overseer.api import Agent, Goal, gateway
-from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
+from overseer.api import Agent, Capability, Goal, gateway
+from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env, secret_env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
@@ -27,9 +28,24 @@ def pod_name(goal_name: str, attempt: int) -> str:
     return f"{prefix}-{digest}{suffix}"
 
 
-def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> dict[str, Any]:
+def capability_secrets(capabilities: Iterable[Capability]) -> list[dict[str, Any]]:
+    """The environment that hands the agent container the Secret keys its capabilities' headers
+    name (the agent puts them on requests; the model and the tools never see them)."""
+    refs = set()
+    for cap in capabilities:
+        served = cap.spec.http or cap.spec.mcp
+        for header in served.headers if served is not None else []:
+            if header.secret_key_ref is not None:
+                refs.add((header.secret_key_ref.name, header.secret_key_ref.key))
+    return [{"name": secret_env(name, key), "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+            for name, key in sorted(refs)]
+
+
+def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
+               capabilities: Iterable[Capability] = ()) -> dict[str, Any]:
     """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
-    the `restricted` Pod Security level."""
+    the `restricted` Pod Security level; `capabilities` (the agent's, with what they require)
+    bring the Secrets their headers name."""
     model = agent.spec.model
     env: list[dict[str, Any]] = [
         {"name": Env.GOAL_NAME, "value": goal.name},
@@ -62,6 +78,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
             env.append({"name": name, "value": str(value)})
+    env += capability_secrets(capabilities)
     resources = agent.spec.resources.to_api()
     container = {
         "name": "agent",

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     """A running goal whose agent has not reported for this long gets its pod replaced; 0 = never."""
     secret_recheck_seconds: float = Field(default=30.0, gt=0)
     """How soon an Agent whose API key Secret is missing is checked again (Secrets are not watched)."""
+    mcp_probe_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long the operator waits for an MCP server to list its tools when a Capability changes."""
+    mcp_probe_retry_seconds: float = Field(default=60.0, gt=0)
+    """How soon an MCP server that could not be probed is tried again."""
     model_egress_cidrs: list[str] = ["0.0.0.0/0"]
     """Where agents may reach the model API (NetworkPolicy cannot match host names)."""
     model_egress_except: list[str] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

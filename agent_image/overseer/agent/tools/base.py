@@ -150,6 +150,11 @@ class ToolRegistry:
         self._tools[tool.name] = tool
         self._validators[tool.name] = cls(tool.input_schema)
 
+    def unregister(self, name: str) -> None:
+        """Stop offering a tool (an MCP server's tool it no longer lists); unknown names are ignored."""
+        self._tools.pop(name, None)
+        self._validators.pop(name, None)
+
     def __iter__(self) -> Iterator[Tool]:
         return iter(self._tools.values())
 
