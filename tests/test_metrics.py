@@ -59,3 +59,35 @@ def test_approvals_waiting_and_the_oldest_ones_age_by_namespace() -> None:
 def test_nothing_to_report_is_no_series() -> None:
     metrics = scrape([])
     assert metrics["overseer_goals"] == {} and metrics["overseer_approvals_pending"] == {}
+
+
+def test_a_standby_replica_reports_no_cache_gauges() -> None:
+    collector = CacheCollector()
+    collector.goals = lambda: [goal("a", "Running")]
+    collector.leading = lambda: False  # its caches are full, but the leader counts these goals
+    registry = CollectorRegistry()
+    registry.register(collector)
+    assert not list(text_string_to_metric_families(generate_latest(registry).decode()))
+
+
+def test_the_longest_undispatched_goal_of_each_waiting_phase() -> None:
+    def undispatched(seconds: float) -> list[dict[str, str]]:
+        return [{"type": "Dispatched", "status": "False", "reason": "WaitingForSlot",
+                 "lastTransitionTime": ago(seconds)}]
+    fresh = goal("fresh", None, agent=None)
+    fresh["metadata"]["creationTimestamp"] = ago(30)
+    metrics = scrape([goal("q1", "Queued", conditions=undispatched(900)),
+                      goal("q2", "Queued", conditions=undispatched(60)),
+                      goal("run", "Running", conditions=[{**undispatched(5000)[0], "status": "True"}]),
+                      fresh])
+    ages = metrics["overseer_goal_oldest_waiting_seconds"]
+    assert set(ages) == {(("namespace", "team-a"), ("phase", "Queued")),
+                         (("namespace", "team-a"), ("phase", "Pending"))}
+    assert 900 <= ages[(("namespace", "team-a"), ("phase", "Queued"))] < 960
+    assert 30 <= ages[(("namespace", "team-a"), ("phase", "Pending"))] < 90
+
+
+def test_a_namespace_with_goals_and_no_approvals_reports_zero_waiting() -> None:
+    metrics = scrape([goal("a", "Running", ns="team-b")])
+    assert metrics["overseer_approvals_pending"] == {(("namespace", "team-b"),): 0}
+    assert metrics["overseer_approval_oldest_pending_age_seconds"] == {(("namespace", "team-b"),): 0}
