@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, service_account_kubeconfig
+from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, free_port, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
 
@@ -36,6 +36,7 @@ class AgentProcess:
     goal: str
     proc: subprocess.Popen[bytes]
     log: Path
+    port: int = 0  # of its /healthz and /metrics on loopback (0: none)
     killed: bool = False
 
 
@@ -140,7 +141,8 @@ class AgentRunner:
                 env[var.name] = _local_path(value, projected)
         env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
-        env["OVERSEER_HEALTH_PORT"] = "0"  # pods have a port each; processes on one machine do not
+        port = free_port()  # pods have the same port each; processes on one machine need their own
+        env["OVERSEER_HEALTH_PORT"] = str(port)
         env["PYTHONUNBUFFERED"] = "1"
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env.update(self.extra_env)
@@ -150,7 +152,7 @@ class AgentRunner:
             proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT)
         with self._lock:
-            self.processes[name] = AgentProcess(name, goal, proc, log)
+            self.processes[name] = AgentProcess(name, goal, proc, log, port)
 
     def _value(self, pod: Any, var: Any) -> str | None:
         """What the kubelet would set the variable to; None where it leaves it out (an optional

@@ -167,11 +167,17 @@ OVERLAY_VALUES = {
     "namespaced": ["--set", "rbac.mode=namespaced", "--set", f"watchNamespaces={{{OVERLAY_WATCH_NAMESPACE}}}"],
     "ha": ["--values", str(MANIFESTS / "overlays" / "ha" / "values.yaml")],
 }
+# manifests/observability: the chart's monitoring objects, which need the Prometheus Operator's CRDs
+OBSERVABILITY_VALUES = ["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
+                        "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true",
+                        "--show-only", "templates/observability.yaml"]
 
 
 def write_manifests() -> list[Path]:
-    """manifests/base/overseer.yaml (the chart with default values) and the namespaced overlay's
-    Role and RoleBinding (the chart in namespaced mode); the rest of manifests/ is hand-kept."""
+    """manifests/base/overseer.yaml (the chart with default values), the namespaced overlay's
+    Role and RoleBinding (the chart in namespaced mode) and manifests/observability/observability.yaml
+    (ServiceMonitor, PodMonitor, PrometheusRule, dashboard ConfigMap); the rest of manifests/ is
+    hand-kept."""
     written = []
     base = MANIFESTS / "base" / "overseer.yaml"
     base.write_text(GENERATED.format(what="with default values") + for_kustomize(template()))
@@ -183,6 +189,9 @@ def write_manifests() -> list[Path]:
     path = MANIFESTS / "overlays" / "namespaced" / "rbac.yaml"
     path.write_text(GENERATED.format(what=" ".join(OVERLAY_VALUES["namespaced"]))
                     + for_kustomize("---\n".join(d if d.endswith("\n") else d + "\n" for d in rbac)))
+    written.append(path)
+    path = MANIFESTS / "observability" / "observability.yaml"
+    path.write_text(GENERATED.format(what=" ".join(OBSERVABILITY_VALUES)) + for_kustomize(template(*OBSERVABILITY_VALUES)))
     written.append(path)
     return written
 

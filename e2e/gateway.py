@@ -53,15 +53,19 @@ def gateway_kubeconfig(cluster: Cluster, kubectl: Kubectl, k8s: K8s, path: Path)
 
 
 class GatewayProcess:
-    """The gateway on a free loopback port; `.url` for clients, `.stop()` when done."""
+    """The gateway on a free loopback port; `.url` for clients, `.metrics_url` for Prometheus,
+    `.stop()` when done."""
 
     def __init__(self, cluster: Cluster, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = log
         exe = Path(sys.executable).parent / "overseer-gateway"
         environment = cluster.env(KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1",
                                   OVERSEER_GATEWAY_HOST="127.0.0.1", OVERSEER_GATEWAY_PORT=str(self.port),
+                                  OVERSEER_GATEWAY_METRICS_PORT=str(metrics_port),
                                   **(env or {}))
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([str(exe)], env=environment, stdin=subprocess.DEVNULL, stdout=out,

@@ -127,7 +127,8 @@ def one_leader(runner: OperatorPods, kubectl: harness.Kubectl, ns: str) -> str:
 
 def test_chart_lints_strict_in_every_mode() -> None:
     for extra in ([], ["--set", "rbac.mode=namespaced", "--set", "watchNamespaces={a,b}"],
-                  ["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
+                  ["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
+                   "--set", "prometheusRule.enabled=true",
                    "--set", "grafanaDashboard.enabled=true", "--set", "knowledgeBase.existingSecret=kb",
                    "--set", "redis.existingSecret=redis"]):
         out = helm("lint", "--strict", str(CHART), *extra)

@@ -7,7 +7,9 @@ import json
 import re
 from typing import Any
 
-from e2e.harness import wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e.harness import free_port, http_get, wait_for
 from e2e.world import FAST, World
 
 # Short lease timings, so that a take-over happens within seconds.
@@ -26,12 +28,20 @@ def identity(op: Any) -> str | None:
     return found.group(1) if found else None
 
 
+def metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A replica's /metrics: family name -> [(labels, value)]."""
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, body
+    return {f.name: [(s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(body)}
+
+
 def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, namespace: str, operator: Any,
                                                        exit_pod: Any) -> None:
     replica = ("--leader-elect", "--leader-elect-namespace", namespace)
-    first = operator.start(namespace, *replica, env=LEASE)
+    first_port, second_port = free_port(), free_port()
+    first = operator.start(namespace, *replica, "--metrics-port", str(first_port), env=LEASE)
     leader = wait_for(lambda: identity(first), description="the first replica holds the Lease")
-    second = operator.start(namespace, *replica, env=LEASE)
+    second = operator.start(namespace, *replica, "--metrics-port", str(second_port), env=LEASE)
     # Both are ready once their caches are filled (a rolling update waits for new replicas to be
     # ready); the standby says whom it waits for, and reconciles nothing.
     wait_for(lambda: first.probe("/readyz") == (200, "ok"), description="the leader's /readyz")
@@ -45,6 +55,12 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     world.wait_phase("one", "Running")
     assert lease(kubectl, namespace)["holderIdentity"] == leader
     assert identity(second) is None and "waiting to hold Lease" in second.log_text()
+    # Only the leader reports what it reads from its caches: summed, the standby's full caches
+    # would count every goal twice.
+    led, waiting = metrics(first_port), metrics(second_port)
+    assert led["overseer_leader"] == [({}, 1.0)] and waiting["overseer_leader"] == [({}, 0.0)]
+    assert ({"namespace": namespace, "agent": "coder", "phase": "Running"}, 1.0) in led["overseer_goals"]
+    assert not waiting.get("overseer_goals") and not waiting.get("overseer_approvals_pending")
 
     # Killed without a word: the second replica waits out the Lease, then reconciles.
     first.kill()
@@ -56,6 +72,9 @@ def test_one_replica_reconciles_and_another_takes_over(kubectl: Any, crds: Any, 
     spec = lease(kubectl, namespace)
     assert spec["holderIdentity"] == successor and spec["leaseTransitions"] >= 1
     assert len(world.goal_pods("one")) == 1, "the new leader adopted the running goal, no second pod"
+    took_over = metrics(second_port)
+    assert took_over["overseer_leader"] == [({}, 1.0)]
+    assert ({"namespace": namespace, "agent": "coder", "phase": "Running"}, 2.0) in took_over["overseer_goals"]
 
     # Shut down cleanly, a leader hands the Lease back; a waiting replica takes it.
     third = operator.start(namespace, *replica, env=LEASE)

@@ -44,9 +44,17 @@ def test_metrics_follow_prometheus_conventions_and_count_goals_from_the_cache(
     families = {name: f for name, f in scrape(url).items() if name.startswith("overseer_")}
     expected = {"overseer_goals": "gauge", "overseer_approvals_pending": "gauge",
                 "overseer_approval_oldest_pending_age_seconds": "gauge",
-                "overseer_goal_start_latency_seconds": "histogram", "overseer_reconcile": "counter",
-                "overseer_reconcile_duration_seconds": "histogram", "overseer_workqueue_depth": "gauge",
-                "overseer_leader": "gauge"}
+                "overseer_goal_oldest_waiting_seconds": "gauge",
+                "overseer_goal_start_latency_seconds": "histogram", "overseer_goal_duration_seconds": "histogram",
+                "overseer_goal_queue_wait_seconds": "histogram", "overseer_goal_attempts": "counter",
+                "overseer_goal_retries": "counter", "overseer_goal_heartbeats_lost": "counter",
+                "overseer_reconcile": "counter", "overseer_leader": "gauge",
+                "overseer_workqueue_adds": "counter", "overseer_workqueue_depth": "gauge",
+                "overseer_workqueue_queue_duration_seconds": "histogram",
+                "overseer_workqueue_work_duration_seconds": "histogram", "overseer_workqueue_retries": "counter",
+                "overseer_workqueue_longest_running_processor_seconds": "gauge",
+                "overseer_workqueue_unfinished_work_seconds": "gauge",
+                "overseer_informer_relists": "counter", "overseer_informer_watch_errors": "counter"}
     assert {name: families[name].type for name in expected if name in families} == expected
     for name, family in families.items():
         assert re.fullmatch(r"overseer_[a-z0-9_]+", name), name

@@ -429,3 +429,29 @@ async def test_inline_python_waits_for_a_person_under_the_default_policy_unless_
         assert result["type"] == "tool_result" and result["is_error"] and result["content"].startswith("A person denied this call: no code execution")
     else:
         assert link.requests == []
+
+
+def agent_sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_pods_metrics_count_iterations_tool_calls_checkpoints_and_model_errors(tmp_path: Path) -> None:
+    before = {name: agent_sample(name) for name in (
+        "overseer_agent_iterations_total", "overseer_agent_model_call_duration_seconds_count",
+        "overseer_agent_checkpoint_duration_seconds_count")}
+    calls = agent_sample("overseer_agent_tool_calls_total", tool="noop", risk="low")
+    async with model(Scenario.tool_loop(turns=3, tool="noop", input={"n": 1})) as (_, client):
+        await make_loop(client, tmp_path).run(TASK)
+    assert agent_sample("overseer_agent_tool_calls_total", tool="noop", risk="low") - calls == 2
+    assert agent_sample("overseer_agent_iterations_total") - before["overseer_agent_iterations_total"] == 3
+    assert agent_sample("overseer_agent_model_call_duration_seconds_count") \
+        - before["overseer_agent_model_call_duration_seconds_count"] == 3
+    assert agent_sample("overseer_agent_checkpoint_duration_seconds_count") \
+        > before["overseer_agent_checkpoint_duration_seconds_count"]
+
+    errors = agent_sample("overseer_agent_model_call_errors_total", status="529")
+    scenario = {"conversations": {"default": ["never sent"]}, "faults": {"every": 1, "status": 529}}
+    async with model(scenario) as (_, client):
+        await make_loop(client, tmp_path / "outage", breaker_failures=2, breaker_base_delay=0.001).run(TASK)
+    assert agent_sample("overseer_agent_model_call_errors_total", status="529") - errors == 2

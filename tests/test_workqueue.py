@@ -265,3 +265,44 @@ async def test_stop_cancels_pending_adds():
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.001)
+
+
+def sample(name: str, queue: str, suffix: str = "") -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value(name + suffix, {"kind": queue}) or 0.0
+
+
+async def test_a_queue_exports_client_gos_work_queue_metrics() -> None:
+    queue = WorkQueue("metrics-test", max_backoff=0.01)
+    gate, failed_once = asyncio.Event(), False
+
+    async def reconcile(key: Hashable) -> float | None:
+        nonlocal failed_once
+        if key == "slow":
+            await gate.wait()
+        if key == "flaky" and not failed_once:
+            failed_once = True
+            raise RuntimeError("API server unavailable")
+        return None
+
+    for key in ("slow", "flaky", "flaky"):
+        queue.add(key)
+    assert sample("overseer_workqueue_adds_total", "metrics-test") == 2  # a key waits only once
+    assert sample("overseer_workqueue_depth", "metrics-test") == 2
+    try:
+        queue.start(reconcile, workers=2)
+        await asyncio.sleep(0.2)
+        # "slow" is still running: the longest-running gauge says for how long.
+        assert 0.15 <= sample("overseer_workqueue_longest_running_processor_seconds", "metrics-test") < 5
+        assert sample("overseer_workqueue_unfinished_work_seconds", "metrics-test") >= 0.15
+        assert sample("overseer_workqueue_retries_total", "metrics-test") == 1
+        gate.set()
+        await asyncio.sleep(0.05)
+    finally:
+        await queue.stop()
+    assert sample("overseer_workqueue_depth", "metrics-test") == 0
+    assert sample("overseer_workqueue_longest_running_processor_seconds", "metrics-test") == 0
+    # slow, flaky (failed), flaky (retried): three reconciles timed, three waits in the queue.
+    assert sample("overseer_workqueue_work_duration_seconds", "metrics-test", "_count") == 3
+    assert sample("overseer_workqueue_queue_duration_seconds", "metrics-test", "_count") == 3
+    assert sample("overseer_workqueue_work_duration_seconds", "metrics-test", "_sum") >= 0.2

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-ITERATION = Gauge("overseer_agent_iteration", "Model calls made by this goal so far")
+from .metrics import ITERATION
 
 
 class HealthServer:

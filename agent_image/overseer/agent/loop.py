@@ -18,6 +18,7 @@ from .sdk import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
+from . import metrics
 from .checkpoint import Checkpoints
 from .gateway_token import exhausted_budget
 from .tools.base import Assessment, ToolContext, ToolRegistry, risk_at_least
@@ -145,6 +146,10 @@ class AgentLoop:
             self.messages = [{"role": "user", "content": [{"type": "text", "text": task}]}]
 
     async def _checkpoint(self) -> None:
+        with metrics.CHECKPOINT_SECONDS.time():
+            await self._save()
+
+    async def _save(self) -> None:
         new = self.messages[self._saved:]
         self.counters.seconds = self._elapsed()
         state = (self.todos.to_dict(), vars(self.counters).copy())
@@ -212,6 +217,7 @@ class AgentLoop:
                         return Outcome(False, _error_message(e), "BudgetExhausted")
                     return Outcome(False, f"the model API refused the request: {e}", "ModelRequestRejected")
                 self.counters.iteration += 1
+                metrics.ITERATIONS.inc()
                 content = [block.model_dump(exclude_none=True, mode="json") for block in response.content]
                 self.messages.append({"role": "assistant", "content": content})
                 text = "\n".join(b.get("text", "") for b in content if b.get("type") == "text").strip()
@@ -243,6 +249,9 @@ class AgentLoop:
                     await self._checkpoint()
                 results.append(await self._run_tool(use, assessment))
                 self.counters.tool_calls += 1
+                # A name the model made up is one label value, not one series per invention.
+                tool = use["name"] if self.tools.get(use["name"]) is not None else "unknown"
+                metrics.TOOL_CALLS.labels(tool, assessment.risk).inc()
                 self.counters.partial = list(results)
                 if effects and len(results) < len(tool_uses):
                     await self._checkpoint()
@@ -408,10 +417,12 @@ class AgentLoop:
             if self.rate_limit is not None:
                 await self.rate_limit.acquire(estimate)
             try:
-                response = await self.client.messages.create(**request)
+                with metrics.MODEL_CALL_SECONDS.time():
+                    response = await self.client.messages.create(**request)
             except (anthropic.APIConnectionError, anthropic.RateLimitError, anthropic.InternalServerError,
                     anthropic.APIStatusError) as e:
                 status = getattr(e, "status_code", None)
+                metrics.MODEL_CALL_ERRORS.labels(str(status or 0)).inc()
                 if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
                     raise  # a request the API will never accept: a bug, not an outage
                 self._failures += 1

@@ -85,7 +85,7 @@ class Operator:
         workers = self.rt.settings.workers
         for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),
                                         (self.rt.capabilities, self.capabilities, "capability")):
-            queue.start(metrics.instrumented(kind, reconciler.reconcile, queue.__len__), workers)
+            queue.start(metrics.instrumented(kind, reconciler.reconcile), workers)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
         self._tasks.append(asyncio.create_task(self._admission_loop(), name="admission-check"))
@@ -143,6 +143,7 @@ class Operator:
         self.rt.forget(event, raw)
         if event == "DELETED":
             self.rt.decisions.pop(raw["metadata"].get("uid") or "", None)
+            self.goals.queue_wait.forget(raw["metadata"].get("uid") or "")
         phase = (raw.get("status") or {}).get("phase")
         finished = event == "DELETED" or phase in TERMINAL
         if finished or event == "ADDED":

@@ -22,7 +22,7 @@ from .agent_resources import child_name
 from .capabilities import needed
 from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
 from .dispatch import TERMINAL
-from .metrics import observe_start
+from . import metrics
 from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
@@ -34,6 +34,7 @@ LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 # A parent that ended in one of these has nobody left to read its sub-goals' results.
 STOPS_SUBGOALS = {Phase.CANCELLED.value, Phase.FAILED.value}
 QUEUE_SWEEP_SECONDS = 10.0
+WAITING_FOR_SLOT = {"Queued", "QuotaExceeded"}  # Queued reasons that count as queue wait (not a retry's backoff)
 
 
 def running_message(attempt: int, pod: str, agent: str | None) -> str:
@@ -59,6 +60,7 @@ class GoalReconciler:
         self.rt = rt
         self.modifications = ModificationStore(rt.kube)
         self._ignored: set[tuple[str | None, str | None]] = set()  # (uid, phase) already warned about
+        self.queue_wait = metrics.QueueWait()
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -112,6 +114,12 @@ class GoalReconciler:
         moved = status.get("phase", Phase.PENDING.value) != phase.value or (
             "attempt" in fields and fields["attempt"] != status.get("attempt"))
         await self.rt.patch_status(goal_path(ns, name, "status"), raw, changes)
+        uid = raw["metadata"].get("uid") or ""
+        if phase == Phase.QUEUED and reason in WAITING_FOR_SLOT:
+            self.queue_wait.queued(uid)
+        elif phase.terminal and moved:
+            self.queue_wait.forget(uid)
+            metrics.observe_end(raw, phase.value)
         if moved or (status.get("message") != message and event_type == "Warning"):
             self.rt.events.record(raw, event_type, reason, message)
 
@@ -289,6 +297,7 @@ class GoalReconciler:
         if timeout and not pending and beat and (_now() - _ts(beat)).total_seconds() > timeout:
             msg = f"no heartbeat from pod {pod_name} since {beat}; replacing it"
             self.rt.events.record(raw, "Warning", "HeartbeatLost", msg)
+            metrics.HEARTBEATS_LOST.inc()
             await self.delete_live_pods([pod])
             return 1.0
         await self.store_modifications(raw, agent_name)
@@ -367,6 +376,7 @@ class GoalReconciler:
                                          self.rt.settings.retry_backoff_max_seconds)
         retry_at = _now() + timedelta(seconds=delay)
         msg = f"attempt {attempt} failed ({detail}); retrying at {_iso(retry_at)}"
+        metrics.RETRIES.inc()
         await self.update(raw, Phase.QUEUED, "AttemptFailed", msg,
                           [("Dispatched", False, "RetryBackoff", msg)], event_type="Warning",
                           attempt=attempt, pod=pod, lastExitCode=exit_code, retryAt=_iso(retry_at),
@@ -471,7 +481,9 @@ class GoalReconciler:
         if free > 1:
             self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
         if attempt == 0:
-            observe_start(raw)
+            metrics.observe_start(raw)
+        metrics.ATTEMPTS.inc()
+        self.queue_wait.dispatched(raw["metadata"].get("uid") or "")
         started = status.get("startedAt") or now_iso()
         await self.update(raw, Phase.RUNNING, "Dispatched",
                           running_message(attempt + 1, pod_name, agent_name),

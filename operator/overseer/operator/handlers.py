@@ -47,6 +47,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
+    CACHE.leading = lambda: memo.operator.reconciling
     memo.election = LeaderElection(
         kube, memo.lease_namespace, lease_seconds=config.lease_duration_seconds,
         renew_deadline=config.lease_renew_deadline_seconds, retry_period=config.lease_retry_period_seconds,

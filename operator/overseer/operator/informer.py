@@ -17,6 +17,7 @@ import aiohttp
 
 from overseer.kube import ApiError, Kube, path
 
+from .metrics import RELISTS, WATCH_ERRORS
 from .store import Key, Raw, Store, key_of
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Informer:
         # once per watch, however quiet the cluster (the health probe reads it).
         self.last_progress = time.monotonic()
         self.last_error = ""  # of the last failed list or watch, until one succeeds
+        self._relists, self._errors = RELISTS.labels(plural), WATCH_ERRORS.labels(plural)
 
     def __repr__(self) -> str:
         where = self.namespace or "all namespaces"
@@ -81,6 +83,7 @@ class Informer:
                         backoff = 0.5
                     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
                         self._progress(f"watch interrupted: {e or type(e).__name__}")
+                        self._errors.inc()
                         logger.info("%s: watch interrupted (%s); resuming from %s", self, e, self.version)
                         await asyncio.sleep(backoff)
                         backoff = min(MAX_BACKOFF, backoff * 2)
@@ -91,12 +94,14 @@ class Informer:
                 raise
             except Exception as e:  # noqa: BLE001 - keep the cache alive through any API trouble
                 self._progress(str(e))
+                self._errors.inc()
                 logger.warning("%s: %s; listing again in %.1fs", self, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
     async def relist(self) -> None:
         """Read the whole collection into the store and report what changed."""
+        self._relists.inc()
         params: dict[str, str] = {"limit": str(PAGE_SIZE)}
         if self.label_selector:
             params["labelSelector"] = self.label_selector

@@ -119,9 +119,9 @@ class Runtime:
     events: EventRecorder
     knowledge: KnowledgeTenants | None = None  # with OVERSEER_KNOWLEDGE_ADMIN_URL
     stores: dict[str, Store] = field(default_factory=new_stores)
-    goals: WorkQueue = field(default_factory=lambda: WorkQueue("goals"))
-    agents: WorkQueue = field(default_factory=lambda: WorkQueue("agents"))
-    capabilities: WorkQueue = field(default_factory=lambda: WorkQueue("capabilities"))
+    goals: WorkQueue = field(default_factory=lambda: WorkQueue("goal"))
+    agents: WorkQueue = field(default_factory=lambda: WorkQueue("agent"))
+    capabilities: WorkQueue = field(default_factory=lambda: WorkQueue("capability"))
     # Pods created but not yet seen by the watch, per (namespace, agent): counted as running so
     # a burst of reconciles cannot overshoot maxConcurrentGoals.
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))

@@ -2,6 +2,7 @@
 
 A key waits in the queue at most once, is never reconciled by two workers at once, and a
 key added while it is being reconciled runs again afterwards. Failures back off per key.
+Each queue exports client-go's work-queue metrics under its name (metrics.QUEUE_*).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
+
+from . import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,21 @@ class WorkQueue:
         self._failures: dict[Hashable, int] = {}
         self._max_backoff = max_backoff
         self._tasks: list[asyncio.Task[None]] = []
+        self._added: dict[Hashable, float] = {}  # when each queued key was added
+        self._started: dict[Hashable, float] = {}  # when each active key's reconcile began
+        self._adds, self._depth = metrics.QUEUE_ADDS.labels(name), metrics.QUEUE_DEPTH.labels(name)
+        self._waited, self._worked = metrics.QUEUE_SECONDS.labels(name), metrics.WORK_SECONDS.labels(name)
+        self._retries = metrics.QUEUE_RETRIES.labels(name)
+        metrics.LONGEST_RUNNING.labels(name).set_function(self._longest_running)
+        metrics.UNFINISHED.labels(name).set_function(self._unfinished)
+
+    def _longest_running(self) -> float:
+        now = time.monotonic()
+        return now - min(self._started.values(), default=now)
+
+    def _unfinished(self) -> float:
+        now = time.monotonic()
+        return sum(now - started for started in self._started.values())
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -36,10 +54,15 @@ class WorkQueue:
         if key in self._queued:
             return
         if key in self._active:
-            self._dirty.add(key)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                self._adds.inc()
             return
         self._queued.add(key)
+        self._added[key] = time.monotonic()
         self._queue.put_nowait(key)
+        self._adds.inc()
+        self._depth.set(len(self._queued))
 
     def add_after(self, key: Hashable, delay: float) -> None:
         """Add the key after delay seconds; an earlier pending add wins."""
@@ -77,6 +100,9 @@ class WorkQueue:
             key = await self._queue.get()
             self._queued.discard(key)
             self._active.add(key)
+            started = self._started[key] = time.monotonic()
+            self._waited.observe(started - self._added.pop(key, started))
+            self._depth.set(len(self._queued))
             try:
                 again = await reconcile(key)
             except asyncio.CancelledError:
@@ -88,10 +114,12 @@ class WorkQueue:
                 logger.warning("%s %s: reconcile failed (attempt %d), retrying in %.1fs: %s",
                                self.name, key, failures, delay, e)
                 again = delay
+                self._retries.inc()
             else:
                 self._failures.pop(key, None)
             finally:
                 self._active.discard(key)
+                self._worked.observe(time.monotonic() - self._started.pop(key))
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)
