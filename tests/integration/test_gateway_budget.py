@@ -204,6 +204,8 @@ async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: An
 
     before_out = sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL, kind="output")
     before_refused = sample("overseer_gateway_refusals_total", status="402", reason="billing_error")
+    before_budget = sample("overseer_gateway_budget_refusals_total", namespace="team-a", agent="coder",
+                           budget="maxTokensPerGoal")
     async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
         gateway = await start_gateway(model.url, {"maxTokensPerGoal": 300})
         client = gateway.sdk()
@@ -214,6 +216,8 @@ async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: An
     assert sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL,
                   kind="output") > before_out
     assert sample("overseer_gateway_refusals_total", status="402", reason="billing_error") == before_refused + 1
+    assert sample("overseer_gateway_budget_refusals_total", namespace="team-a", agent="coder",
+                  budget="maxTokensPerGoal") == before_budget + 1
 
 
 async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gateway: Any, postgres: PostgresServer,
