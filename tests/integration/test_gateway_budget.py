@@ -266,6 +266,11 @@ async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: A
             redis_server.start()
         await gateway.ledger.flush()
         await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        # An answer goes out before its call is settled: wait for the last one's row.
+        for _ in range(100):
+            if (await gateway.ledger.goal_total(gateway.caller.goal_uid)).requests == 3:
+                break
+            await asyncio.sleep(0.05)
     assert len(model.requests) == 3
     # Back in Redis, with what was spent while it was down (loaded again from the ledger).
     shared = redis.Redis.from_url(redis_server.url)
