@@ -403,3 +403,19 @@ def test_without_the_gateway_nothing_of_it_is_rendered_and_enabled_it_needs_its_
 
     refused = helm("template", RELEASE, str(CHART), "--set", "gateway.enabled=true", check=False)
     assert refused.returncode != 0 and "gateway.database.existingSecret" in refused.stderr, refused.stderr
+
+
+def test_in_namespaced_mode_the_gateway_reviews_tokens_cluster_wide_and_reads_only_watched_namespaces() -> None:
+    out = objects(helm("template", RELEASE, str(CHART), "-n", "ovs-system", *GATEWAY_VALUES,
+                       "--set", "rbac.mode=namespaced", "--set", "watchNamespaces={team-a,team-b}").stdout)
+    tested = next(o for o in yaml.safe_load_all((harness.REPO / "e2e" / "gateway-rbac.yaml").read_text())
+                  if o["kind"] == "ClusterRole")["rules"]
+    (cluster_role,) = [o for o in out if o["kind"] == "ClusterRole" and o["metadata"]["name"] == GATEWAY]
+    assert cluster_role["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                                      "verbs": ["create"]}], "TokenReview is cluster-scoped; nothing else is"
+    roles = {o["metadata"]["namespace"]: o["rules"] for o in out if o["kind"] == "Role"
+             and o["metadata"]["name"] == GATEWAY}
+    assert set(roles) == {"team-a", "team-b"}
+    assert all(cluster_role["rules"] + rules == tested for rules in roles.values())
+    bindings = {o["metadata"]["namespace"] for o in out if o["kind"] == "RoleBinding" and o["metadata"]["name"] == GATEWAY}
+    assert bindings == {"team-a", "team-b"}

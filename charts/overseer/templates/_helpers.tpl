@@ -170,3 +170,22 @@ look; the ports still narrow it).
 {{- end -}}
 {{- toJson ($cidrs | default (list "0.0.0.0/0")) -}}
 {{- end -}}
+
+{{/* The gateway's permissions (e2e/gateway-rbac.yaml is the tested set): cluster-scoped, then per namespace. */}}
+{{- define "overseer.gatewayClusterRules" -}}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+{{- end -}}
+
+{{- define "overseer.gatewayNamespaceRules" -}}
+- apiGroups: [""]
+  resources: [pods, secrets]
+  verbs: [get]
+- apiGroups: [overseer.dev]
+  resources: [goals, agents]
+  verbs: [get]
+- apiGroups: [overseer.dev]
+  resources: [goals/status, agents/status]
+  verbs: [patch]
+{{- end -}}
