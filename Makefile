@@ -141,7 +141,7 @@ bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.scale --goals 300 --agents 10 --slots 5 --soak 40 --churn 5
 	$(BIN)/python -m e2e.bench.loop --quick $(BENCH_LOOP_ARGS)
 	$(BIN)/python -m e2e.bench.knowledge --experiences 20000 --queries 50 --goals 5
-	$(BIN)/python -m e2e.bench.gateway --requests 200 --rounds 1
+	$(BIN)/python -m e2e.bench.gateway --requests 200 --first-token 0.05 --event-interval 0.01
 	$(BIN)/python -m e2e.bench.start --goals 5
 
 bench-gateway: venv cluster-build

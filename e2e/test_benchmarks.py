@@ -78,12 +78,15 @@ def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_ro
 
 def test_gateway_benchmark_reports_added_latency_cpu_and_memory(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "gateway.json"
-    table = run_bench(cluster, "e2e.bench.gateway", "--requests", "200", "--concurrency", "50", "--rounds", "1",
-                      "--json", str(out))
+    table = run_bench(cluster, "e2e.bench.gateway", "--requests", "200", "--concurrency", "50",
+                      "--first-token", "0.05", "--event-interval", "0.01", "--json", str(out))
     r = json.loads(out.read_text())
     for path in ("direct", "gateway"):
-        assert r[path]["p50_ms"] > 0 and r[path]["p99_ms"] >= r[path]["p50_ms"] and r[path]["ttfb_p50_ms"] > 0
+        # the model's pace shows on both paths: the first event after 50 ms, eight more 10 ms apart
+        assert r[path]["ttfb_p50_ms"] >= 50 and r[path]["p50_ms"] >= 50 + 8 * 10
+        assert r[path]["p99_ms"] >= r[path]["p50_ms"]
     assert r["gateway_cpu_ms_per_request"] > 0 and r["gateway_rss_mb"] > 0
+    assert r["gateway_cpu_wait_ms_per_request"] >= 0
     assert "added by the gateway" in table
 
 

@@ -130,7 +130,8 @@ def test_chart_lints_strict_in_every_mode() -> None:
                   ["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
                    "--set", "prometheusRule.enabled=true",
                    "--set", "grafanaDashboard.enabled=true", "--set", "knowledgeBase.existingSecret=kb",
-                   "--set", "redis.existingSecret=redis"]):
+                   "--set", "redis.existingSecret=redis"],
+                  ["--set", "gateway.enabled=true", "--set", "gateway.database.existingSecret=gw-db"]):
         out = helm("lint", "--strict", str(CHART), *extra)
         assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout + out.stderr
 
@@ -343,3 +344,79 @@ def test_admission_policy_files_are_installed_as_they_are(tmp_path: Path) -> Non
     assert rendered("--set", "admissionPolicies.enabled=false") == []
     shutil.rmtree(admission)
     assert rendered() == [], "no folder, no admission objects"
+
+
+GATEWAY = f"{FULLNAME}-gateway"
+GATEWAY_VALUES = ["--set", "gateway.enabled=true", "--set", "gateway.database.existingSecret=gw-db",
+                  "--set", "gateway.redis.existingSecret=gw-redis", "--set-json",
+                  'gateway.prices={"my-model": {"input": 1.5, "output": 6}}']
+
+
+def test_the_chart_runs_the_gateway_with_the_tested_rbac_and_sends_goal_pods_to_it() -> None:
+    out = {(o["kind"], o["metadata"]["name"]): o
+           for o in objects(helm("template", RELEASE, str(CHART), "-n", "ovs-system", *GATEWAY_VALUES).stdout)}
+    tested_rbac = {o["kind"]: o for o in yaml.safe_load_all((harness.REPO / "e2e" / "gateway-rbac.yaml").read_text())}
+    assert out[("ClusterRole", GATEWAY)]["rules"] == tested_rbac["ClusterRole"]["rules"]
+    assert out[("ClusterRoleBinding", GATEWAY)]["subjects"] == [
+        {"kind": "ServiceAccount", "name": GATEWAY, "namespace": "ovs-system"}]
+
+    dep = out[("Deployment", GATEWAY)]
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert dep["spec"]["replicas"] == 2 and container["command"] == ["overseer-gateway"]
+    assert pod["serviceAccountName"] == GATEWAY
+    env = {e["name"]: e for e in container["env"]}
+    # connection strings only by Secret name: nothing in the chart's output holds them
+    assert env["OVERSEER_GATEWAY_DATABASE_URL"] == {"name": "OVERSEER_GATEWAY_DATABASE_URL", "valueFrom": {
+        "secretKeyRef": {"name": "gw-db", "key": "url"}}}
+    assert env["OVERSEER_GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "gw-redis", "key": "url"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    prices = yaml.safe_load(out[("ConfigMap", f"{GATEWAY}-prices")]["data"]["prices.yaml"])
+    assert prices == {"my-model": {"input": 1.5, "output": 6}}
+    assert env["OVERSEER_GATEWAY_PRICES_FILE"]["value"] == "/etc/overseer-gateway/prices.yaml"
+    assert out[("PodDisruptionBudget", GATEWAY)]["spec"]["minAvailable"] == 1
+    service = out[("Service", GATEWAY)]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "metrics": 9102}
+    # the agents' NetworkPolicy finds the gateway's pods by gateway.podLabels
+    assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "overseer-gateway"
+
+    policy = out[("NetworkPolicy", GATEWAY)]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    egress_ports = sorted({p["port"] for rule in policy["egress"] for p in rule["ports"]})
+    assert egress_ports == [53, 443, 5432, 6379, 6443], "model endpoint, API server, PostgreSQL, Redis, DNS only"
+    assert policy["ingress"][0]["from"][0]["podSelector"]["matchExpressions"] == [
+        {"key": "overseer.dev/goal", "operator": "Exists"}], "the API port is open to goal pods only"
+
+    operator_env = {e["name"]: e.get("value") for e in
+                    out[("Deployment", OPERATOR)]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert operator_env["OVERSEER_GATEWAY_URL"] == f"http://{GATEWAY}.ovs-system.svc:8080"
+
+
+def test_without_the_gateway_nothing_of_it_is_rendered_and_enabled_it_needs_its_ledger() -> None:
+    plain = objects(helm("template", RELEASE, str(CHART)).stdout)
+    assert not [o for o in plain if o["metadata"]["name"].startswith(GATEWAY)]
+    operator = next(o for o in plain if (o["kind"], o["metadata"]["name"]) == ("Deployment", OPERATOR))
+    assert "OVERSEER_GATEWAY_URL" not in {e["name"] for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    refused = helm("template", RELEASE, str(CHART), "--set", "gateway.enabled=true", check=False)
+    assert refused.returncode != 0 and "gateway.database.existingSecret" in refused.stderr, refused.stderr
+
+
+def test_in_namespaced_mode_the_gateway_reviews_tokens_cluster_wide_and_reads_only_watched_namespaces() -> None:
+    out = objects(helm("template", RELEASE, str(CHART), "-n", "ovs-system", *GATEWAY_VALUES,
+                       "--set", "rbac.mode=namespaced", "--set", "watchNamespaces={team-a,team-b}").stdout)
+    tested = next(o for o in yaml.safe_load_all((harness.REPO / "e2e" / "gateway-rbac.yaml").read_text())
+                  if o["kind"] == "ClusterRole")["rules"]
+    (cluster_role,) = [o for o in out if o["kind"] == "ClusterRole" and o["metadata"]["name"] == GATEWAY]
+    assert cluster_role["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                                      "verbs": ["create"]}], "TokenReview is cluster-scoped; nothing else is"
+    roles = {o["metadata"]["namespace"]: o["rules"] for o in out if o["kind"] == "Role"
+             and o["metadata"]["name"] == GATEWAY}
+    assert set(roles) == {"team-a", "team-b"}
+    assert all(cluster_role["rules"] + rules == tested for rules in roles.values())
+    bindings = {o["metadata"]["namespace"] for o in out if o["kind"] == "RoleBinding" and o["metadata"]["name"] == GATEWAY}
+    assert bindings == {"team-a", "team-b"}

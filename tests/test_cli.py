@@ -58,7 +58,7 @@ def test_logs_and_steer_options() -> None:
     assert (steer.text, steer.redis) == ("Use the v2 parser", None)
 
 
-@pytest.mark.parametrize("argv", [[], ["status"], ["frobnicate", "ship"], ["logs", "ship", "--tail", "many"]])
+@pytest.mark.parametrize("argv", [[], ["approve"], ["frobnicate", "ship"], ["logs", "ship", "--tail", "many"]])
 def test_usage_errors_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args(argv)
@@ -294,3 +294,25 @@ def test_status_gives_a_queued_goals_place_in_its_agents_queue() -> None:
     assert cli.queue_position(by_name["elsewhere"], goals) == (1, 1)
     text = cli.format_status(by_name["low"], NOW, queue=cli.queue_position(by_name["low"], goals))
     assert "Queue:       3 of 3 for agent coder" in text
+
+
+def test_status_without_a_goal_shows_what_each_agent_and_namespace_spent() -> None:
+    def agent(name: str, namespace: str, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": namespace}, "status": {"cost": cost} if cost else {}}
+
+    text = cli.format_spend([
+        agent("coder", "team-a", {"todayUsd": 0.5, "totalUsd": 12.25, "day": "2026-01-01"}),
+        agent("reviewer", "team-a", {"todayUsd": 0.25, "totalUsd": 1, "day": "2026-01-01"}),
+        agent("old", "team-b", {"todayUsd": 3, "totalUsd": 3, "day": "2025-12-31"}),
+        agent("idle", "team-b"),
+    ], now=NOW)
+    lines = [line.split() for line in text.splitlines()]
+
+    assert lines[0] == ["NAMESPACE", "AGENT", "TODAY", "(UTC)", "TOTAL"]
+    assert ["team-a", "coder", "$0.5000", "$12.2500"] in lines
+    assert ["team-a", "(all)", "$0.7500", "$13.2500"] in lines
+    assert ["team-b", "old", "$0.0000", "$3.0000"] in lines, "spent on an earlier day: nothing today"
+    assert ["team-b", "idle", "$0.0000", "$0.0000"] in lines
+    assert cli.format_spend([], now=NOW) == "no Agents"
+    parsed = cli.build_parser().parse_args(["status", "-A"])
+    assert parsed.goal is None and parsed.all_namespaces

@@ -249,3 +249,41 @@ async def test_the_agent_reads_its_token_file_again_for_every_call(gateway_to: A
         with pytest.raises(anthropic.AuthenticationError):
             await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert len(model.requests) == 1
+
+
+class HeldSettling:
+    """A meter whose settling waits until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self.go_on = asyncio.Event()
+        self.settled: list[dict[str, Any]] = []
+
+    async def reserve(self, caller: Caller, target: Target, body: bytes, request_id: str) -> str:
+        return request_id
+
+    async def settle(self, reservation: Any, usage: dict[str, Any], model: str) -> None:
+        await self.go_on.wait()
+        self.settled.append(usage)
+
+
+async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
+    meter = HeldSettling()
+    async with ScriptedModelServer({"conversations": {"default": ["Hello."]}}) as model:
+        app = web.Application()
+        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
+        add_routes(app, Proxy(TokenTable(), OneTarget(model.url), session, meter=meter))  # type: ignore[arg-type]
+        runner, url = await serve(app)
+        try:
+            answer = await asyncio.wait_for(sdk(url).messages.create(
+                model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]), timeout=10)
+            assert answer.content[0].text == "Hello."  # type: ignore[union-attr]
+            assert meter.settled == [], "the answer came while settling still waited"
+            meter.go_on.set()
+            for _ in range(100):
+                if meter.settled:
+                    break
+                await asyncio.sleep(0.02)
+            assert meter.settled and meter.settled[0]["output_tokens"] > 0
+        finally:
+            await runner.cleanup()
+            await session.close()

@@ -453,3 +453,21 @@ async def test_follow_history_answers_a_resumed_conversation_as_before():
             await ask(model, history)  # the fault fires once, on the way to the second reply
         assert (await ask(model, history)).content[0].text == "second"
         assert (await ask(model, history)).content[0].text == "second"
+
+
+async def test_a_paced_stream_sends_its_events_apart_and_a_whole_answer_when_the_stream_would_end():
+    scenario = Scenario.from_turns({"default": [{"reply": "paced", "event_interval": 0.05}]}, repeat_last=True)
+    async with serving(scenario) as (server, model):
+        arrivals: list[float] = []
+        started = time.perf_counter()
+        async with model.messages.stream(model=MODEL, max_tokens=10, messages=HELLO) as stream:
+            async for _ in stream:
+                arrivals.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        whole = await ask(model)
+        waited = time.perf_counter() - started
+
+    # message_start, content_block_start, ping, a delta, content_block_stop, message_delta, message_stop:
+    # six intervals between the first event and the last
+    assert arrivals[-1] >= 6 * 0.05
+    assert whole.content[0].text == "paced" and waited >= 6 * 0.05

@@ -1,14 +1,18 @@
 """What the model gateway adds to a streamed model call (make bench-gateway).
 
-The scripted model and the gateway run as their own processes; the gateway reviews a real
-pod-bound token with the local API server (once: then it is cached, as in production) and reads
-the Agent and its key Secret from it. One client process sends the same streamed request to the
-model directly and through the gateway, in alternating rounds of `--requests` requests with
-`--concurrency` in flight, so both see the same machine at the same time. For each path:
-latency to the last byte and to the first byte, p50 and p99; for the gateway its CPU seconds per
-request and its memory.
+The scripted model and the gateway run as their own processes, the gateway as in production: it
+reviews a real pod-bound token with the local API server (once: then it is cached) and reads the
+Agent and its key Secret from it, and the Goal has a money budget, so every call is held in Redis
+before it is forwarded, settled after, written to the PostgreSQL ledger and into the Goal's status. The model streams as a generating model does: its first
+event after `--first-token` seconds, the next ones `--event-interval` apart. One client process
+keeps `--concurrency` streams in flight directly to the model and as many through the gateway, at
+the same time, so both paths see the same machine at the same moments; the streams start spread
+over one call's length, so calls arrive steadily, not in bursts. For each path: latency to
+the last byte and to the first byte, p50 and p99; for the gateway its CPU seconds per request and
+its memory.
 
-    python -m e2e.bench.gateway [--requests 2000] [--concurrency 100] [--rounds 3] [--docs FILE] [--json FILE]
+    python -m e2e.bench.gateway [--requests 1000] [--concurrency 100] [--first-token 0.5]
+                                [--event-interval 0.25] [--docs FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ import yaml
 from e2e import harness
 from e2e.bench.docs import write_section
 from e2e.gateway import GatewayProcess, gateway_kubeconfig, pod_token
+from tests.support.servers import PostgresServer, RedisServer
 
 NAMESPACE = "bench-gateway"
 MODEL = "claude-sonnet-5-5"
 REPLY = "The parser splits on tabs; the failing test expects commas too. " * 4
 BEGIN, END = "<!-- bench-gateway:begin -->", "<!-- bench-gateway:end -->"
 TICKS = os.sysconf("SC_CLK_TCK")
+EVENTS_APART = 8  # the reply streams as nine events: message_start ... message_stop
 
 
 def log(message: str) -> None:
@@ -54,6 +60,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
+def runqueue_seconds(pid: int) -> float:
+    """How long the process's main thread (the gateway's event loop) waited for a CPU, all told."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS now, peak RSS) in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -64,9 +75,10 @@ def memory_mb(pid: int) -> tuple[float, float]:
 class Model:
     """overseer-scripted-model as a process, answering every request with the same reply."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, first_token: float, event_interval: float) -> None:
         scenario = workdir / "scenario.yaml"
-        scenario.write_text(yaml.safe_dump({"conversations": {"default": [REPLY]}, "repeat_last": True}))
+        turn = {"reply": REPLY, "delay": first_token, "event_interval": event_interval}
+        scenario.write_text(yaml.safe_dump({"conversations": {"default": [turn]}, "repeat_last": True}))
         exe = Path(sys.executable).parent / "overseer-scripted-model"
         self.proc = subprocess.Popen([str(exe), "--scenario", str(scenario)], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
@@ -99,7 +111,7 @@ spec:
 apiVersion: overseer.dev/v1alpha1
 kind: Goal
 metadata: {{name: bench}}
-spec: {{description: benchmark, agentRef: {{name: bench}}}}
+spec: {{description: benchmark, agentRef: {{name: bench}}, budget: {{maxCostPerGoal: 1000000}}}}
 """)
     goal = json.loads(kubectl("get", "goal", "bench", "-n", NAMESPACE, "-o", "json").stdout)
     pod = harness.restricted_pod("bench-a1", serviceAccountName="overseer-agent-bench")
@@ -123,7 +135,11 @@ async def one(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
     return first, time.perf_counter() - started
 
 
-async def batch(url: str, headers: dict[str, str], requests: int, concurrency: int) -> list[tuple[float, float]]:
+async def batch(url: str, headers: dict[str, str], requests: int, concurrency: int,
+                spread: float = 0.0) -> list[tuple[float, float]]:
+    """`requests` calls, `concurrency` at a time. The workers start spread over `spread` seconds,
+    as independent agents would, not all in one millisecond: identical calls would then arrive in
+    bursts of `concurrency` for the whole run, and every burst would queue on one core."""
     body = json.dumps({"model": MODEL, "max_tokens": 256, "stream": True,
                        "messages": [{"role": "user", "content": "Why does test_parser fail?"}]}).encode()
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -131,81 +147,89 @@ async def batch(url: str, headers: dict[str, str], requests: int, concurrency: i
     async with aiohttp.ClientSession(connector=connector) as session:
         queue = iter(range(requests))
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            await asyncio.sleep(spread * i / concurrency)
             for _ in queue:
                 results.append(await one(session, url, headers, body))
 
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker(i) for i in range(concurrency)])
     return results
 
 
 async def measure(model_url: str, gateway: GatewayProcess, token: str, requests: int, concurrency: int,
-                  rounds: int) -> dict[str, Any]:
-    paths = {"direct": (model_url, {"x-api-key": "bench-key"}),
-             "gateway": (gateway.url, {"x-api-key": token})}
-    for url, headers in paths.values():  # warm up: connections, the token review, the caches
-        await batch(url, headers | {"content-type": "application/json"}, concurrency, concurrency)
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
-    cpu = 0.0
-    for r in range(rounds):
-        for name, (url, headers) in paths.items():
-            before = cpu_seconds(gateway.proc.pid)
-            samples[name] += await batch(url, headers | {"content-type": "application/json"}, requests, concurrency)
-            if name == "gateway":
-                cpu += cpu_seconds(gateway.proc.pid) - before
-        log(f"round {r + 1}/{rounds} done")
+                  call_seconds: float) -> dict[str, Any]:
+    paths = {"direct": (model_url, {"x-api-key": "bench-key", "content-type": "application/json"}),
+             "gateway": (gateway.url, {"x-api-key": token, "content-type": "application/json"})}
+    # warm up: connections, the token review, the caches
+    await asyncio.gather(*[batch(url, headers, concurrency, concurrency) for url, headers in paths.values()])
+    before, waited_before = cpu_seconds(gateway.proc.pid), runqueue_seconds(gateway.proc.pid)
+    runs = await asyncio.gather(*[batch(url, headers, requests, concurrency, call_seconds)
+                                  for url, headers in paths.values()])
+    cpu = cpu_seconds(gateway.proc.pid) - before
+    waited = runqueue_seconds(gateway.proc.pid) - waited_before
     rss, peak = memory_mb(gateway.proc.pid)
-    out: dict[str, Any] = {"requests": requests * rounds, "concurrency": concurrency, "rounds": rounds,
-                           "load_average": os.getloadavg()[0]}
-    for name, values in samples.items():
+    out: dict[str, Any] = {"requests": requests, "concurrency": concurrency, "load_average": os.getloadavg()[0]}
+    for name, values in zip(paths, runs, strict=True):
         firsts, totals = [v[0] for v in values], [v[1] for v in values]
         out[name] = {"p50_ms": pct(totals, 0.5) * 1000, "p99_ms": pct(totals, 0.99) * 1000,
                      "ttfb_p50_ms": pct(firsts, 0.5) * 1000, "ttfb_p99_ms": pct(firsts, 0.99) * 1000}
     out["added"] = {k: out["gateway"][k] - out["direct"][k] for k in out["direct"]}
-    out["gateway_cpu_ms_per_request"] = cpu / (requests * rounds) * 1000
+    out["gateway_cpu_ms_per_request"] = cpu / requests * 1000
+    out["gateway_cpu_wait_ms_per_request"] = waited / requests * 1000
     out["gateway_rss_mb"], out["gateway_rss_peak_mb"] = rss, peak
     return out
 
 
 def table(r: dict[str, Any]) -> str:
     rows = [("direct", r["direct"]), ("through the gateway", r["gateway"]), ("added by the gateway", r["added"])]
-    lines = [f"{r['requests']} streamed calls ({r['rounds']} alternating rounds), {r['concurrency']} in flight, "
+    lines = [f"{r['requests']} streamed calls per path, {r['concurrency']} in flight on each path at once, "
+             f"first event after {r['first_token_s']} s, then one every {r['event_interval_s']} s; "
              f"{os.cpu_count()} cores (load average {r['load_average']:.1f} at the end); model, gateway and "
              "client on one machine\n",
              "| path | p50 | p99 | first byte p50 | first byte p99 |", "|---|---|---|---|---|"]
     for name, v in rows:
         lines.append(f"| {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['ttfb_p50_ms']:.2f} ms | "
                      f"{v['ttfb_p99_ms']:.2f} ms |")
-    lines.append(f"\ngateway CPU per call: {r['gateway_cpu_ms_per_request']:.3f} ms; "
+    lines.append(f"\ngateway CPU per call: {r['gateway_cpu_ms_per_request']:.3f} ms; time it waited for a CPU "
+                 f"(other work on the machine) per call: {r['gateway_cpu_wait_ms_per_request']:.3f} ms; "
                  f"gateway memory: {r['gateway_rss_mb']:.0f} MB RSS (peak {r['gateway_rss_peak_mb']:.0f} MB)\n")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m e2e.bench.gateway", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="calls per path and round")
+    parser.add_argument("--requests", type=int, default=1000, help="calls per path")
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--first-token", type=float, default=0.5, help="seconds before the model's first event")
+    parser.add_argument("--event-interval", type=float, default=0.25, help="seconds between the model's events")
     parser.add_argument("--docs", type=Path, help="write the table into this file's gateway block")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     cluster = harness.start_cluster()
     kubectl, k8s = harness.Kubectl(cluster), harness.K8s(cluster)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    model = gateway = None
+    model = gateway = postgres = redis = None
     try:
         harness.install_crds(kubectl)
-        model = Model(workdir)
+        postgres, redis = PostgresServer(workdir).init(), RedisServer(workdir).start()
+        model = Model(workdir, args.first_token, args.event_interval)
         token = goal_pod(kubectl, k8s, model.url)
         gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gw.kubeconfig"),
-                                 workdir / "gateway.log")
-        log(f"model {model.url}, gateway {gateway.url}: {args.rounds} rounds of {args.requests} calls per path")
-        result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, args.rounds))
+                                 workdir / "gateway.log", env={"OVERSEER_GATEWAY_DATABASE_URL": postgres.dsn,
+                                                               "OVERSEER_GATEWAY_REDIS_URL": redis.url})
+        log(f"model {model.url}, gateway {gateway.url}: {args.requests} calls per path")
+        call_seconds = args.first_token + EVENTS_APART * args.event_interval
+        result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, call_seconds))
+        result.update(first_token_s=args.first_token, event_interval_s=args.event_interval)
     finally:
         if gateway is not None:
             gateway.stop()
         if model is not None:
             model.stop()
+        if redis is not None:
+            redis.stop()
+        if postgres is not None:
+            postgres.stop()
         harness.delete_namespace(k8s, NAMESPACE)
         k8s.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -217,7 +241,8 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=2))
     if args.docs:
         command = (f"make bench-gateway (python -m e2e.bench.gateway --requests {args.requests} "
-                   f"--concurrency {args.concurrency} --rounds {args.rounds})")
+                   f"--concurrency {args.concurrency} --first-token {args.first_token} "
+                   f"--event-interval {args.event_interval})")
         write_section(args.docs, "Model gateway", BEGIN, END, f"`{command}`\n\n{text}")
 
 

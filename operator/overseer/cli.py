@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("status", parents=[common], help="phase, progress, tokens and pending approvals of a Goal")
-    p.add_argument("goal", metavar="GOAL")
+    p = sub.add_parser("status", parents=[common], help="phase, progress, tokens and pending approvals of a Goal; "
+                                                        "without GOAL, what each Agent spent (model gateway)")
+    p.add_argument("goal", metavar="GOAL", nargs="?")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="without GOAL: the Agents of every namespace")
 
     p = sub.add_parser("approve", parents=[common], help="approve a pending request of a Goal")
     p.add_argument("goal", metavar="GOAL")
@@ -495,7 +497,38 @@ class Session:
         return updated
 
 
+def format_spend(agents: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
+    """What each Agent spent today (UTC) and in all, from status.cost, with a total per namespace."""
+    day = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    by_namespace: dict[str, list[tuple[str, float, float]]] = {}
+    for agent in agents:
+        cost = (agent.get("status") or {}).get("cost") or {}
+        today = float(cost.get("todayUsd") or 0) if cost.get("day") == day else 0.0  # written on an earlier day
+        by_namespace.setdefault(agent["metadata"]["namespace"], []).append(
+            (agent["metadata"]["name"], today, float(cost.get("totalUsd") or 0)))
+    if not by_namespace:
+        return "no Agents"
+    rows = [("NAMESPACE", "AGENT", "TODAY (UTC)", "TOTAL")]
+    for namespace, spent in sorted(by_namespace.items()):
+        rows += [(namespace, name, f"${today:.4f}", f"${total:.4f}") for name, today, total in sorted(spent)]
+        if len(spent) > 1:
+            rows.append((namespace, "(all)", f"${sum(t for _, t, _ in spent):.4f}", f"${sum(t for _, _, t in spent):.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+async def cmd_spend(s: Session, args: argparse.Namespace) -> int:
+    where = None if args.all_namespaces else s.namespace
+    listed = await s.kube.get(path(API_VERSION, "agents", where))
+    s.print(format_spend((listed or {}).get("items") or []))
+    return 0
+
+
 async def cmd_status(s: Session, args: argparse.Namespace) -> int:
+    if args.goal is None:
+        return await cmd_spend(s, args)
+    if args.all_namespaces:
+        raise CliError(f"-A shows the spend of every namespace's Agents: give it without GOAL ({args.goal})")
     goal = await s.goal(args.goal)
     queue = None
     if (goal.get("status") or {}).get("phase") == Phase.QUEUED.value:

@@ -204,6 +204,8 @@ async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: An
 
     before_out = sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL, kind="output")
     before_refused = sample("overseer_gateway_refusals_total", status="402", reason="billing_error")
+    before_budget = sample("overseer_gateway_budget_refusals_total", namespace="team-a", agent="coder",
+                           budget="maxTokensPerGoal")
     async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
         gateway = await start_gateway(model.url, {"maxTokensPerGoal": 300})
         client = gateway.sdk()
@@ -214,6 +216,8 @@ async def test_tokens_cost_and_refusals_are_counted_in_metrics(start_gateway: An
     assert sample("overseer_gateway_tokens_total", namespace="team-a", agent="coder", model=MODEL,
                   kind="output") > before_out
     assert sample("overseer_gateway_refusals_total", status="402", reason="billing_error") == before_refused + 1
+    assert sample("overseer_gateway_budget_refusals_total", namespace="team-a", agent="coder",
+                  budget="maxTokensPerGoal") == before_budget + 1
 
 
 async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gateway: Any, postgres: PostgresServer,
@@ -262,6 +266,11 @@ async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: A
             redis_server.start()
         await gateway.ledger.flush()
         await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        # An answer goes out before its call is settled: wait for the last one's row.
+        for _ in range(100):
+            if (await gateway.ledger.goal_total(gateway.caller.goal_uid)).requests == 3:
+                break
+            await asyncio.sleep(0.05)
     assert len(model.requests) == 3
     # Back in Redis, with what was spent while it was down (loaded again from the ledger).
     shared = redis.Redis.from_url(redis_server.url)

@@ -115,3 +115,77 @@ create events.k8s.io Events although it never does.
   resources: [networkpolicies]
   verbs: [get, create, patch, delete]
 {{- end -}}
+
+{{/* The model gateway: its name, labels (gateway.podLabels on its pods: the agents' NetworkPolicy selects them). */}}
+{{- define "overseer.gatewayName" -}}
+{{- printf "%s-gateway" (include "overseer.fullname" .) -}}
+{{- end -}}
+
+{{- define "overseer.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: overseer-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "overseer.gatewayLabels" -}}
+{{ include "overseer.labels" . }}
+app.kubernetes.io/name: overseer-gateway
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "overseer.gatewayPodLabels" -}}
+{{ include "overseer.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: overseer
+app.kubernetes.io/component: gateway
+{{- range $k, $v := .Values.gateway.podLabels }}
+{{- if ne $k "app.kubernetes.io/name" }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Where goal pods reach the gateway: gateway.url, else the chart's own gateway Service. */}}
+{{- define "overseer.gatewayURL" -}}
+{{- if .Values.gateway.url -}}
+{{- .Values.gateway.url -}}
+{{- else if .Values.gateway.enabled -}}
+{{- printf "http://%s.%s.svc:%v" (include "overseer.gatewayName" .) .Release.Namespace .Values.gateway.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The API server's addresses as a JSON list: networkPolicy.apiServer.cidrs, else the `kubernetes`
+Endpoints of namespace default as the install sees them, else any address (helm template cannot
+look; the ports still narrow it).
+*/}}
+{{- define "overseer.apiServerCidrs" -}}
+{{- $cidrs := .Values.networkPolicy.apiServer.cidrs -}}
+{{- if not $cidrs -}}
+{{- $ep := lookup "v1" "Endpoints" "default" "kubernetes" -}}
+{{- range ($ep.subsets | default list) -}}
+{{- range (.addresses | default list) -}}
+{{- $cidrs = append $cidrs (printf "%s/32" .ip) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($cidrs | default (list "0.0.0.0/0")) -}}
+{{- end -}}
+
+{{/* The gateway's permissions (e2e/gateway-rbac.yaml is the tested set): cluster-scoped, then per namespace. */}}
+{{- define "overseer.gatewayClusterRules" -}}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+{{- end -}}
+
+{{- define "overseer.gatewayNamespaceRules" -}}
+- apiGroups: [""]
+  resources: [pods, secrets]
+  verbs: [get]
+- apiGroups: [overseer.dev]
+  resources: [goals, agents]
+  verbs: [get]
+- apiGroups: [overseer.dev]
+  resources: [goals/status, agents/status]
+  verbs: [patch]
+{{- end -}}

@@ -223,4 +223,5 @@ def _check(caller: Caller, budget: Limits, account: Account, tokens: int, usd: D
 
 def budget_exhausted(caller: Caller, budget: str, message: str) -> GatewayError:
     """402 billing_error: the SDK does not retry it; the header tells the agent which budget."""
+    metrics.BUDGET_REFUSALS.labels(caller.namespace, caller.agent, budget).inc()
     return GatewayError(402, message, "billing_error", headers={BUDGET_HEADER: budget})

@@ -16,6 +16,9 @@ UPSTREAM_ERRORS = Counter("overseer_gateway_upstream_errors_total",
                           "Upstream answers that were not 200, by status (0: no answer)", ["status"])
 REFUSALS = Counter("overseer_gateway_refusals_total", "Calls refused by the gateway, by HTTP status and reason",
                    ["status", "reason"])
+BUDGET_REFUSALS = Counter("overseer_gateway_budget_refusals_total",
+                          "Calls refused because a budget is exhausted, by namespace, agent and budget",
+                          ["namespace", "agent", "budget"])
 
 
 def spent(spend: Spend) -> None:

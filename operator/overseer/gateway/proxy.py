@@ -87,7 +87,11 @@ class Proxy:
                 payload = await up.read()
                 if up.status == 200:
                     tap.usage = message_usage(payload)
-                return web.Response(body=payload, status=up.status, headers=out_headers)
+                # Sent here rather than returned: the caller has its answer before the call is settled.
+                answer = web.Response(body=payload, status=up.status, headers=out_headers)
+                await answer.prepare(request)
+                await answer.write_eof()
+                return answer
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             if request.transport is None or request.transport.is_closing():
                 raise  # the client is gone: nobody to answer

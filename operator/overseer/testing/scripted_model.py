@@ -26,6 +26,7 @@ Scenario (YAML, a dict, or `Scenario.from_turns` / `Scenario.tool_loop`)::
         - reply: [{text: "All tests pass."}]   # `reply: "All tests pass."` and `- "All tests pass."` too
           stop_reason: end_turn                # optional: max_tokens, refusal, ...
           delay: 0.2                           # seconds before answering
+          event_interval: 0.05                 # seconds between streamed events, as tokens are generated
     repeat_last: false   # when a script runs out, repeat its last turn
     loop: false          # ... or start it again; with neither, answer "scripted conversation finished"
     follow_history: false  # pick the reply by the request's history instead (see below)
@@ -123,6 +124,7 @@ class Turn:
     reply: tuple[dict[str, Any], ...] = ()
     stop_reason: str | None = None
     delay: float = 0.0
+    event_interval: float = 0.0
     expect: Mapping[str, Any] | None = None
     fault: Fault | None = None
 
@@ -244,7 +246,7 @@ def _reply_block(data: Any, where: str) -> dict[str, Any]:
 def _turn(data: Any, where: str) -> Turn:
     if isinstance(data, str):
         data = {"reply": data}
-    _known(data, {"reply", "fault", "expect", "stop_reason", "delay"}, where)
+    _known(data, {"reply", "fault", "expect", "stop_reason", "delay", "event_interval"}, where)
     if ("reply" in data) == ("fault" in data):
         raise ScenarioError(f"{where}: expected exactly one of reply or fault")
     if data.get("stop_reason") not in STOP_REASONS | {None}:
@@ -255,7 +257,8 @@ def _turn(data: Any, where: str) -> Turn:
     reply = data.get("reply")
     blocks = [reply] if isinstance(reply, str) else (reply or [])
     return Turn(reply=tuple(_reply_block(b, f"{where}.reply[{i}]") for i, b in enumerate(blocks)),
-                stop_reason=data.get("stop_reason"), delay=float(data.get("delay", 0)), expect=expect,
+                stop_reason=data.get("stop_reason"), delay=float(data.get("delay", 0)),
+                event_interval=float(data.get("event_interval", 0)), expect=expect,
                 fault=_fault(data["fault"], f"{where}.fault") if "fault" in data else None)
 
 
@@ -679,15 +682,20 @@ class ScriptedModelServer:
             return response
         await asyncio.sleep(turn.delay)
         if streamed:
-            return await self._send_events(request, stream_events(message))
+            return await self._send_events(request, stream_events(message), turn.event_interval)
+        if turn.event_interval:  # a whole answer arrives when its stream would have ended
+            await asyncio.sleep(turn.event_interval * (len(stream_events(message)) - 1))
         return web.json_response(message, headers={"request-id": _new_id("req_")})
 
     @staticmethod
-    async def _send_events(request: web.Request, events: Sequence[tuple[str, Any]]) -> web.StreamResponse:
+    async def _send_events(request: web.Request, events: Sequence[tuple[str, Any]],
+                           interval: float = 0.0) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
                                                "cache-control": "no-cache", "request-id": _new_id("req_")})
         await response.prepare(request)
-        for name, data in events:
+        for i, (name, data) in enumerate(events):
+            if interval and i:
+                await asyncio.sleep(interval)
             await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         return response
 
