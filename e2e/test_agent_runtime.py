@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from e2e.harness import wait_for
+from overseer.operator.workspace import claim_name
 from e2e.world import World
 
 
@@ -25,8 +26,8 @@ def test_scripted_goal_reads_edits_and_tests_files(world: World, agents: Any) ->
         tool("edit_file", path="parser.py", old_string="return a - b", new_string="return a + b"),
         tool("bash", command="python3 test_parser.py"),
         text("Fixed add(): it subtracted. test_parser.py passes."),
-    ]})
-    ws = runner.workspace("fix-parser")
+    ]}, workspace="{size: 1Gi}")
+    ws = runner.claim_folder(claim_name("fix-parser"))  # seeded before the goal, as a prepared volume
     (ws / "parser.py").write_text("def add(a, b):\n    return a - b\n")
     (ws / "test_parser.py").write_text("from parser import add\nassert add(2, 3) == 5, add(2, 3)\nprint('ok')\n")
     world.goal("fix-parser", extra="  maxRetries: 0")
@@ -104,9 +105,9 @@ def test_steering_reaches_the_running_loop(world: World, agents: Any, kubectl: A
 
 def test_killed_agent_resumes_from_its_checkpoint_without_repeating_tool_calls(world: World, agents: Any) -> None:
     steps = [{**tool("bash", command=f"echo step-{i} >> steps.txt"), "delay": 0.5} for i in range(1, 5)]
-    model, runner = agents({"long": [*steps, text("All four steps done.")]})
+    model, runner = agents({"long": [*steps, text("All four steps done.")]}, workspace="{size: 1Gi}")
     world.goal("long", retries=2)
-    ws = runner.workspace("long")
+    ws = runner.claim_folder(claim_name("long"))  # the file checkpoints live in the workspace claim
     uid = world.get("goal", "long")["metadata"]["uid"]
     state = ws / ".overseer" / "checkpoints" / uid / "state.json"
     wait_for(lambda: state.exists() and json.loads(state.read_text())["counters"]["tool_calls"] >= 2, timeout=60,
