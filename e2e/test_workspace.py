@@ -16,7 +16,8 @@ from e2e.world import World
 from overseer.operator.workspace import claim_name
 from tests.integration.conftest import postgres  # noqa: F401 - the shared server fixture
 
-STEPS = [{**tool("bash", command=f"echo step-{i} >> steps.txt"), "delay": 0.5} for i in range(1, 5)]
+# The model takes its time before step 3, so the kill (after step 2) lands before step 4 is written.
+STEPS = [{**tool("bash", command=f"echo step-{i} >> steps.txt"), "delay": 4 if i == 3 else 0.5} for i in range(1, 5)]
 GONE = "Files written by earlier attempts are gone"
 
 
