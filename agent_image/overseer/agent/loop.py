@@ -342,6 +342,8 @@ class AgentLoop:
     # ---- steering and context -----------------------------------------------------------
 
     async def _deliver_steering(self) -> None:
+        if self._unanswered_tool_uses() is not None:
+            return  # tool results must follow their calls at once: the next round takes the notes
         notes: list[str] = []
         steer = self.link.annotations.get(approvals.STEER, "")
         if steer and steer != self.counters.steer_seen:
