@@ -117,6 +117,22 @@ def test_a_dependent_goal_starts_from_a_copy_of_its_dependencys_files(world: Wor
     assert world.get("persistentvolumeclaim", "setup-repo-workspace") is not None
 
 
+def test_a_read_only_source_is_mounted_where_the_model_is_told_and_not_copied(world: World, agents: Any) -> None:
+    model, runner = agents({
+        "setup-repo": [tool("write_file", path="data.csv", content="1,2,3\n"), text("Wrote data.csv.")],
+        "report": [tool("bash", command="cat /dev/null"), text("Read it.")],
+    }, workspace="{size: 1Gi}")
+    world.goal("setup-repo")
+    world.goal("report", depends="[setup-repo]", extra="  workspaceFrom: {goal: setup-repo, mode: ReadOnly}")
+    world.wait_phase("report", "Succeeded", timeout=90)
+    # the model is told where the dependency's files are (the harness's folder for that read-only mount)
+    source = runner.claim_folder("setup-repo-workspace")
+    told = [t for t in user_texts(model, "report") if "read-only" in t]
+    assert told and str(source) in told[0], user_texts(model, "report")
+    assert (source / "data.csv").read_text() == "1,2,3\n"
+    assert not (runner.claim_folder("report-workspace") / "data.csv").exists()
+
+
 def test_a_claim_no_volume_can_bind_shows_why_on_the_goal(world: World, agents: Any) -> None:
     agents({"stuck": [text("never asked")]}, workspace="{size: 1Gi, storageClassName: no-such-class}")
     world.goal("stuck")
