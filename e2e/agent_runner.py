@@ -4,9 +4,12 @@ of the pod's own ServiceAccount (so the agent has exactly its RBAC) and the loop
 when the process exits, it annotates the pod with the exit code and kwok reports the phase the
 kubelet would. A pod deleted while its process runs gets the process killed.
 
-Each goal keeps one workspace folder across attempts (as a PersistentVolume would), so a
-replaced pod finds the files its predecessor wrote; with shared_workspace all goals of the
-namespace work in one folder (as on one shared volume).
+Volumes are what the pod spec says, never a folder per goal: the runner also plays a hostPath
+provisioner, giving each PersistentVolumeClaim of the namespace without a storageClassName a
+PersistentVolume whose hostPath is a local folder named by the claim (the controller-manager
+binds them; a claim naming a StorageClass stays Pending, as on a cluster without that class).
+A claim's folder outlives its pods; an emptyDir is a fresh folder per pod and volume, deleted
+when the pod is. Read-only mounts are not enforced: the process runs as the test's user.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +41,7 @@ class AgentProcess:
     proc: subprocess.Popen[bytes]
     log: Path
     port: int = 0  # of its /healthz and /metrics on loopback (0: none)
+    empty_dirs: list[Path] = field(default_factory=list)
     killed: bool = False
 
 
@@ -47,13 +52,13 @@ class AgentRunner:
     namespace: str
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    shared_workspace: bool = False
     interval: float = 0.2  # seconds between looks at the pods
     executable: Path | None = None  # overseer-agent of another install (default: this venv's)
     label_selector: str = LABEL_GOAL  # the pods this runner plays the kubelet for
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
+    provisioned: set[str] = field(default_factory=set)  # claim uids given a PersistentVolume
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -86,10 +91,14 @@ class AgentRunner:
         p = self.processes.get(pod)
         return p.log.read_text(errors="replace") if p and p.log.exists() else ""
 
-    def workspace(self, goal: str) -> Path:
-        path = self.workdir / "workspaces" / ("shared" if self.shared_workspace else goal)
+    def claim_folder(self, claim: str) -> Path:
+        """The folder the PersistentVolume of claim stands for (it may be seeded before the claim exists)."""
+        path = self.workdir / "volumes" / self.namespace / claim
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def empty_dir(self, pod_uid: str, volume: str) -> Path:
+        return self.workdir / "emptydirs" / pod_uid / volume
 
     # ---- the kubelet's loop ---------------------------------------------------------------
 
@@ -102,14 +111,15 @@ class AgentRunner:
             self._stop.wait(self.interval)
 
     def _tick(self) -> None:
+        self._provision()
         pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=self.label_selector).items
         present = {p.metadata.name for p in pods}
         with self._lock:
             for name, p in list(self.processes.items()):
                 code = p.proc.poll()
-                if name not in present and code is None:
+                if name not in present:
                     self._pod_gone(p)
-                elif code is not None:
+                if code is not None:
                     self.finished.setdefault(name, code if code >= 0 else 128 - code)
                     if name in present and name not in self.reported:
                         self._report_exit(name, self.finished[name])  # retried next tick if it fails
@@ -123,7 +133,38 @@ class AgentRunner:
             self._launch(pod)
 
     def _pod_gone(self, p: AgentProcess) -> None:
-        p.proc.kill()  # the pod is gone: so is its container
+        if p.proc.poll() is None:
+            p.proc.kill()  # the pod is gone: so is its container, and its emptyDir volumes
+            p.proc.wait(timeout=10)
+        for folder in p.empty_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        p.empty_dirs.clear()
+
+    def _provision(self) -> None:
+        """A hostPath provisioner's part: a PersistentVolume for each pending claim of the default
+        (unnamed) class, pre-bound to it; the controller-manager's binder completes the binding."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        for claim in self.k8s.core.list_namespaced_persistent_volume_claim(self.namespace).items:
+            if claim.spec.volume_name or claim.spec.storage_class_name or claim.metadata.uid in self.provisioned:
+                continue
+            folder = self.claim_folder(claim.metadata.name)
+            volume = client.V1PersistentVolume(
+                metadata=client.V1ObjectMeta(name=f"pvc-{claim.metadata.uid}"),
+                spec=client.V1PersistentVolumeSpec(
+                    capacity={"storage": claim.spec.resources.requests["storage"]},
+                    access_modes=claim.spec.access_modes, storage_class_name="",
+                    persistent_volume_reclaim_policy="Retain",
+                    host_path=client.V1HostPathVolumeSource(path=str(folder), type="Directory"),
+                    claim_ref=client.V1ObjectReference(namespace=self.namespace, name=claim.metadata.name,
+                                                       uid=claim.metadata.uid)))
+            try:
+                self.k8s.core.create_persistent_volume(volume)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            self.provisioned.add(claim.metadata.uid)
 
     def _report_exit(self, pod: str, code: int) -> None:
         self.k8s.core.patch_namespaced_pod(pod, self.namespace,
@@ -134,12 +175,11 @@ class AgentRunner:
         goal = pod.metadata.labels[LABEL_GOAL]
         container = pod.spec.containers[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
-        projected = self._projected_tokens(pod, container)
+        folders = {**self._projected_tokens(pod, container), **self._volumes(pod, container)}
         for var in container.env or []:
             value = self._value(pod, var)
             if value is not None:
-                env[var.name] = _local_path(value, projected)
-        env["OVERSEER_WORKSPACE"] = str(self.workspace(goal))
+                env[var.name] = _local_path(value, folders)
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         port = free_port()  # pods have the same port each; processes on one machine need their own
         env["OVERSEER_HEALTH_PORT"] = str(port)
@@ -149,10 +189,11 @@ class AgentRunner:
         log = self.workdir / f"agent-{name}.log"
         exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
-            proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([str(exe)], env=env, cwd=_local_path(container.working_dir or "/", folders),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        empty = [folder for folder in folders.values() if folder.is_relative_to(self.workdir / "emptydirs")]
         with self._lock:
-            self.processes[name] = AgentProcess(name, goal, proc, log, port)
+            self.processes[name] = AgentProcess(name, goal, proc, log, port, empty)
 
     def _value(self, pod: Any, var: Any) -> str | None:
         """What the kubelet would set the variable to; None where it leaves it out (an optional
@@ -190,6 +231,28 @@ class AgentRunner:
                                                            uid=pod.metadata.uid)))
         return self.k8s.core.create_namespaced_service_account_token(
             pod.spec.service_account_name, pod.metadata.namespace, request).status.token
+
+    def _volumes(self, pod: Any, container: Any) -> dict[str, Path]:
+        """The local folder of each mounted emptyDir (fresh for this pod) and claim (the hostPath of
+        its bound PersistentVolume, as the kubelet would mount it)."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        folders: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            if volume is None:
+                continue
+            if volume.empty_dir is not None:
+                folder = self.empty_dir(pod.metadata.uid, volume.name)
+                folder.mkdir(parents=True, exist_ok=True)
+            elif volume.persistent_volume_claim is not None:
+                claim = self.k8s.core.read_namespaced_persistent_volume_claim(
+                    volume.persistent_volume_claim.claim_name, pod.metadata.namespace)
+                bound = self.k8s.core.read_persistent_volume(claim.spec.volume_name)
+                folder = Path(bound.spec.host_path.path)
+            else:
+                continue
+            folders[mount.mount_path] = folder / (mount.sub_path or "")
+        return folders
 
     def _projected_tokens(self, pod: Any, container: Any) -> dict[str, Path]:
         """What the kubelet projects into the container: each serviceAccountToken source with an

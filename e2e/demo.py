@@ -30,6 +30,7 @@ from e2e.agent_runner import AgentRunner, ModelServer
 from e2e.chart import (CHART, NAMESPACE as RELEASE_NAMESPACE, RELEASE, OperatorPods, adopt_cluster_objects, delete_kustomize_install,
                        helm, leader_identity)
 from e2e.gateway import GatewayProcess, gateway_kubeconfig
+from overseer.operator.workspace import claim_name
 from tests.support.servers import PostgresServer
 
 NAMESPACE = "overseer-demo"
@@ -95,7 +96,7 @@ def main() -> int:
     leader = harness.wait_for(lambda: next((p for p in op.running() if leader_identity(op.log(p))), None),
                               timeout=60, description="an operator replica holding the Lease")
     print(f"    {len(op.running())} replicas; {leader} holds the Lease overseer-operator and reconciles")
-    runner = AgentRunner(cluster, k8s, NAMESPACE, workdir, shared_workspace=True).start()
+    runner = AgentRunner(cluster, k8s, NAMESPACE, workdir).start()
     try:
         print(f"==> kubectl apply -f {SAMPLES.relative_to(harness.REPO)}/")
         docs = [d for f in sorted(SAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
@@ -105,7 +106,8 @@ def main() -> int:
                     doc["spec"]["model"]["baseURL"] = model.url
                     print(f"    (Agent {doc['metadata']['name']} with spec.model.baseURL={model.url})")
         print(kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump_all(docs)).stdout.rstrip())
-        print(f"==> an agent process runs for each goal pod, working in {runner.workspace('fix-ci')}")
+        print(f"==> an agent process runs for each goal pod; each goal's workspace claim is a folder under "
+              f"{runner.workdir / 'volumes' / NAMESPACE}")
         watch(kubectl)
         harness.wait_for(lambda: json.loads(kubectl("get", "agent", "coder", "-n", NAMESPACE, "-o", "json").stdout)
                          ["status"].get("succeededGoals") == 2, description="agent coder counting both goals")
@@ -123,8 +125,9 @@ def main() -> int:
                 kubectl("get", "goals", "-n", NAMESPACE, "-o", "json").stdout)["items"]), description="cost in status")
             print("\n==> what it cost, from the gateway's spend ledger (status.cost)")
             print(kubectl("get", "-n", NAMESPACE, "goals,agents").stdout.rstrip())
-        print("\n==> the goals' workspace")
-        for f in sorted(runner.workspace("fix-ci").glob("*.py")):
+        print("\n==> the goals' workspace claims (fix-ci started from a copy of setup-repo's)")
+        print(kubectl("get", "persistentvolumeclaims", "-n", NAMESPACE).stdout.rstrip())
+        for f in sorted(runner.claim_folder(claim_name("fix-ci")).glob("*.py")):
             print(f"--- {f.name}\n{f.read_text().rstrip()}")
     finally:
         runner.stop()

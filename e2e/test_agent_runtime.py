@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from e2e.harness import wait_for
+from overseer.operator.workspace import claim_name
 from e2e.world import World
 
 
@@ -25,8 +26,8 @@ def test_scripted_goal_reads_edits_and_tests_files(world: World, agents: Any) ->
         tool("edit_file", path="parser.py", old_string="return a - b", new_string="return a + b"),
         tool("bash", command="python3 test_parser.py"),
         text("Fixed add(): it subtracted. test_parser.py passes."),
-    ]})
-    ws = runner.workspace("fix-parser")
+    ]}, workspace="{size: 1Gi}")
+    ws = runner.claim_folder(claim_name("fix-parser"))  # seeded before the goal, as a prepared volume
     (ws / "parser.py").write_text("def add(a, b):\n    return a - b\n")
     (ws / "test_parser.py").write_text("from parser import add\nassert add(2, 3) == 5, add(2, 3)\nprint('ok')\n")
     world.goal("fix-parser", extra="  maxRetries: 0")
@@ -91,20 +92,21 @@ INLINE_CODE = "python3 -c 'open(\"ran.txt\", \"w\").write(\"ran\")'"
 
 def test_inline_code_waits_for_a_person_until_the_agent_allows_code_execution(world: World, agents: Any,
                                                                               kubectl: Any) -> None:
-    model, runner = agents({name: [tool("bash", command=INLINE_CODE), text("Done.")] for name in ("gated", "allowed")})
+    model, runner = agents({name: [tool("bash", command=INLINE_CODE), text("Done.")] for name in ("gated", "allowed")},
+                           workspace="{size: 1Gi}")
     world.goal("gated")
     waiting = world.wait_phase("gated", "AwaitingApproval", timeout=60)
     request = waiting["status"]["pendingApprovals"][0]
     assert request["summary"] == "bash (high risk): python3 -c runs inline code" and request["detail"] == INLINE_CODE
     kubectl("annotate", "goal", "gated", "-n", world.ns, f"overseer.dev/deny={request['id']}")
     world.wait_phase("gated", "Succeeded", timeout=60)
-    assert not (runner.workspace("gated") / "ran.txt").exists()
+    assert not (runner.claim_folder(claim_name("gated")) / "ran.txt").exists()
 
     kubectl("patch", "agent", "coder", "-n", world.ns, "--type", "merge", "-p", '{"spec":{"codeExecution":"Allowed"}}')
     world.goal("allowed")
     done = world.wait_phase("allowed", "Succeeded", timeout=60)
     assert not done["status"].get("decisions")
-    assert (runner.workspace("allowed") / "ran.txt").read_text() == "ran"
+    assert (runner.claim_folder(claim_name("allowed")) / "ran.txt").read_text() == "ran"
 
 
 def test_steering_reaches_the_running_loop(world: World, agents: Any, kubectl: Any) -> None:
@@ -125,9 +127,9 @@ def test_steering_reaches_the_running_loop(world: World, agents: Any, kubectl: A
 
 def test_killed_agent_resumes_from_its_checkpoint_without_repeating_tool_calls(world: World, agents: Any) -> None:
     steps = [{**tool("bash", command=f"echo step-{i} >> steps.txt"), "delay": 0.5} for i in range(1, 5)]
-    model, runner = agents({"long": [*steps, text("All four steps done.")]})
+    model, runner = agents({"long": [*steps, text("All four steps done.")]}, workspace="{size: 1Gi}")
     world.goal("long", retries=2)
-    ws = runner.workspace("long")
+    ws = runner.claim_folder(claim_name("long"))  # the file checkpoints live in the workspace claim
     uid = world.get("goal", "long")["metadata"]["uid"]
     state = ws / ".overseer" / "checkpoints" / uid / "state.json"
     wait_for(lambda: state.exists() and json.loads(state.read_text())["counters"]["tool_calls"] >= 2, timeout=60,

@@ -78,6 +78,10 @@ BAD = {
     "code-execution-sometimes": ("Agent", {"codeExecution": "Sometimes"},
                                  ["spec.codeExecution", '"RequiresApproval"', '"Allowed"']),
     "depends-on-itself": ("Goal", {"dependsOn": ["fix-ci"]}, ["cannot depend on itself"]),
+    "workspace-from-not-a-dependency": (
+        "Goal", {"workspaceFrom": {"goal": "lint"}},
+        ["spec.workspaceFrom.goal", "must also be listed in spec.dependsOn"],
+    ),
     "egress-cidr-and-selector": (
         "Capability", {"egress": [{"cidr": "10.0.0.0/8", "podSelector": {"matchLabels": {"app": "db"}}}]},
         ["spec.egress[0]", "either cidr or namespaceSelector/podSelector"],

@@ -15,6 +15,7 @@ import pytest
 
 from e2e.harness import REPO, wait_for
 from e2e.world import World
+from overseer.operator.workspace import claim_name
 
 INSTALL = REPO / "operator" / "install-wheel.sh"
 
@@ -82,10 +83,10 @@ def test_operator_and_agent_from_the_install_work_a_goal(world: World, agents: A
     model, runner = agents({"hello": [
         {"reply": [{"tool_use": {"name": "bash", "input": {"command": "git --version && echo done > out.txt"}}}]},
         {"reply": [{"text": "Wrote out.txt."}]},
-    ]})
+    ]}, workspace="{size: 1Gi}")
     world.goal("hello", extra="  maxRetries: 0")
     goal = world.wait_phase("hello", "Succeeded", timeout=90)
     assert "Wrote out.txt." in goal["status"]["result"]
     [process] = runner.processes.values()
     assert process.proc.args[0] == str(installed / "bin" / "overseer-agent")
-    assert (runner.workspace("hello") / "out.txt").read_text() == "done\n"
+    assert (runner.claim_folder(claim_name("hello")) / "out.txt").read_text() == "done\n"

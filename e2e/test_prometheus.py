@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from overseer.operator.workspace import claim_name
 from e2e.agent_runner import AgentRunner
 from e2e.gateway import GatewayProcess, gateway_kubeconfig
 from e2e.harness import Cluster, K8s, Kubectl, free_port, http_get, wait_for
@@ -123,9 +124,9 @@ def test_every_panel_and_alert_has_series_from_a_real_prometheus(
         "tidy": [tool("read_file", **notes), tool("read_file", **notes), text("The notes are tidy.")],
         # holds the only slot of agent solo while the goal behind it waits Queued
         "hold": [{"reply": [{"text": "Still thinking."}], "delay": 600}],
-    })
-    for goal in ("survey", "tidy"):
-        (runner.workspace(goal) / "NOTES.txt").write_text(NOTES)
+    }, workspace="{size: 1Gi}")
+    for goal in ("survey", "tidy"):  # seeded before the goals, as prepared volumes
+        (runner.claim_folder(claim_name(goal)) / "NOTES.txt").write_text(NOTES)
     world.apply(f"""
 apiVersion: overseer.dev/v1alpha1
 kind: Agent

@@ -119,6 +119,9 @@ def test_an_agent_writes_only_its_own_fields_in_its_own_goals(world: World, k8s:
             "may not write status.attempt, status.retryAt of Goal")
     forged = [{"id": "rm-rf", "decision": "approved", "decidedBy": "admin", "decidedAt": "2026-12-01T10:00:00Z"}]
     refused(coder.patch_status("build", {"decisions": forged}), "may not write status.decisions")
+    # status.workspace is the operator's record of the goal's claim (a dependent goal never trusts it anyway)
+    refused(coder.patch_status("build", {"workspace": {"claimName": "tests-workspace"}}),
+            "may not write status.workspace")
     build_pod = world.get("goal", "build")["status"]["pod"]
     refused(coder.patch_status("build-docs", {"progress": "9/9"}),
             f"pod {build_pod} may write the status of the goal it works on only; Goal {ns}/build-docs is worked on by pod")

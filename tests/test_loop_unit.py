@@ -343,6 +343,23 @@ async def test_a_crash_during_a_call_with_side_effects_resumes_with_the_answer_s
     assert second.counters.iteration == 3 and second.counters.tool_calls == 2
 
 
+async def test_a_resume_note_reaches_the_model_after_the_results_of_the_interrupted_call(tmp_path: Path) -> None:
+    # The workspace was lost with the pod: the model hears it once, after the tool result the
+    # resumed attempt owed it (a text between a call and its result would be refused by the API).
+    tool = Killed(at=1, side_effects=True)
+    note = "Files written by earlier attempts are gone"
+    async with model(two_calls_then_done()) as (server, client):
+        with pytest.raises(PodKilled):
+            await make_loop(client, tmp_path, tool=tool).run(TASK)
+        second = make_loop(client, tmp_path, tool=tool)
+        second.resume_note = note
+        assert (await second.run(TASK)).success
+    last = messages_requests(server)[-1].body["messages"]
+    noted = [i for i, m in enumerate(last) for b in m["content"] if isinstance(b, dict) and note in b.get("text", "")]
+    assert len(noted) == 1
+    assert last[noted[0] - 1]["role"] == "user" and last[noted[0] - 1]["content"][0]["type"] == "tool_result"
+
+
 async def test_a_crash_during_a_call_without_side_effects_asks_the_model_again(tmp_path: Path) -> None:
     tool = Killed(at=1, side_effects=False)
     async with model(two_calls_then_done()) as (server, client):

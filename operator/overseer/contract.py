@@ -17,6 +17,9 @@ COMMAND = "overseer-agent"
 WORKSPACE = "/workspace"
 """Where the goal's workspace volume is mounted; the container's working directory."""
 
+WORKSPACE_FROM = "/workspace-from"
+"""Where a dependency's claim is mounted read-only (WORKSPACE_FROM/GOAL) for spec.workspaceFrom."""
+
 AGENT_UID = 65532
 """The uid a goal pod runs as: the agent image's non-root user ("nonroot" of distroless images)."""
 
@@ -29,6 +32,11 @@ class Env(StrEnum):
     GOAL_NAMESPACE = "OVERSEER_GOAL_NAMESPACE"
     AGENT_NAME = "OVERSEER_AGENT_NAME"
     WORKSPACE = "OVERSEER_WORKSPACE"
+    # whether the workspace outlives the pod ("claim") or not ("emptyDir")
+    WORKSPACE_VOLUME = "OVERSEER_WORKSPACE_VOLUME"
+    # spec.workspaceFrom: where the dependency's files are mounted, and Copy or ReadOnly
+    WORKSPACE_FROM = "OVERSEER_WORKSPACE_FROM"
+    WORKSPACE_FROM_MODE = "OVERSEER_WORKSPACE_FROM_MODE"
     # read by the anthropic SDK itself
     ANTHROPIC_API_KEY = "ANTHROPIC_API_KEY"
     ANTHROPIC_BASE_URL = "ANTHROPIC_BASE_URL"

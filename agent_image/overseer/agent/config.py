@@ -21,6 +21,12 @@ class AgentSettings(BaseSettings):
     goal_namespace: str = Field(validation_alias=Env.GOAL_NAMESPACE.value)
     agent_name: str = Field(validation_alias=Env.AGENT_NAME.value)
     workspace: Path = Field(default=Path(WORKSPACE), validation_alias=Env.WORKSPACE.value)
+    workspace_volume: str | None = Field(default=None, validation_alias=Env.WORKSPACE_VOLUME.value)
+    """claim (kept across attempts) or emptyDir (lost with the pod)."""
+    workspace_from: Path | None = Field(default=None, validation_alias=Env.WORKSPACE_FROM.value)
+    """A dependency's workspace, mounted read-only (spec.workspaceFrom)."""
+    workspace_from_mode: str | None = Field(default=None, validation_alias=Env.WORKSPACE_FROM_MODE.value)
+    """Copy (into the workspace, once) or ReadOnly."""
     database_url: str | None = Field(default=None, validation_alias=Env.DATABASE_URL.value)
     """PostgreSQL knowledge base (checkpoints, experiences, lessons); without it the agent keeps
     checkpoints in the workspace only."""

@@ -107,7 +107,8 @@ class AgentLoop:
     def __init__(self, client: anthropic.AsyncAnthropic, config: LoopConfig, tools: ToolRegistry, ctx: ToolContext,
                  link: Link, checkpoints: Checkpoints, budget: Budget, todos: TodoList,
                  publish: Publish | None = None, steering: SteeringDrain | None = None,
-                 rate_limit: Any | None = None, on_decision: Callable[..., Awaitable[None]] | None = None) -> None:
+                 rate_limit: Any | None = None, on_decision: Callable[..., Awaitable[None]] | None = None,
+                 resume_note: str | None = None) -> None:
         self.client = client
         self.config = config
         self.tools = tools
@@ -121,6 +122,8 @@ class AgentLoop:
         self.rate_limit = rate_limit
         self.on_decision = on_decision
         self.messages: list[dict[str, Any]] = []
+        self.resume_note = resume_note    # told to the model once when a checkpoint is resumed
+        self._notices: list[str] = []
         self.actions: list[tuple[str, str]] = []  # (tool, one-line outcome), for the knowledge base
         self.counters = Counters()
         self._saved = 0                   # messages already in the checkpoint
@@ -142,6 +145,9 @@ class AgentLoop:
             self._saved = len(self.messages)
             logger.info("resuming at iteration %d with %d messages", self.counters.iteration, len(self.messages))
             await self._emit("resumed", {"iteration": self.counters.iteration})
+            if self.resume_note:
+                logger.warning("%s", self.resume_note)
+                self._notices.append(self.resume_note)
         else:
             self.messages = [{"role": "user", "content": [{"type": "text", "text": task}]}]
 
@@ -345,6 +351,8 @@ class AgentLoop:
     # ---- steering and context -----------------------------------------------------------
 
     async def _deliver_steering(self) -> None:
+        if self._unanswered_tool_uses() is not None:
+            return  # tool results must follow their calls at once: the next round takes the notes
         notes: list[str] = []
         steer = self.link.annotations.get(approvals.STEER, "")
         if steer and steer != self.counters.steer_seen:
@@ -355,9 +363,10 @@ class AgentLoop:
                 notes.extend(await self.steering())
             except Exception as e:  # noqa: BLE001 - steering is best effort
                 logger.debug("steering queue unavailable: %s", e)
-        if not notes:
+        if not notes and not self._notices:
             return
-        text = "\n".join(f"Steering from the person who owns this goal: {n}" for n in notes)
+        text = "\n".join([*self._notices, *(f"Steering from the person who owns this goal: {n}" for n in notes)])
+        self._notices = []
         # A user turn of its own (the API joins consecutive user turns): history stays append-only.
         self.messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
         await self._checkpoint()

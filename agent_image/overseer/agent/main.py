@@ -23,7 +23,7 @@ from overseer.contract import ExitCode
 from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
-from . import gateway_token
+from . import gateway_token, workspace
 from .capability_stats import CallStats
 from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
@@ -143,6 +143,9 @@ async def run(settings: AgentSettings) -> int:
         servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry, stats)
 
         uid = goal.metadata.get("uid") or goal.name
+        source = goal.spec.workspace_from
+        start = workspace.prepare(settings.workspace, uid, settings.workspace_volume, settings.workspace_from,
+                                  settings.workspace_from_mode, source.goal if source else "")
         # Approved self-modifications: lessons for the prompt, script tools (registered last).
         approved = await load_approved(kube, ns, agent.name)
         confirm = confirmer(kube, ns, agent.name)
@@ -201,11 +204,13 @@ async def run(settings: AgentSettings) -> int:
             await subgoals.restore()
         register_approved(registry, approved.tools)
         loop = AgentLoop(client, config, registry, ctx, link, checkpoints, budget, todos,
-                         publish=publish, steering=poller.take, rate_limit=limiter, on_decision=on_decision)
+                         publish=publish, steering=poller.take, rate_limit=limiter, on_decision=on_decision,
+                         resume_note=start.resume_note)
         await health.start(lambda: loop.counters.iteration)
         link.start()
         started = time.monotonic()
-        outcome = await loop.run(goal.spec.description)
+        task = goal.spec.description + (f"\n\n{start.task_note}" if start.task_note else "")
+        outcome = await loop.run(task)
         duration = time.monotonic() - started
         logger.info("goal %s/%s finished: success=%s reason=%s in %.1fs", ns, goal.name, outcome.success,
                     outcome.reason, duration)

@@ -81,6 +81,11 @@ create events.k8s.io Events although it never does.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
+# A workspace claim per goal (Agent spec.workspace), owned by the goal: the garbage collector
+# deletes it with the goal, so the operator never does.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, watch, create]
 # An Agent's API key Secret is checked, never watched or listed. The knowledge-base login of a
 # namespace (Secret overseer-knowledge, read by its goal pods) is created on first need and
 # patched only when the operator had to give that login a new password.

@@ -1,8 +1,9 @@
 """The Overseer API (overseer.dev/v1alpha1): the only definition of each kind's spec and status."""
 
-from .agent import Agent, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements
+from .agent import (Agent, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements,
+                    WorkspaceSpec)
 from .capability import Capability, CapabilitySpec, CapabilityStatus, EgressRule
-from .goal import Goal, GoalSpec, GoalStatus, Phase, TokenUsage, queue_key
+from .goal import Goal, GoalSpec, GoalStatus, GoalWorkspace, Phase, TokenUsage, WorkspaceSource, queue_key
 from .meta import API_VERSION, GROUP, VERSION, Condition, parse_duration
 
 KINDS = (Agent, Goal, Capability)
@@ -11,6 +12,7 @@ __all__ = [
     "queue_key",
     "API_VERSION", "GROUP", "KINDS", "VERSION",
     "Agent", "AgentSpec", "AgentStatus", "Budget", "KnowledgeSpec", "ModelSpec", "ResourceRequirements",
+    "WorkspaceSpec", "WorkspaceSource", "GoalWorkspace",
     "Capability", "CapabilitySpec", "CapabilityStatus", "EgressRule",
     "Condition", "Goal", "GoalSpec", "GoalStatus", "Phase", "TokenUsage", "parse_duration",
 ]

@@ -78,6 +78,24 @@ class KnowledgeSpec(ApiModel):
     into another's knowledge."""
 
 
+AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
+
+
+class WorkspaceSpec(ApiModel):
+    """A PersistentVolumeClaim per Goal that holds its workspace across attempts."""
+
+    size: Quantity = "1Gi"
+    """Storage requested by each goal's claim, e.g. 5Gi."""
+    storage_class_name: str | None = Field(default=None, max_length=253)
+    """StorageClass of the claims; the cluster's default class when unset."""
+    access_modes: list[AccessMode] = Field(default_factory=lambda: list[AccessMode](["ReadWriteOnce"]), min_length=1, max_length=3)
+    """Access modes of the claims. A dependent goal mounts its dependency's claim after that goal's pod
+    has ended, so ReadWriteOnce is enough unless goals share a claim while both run."""
+    retain: bool = False
+    """Keep each goal's claim when the goal is deleted (it is then no longer owned by the goal), e.g.
+    to inspect the files; by default the claim goes with its goal."""
+
+
 class AgentSpec(ApiModel):
     """Desired state of an Agent."""
 
@@ -113,6 +131,10 @@ class AgentSpec(ApiModel):
     fed to a shell or interpreter, command names known only when they run): RequiresApproval makes them high
     risk, so the default approval policy (minRisk high) waits for a person; Allowed makes them medium, like
     other writes in the workspace."""
+    workspace: WorkspaceSpec | None = None
+    """A PersistentVolumeClaim per goal for its workspace, kept across attempts so a replaced pod finds
+    the files of the one before. Without it the workspace is an emptyDir: a pod lost mid-goal loses its
+    files (the conversation resumes from its checkpoint, and the agent tells the model the files are gone)."""
 
 
 class AgentStatus(ApiModel):

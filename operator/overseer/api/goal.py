@@ -50,6 +50,16 @@ class ApprovalPolicy(ApiModel):
     Agent's spec.codeExecution is Allowed, then medium."""
 
 
+class WorkspaceSource(ApiModel):
+    """The workspace of a dependency this goal starts from."""
+
+    goal: str = Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """A Goal in spec.dependsOn whose Agent has spec.workspace (so its files outlive its pod)."""
+    mode: Literal["Copy", "ReadOnly"] = "Copy"
+    """Copy: its files are copied into this goal's workspace before the first model call (once, not on
+    a retry). ReadOnly: its claim is mounted read-only at /workspace-from/GOAL and the model is told so."""
+
+
 class GoalSpec(ApiModel):
     """Desired state of a Goal. Exactly one of agentRef or agentSelector names its agent."""
 
@@ -59,6 +69,13 @@ class GoalSpec(ApiModel):
                 {
                     "rule": "has(self.agentRef) != has(self.agentSelector)",
                     "message": "set exactly one of agentRef or agentSelector",
+                },
+                {
+                    "rule": "!has(self.workspaceFrom) || (has(self.dependsOn) && self.workspaceFrom.goal in self.dependsOn)",
+                    "message": "spec.workspaceFrom.goal must also be listed in spec.dependsOn: a goal starts from "
+                               "the workspace of a dependency that has succeeded",
+                    "fieldPath": ".workspaceFrom.goal",
+                    "reason": "FieldValueInvalid",
                 },
                 {
                     "rule": "!has(self.dependsOn) || !has(self.parent) || !(self.parent in self.dependsOn)",
@@ -94,6 +111,8 @@ class GoalSpec(ApiModel):
     """The Goal that spawned this one as a sub-goal."""
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     """Which tool calls wait for approval."""
+    workspace_from: WorkspaceSource | None = None
+    """Start from the files a dependency left in its workspace."""
     cancel: bool = False
     """Set to true to stop the goal: its pod is deleted and the phase becomes Cancelled."""
 
@@ -170,6 +189,17 @@ class CapabilityCalls(ApiModel):
     """Latency in milliseconds of the most recent calls, oldest first."""
 
 
+class GoalWorkspace(ApiModel):
+    """Where the goal's files live."""
+
+    claim_name: str | None = None
+    """The goal's PersistentVolumeClaim; unset when its workspace is an emptyDir (lost with each pod)."""
+    claim_phase: str | None = None
+    """The claim's phase as last seen: Pending, Bound or Lost."""
+    source_claim: str | None = None
+    """The dependency's claim this goal starts from (spec.workspaceFrom)."""
+
+
 class GoalStatus(ApiModel):
     """Observed state of a Goal."""
 
@@ -182,7 +212,9 @@ class GoalStatus(ApiModel):
     Cancelled. (Ready, Reconciling and Stalled are what kstatus, Flux and `kubectl wait` read.)
     Dispatched: whether a pod runs the current attempt, or why not yet (AgentNotFound,
     AgentNotReady, DependenciesPending, WaitingForSlot, QuotaExceeded, RetryBackoff).
-    DependenciesMet: only with spec.dependsOn. Complete: set when the goal ends, True if it
+    DependenciesMet: only with spec.dependsOn. WorkspaceReady: only with a claim (the Agent's
+    spec.workspace), False while the claim is not Bound (ClaimPending, ClaimLost) or the
+    dependency of spec.workspaceFrom has none (SourceClaimMissing). Complete: set when the goal ends, True if it
     succeeded."""
     observed_generation: int | None = None
     """The metadata.generation last acted on."""
@@ -192,6 +224,8 @@ class GoalStatus(ApiModel):
     """The Agent working on this goal."""
     pod: str | None = None
     """The pod of the current attempt."""
+    workspace: GoalWorkspace | None = None
+    """The goal's PersistentVolumeClaim, when its Agent has spec.workspace."""
     attempt: int = 0
     """The current attempt, from 1."""
     waiting_for: list[str] = Field(default_factory=list)

@@ -54,6 +54,7 @@ class Operator:
             (API_VERSION, "goals", self.goal_changed, None, slim_goal),
             # Only goal pods, filtered by the API server, not every pod of the cluster.
             ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod),
+            ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_pod),
         ]
         self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
                                    label_selector=selector, accept=accept, transform=transform)
@@ -176,6 +177,15 @@ class Operator:
         agent = labels.get(LABEL_AGENT)
         if agent and (event == "DELETED" or outcome.state != "live"):
             self.goals.wake_queue(ns, agent)
+
+    def claim_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        """A workspace claim's phase is shown on its goal (WorkspaceReady); one deleted is made again
+        before the goal's next pod."""
+        phase = (raw.get("status") or {}).get("phase")
+        if event == "MODIFIED" and old is not None and (old.get("status") or {}).get("phase") == phase:
+            return
+        labels = raw["metadata"].get("labels") or {}
+        self.rt.goals.add((raw["metadata"].get("namespace") or "", labels[LABEL_GOAL]))
 
     def agent_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         self.rt.forget(event, raw)

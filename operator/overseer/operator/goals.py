@@ -27,6 +27,7 @@ from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
+from .workspace import WorkspaceState, claim_name, render_claim, workspace_state
 
 logger = logging.getLogger(__name__)
 
@@ -302,12 +303,40 @@ class GoalReconciler:
             return 1.0
         await self.store_modifications(raw, agent_name)
         extra = self.decisions(raw)
-        await self.update(raw, phase, reason, message,
-                          [("Dispatched", True, "PodCreated", pod_name)], agent=agent_name, pod=pod_name,
+        conditions = [("Dispatched", True, "PodCreated", pod_name)]
+        agent_raw = self.rt.one("agents", (raw["metadata"]["namespace"], agent_name)) if agent_name else None
+        if agent_raw is not None:
+            ws = self.workspace(Goal.model_validate(raw), Agent.model_validate(agent_raw))
+            conditions += [ws.condition] if ws.condition else []
+            extra.update(self.workspace_fields(raw, ws))
+        await self.update(raw, phase, reason, message, conditions, agent=agent_name, pod=pod_name,
                           attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)
         if timeout and not pending:
             next_look = min(next_look, timeout) if next_look else timeout
         return next_look
+
+    def workspace(self, goal: Goal, agent: Agent) -> WorkspaceState:
+        """The goal's workspace as the claim caches show it."""
+        ns = goal.namespace
+        source = goal.spec.workspace_from
+        return workspace_state(goal, agent, self.rt.one("persistentvolumeclaims", (ns, claim_name(goal.name))),
+                               self.rt.one("persistentvolumeclaims", (ns, claim_name(source.goal))) if source else None)
+
+    @staticmethod
+    def workspace_fields(raw: Raw, ws: WorkspaceState) -> dict[str, Any]:
+        """{"workspace": ...} when status.workspace should change."""
+        return {"workspace": ws.status} if ws.status != (raw.get("status") or {}).get("workspace") else {}
+
+    async def ensure_claim(self, goal: Goal, agent: Agent) -> None:
+        """Create the goal's claim before its first pod; one already there (the cache may lag, an
+        operator may have died after creating it) is the goal's."""
+        if agent.spec.workspace is None or self.rt.one("persistentvolumeclaims", (goal.namespace, claim_name(goal.name))):
+            return
+        try:
+            await self.rt.kube.create(path("v1", "persistentvolumeclaims", goal.namespace), render_claim(goal, agent))
+        except ApiError as e:
+            if e.status != 409:
+                raise
 
     def decisions(self, raw: Raw) -> dict[str, Any]:
         """{"decisions": [...]} when status.decisions should change: the decisions the operator
@@ -427,6 +456,14 @@ class GoalReconciler:
                               agent=agent_name, waitingFor=deps.waiting)
             return None
         dep_condition = [("DependenciesMet", True, "Succeeded", "all dependencies succeeded")] if goal.spec.depends_on else []
+        agent = Agent.model_validate(agent_raw)
+        ws = self.workspace(goal, agent)
+        if ws.blocked:
+            await self.update(raw, Phase.FAILED, "SourceClaimMissing", ws.blocked,
+                              [*dep_condition, *([ws.condition] if ws.condition else []),
+                               ("Complete", False, "SourceClaimMissing", ws.blocked)],
+                              event_type="Warning", agent=agent_name, completedAt=now_iso())
+            return None
 
         if status.get("retryAt") and _ts(status["retryAt"]) > now:
             wait = (_ts(status["retryAt"]) - now).total_seconds() + 0.5
@@ -434,6 +471,7 @@ class GoalReconciler:
 
         if attempt >= 1 and await self.live_pod_on_server(ns, name):
             return 1.0  # the watch has not shown it yet: never start a second attempt beside it
+        await self.ensure_claim(goal, agent)
 
         # From counting the free slots to reserving one there is no await, so no other reconcile
         # can take the same slot: pod creates of one agent still run side by side.
@@ -456,10 +494,10 @@ class GoalReconciler:
                               [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                               agent=agent_name, waitingFor=[])
             return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
-        agent = Agent.model_validate(agent_raw)
-        pod = render_pod(goal, agent, attempt + 1, self.rt.settings, 
+        pod = render_pod(goal, agent, attempt + 1, self.rt.settings,
                          [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
-                          if c is not None])
+                          if c is not None],
+                         source_claim=(ws.status or {}).get("sourceClaim"))
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent_name)].add(pod_name)
         try:
@@ -487,9 +525,10 @@ class GoalReconciler:
         started = status.get("startedAt") or now_iso()
         await self.update(raw, Phase.RUNNING, "Dispatched",
                           running_message(attempt + 1, pod_name, agent_name),
-                          [*dep_condition, ("Dispatched", True, "PodCreated", pod_name)],
+                          [*dep_condition, *([ws.condition] if ws.condition else []),
+                           ("Dispatched", True, "PodCreated", pod_name)],
                           agent=agent_name, pod=pod_name, attempt=attempt + 1, startedAt=started,
-                          waitingFor=[], retryAt=None)
+                          waitingFor=[], retryAt=None, **self.workspace_fields(raw, ws))
         # The pod's own ADDED event brings no reconcile (pod_recorded), so this is the next look:
         # the heartbeat check, or the timeout if that comes first.
         looks = [self.rt.settings.heartbeat_timeout_seconds] if self.rt.settings.heartbeat_timeout_seconds else []

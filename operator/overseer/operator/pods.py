@@ -14,6 +14,7 @@ from .agent_resources import child_name, owner_reference
 from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
 from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
 from .settings import Settings
+from .workspace import render_volumes
 
 
 def pod_name(goal_name: str, attempt: int) -> str:
@@ -42,19 +43,20 @@ def capability_secrets(capabilities: Iterable[Capability]) -> list[dict[str, Any
 
 
 def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
-               capabilities: Iterable[Capability] = ()) -> dict[str, Any]:
+               capabilities: Iterable[Capability] = (), source_claim: str | None = None) -> dict[str, Any]:
     """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
     the `restricted` Pod Security level; `capabilities` (the agent's, with what they require)
-    bring the Secrets their headers name."""
+    bring the Secrets their headers name; source_claim: the dependency's claim of spec.workspaceFrom."""
     model = agent.spec.model
+    workspace_volumes, workspace_mounts, workspace_env = render_volumes(goal, agent, source_claim)
     env: list[dict[str, Any]] = [
         {"name": Env.GOAL_NAME, "value": goal.name},
         {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.AGENT_NAME, "value": agent.name},
-        {"name": Env.WORKSPACE, "value": WORKSPACE},
+        *workspace_env,
     ]
-    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [*workspace_volumes, {"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [*workspace_mounts, {"name": "tmp", "mountPath": "/tmp"}]
     if settings.gateway_url:
         # The key stays with the gateway; the pod proves who it is with a token bound to itself.
         env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},

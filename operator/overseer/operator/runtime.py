@@ -104,6 +104,8 @@ def new_stores() -> dict[str, Store]:
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
         "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
+        # goals' workspace claims, by name: a goal's own and its workspaceFrom dependency's
+        "persistentvolumeclaims": Store(),
         # the kubernetes Service's, when OVERSEER_API_SERVER_CIDRS does not say where the API server is
         "endpointslices": Store(),
     }
