@@ -14,7 +14,8 @@ Risk = Literal["low", "medium", "high"]
 class CommandTool(ApiModel):
     """A command run inside the goal's pod, with the call's input as JSON on stdin."""
 
-    run: list[str] = Field(min_length=1)
+    run: list[str] = Field(min_length=1, max_length=256,
+                           json_schema_extra={"items": {"type": "string", "maxLength": 4096}})
     """argv of the command, e.g. ["python", "-m", "pytest", "-q"]."""
     timeout: Duration = "5m"
     """How long one call may take."""
@@ -23,7 +24,7 @@ class CommandTool(ApiModel):
 class HttpTool(ApiModel):
     """An HTTP endpoint that receives the call's input as a JSON body."""
 
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^https?://", max_length=2048)
     """Endpoint URL."""
     method: Literal["GET", "POST", "PUT"] = "POST"
     """HTTP method."""
@@ -34,9 +35,9 @@ class HttpTool(ApiModel):
 class McpTool(ApiModel):
     """A tool served by a Model Context Protocol server."""
 
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^https?://", max_length=2048)
     """URL of the MCP server (streamable HTTP transport)."""
-    tool: str | None = None
+    tool: str | None = Field(default=None, max_length=253)
     """Name of the tool on that server; defaults to the Capability's name."""
 
 
@@ -55,7 +56,13 @@ class EgressRule(ApiModel):
         }
     )
 
-    cidr: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
+    cidr: str | None = Field(default=None, max_length=64, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$", json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "isCIDR(self)",
+            "message": "must be an IP range such as 10.0.0.0/8 or fd00::/8: four numbers up to 255 and a prefix "
+                       "up to /32 (IPv4) or /128 (IPv6)",
+        }],
+    })
     """Destination IP range, e.g. 10.0.0.0/8."""
     namespace_selector: LabelSelector | None = None
     """In-cluster destination: namespaces with these labels."""
@@ -98,9 +105,10 @@ class CapabilitySpec(ApiModel):
     """JSON Schema of the tool's input; calls are validated against it."""
     egress: list[EgressRule] = Field(default_factory=list, max_length=32)
     """Network destinations the tool needs; added to the NetworkPolicy of agents that use it."""
-    requires: list[str] = Field(default_factory=list, max_length=32)
+    requires: list[str] = Field(default_factory=list, max_length=32,
+                                json_schema_extra={"items": {"type": "string", "maxLength": 253}})
     """Other Capabilities (same namespace) this one depends on."""
-    version: str | None = None
+    version: str | None = Field(default=None, max_length=128)
     """Free-form version of the tool."""
 
 

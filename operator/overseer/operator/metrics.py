@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections import Counter as Counter_
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -15,6 +14,7 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from overseer.api import Phase
 from overseer.approvals import decision
+from overseer.kube import parse_time
 
 Raw = dict[str, Any]
 
@@ -55,7 +55,7 @@ def observe_start(goal: Raw) -> None:
     """A goal's first pod was just created: how long the goal waited for it."""
     created = goal["metadata"].get("creationTimestamp")
     if created:
-        waited = time.time() - datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        waited = time.time() - parse_time(created).timestamp()
         GOAL_START_SECONDS.observe(max(0.0, waited))
 
 
@@ -85,7 +85,7 @@ class CacheCollector(Collector):
                 waiting[ns] += 1
                 asked = request.get("requestedAt")
                 if asked:
-                    at = datetime.strptime(asked, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+                    at = parse_time(asked).timestamp()
                     oldest[ns] = max(oldest.get(ns, 0.0), now - at)
         goals = GaugeMetricFamily("overseer_goals", "Goals by namespace, agent (empty before one is assigned) "
                                   "and phase", labels=["namespace", "agent", "phase"])

@@ -1,0 +1,104 @@
+"""Values the API server accepts (or once accepted) that must not wedge a reconcile or a goal pod."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from overseer.agent.tools import default_tools
+from overseer.agent.tools.knowledge_search import SearchKnowledge
+from overseer.agent.tools.selfmod import ProposeLesson, ProposeScriptTool
+from overseer.agent.tools.subgoal import SpawnSubgoal
+from overseer.api import parse_duration
+from overseer.contract import BUILTIN_TOOLS
+from overseer.kube import parse_time
+from overseer.operator.failures import REASON, REPEATS_BEFORE_EVENT, reported
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-12-02T03:00:00Z", datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone.utc)),
+    ("2026-12-02T03:00:00.123456Z", datetime(2026, 12, 2, 3, 0, 0, 123456, tzinfo=timezone.utc)),
+    ("2026-12-02T05:00:00+02:00", datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone.utc)),
+    ("2026-12-01T22:30:00.5-04:30", datetime(2026, 12, 2, 3, 0, 0, 500000, tzinfo=timezone.utc)),
+])
+def test_status_timestamps_with_fractions_or_offsets_are_read(text: str, expected: datetime) -> None:
+    assert parse_time(text) == expected
+    assert parse_time(text).tzinfo is not None  # comparable with the operator's own clock
+
+
+@pytest.mark.parametrize("text", ["100000000h", "9000h", "8761h", "525601m"])
+def test_durations_past_a_year_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_durations_up_to_a_year_are_read() -> None:
+    assert parse_duration("8760h") == timedelta(days=365)
+    assert parse_duration("1h30m500ms") == timedelta(hours=1, minutes=30, milliseconds=500)
+    assert datetime.now(timezone.utc) + parse_duration("8760h")  # no overflow in a deadline
+
+
+def test_builtin_tool_names_are_the_agents_own() -> None:
+    """The names Capabilities may not take (the CRD refuses them) are exactly those the agent gives
+    its own tools: a capability of one of those names would make every goal pod fail at start."""
+    names = {tool.name for tool in default_tools()}
+    names |= {SearchKnowledge.name, SpawnSubgoal.name, ProposeLesson.name, ProposeScriptTool.name}
+    assert names == BUILTIN_TOOLS
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def record(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+def test_a_reconcile_failing_the_same_way_is_reported_once_on_its_object() -> None:
+    recorder = Recorder()
+    outcomes: list[Exception | None] = [OverflowError("date value out of range")] * 5 + [None]
+
+    async def reconcile(key: str) -> float | None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return None
+
+    run = reported(reconcile, lambda key: {"metadata": {"name": key}}, recorder)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for _ in range(5):
+            with pytest.raises(OverflowError):  # still raised: the work queue backs off
+                await run("g")
+        assert await run("g") is None
+
+    asyncio.run(main())
+    assert len(recorder.events) == 1
+    type_, reason, message = recorder.events[0]
+    assert (type_, reason) == ("Warning", REASON)
+    assert f"failed {REPEATS_BEFORE_EVENT} times" in message and "OverflowError: date value out of range" in message
+
+
+def test_a_failure_that_clears_itself_is_not_reported() -> None:
+    recorder = Recorder()
+    outcomes: list[Exception | None] = [ConnectionError("reset"), None, ConnectionError("reset"), None]
+
+    async def reconcile(key: str) -> float | None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return 1.0
+
+    run = reported(reconcile, lambda key: {"metadata": {"name": key}}, recorder)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await run("g")
+            assert await run("g") == 1.0
+
+    asyncio.run(main())
+    assert recorder.events == []
