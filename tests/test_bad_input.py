@@ -102,3 +102,27 @@ def test_a_failure_that_clears_itself_is_not_reported() -> None:
 
     asyncio.run(main())
     assert recorder.events == []
+
+
+@pytest.mark.parametrize("reason,message", [
+    ("CreateContainerConfigError", 'secret "anthropic" not found'),
+    ("CreateContainerConfigError", 'couldn\'t find key api-key in Secret team-a/anthropic'),
+    ("InvalidImageName", 'Failed to apply default image tag "ghcr.io/org/agent 1.2": invalid reference format'),
+])
+def test_a_pod_that_can_never_start_fails_its_attempt_naming_why(reason: str, message: str) -> None:
+    """A missing or malformed Secret, or an image reference the kubelet cannot parse, leaves the pod
+    Pending for ever: the goal would stay Running. The attempt fails with the kubelet's reason."""
+    from overseer.operator.dispatch import pod_outcome
+
+    pod = {"metadata": {"name": "fix-ci-a1"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "agent", "state": {"waiting": {"reason": reason, "message": message}}}]}}
+    outcome = pod_outcome(pod)
+    assert outcome.state == "failed" and outcome.reason == f"{reason}: {message}"
+
+
+def test_a_pod_pulling_its_image_is_still_live() -> None:
+    from overseer.operator.dispatch import pod_outcome
+
+    pod = {"metadata": {"name": "fix-ci-a1"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "agent", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    assert pod_outcome(pod).state == "live"

@@ -93,7 +93,7 @@ class ResourceRequirements(ApiModel):
             "x-kubernetes-validations": [{
                 "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
                         "!isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || "
-                        "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+                        "!quantity(string(self.requests[k])).isGreaterThan(quantity(string(self.limits[k]))))",
                 "message": "a request must not be above its limit: lower requests or raise limits",
             }]
         }
@@ -145,7 +145,7 @@ class AgentSpec(ApiModel):
                            "limits.cpu, limits.memory, ... or count/<resource>",
             },
             {
-                "rule": "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).sign() > 0)",
+                "rule": "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).isGreaterThan(quantity('0')))",
                 "message": "a quota of 0 stops every pod of the namespace, not only this agent's: "
                            "leave the key out or give at least 1",
             },

@@ -229,6 +229,9 @@ class GoalReconciler:
                                   lastExitCode=outcome.exit_code, completedAt=now_iso(),
                                   startedAt=status.get("startedAt") or now_iso())
                 return None
+            if outcome.reason.split(":")[0] in dispatch.STUCK_WAITING and not latest["metadata"].get("deletionTimestamp"):
+                # it would wait for ever, holding a slot of the namespace's quota
+                await self.rt.kube.delete(path("v1", "pods", ns, latest["metadata"]["name"]))
             if latest_attempt > attempt or phase in LIVE or not self.retryable(goal, latest_attempt, outcome):
                 return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
                                                  latest["metadata"]["name"])
