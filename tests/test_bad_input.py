@@ -126,3 +126,44 @@ def test_a_pod_pulling_its_image_is_still_live() -> None:
     pod = {"metadata": {"name": "fix-ci-a1"}, "status": {"phase": "Pending", "containerStatuses": [
         {"name": "agent", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
     assert pod_outcome(pod).state == "live"
+
+
+def test_a_cycle_of_500_goals_is_found_and_described_in_a_line() -> None:
+    from overseer.operator.dispatch import describe_cycle, find_cycle
+
+    names = [f"g{i}" for i in range(500)]
+    edges = {n: [names[(i + 1) % 500]] for i, n in enumerate(names)}
+    cycle = find_cycle("g0", lambda n: edges[n])
+    assert cycle is not None and len(cycle) == 501
+    text = describe_cycle(cycle)
+    assert text.startswith("g0 -> g1 ->") and text.endswith("g499 -> g0") and "(485 more)" in text
+    assert len(text) < 200
+
+
+def _chain(n: int) -> dict[str, dict[str, Any]]:
+    """Goals c0 (top level) <- c1 <- ... <- c(n-1), each the parent of the next."""
+    return {f"c{i}": {"metadata": {"name": f"c{i}", "namespace": "team-a"},
+                      "spec": {"parent": f"c{i - 1}"} if i else {}} for i in range(n)}
+
+
+def test_a_100_deep_sub_goal_chain_stops_at_the_deepest_level_the_operator_runs() -> None:
+    from overseer.operator import subgoals
+
+    goals = _chain(100)
+    assert subgoals.depth(goals["c1"], goals.get) == 1
+    assert subgoals.depth(goals["c10"], goals.get) == subgoals.MAX_DEPTH
+    assert subgoals.depth(goals["c99"], goals.get) == subgoals.MAX_DEPTH + 1  # counting stops there
+    refused = subgoals.refusal(goals["c11"], goals["c10"], lambda a: None, [], lambda g: "Running",
+                               subgoals.depth(goals["c11"], goals.get))
+    assert refused is not None and refused.reason == "TooDeep" and "more than 10 sub-goals" in refused.message
+    allowed = subgoals.refusal(goals["c10"], goals["c9"], lambda a: None, [], lambda g: "Running",
+                               subgoals.depth(goals["c10"], goals.get))
+    assert allowed is None
+
+
+def test_a_loop_of_parents_ends_the_depth_count() -> None:
+    from overseer.operator import subgoals
+
+    goals = {"a": {"metadata": {"name": "a"}, "spec": {"parent": "b"}},
+             "b": {"metadata": {"name": "b"}, "spec": {"parent": "a"}}}
+    assert subgoals.depth(goals["a"], goals.get) == 2

@@ -26,7 +26,7 @@ def validate(cap: Capability, exists: Callable[[str], bool],
                                               f"namespace {cap.namespace}")
     cycle = dispatch.find_cycle(cap.name, lambda n: cap.spec.requires if n == cap.name else requires_of(n))
     if cycle:
-        return False, "RequirementCycle", "spec.requires forms a cycle: " + " -> ".join(cycle)
+        return False, "RequirementCycle", "spec.requires forms a cycle: " + dispatch.describe_cycle(cycle)
     return True, "Valid", "input schema and requirements are valid"
 
 

@@ -32,6 +32,14 @@ def find_cycle(start: str, edges: Callable[[str], Iterable[str]]) -> list[str] |
     return None
 
 
+def describe_cycle(cycle: list[str], shown: int = 8) -> str:
+    """A cycle as `a -> b -> c -> a`; a long one keeps its ends and says how many it leaves out,
+    so that a 500-goal cycle fits a condition message."""
+    if len(cycle) <= 2 * shown:
+        return " -> ".join(cycle)
+    return " -> ".join([*cycle[:shown], f"... ({len(cycle) - 2 * shown} more)", *cycle[-shown:]])
+
+
 @dataclass(frozen=True)
 class Dependencies:
     waiting: list[str] = field(default_factory=list)   # not succeeded yet (or not there yet)

@@ -282,7 +282,7 @@ class GoalReconciler:
         siblings = [g for g in self.rt.by("goals", "parent", (ns, parent_name))
                     if g["metadata"]["name"] != raw["metadata"]["name"]]
         return subgoals.refusal(raw, parent, lambda agent: self.rt.one("agents", (ns, agent)), siblings,
-                                trust.trusted_phase)
+                                trust.trusted_phase, subgoals.depth(raw, lambda goal: self.goal(ns, goal)))
 
     async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
                       next_look: float | None) -> float | None:
@@ -414,7 +414,7 @@ class GoalReconciler:
             depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
         )
         if deps.cycle:
-            msg = "spec.dependsOn forms a cycle: " + " -> ".join(deps.cycle)
+            msg = "spec.dependsOn forms a cycle: " + dispatch.describe_cycle(deps.cycle)
             await self.update(raw, Phase.FAILED, "DependencyCycle", msg,
                               [("DependenciesMet", False, "DependencyCycle", msg), ("Complete", False, "DependencyCycle", msg)],
                               event_type="Warning", agent=agent_name, completedAt=now_iso())
