@@ -27,7 +27,7 @@ from hypothesis_jsonschema import from_schema
 
 from overseer.api import Agent, Capability, Goal
 from overseer.api.crd import render_crd, to_json_schema
-from overseer.operator.agent_resources import render_network_policy, render_resource_quota
+from overseer.operator.agent_resources import child_name, render_network_policy, render_resource_quota
 from overseer.operator.capabilities import validate
 from overseer.operator.pods import render_pod
 from overseer.operator.settings import Settings
@@ -99,7 +99,11 @@ def tally() -> Any:
           f"accepted {t.counts['accepted']}, reported {t.counts['reported']}, crashed {t.counts['crashed']}")
 
 
-def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+# The API server's note that CEL rules were skipped because of other errors, which it names.
+NOT_CHECKED = "some validation rules were not checked"
+
+
+def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any], tries: int = 3) -> tuple[bool, dict[str, Any]]:
     """(accepted, the API server's answer) for a create that stores nothing."""
     from kubernetes.client.rest import ApiException
 
@@ -114,6 +118,8 @@ def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any]) -> tuple[bool,
                 kinds[obj["kind"]](namespace, obj, dry_run="All"))
         return True, answer
     except ApiException as e:
+        if e.status == 504 and tries > 1:  # a megabyte manifest on a busy 2-core machine
+            return dry_run_create(k8s, namespace, obj, tries - 1)
         if e.status not in (400, 422):
             raise
         return False, json.loads(e.body) if e.body else {}
@@ -121,6 +127,8 @@ def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any]) -> tuple[bool,
 
 def check_children(k8s: Any, namespace: str, kind: str, obj: dict[str, Any], tally: Tally) -> None:
     """What the operator renders from an accepted object must be accepted too."""
+    # a dry run assigns no uid; the operator only ever sees stored objects, which have one
+    obj = {**obj, "metadata": {**obj["metadata"], "uid": "00000000-0000-0000-0000-000000000001"}}
     model = KINDS[kind].model_validate(obj)
     agent = Agent.model_validate({**SAMPLES["Agent"], "metadata": {"name": "coder", "namespace": namespace}})
     goal = Goal.model_validate({**SAMPLES["Goal"], "metadata": {"name": "fix-ci", "namespace": namespace}})
@@ -159,8 +167,10 @@ def test_generated_and_broken_manifests_are_rejected_naming_a_field_or_handled(
         if not ok:
             tally.counts["rejected"] += 1
             causes = (answer.get("details") or {}).get("causes") or []
-            unnamed = [c for c in causes if not c.get("field") and "spec" not in c.get("message", "")]
-            assert causes and not unnamed, f"{how} {kind} rejected without naming a field: {answer.get('message')}"
+            named = [c for c in causes if (c.get("field") or "").startswith(("spec", "metadata"))
+                     or " spec." in c.get("message", "")]
+            unnamed = [c for c in causes if c not in named and NOT_CHECKED not in c.get("message", "")]
+            assert named and not unnamed, f"{how} {kind} rejected without naming a field: {answer.get('message')}"
             return
         tally.counts["accepted"] += 1
         try:
@@ -170,5 +180,9 @@ def test_generated_and_broken_manifests_are_rejected_naming_a_field_or_handled(
         except Exception as e:  # noqa: BLE001 - what would have wedged the operator's reconcile
             tally.crashed(kind, spec, f"{type(e).__name__}: {e}")
 
+    # goal pods run as their Agent's ServiceAccount, which the operator would have created
+    for agent in ("coder", "fuzzed"):
+        k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": child_name(agent)}})
+    before = len(tally.crashes)
     one()
-    assert not tally.crashes, "\n".join(tally.crashes[:10])
+    assert not tally.crashes[before:], "\n".join(tally.crashes[before:][:10])

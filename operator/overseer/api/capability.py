@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -68,7 +68,7 @@ class EgressRule(ApiModel):
     """In-cluster destination: namespaces with these labels."""
     pod_selector: LabelSelector | None = None
     """In-cluster destination: pods with these labels."""
-    ports: list[int] = Field(default_factory=list, max_length=32)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list, max_length=32)
     """Destination ports; empty means all ports."""
     protocol: Literal["TCP", "UDP"] = "TCP"
     """Transport protocol of the ports."""
