@@ -128,10 +128,11 @@ def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any], tries: int = 3
 def check_children(k8s: Any, namespace: str, kind: str, obj: dict[str, Any], tally: Tally) -> None:
     """What the operator renders from an accepted object must be accepted too."""
     # a dry run assigns no uid; the operator only ever sees stored objects, which have one
-    obj = {**obj, "metadata": {**obj["metadata"], "uid": "00000000-0000-0000-0000-000000000001"}}
+    uid = "00000000-0000-0000-0000-000000000001"
+    obj = {**obj, "metadata": {**obj["metadata"], "uid": uid}}
     model = KINDS[kind].model_validate(obj)
-    agent = Agent.model_validate({**SAMPLES["Agent"], "metadata": {"name": "coder", "namespace": namespace}})
-    goal = Goal.model_validate({**SAMPLES["Goal"], "metadata": {"name": "fix-ci", "namespace": namespace}})
+    agent = Agent.model_validate({**SAMPLES["Agent"], "metadata": {"name": "coder", "namespace": namespace, "uid": uid}})
+    goal = Goal.model_validate({**SAMPLES["Goal"], "metadata": {"name": "fix-ci", "namespace": namespace, "uid": uid}})
     cfg = Settings()
     children: list[dict[str, Any] | None] = []
     if isinstance(model, Agent):
