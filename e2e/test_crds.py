@@ -103,6 +103,15 @@ BAD = {
     "too-many-dependencies": (
         "Goal", {"dependsOn": [f"goal-{i}" for i in range(10_000)]}, ["spec.dependsOn", "at most 64 items"],
     ),
+    "agent-in-another-namespace": (
+        "Goal", {"agentRef": {"name": "coder", "namespace": "team-b"}}, ['unknown field "spec.agentRef.namespace"'],
+    ),
+    "capability-in-another-namespace": (
+        "Agent", {"capabilities": ["team-b/pytest"]}, ["spec.capabilities[0]", "should match"],
+    ),
+    "requirement-in-another-namespace": (
+        "Capability", {"requires": ["team-b/git"]}, ["spec.requires[0]", "should match"],
+    ),
     "secret-key-with-slash": (
         "Agent", {"model": {"name": "claude-sonnet-5-5", "apiKeySecretRef": {"name": "anthropic", "key": "a/b"}}},
         ["spec.model.apiKeySecretRef.key"],

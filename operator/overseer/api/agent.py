@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import ConfigDict, Field
 
 from .meta import (
+    OBJECT_NAME,
     ApiModel,
     Conditions,
     CustomResource,
@@ -127,7 +128,7 @@ class AgentSpec(ApiModel):
     system_prompt: str | None = Field(default=None, max_length=65536)
     """Instructions given to the model on every goal."""
     capabilities: list[str] = Field(default_factory=list, max_length=64,
-                                    json_schema_extra={"items": {"type": "string", "maxLength": 253}})
+                                    json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": OBJECT_NAME}})
     """Names of Capability objects in the same namespace this agent may use."""
     max_concurrent_goals: int = Field(default=1, ge=1, le=1000)
     """How many of this agent's goals run at once; the rest wait in phase Queued."""

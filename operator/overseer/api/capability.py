@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn
+from .meta import OBJECT_NAME, ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn
 
 Risk = Literal["low", "medium", "high"]
 
@@ -106,7 +106,7 @@ class CapabilitySpec(ApiModel):
     egress: list[EgressRule] = Field(default_factory=list, max_length=32)
     """Network destinations the tool needs; added to the NetworkPolicy of agents that use it."""
     requires: list[str] = Field(default_factory=list, max_length=32,
-                                json_schema_extra={"items": {"type": "string", "maxLength": 253}})
+                                json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": OBJECT_NAME}})
     """Other Capabilities (same namespace) this one depends on."""
     version: str | None = Field(default=None, max_length=128)
     """Free-form version of the tool."""

@@ -93,6 +93,10 @@ Quantity = Annotated[
 """A Kubernetes resource quantity: `250m`, `1Gi`, `4`."""
 
 
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A Kubernetes object name (DNS subdomain): no namespace/ prefix, so a reference stays in its namespace."""
+
+
 class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
