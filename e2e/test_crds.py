@@ -112,6 +112,10 @@ BAD = {
     "requirement-in-another-namespace": (
         "Capability", {"requires": ["team-b/git"]}, ["spec.requires[0]", "should match"],
     ),
+    "secret-name-not-an-object-name": (
+        "Agent", {"model": {"name": "claude-sonnet-5-5", "apiKeySecretRef": {"name": "Anthropic Key", "key": "k"}}},
+        ["spec.model.apiKeySecretRef.name"],
+    ),
     "secret-key-with-slash": (
         "Agent", {"model": {"name": "claude-sonnet-5-5", "apiKeySecretRef": {"name": "anthropic", "key": "a/b"}}},
         ["spec.model.apiKeySecretRef.key"],

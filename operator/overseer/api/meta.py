@@ -100,14 +100,14 @@ OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME)
     """Name of the object in the same namespace."""
 
 
 class SecretKeySelector(ApiModel):
     """A key of a Secret in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME)
     """Name of the Secret."""
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
     """Key inside the Secret's data."""
