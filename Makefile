@@ -7,7 +7,7 @@ CLUSTER := e2e/cluster
 HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint prerequisites test unit e2e demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
+.PHONY: help venv lint prerequisites test unit e2e fuzz demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint          ruff, mypy and the import contracts (pyproject.toml); CI runs it before the tests"
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
+	@echo "make fuzz          e2e/test_fuzz.py at length: generated and broken Agents, Goals, Capabilities ($(FUZZ_EXAMPLES) per kind)"
 	@echo "make crds          regenerate crds/ from the API models"
 	@echo "make install-check operator/install-wheel.sh (what the images run) into a clean folder; both commands from it"
 	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
@@ -57,6 +58,11 @@ e2e: venv cluster-build helm-build tools-build
 # with the install command instead of failing in the middle of the suite.
 prerequisites:
 	@tests/prerequisites.sh
+
+# Bad input at length: e2e/test_fuzz.py with 1,000 examples per kind instead of the suite's few.
+FUZZ_EXAMPLES ?= 1000
+fuzz: venv cluster-build
+	OVERSEER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -s e2e/test_fuzz.py
 
 test: prerequisites venv cluster-build helm-build tools-build
 	$(BIN)/pytest tests e2e

@@ -86,6 +86,47 @@ BAD = {
         "Capability", {"egress": [{"cidr": "10.0.0.0/8", "podSelector": {"matchLabels": {"app": "db"}}}]},
         ["spec.egress[0]", "either cidr or namespaceSelector/podSelector"],
     ),
+    # values that passed the schema and then wedged a reconcile or every goal pod
+    "timeout-past-go-duration": ("Goal", {"timeout": "100000000h"}, ["spec.timeout", "at most 8760h"]),
+    "timeout-past-a-year": ("Goal", {"timeout": "9000h"}, ["spec.timeout", "at most 8760h"]),
+    "quota-lowercase-binary-suffix": ("Agent", {"quota": {"pods": "1ki"}}, ["spec.quota.pods", "should match"]),
+    "quota-unknown-resource": ("Agent", {"quota": {"gpus": "1"}}, ["spec.quota", "ResourceQuota resources"]),
+    "quota-zero-pods": ("Agent", {"quota": {"pods": "0"}}, ["spec.quota", "a quota of 0 stops every pod"]),
+    "quota-zero-cpu": ("Agent", {"quota": {"requests.cpu": "0m"}}, ["spec.quota", "a quota of 0"]),
+    "cidr-out-of-range": (
+        "Capability", {"egress": [{"cidr": "999.1.1.1/99"}]}, ["spec.egress[0].cidr", "must be an IP range"],
+    ),
+    "cpu-milli-binary": (
+        "Agent", {"resources": {"requests": {"cpu": "1mi"}}}, ["spec.resources.requests.cpu", "should match"],
+    ),
+    "resource-unknown": (
+        "Agent", {"resources": {"limits": {"gpu": "1"}}}, ["spec.resources.limits", "nvidia.com/gpu"],
+    ),
+    "request-above-limit": (
+        "Agent", {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
+        ["spec.resources", "a request must not be above its limit"],
+    ),
+    "image-with-spaces": ("Agent", {"image": "ghcr.io/org/agent 1.2"}, ["spec.image", "an image reference"]),
+    "too-many-dependencies": (
+        "Goal", {"dependsOn": [f"goal-{i}" for i in range(10_000)]}, ["spec.dependsOn", "at most 64 items"],
+    ),
+    "agent-in-another-namespace": (
+        "Goal", {"agentRef": {"name": "coder", "namespace": "team-b"}}, ['unknown field "spec.agentRef.namespace"'],
+    ),
+    "capability-in-another-namespace": (
+        "Agent", {"capabilities": ["team-b/pytest"]}, ["spec.capabilities[0]", "should match"],
+    ),
+    "requirement-in-another-namespace": (
+        "Capability", {"requires": ["team-b/git"]}, ["spec.requires[0]", "should match"],
+    ),
+    "secret-name-not-an-object-name": (
+        "Agent", {"model": {"name": "claude-sonnet-5-5", "apiKeySecretRef": {"name": "Anthropic Key", "key": "k"}}},
+        ["spec.model.apiKeySecretRef.name"],
+    ),
+    "secret-key-with-slash": (
+        "Agent", {"model": {"name": "claude-sonnet-5-5", "apiKeySecretRef": {"name": "anthropic", "key": "a/b"}}},
+        ["spec.model.apiKeySecretRef.key"],
+    ),
 }
 
 
@@ -101,6 +142,46 @@ def test_bad_manifest_is_rejected_naming_the_field(
     for text in expected:
         assert text in proc.stderr, f"{case}: {text!r} not in\n{proc.stderr}"
     assert "created" not in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["bash", "read.file", "spawn-subgoal", "spawn.subgoal", "c" * 65])
+def test_capability_name_that_cannot_be_a_tool_name_is_rejected(
+    name: str, crds: list[str], kubectl: Kubectl, namespace: str
+) -> None:
+    """Every goal pod of an agent using such a Capability would fail: its tool name is the agent's own
+    or longer than the Messages API takes."""
+    cap = sample("Capability", namespace)
+    cap["metadata"]["name"] = name
+    proc = apply(kubectl, namespace, cap, check=False)
+    if name == "spawn-subgoal":  # a dash stays a dash: spawn-subgoal is not spawn_subgoal
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode != 0, f"{name} was accepted"
+    expected = "at most 64 characters" if len(name) > 64 else "taken by one of the agent's own tools"
+    assert expected in proc.stderr, proc.stderr
+
+
+def test_a_megabyte_description_is_rejected_naming_the_field(
+    crds: list[str], kubectl: Kubectl, namespace: str
+) -> None:
+    goal = sample("Goal", namespace, description="x" * 1_000_000)
+    proc = kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(goal), check=False)
+    assert proc.returncode != 0
+    assert "spec.description: Too long: may not be more than 32768" in proc.stderr, proc.stderr[:2000]
+
+
+def test_values_at_the_limits_are_accepted(crds: list[str], kubectl: Kubectl, namespace: str) -> None:
+    objs = [
+        sample("Goal", namespace, timeout="8760h", dependsOn=[f"g{i}" for i in range(64)]),
+        sample("Agent", namespace, image="registry.local:5000/team/agent@sha256:" + "a" * 64,
+               quota={"pods": 1, "count/deployments.apps": "2", "requests.nvidia.com/gpu": "1",
+                      "hugepages-2Mi": "1Gi"},
+               resources={"requests": {"cpu": "500m", "nvidia.com/gpu": 1}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+        sample("Capability", namespace, egress=[{"cidr": "fd00::/8"}, {"cidr": "10.1.2.3/32", "ports": [443]}],
+               command={"run": ["true"], "timeout": "1h30m500ms"}),
+    ]
+    out = apply(kubectl, namespace, *objs)
+    assert out.stdout.count(" created") == 3, out.stdout
 
 
 def test_name_longer_than_a_label_value_is_rejected(crds: list[str], kubectl: Kubectl, namespace: str) -> None:

@@ -287,7 +287,9 @@ def test_conditions_are_a_list_map() -> None:
 # --------------------------------------------------------------------------- CEL rules
 
 CEL_KEYWORDS = {"has", "size", "filter", "all", "exists", "exists_one", "map", "in", "self", "oldSelf",
-                "true", "false", "null", "matches", "startsWith", "endsWith", "contains", "x"}
+                "true", "false", "null", "matches", "startsWith", "endsWith", "contains", "x", "k",
+                # Kubernetes' CEL libraries and conversions
+                "duration", "string", "isCIDR", "isQuantity", "quantity"}
 # At the root a rule sees only these metadata fields.
 ROOT_METADATA = {"name", "generateName"}
 
@@ -322,7 +324,7 @@ def test_cel_rules_name_existing_fields(kind: str, path: str, node: dict[str, An
         assert rule["reason"] in {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired",
                                   "FieldValueDuplicate"}
     # balanced brackets and quotes (outside string literals)
-    code = re.sub(r"'[^']*'|\"[^\"]*\"", "''", text)
+    code = re.sub(r"r?'[^']*'|\"[^\"]*\"", "''", text)
     assert code.count("'") % 2 == 0 and code.count('"') % 2 == 0, text
     depth = 0
     for ch in code:

@@ -24,6 +24,17 @@ AGENT_UID = 65532
 """The uid a goal pod runs as: the agent image's non-root user ("nonroot" of distroless images)."""
 
 
+BUILTIN_TOOLS = frozenset({
+    "read_file", "list_directory", "glob", "grep", "edit_file", "write_file", "bash", "todo",
+    "search_knowledge", "spawn_subgoal", "propose_lesson", "propose_script_tool",
+})
+"""Tool names the agent gives its own tools. A Capability's tool name (its object name with dots
+as underscores) must be none of these: the Messages API refuses two tools of one name."""
+
+TOOL_NAME_MAX = 64
+"""The Messages API's longest tool name, so the longest Capability name."""
+
+
 class Env(StrEnum):
     """The environment of a goal pod's agent container."""
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import aiohttp
@@ -123,6 +124,15 @@ def now_iso() -> str:
     if _now_iso[0] != second:
         _now_iso = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
     return _now_iso[1]
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 timestamp as the API server's date-time format accepts it (fractions of a
+    second, Z or an offset such as +02:00), as an aware datetime in UTC."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:  # RFC 3339 always has one; a bare local time is read as UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 def _ssl_context(info: Credentials) -> ssl.SSLContext | bool:

@@ -18,10 +18,10 @@ from .sdk import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
-from . import metrics
+from . import metrics, untrusted
 from .checkpoint import Checkpoints
 from .gateway_token import exhausted_budget
-from .tools.base import Assessment, ToolContext, ToolRegistry, risk_at_least
+from .tools.base import Assessment, ToolContext, ToolRegistry, cap_output, risk_at_least
 from .tools.todo import TodoList
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class AgentLoop:
         self._saved = 0                   # messages already in the checkpoint
         self._started = time.monotonic()
         self._failures = 0
+        self._refused: dict[str, str] = {}  # calls of the latest answer that must not run (see _malformed)
         self._cache_mark = -1             # the message that carried the last call's breakpoint
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
@@ -233,6 +234,7 @@ class AgentLoop:
                     await self._checkpoint()
                     return Outcome(False, text or "the model refused", "Refusal")
                 tool_uses = [b for b in content if b.get("type") == "tool_use"]
+                self._refused = _malformed(tool_uses, cut=response.stop_reason == "max_tokens")
                 if not tool_uses:
                     if response.stop_reason == "max_tokens":
                         self.messages.append({"role": "user", "content": [{
@@ -302,6 +304,11 @@ class AgentLoop:
 
     async def _run_tool(self, use: dict[str, Any], assessment: Assessment) -> dict[str, Any]:
         name, args, use_id = use["name"], use.get("input") or {}, use["id"]
+        refused = self._refused.get(use_id)
+        if refused is not None:
+            await self._emit("tool_result", {"name": name, "summary": f"{name}: not run", "is_error": True,
+                                             "content": refused})
+            return {"type": "tool_result", "tool_use_id": use_id, "is_error": True, "content": refused}
         await self._emit("tool_call", {"name": name, "input": args, "risk": assessment.risk,
                                        "reason": assessment.reason})
         if self._needs_approval(assessment):
@@ -316,7 +323,9 @@ class AgentLoop:
         await self._emit("tool_result", {"name": name, "summary": result.summary, "is_error": result.is_error,
                                          "content": result.content[:2000]})
         await self.link.report(lastTool=(result.summary or name)[:200])
-        return {"type": "tool_result", "tool_use_id": use_id, "content": result.content or "(no output)",
+        content = cap_output(result.content or "(no output)", self.ctx.output_limit,
+                             "; ask for less, e.g. a range of lines or a narrower pattern")
+        return {"type": "tool_result", "tool_use_id": use_id, "content": untrusted.mark(name, content),
                 "is_error": result.is_error}
 
     async def _ask_approval(self, use_id: str, name: str, args: dict[str, Any], assessment: Any) -> tuple[str, str]:
@@ -416,7 +425,8 @@ class AgentLoop:
                 content = messages[i]["content"]
                 messages[i]["content"] = [*content[:-1], {**content[-1], "cache_control": CACHE}]
         return {"model": self.config.model, "max_tokens": self.config.max_tokens,
-                "system": [{"type": "text", "text": self.config.system, "cache_control": CACHE}],
+                "system": [{"type": "text", "text": f"{self.config.system}\n\n{untrusted.NOTE}",
+                            "cache_control": CACHE}],
                 "tools": tools, "messages": messages, "metadata": {"user_id": self.config.goal_key}}
 
     async def _call_model(self) -> Any:
@@ -459,6 +469,26 @@ class AgentLoop:
         self.counters.cache_write += usage.cache_creation_input_tokens or 0
         self._last_prompt_tokens = ((usage.input_tokens or 0) + (usage.cache_read_input_tokens or 0)
                                     + (usage.cache_creation_input_tokens or 0))
+
+
+def _malformed(tool_uses: list[dict[str, Any]], cut: bool) -> dict[str, str]:
+    """Tool calls of one answer that must not run, by id, with the error the model reads instead.
+    An input that is not a JSON object is replaced by {} in the answer itself, or the API would
+    refuse every later request that repeats it."""
+    refused = {}
+    for use in tool_uses:
+        if not isinstance(use.get("input"), dict):
+            raw = use.get("input")
+            use["input"] = {}
+            refused[use["id"]] = (f"The input of this {use['name']} call was not a JSON object ({str(raw)[:200]!r}), "
+                                  f"so it was not run. Call {use['name']} again with a JSON object matching its "
+                                  f"input schema.")
+    if cut and tool_uses:  # the last call was being written when the output limit was reached
+        last = tool_uses[-1]
+        refused[last["id"]] = (f"Your answer was cut off at the output limit while writing this {last['name']} "
+                               f"call, so its input may be incomplete and it was not run. Call it again with "
+                               f"less in one call (for example, write a long file in several parts).")
+    return refused
 
 
 def _strip_local(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from .meta import (
+    OBJECT_NAME,
     ApiModel,
     Conditions,
     CustomResource,
@@ -15,6 +16,14 @@ from .meta import (
     Quantity,
     SecretKeySelector,
 )
+
+
+# A container image reference (the grammar of distribution/reference): an optional registry
+# host and port, lowercase path components, an optional tag and an optional digest.
+_HOST = r"[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+IMAGE_PATTERN = (rf"^({_HOST}/)?{_COMPONENT}(/{_COMPONENT})*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{{0,127}})?"
+                 r"(@[a-z0-9]+([+._-][a-z0-9]+)*:[a-fA-F0-9]{32,})?$")
 
 
 class ModelSpec(ApiModel):
@@ -55,13 +64,44 @@ class AgentCost(ApiModel):
     """The UTC day todayUsd counts, e.g. 2026-12-01."""
 
 
+# What a container may request: the names the API server takes in a pod's resources.
+_CONTAINER_RESOURCES = ["cpu", "memory", "ephemeral-storage"]
+_CONTAINER_RESOURCE_RULE: Any = {
+    "rule": "self.all(k, k in " + str(_CONTAINER_RESOURCES) + " || k.startsWith('hugepages-') || k.contains('/'))",
+    "message": "keys must be cpu, memory, ephemeral-storage, hugepages-<size> or a vendor resource "
+               "such as nvidia.com/gpu",
+}
+# What a ResourceQuota may limit without a domain (k8s.io/kubernetes pkg/apis/core/helper,
+# standardQuotaResources); names with a "/" (count/deployments.apps, nvidia.com/gpu) pass as they are.
+_QUOTA_RESOURCES = [
+    "pods", "services", "secrets", "configmaps", "persistentvolumeclaims", "replicationcontrollers",
+    "resourcequotas", "services.nodeports", "services.loadbalancers", "cpu", "memory", "ephemeral-storage",
+    "requests.cpu", "requests.memory", "requests.storage", "requests.ephemeral-storage", "limits.cpu",
+    "limits.memory", "limits.ephemeral-storage",
+]
+
+
+def _resources(description: str) -> Any:
+    return Field(default_factory=dict, description=description,
+                 json_schema_extra={"maxProperties": 16, "x-kubernetes-validations": [_CONTAINER_RESOURCE_RULE]})
+
+
 class ResourceRequirements(ApiModel):
     """Compute resources of each goal pod, as in a container's resources."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    """Minimum resources, e.g. {cpu: 250m, memory: 256Mi}."""
-    limits: dict[str, Quantity] = Field(default_factory=dict)
-    """Maximum resources, e.g. {cpu: "1", memory: 1Gi}."""
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
+                        "!isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || "
+                        "!quantity(string(self.requests[k])).isGreaterThan(quantity(string(self.limits[k]))))",
+                "message": "a request must not be above its limit: lower requests or raise limits",
+            }]
+        }
+    )
+
+    requests: dict[str, Quantity] = _resources("Minimum resources, e.g. {cpu: 250m, memory: 256Mi}.")
+    limits: dict[str, Quantity] = _resources('Maximum resources, e.g. {cpu: "1", memory: 1Gi}.')
 
 
 NamespaceOrAll = Annotated[str, Field(max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$",
@@ -101,11 +141,12 @@ class AgentSpec(ApiModel):
 
     model: ModelSpec
     """The model this agent calls."""
-    role: str | None = None
+    role: str | None = Field(default=None, max_length=256)
     """One line saying who the agent is, e.g. "Senior Python engineer"."""
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(default=None, max_length=65536)
     """Instructions given to the model on every goal."""
-    capabilities: list[str] = Field(default_factory=list, max_length=64)
+    capabilities: list[str] = Field(default_factory=list, max_length=64,
+                                    json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": OBJECT_NAME}})
     """Names of Capability objects in the same namespace this agent may use."""
     max_concurrent_goals: int = Field(default=1, ge=1, le=1000)
     """How many of this agent's goals run at once; the rest wait in phase Queued."""
@@ -113,9 +154,31 @@ class AgentSpec(ApiModel):
     """Default spending limits of each goal; a Goal may override them."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     """Compute resources of each goal pod."""
-    quota: dict[str, Quantity] | None = None
-    """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu)."""
-    image: str | None = None
+    quota: dict[str, Quantity] | None = Field(default=None, json_schema_extra={
+        "maxProperties": 32,
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, k in " + str(_QUOTA_RESOURCES) + " || k.startsWith('hugepages-') || "
+                        "k.startsWith('requests.hugepages-') || k.contains('/'))",
+                "message": "keys must be ResourceQuota resources: pods, requests.cpu, requests.memory, "
+                           "limits.cpu, limits.memory, ... or count/<resource>",
+            },
+            {
+                "rule": "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).isGreaterThan(quantity('0')))",
+                "message": "a quota of 0 stops every pod of the namespace, not only this agent's: "
+                           "leave the key out or give at least 1",
+            },
+        ],
+    })
+    """Becomes a ResourceQuota in the namespace (keys as in ResourceQuota.spec.hard, e.g. pods, requests.cpu).
+    It counts every pod of the namespace, not only this agent's goal pods."""
+    image: str | None = Field(default=None, max_length=512, json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": f"self.matches(r'{IMAGE_PATTERN}')",
+            "message": "must be an image reference such as ghcr.io/org/agent:1.2 or "
+                       "registry:5000/agent@sha256:<digest>, without spaces",
+        }],
+    })
     """Container image of the goal pods; defaults to the operator's agent image."""
     delegates: list[str] = Field(
         default_factory=list, max_length=64,

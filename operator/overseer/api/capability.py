@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from .meta import (ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, Risk,
+from .meta import (OBJECT_NAME, ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, Risk,
                    SecretKeySelector)
 
 
@@ -35,7 +35,8 @@ class Header(ApiModel):
 class CommandTool(ApiModel):
     """A command run inside the goal's pod, with the call's input as JSON on stdin."""
 
-    run: list[str] = Field(min_length=1)
+    run: list[str] = Field(min_length=1, max_length=256,
+                           json_schema_extra={"items": {"type": "string", "maxLength": 4096}})
     """argv of the command, e.g. ["python", "-m", "pytest", "-q"]."""
     timeout: Duration = "5m"
     """How long one call may take."""
@@ -44,7 +45,7 @@ class CommandTool(ApiModel):
 class HttpTool(ApiModel):
     """An HTTP endpoint that receives the call's input as a JSON body."""
 
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^https?://", max_length=2048)
     """Endpoint URL."""
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     """HTTP method; GET and DELETE send the input as query parameters, the others as a JSON body."""
@@ -60,11 +61,12 @@ class McpServer(ApiModel):
     """A Model Context Protocol server whose tools the agent gets, each under the name
     CAPABILITY__TOOL with the server's own input schema."""
 
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^https?://", max_length=2048)
     """URL of the MCP server (streamable HTTP transport), e.g. http://mcp.tools.svc:8000/mcp."""
-    tools: list[str] = Field(default_factory=list, max_length=256)
+    tools: list[str] = Field(default_factory=list, max_length=256,
+                             json_schema_extra={"items": {"type": "string", "maxLength": 128}})
     """Offer only these of the server's tools; empty offers every tool it lists."""
-    tool_risk: dict[str, Risk] = Field(default_factory=dict)
+    tool_risk: dict[str, Risk] = Field(default_factory=dict, json_schema_extra={"maxProperties": 256})
     """Risk per tool name, overriding spec.risk, e.g. {delete_issue: high}."""
     headers: list[Header] = Field(default_factory=list, max_length=32)
     """Headers sent with every request to the server, e.g. Authorization from a Secret."""
@@ -87,13 +89,19 @@ class EgressRule(ApiModel):
         }
     )
 
-    cidr: str | None = Field(default=None, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
+    cidr: str | None = Field(default=None, max_length=64, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$", json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "isCIDR(self)",
+            "message": "must be an IP range such as 10.0.0.0/8 or fd00::/8: four numbers up to 255 and a prefix "
+                       "up to /32 (IPv4) or /128 (IPv6)",
+        }],
+    })
     """Destination IP range, e.g. 10.0.0.0/8."""
     namespace_selector: LabelSelector | None = None
     """In-cluster destination: namespaces with these labels."""
     pod_selector: LabelSelector | None = None
     """In-cluster destination: pods with these labels."""
-    ports: list[int] = Field(default_factory=list, max_length=32)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list, max_length=32)
     """Destination ports; empty means all ports."""
     protocol: Literal["TCP", "UDP"] = "TCP"
     """Transport protocol of the ports."""
@@ -130,9 +138,10 @@ class CapabilitySpec(ApiModel):
     """JSON Schema of the tool's input; calls are validated against it."""
     egress: list[EgressRule] = Field(default_factory=list, max_length=32)
     """Network destinations the tool needs; added to the NetworkPolicy of agents that use it."""
-    requires: list[str] = Field(default_factory=list, max_length=32)
+    requires: list[str] = Field(default_factory=list, max_length=32,
+                                json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": OBJECT_NAME}})
     """Other Capabilities (same namespace) this one depends on."""
-    version: str | None = None
+    version: str | None = Field(default=None, max_length=128)
     """Free-form version of the tool."""
 
 

@@ -22,6 +22,8 @@ import yaml
 from jsonschema import Draft4Validator
 from pydantic import BaseModel
 
+from overseer.contract import BUILTIN_TOOLS, TOOL_NAME_MAX
+
 from .meta import CATEGORY, GROUP, VERSION, CustomResource
 
 HEADER = (
@@ -34,6 +36,7 @@ PART_OF_LABEL = {"app.kubernetes.io/part-of": "overseer"}
 # Keywords copied from the pydantic schema as they are (after their values are converted).
 _KEPT = {
     "description", "default", "pattern", "minLength", "maxLength", "minItems", "maxItems",
+    "minProperties", "maxProperties",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format", "enum",
     "type", "nullable", "required", "properties", "additionalProperties", "items",
 }
@@ -87,7 +90,20 @@ _KIND_RULES: dict[str, list[dict[str, str]]] = {
             "fieldPath": ".spec.parent",
         },
     ],
-    "Capability": [],
+    "Capability": [
+        {
+            "rule": f"self.metadata.name.size() <= {TOOL_NAME_MAX}",
+            "message": f"name must be at most {TOOL_NAME_MAX} characters: the model knows the capability by it "
+                       "as a tool name",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": f"!(self.metadata.name.replace('.', '_') in {sorted(BUILTIN_TOOLS)})",
+            "message": "name is taken by one of the agent's own tools (" + ", ".join(sorted(BUILTIN_TOOLS))
+                       + "; dots count as underscores): rename the Capability",
+            "reason": "FieldValueInvalid",
+        },
+    ],
 }
 
 

@@ -107,7 +107,7 @@ class GoalSpec(ApiModel):
     """How long the goal may take from its first start until it fails with reason Timeout."""
     max_retries: int = Field(default=1, ge=0, le=10)
     """How many times a failed attempt (pod failed or lost) is retried, with backoff."""
-    parent: str | None = None
+    parent: str | None = Field(default=None, max_length=253)
     """The Goal that spawned this one as a sub-goal."""
     approval_policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     """Which tool calls wait for approval."""

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "overseer.dev"
@@ -46,63 +46,94 @@ class ApiModel(BaseModel):
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-
-Duration = Annotated[
-    str,
-    Field(pattern=DURATION_PATTERN, examples=["90s", "20m", "1h30m"]),
-]
-"""A length of time written like Go's time.Duration: `90s`, `20m`, `1h30m`."""
+# At most four parts of at most five digits (nine for ms): whatever it adds up to fits Go's
+# time.Duration, so the API server's CEL duration() can read it, and Python's datetime.
+DURATION_PATTERN = r"^(([0-9]{1,5}(\.[0-9]{1,9})?(h|m|s))|([0-9]{1,9}ms)){1,4}$"
+MAX_DURATION = "8760h"
+"""The longest duration any field takes: a year."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """`1h30m` -> timedelta(hours=1, minutes=30). Raises ValueError on anything else."""
+    """`1h30m` -> timedelta(hours=1, minutes=30). Raises ValueError on anything else, or past a year."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration like 90s, 20m or 1h30m")
-    return timedelta(seconds=sum(float(n) * units[u] for n, u in _DURATION_PART.findall(text)))
+    value = timedelta(seconds=sum(float(n) * units[u] for n, u in _DURATION_PART.findall(text)))
+    if value > timedelta(hours=int(MAX_DURATION[:-1])):
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION}")
+    return value
 
 
-QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$"
+def _at_most_max(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Duration = Annotated[
+    str,
+    Field(
+        pattern=DURATION_PATTERN,
+        max_length=64,
+        examples=["90s", "20m", "1h30m"],
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": f"self.matches(r'{DURATION_PATTERN}') && duration(self) <= duration('{MAX_DURATION}')",
+                "message": f"must be a duration like 90s, 20m or 1h30m, of at most {MAX_DURATION}",
+            }]
+        },
+    ),
+    AfterValidator(_at_most_max),
+]
+"""A length of time written like Go's time.Duration: `90s`, `20m`, `1h30m`, at most a year."""
+
+
+# A Kubernetes quantity as resource.Quantity parses it: binary suffixes are Ki, Mi, Gi...
+# (never ki or mi), decimal ones n, u, m, k, M, G, T, P, E, or an exponent.
+QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9]+)?$"
 
 Quantity = Annotated[
     int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
 ]
 """A Kubernetes resource quantity: `250m`, `1Gi`, `4`."""
+
+
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A Kubernetes object name (DNS subdomain): no namespace/ prefix, so a reference stays in its namespace."""
 
 
 class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME)
     """Name of the object in the same namespace."""
 
 
 class SecretKeySelector(ApiModel):
     """A key of a Secret in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME)
     """Name of the Secret."""
-    key: str = Field(min_length=1)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
     """Key inside the Secret's data."""
 
 
 class LabelSelectorRequirement(ApiModel):
-    key: str
+    key: str = Field(max_length=317)
     """The label key the selector applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values."""
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(default_factory=list, max_length=64,
+                              json_schema_extra={"items": {"type": "string", "maxLength": 63}})
     """Values for In and NotIn; empty for Exists and DoesNotExist."""
 
 
 class LabelSelector(ApiModel):
     """A Kubernetes label selector; an empty selector matches everything."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 64})
     """Labels that must all be present with these values."""
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
     """Set-based requirements that must all hold."""
 
 

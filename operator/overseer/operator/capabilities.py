@@ -32,7 +32,7 @@ def validate(cap: Capability, exists: Callable[[str], bool], requires_of: Callab
                                               f"namespace {cap.namespace}")
     cycle = dispatch.find_cycle(cap.name, lambda n: cap.spec.requires if n == cap.name else requires_of(n))
     if cycle:
-        return False, "RequirementCycle", "spec.requires forms a cycle: " + " -> ".join(cycle)
+        return False, "RequirementCycle", "spec.requires forms a cycle: " + dispatch.describe_cycle(cycle)
     waiting = [(r, why) for r in cap.spec.requires if (why := unready(r)) is not None]
     if waiting:
         return False, "RequirementNotReady", "spec.requires names capabilities that are not Ready: " + "; ".join(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from .api_server import SLICES_API_VERSION, SLICES_NAMESPACE, SLICES_SELECTOR, a
 from .capabilities import CapabilityReconciler, needed
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
+from .failures import reported
 from .goals import QUEUE_SWEEP_SECONDS, STOPS_SUBGOALS, GoalReconciler
 from .informer import Handler, Informer
 from .runtime import Runtime, goal_agent, slim_goal, slim_pod
@@ -84,9 +86,11 @@ class Operator:
         self.reconciling = True
         await self.check_admission()  # before any decision is recorded as verified or not
         workers = self.rt.settings.workers
-        for queue, reconciler, kind in ((self.rt.goals, self.goals, "goal"), (self.rt.agents, self.agents, "agent"),
-                                        (self.rt.capabilities, self.capabilities, "capability")):
-            queue.start(metrics.instrumented(kind, reconciler.reconcile), workers)
+        for queue, reconciler, kind, plural in (
+                (self.rt.goals, self.goals, "goal", "goals"), (self.rt.agents, self.agents, "agent", "agents"),
+                (self.rt.capabilities, self.capabilities, "capability", "capabilities")):
+            run = reported(reconciler.reconcile, functools.partial(self.rt.one, plural), self.rt.events)
+            queue.start(metrics.instrumented(kind, run), workers)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweep"))
         self._tasks.append(asyncio.create_task(self._admission_loop(), name="admission-check"))

@@ -32,6 +32,14 @@ def find_cycle(start: str, edges: Callable[[str], Iterable[str]]) -> list[str] |
     return None
 
 
+def describe_cycle(cycle: list[str], shown: int = 8) -> str:
+    """A cycle as `a -> b -> c -> a`; a long one keeps its ends and says how many it leaves out,
+    so that a 500-goal cycle fits a condition message."""
+    if len(cycle) <= 2 * shown:
+        return " -> ".join(cycle)
+    return " -> ".join([*cycle[:shown], f"... ({len(cycle) - 2 * shown} more)", *cycle[-shown:]])
+
+
 @dataclass(frozen=True)
 class Dependencies:
     waiting: list[str] = field(default_factory=list)   # not succeeded yet (or not there yet)
@@ -71,9 +79,19 @@ class PodOutcome:
     reason: str = ""
 
 
+# A container waiting for one of these never starts on its own (a missing Secret or key, an image
+# reference the kubelet cannot parse): the attempt has failed, or the goal would stay Running.
+STUCK_WAITING = {"CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "ErrImageNeverPull"}
+
+
 def pod_outcome(pod: Mapping[str, Any]) -> PodOutcome:
     """What a goal pod says about its attempt."""
     status = pod.get("status") or {}
+    stuck = next((cs["state"]["waiting"] for cs in status.get("containerStatuses") or []
+                  if (cs.get("state") or {}).get("waiting", {}).get("reason") in STUCK_WAITING), None)
+    if stuck is not None and status.get("phase", "Pending") == "Pending":
+        detail = f": {stuck['message']}" if stuck.get("message") else ""
+        return PodOutcome("failed", None, f"{stuck['reason']}{detail}")
     phase = status.get("phase", "Pending")
     terminated = next((cs.get("state", {}).get("terminated") for cs in status.get("containerStatuses") or []
                        if cs.get("state", {}).get("terminated")), None)

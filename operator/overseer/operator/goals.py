@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from overseer.api import Agent, Capability, Goal, Phase, parse_duration, queue_key
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.contract import ExitCode
@@ -24,7 +26,7 @@ from .conditions import condition, is_true, same_conditions, set_condition, summ
 from .dispatch import TERMINAL
 from . import metrics
 from .modification_store import ModificationStore, approved_requests, describe
-from overseer.kube import ApiError, now_iso, path
+from overseer.kube import ApiError, now_iso, parse_time, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
 from .workspace import WorkspaceState, claim_name, render_claim, workspace_state
@@ -42,10 +44,6 @@ def running_message(attempt: int, pod: str, agent: str | None) -> str:
     """The one wording of a running attempt: dispatch and the pod watch must agree on it, or
     each would rewrite the other's status."""
     return f"attempt {attempt} running in pod {pod}" + (f" as {child_name(agent)}" if agent else "")
-
-
-def _ts(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 def _now() -> datetime:
@@ -180,7 +178,11 @@ class GoalReconciler:
         raw = self.goal(ns, name)
         if raw is None:
             return None
-        goal = Goal.model_validate(raw)
+        try:
+            goal = Goal.model_validate(raw)
+        except ValidationError as e:  # stored before the CRD refused it, or by an older CRD
+            await self.invalid(raw, e)
+            return None
         status = raw.get("status") or {}
         phase = trust.trusted_phase(raw)
         if phase is None:
@@ -211,7 +213,7 @@ class GoalReconciler:
         now = _now()
         next_look: float | None = None
         if goal.spec.timeout and status.get("startedAt"):
-            deadline = _ts(status["startedAt"]) + parse_duration(goal.spec.timeout)
+            deadline = parse_time(status["startedAt"]) + parse_duration(goal.spec.timeout)
             if now >= deadline:
                 await self.delete_live_pods(pods)
                 msg = f"did not finish within spec.timeout {goal.spec.timeout}"
@@ -237,6 +239,9 @@ class GoalReconciler:
                                   lastExitCode=outcome.exit_code, completedAt=now_iso(),
                                   startedAt=status.get("startedAt") or now_iso())
                 return None
+            if outcome.reason.split(":")[0] in dispatch.STUCK_WAITING and not latest["metadata"].get("deletionTimestamp"):
+                # it would wait for ever, holding a slot of the namespace's quota
+                await self.rt.kube.delete(path("v1", "pods", ns, latest["metadata"]["name"]))
             if latest_attempt > attempt or phase in LIVE or not self.retryable(goal, latest_attempt, outcome):
                 return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
                                                  latest["metadata"]["name"])
@@ -251,6 +256,17 @@ class GoalReconciler:
                                   completedAt=now_iso())
                 return None
         return await self.dispatch(raw, goal, attempt, now, next_look)
+
+    async def invalid(self, raw: Raw, error: ValidationError) -> None:
+        """A goal whose spec the operator cannot read can never run: it fails, naming the fields.
+        (A phase the operator wrote as terminal stays as it is.)"""
+        if trust.trusted_phase(raw) in TERMINAL:
+            return
+        ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()[:5])
+        msg = f"Goal {ns}/{name}: {fields}; fix the spec and create the goal again"
+        await self.update(raw, Phase.FAILED, "InvalidSpec", msg, [("Complete", False, "InvalidSpec", msg)],
+                          event_type="Warning", completedAt=now_iso())
 
     def phase_ignored(self, raw: Raw) -> None:
         """Say once per forged value that status.phase was written by someone else."""
@@ -276,7 +292,7 @@ class GoalReconciler:
         siblings = [g for g in self.rt.by("goals", "parent", (ns, parent_name))
                     if g["metadata"]["name"] != raw["metadata"]["name"]]
         return subgoals.refusal(raw, parent, lambda agent: self.rt.one("agents", (ns, agent)), siblings,
-                                trust.trusted_phase)
+                                trust.trusted_phase, subgoals.depth(raw, lambda goal: self.goal(ns, goal)))
 
     async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
                       next_look: float | None) -> float | None:
@@ -295,7 +311,7 @@ class GoalReconciler:
             message = running_message(attempt, pod_name, agent_name)
         timeout = self.rt.settings.heartbeat_timeout_seconds
         beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
-        if timeout and not pending and beat and (_now() - _ts(beat)).total_seconds() > timeout:
+        if timeout and not pending and beat and (_now() - parse_time(beat)).total_seconds() > timeout:
             msg = f"no heartbeat from pod {pod_name} since {beat}; replacing it"
             self.rt.events.record(raw, "Warning", "HeartbeatLost", msg)
             metrics.HEARTBEATS_LOST.inc()
@@ -438,7 +454,7 @@ class GoalReconciler:
             depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
         )
         if deps.cycle:
-            msg = "spec.dependsOn forms a cycle: " + " -> ".join(deps.cycle)
+            msg = "spec.dependsOn forms a cycle: " + dispatch.describe_cycle(deps.cycle)
             await self.update(raw, Phase.FAILED, "DependencyCycle", msg,
                               [("DependenciesMet", False, "DependencyCycle", msg), ("Complete", False, "DependencyCycle", msg)],
                               event_type="Warning", agent=agent_name, completedAt=now_iso())
@@ -465,8 +481,8 @@ class GoalReconciler:
                               event_type="Warning", agent=agent_name, completedAt=now_iso())
             return None
 
-        if status.get("retryAt") and _ts(status["retryAt"]) > now:
-            wait = (_ts(status["retryAt"]) - now).total_seconds() + 0.5
+        if status.get("retryAt") and parse_time(status["retryAt"]) > now:
+            wait = (parse_time(status["retryAt"]) - now).total_seconds() + 0.5
             return min(wait, next_look) if next_look else wait
 
         if attempt >= 1 and await self.live_pod_on_server(ns, name):
@@ -483,7 +499,7 @@ class GoalReconciler:
             for other in self.rt.by("goals", "queued", (ns, agent_name)):
                 ost = other.get("status") or {}
                 if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
-                        and not (ost.get("retryAt") and _ts(ost["retryAt"]) > now)
+                        and not (ost.get("retryAt") and parse_time(ost["retryAt"]) > now)
                         and queue_key(other) < me):
                     ahead += 1
                     if ahead >= free:
@@ -533,7 +549,7 @@ class GoalReconciler:
         # the heartbeat check, or the timeout if that comes first.
         looks = [self.rt.settings.heartbeat_timeout_seconds] if self.rt.settings.heartbeat_timeout_seconds else []
         if goal.spec.timeout:
-            looks.append((_ts(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5)
+            looks.append((parse_time(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5)
         return min(looks) if looks else None
 
     def pod_recorded(self, pod: Raw) -> bool:

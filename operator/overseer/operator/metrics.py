@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections import Counter as Counter_
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -15,6 +14,7 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from overseer.api import Phase
 from overseer.approvals import decision
+from overseer.kube import parse_time
 
 Raw = dict[str, Any]
 
@@ -69,7 +69,6 @@ def observe_start(goal: Raw) -> None:
         GOAL_START_SECONDS.observe(max(0.0, time.time() - _epoch(created)))
 
 
-
 GOAL_SECONDS = Histogram("overseer_goal_duration_seconds", "Time from a goal's creation to its end, by outcome "
                          "(Succeeded, Failed, Cancelled)", ["outcome"],
                          buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400))
@@ -110,7 +109,8 @@ class QueueWait:
 
 
 def _epoch(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return parse_time(stamp).timestamp()
+
 
 class CacheCollector(Collector):
     """Gauges worked out from the operator's caches at scrape time, so they cannot drift from

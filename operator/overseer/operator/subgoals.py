@@ -25,6 +25,8 @@ from .dispatch import TERMINAL
 Raw = dict[str, Any]
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 AGENT_PREFIX = "overseer-agent-"
+MAX_DEPTH = 10
+"""The deepest sub-goal that runs: a chain of sub-goals each waiting for the next holds a pod per level."""
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,34 @@ def _created(g: Raw) -> tuple[str, str]:
     return g["metadata"].get("creationTimestamp", ""), g["metadata"]["name"]
 
 
+def depth(goal: Raw, goal_of: Callable[[str], Raw | None]) -> int:
+    """How many parents stand above goal (1 for a sub-goal of a top-level goal); counting stops past
+    MAX_DEPTH, and at a parent named twice (a loop of spec.parent)."""
+    seen, level, current = {goal["metadata"]["name"]}, 0, goal
+    while level <= MAX_DEPTH and (parent_name := (current.get("spec") or {}).get("parent")):
+        level += 1
+        parent = goal_of(parent_name)
+        if parent is None or parent_name in seen:
+            break
+        seen.add(parent_name)
+        current = parent
+    return level
+
+
 def refusal(goal: Raw, parent: Raw | None, agent_of: Callable[[str], Raw | None], siblings: list[Raw],
-            phase_of: Callable[[Raw], str | None]) -> Refusal | None:
+            phase_of: Callable[[Raw], str | None], level: int = 1) -> Refusal | None:
     """Why the sub-goal `goal` may not run, or None. agent_of looks up an Agent of the namespace,
     siblings are the other goals naming the same parent, phase_of gives a goal's phase as the
-    operator trusts it."""
+    operator trusts it, level is the goal's depth()."""
     ns, name = goal["metadata"]["namespace"], goal["metadata"]["name"]
     spec = goal.get("spec") or {}
     ref = f"Goal {ns}/{name}"
     parent_name = spec["parent"]
     if parent is None:
         return Refusal("ParentNotFound", f"{ref}: spec.parent {parent_name!r} does not exist in namespace {ns}")
+    if level > MAX_DEPTH:
+        return Refusal("TooDeep", f"{ref} lies more than {MAX_DEPTH} sub-goals below its top-level goal, the "
+                                  f"deepest the operator runs: do this work in a goal higher up")
     pspec, pstatus = parent.get("spec") or {}, parent.get("status") or {}
     parent_agent = agent_of(pstatus["agent"]) if pstatus.get("agent") else None
     creator = creator_agent(goal)
