@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build overseer-health (Argo CD's Lua VM and kstatus, pinned in go.mod/go.sum here) into
+# Build overseer-health (Argo CD's Lua VM, kstatus and cyclonus's NetworkPolicy engine, pinned in go.mod/go.sum here) into
 # $OVERSEER_CACHE/tools/bin once; rebuilt only when its sources change. About a minute of CPU
 # with a cold module cache.
 set -euo pipefail
