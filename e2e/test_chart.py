@@ -139,6 +139,8 @@ def test_chart_lints_strict_in_every_mode() -> None:
     (["networkPolicy.redis.namespace=db", "networkPolicy.redis.cidrs={192.0.2.7/32}",
       "networkPolicy.redis.ports={6379}"], "networkPolicy.redis: set either namespace and podLabels"),
     (["networkPolicy.knowledgeBase.cidrs={192.0.2.8/32}"], "networkPolicy.knowledgeBase.ports: name the ports"),
+    (["networkPolicy.redis.podLabels.app=redis", "networkPolicy.redis.ports={6379}"],
+     "networkPolicy.redis.namespace: name the namespace"),
 ])
 def test_a_service_the_network_policy_cannot_open_fails_helm_naming_the_value(settings: list[str], says: str) -> None:
     out = helm("template", "r", str(CHART), *[arg for s in settings for arg in ("--set", s)], check=False)
