@@ -146,12 +146,16 @@ def test_a_goal_pod_reaches_what_its_agent_needs_and_nothing_else(
     assert all(got.values()), f"refused with no policy in the namespace: {got}"
 
 
-def test_without_a_gateway_only_the_configured_model_range_is_open_and_an_unreachable_endpoint_is_named(
+def test_without_a_gateway_only_the_configured_model_range_is_open_and_what_is_unreachable_is_named(
         namespace: str, kubectl: harness.Kubectl, crds: Any, admission_policies: Any, operator: Any,
         exit_pod: Any) -> None:
-    world = start_world(namespace, kubectl, operator, exit_pod, {"OVERSEER_MODEL_EGRESS_CIDRS": '["0.0.0.0/0"]'})
+    # Redis is handed to goal pods (only as a URL: the operator never connects to it) but not opened.
+    world = start_world(namespace, kubectl, operator, exit_pod, {"OVERSEER_MODEL_EGRESS_CIDRS": '["0.0.0.0/0"]',
+                                                                 "OVERSEER_AGENT_REDIS_URL": "redis://redis.invalid:6379"})
     world.agent("coder")
     world.wait_condition("agent", "coder", "ModelEgress", "True", "Allowed")
+    closed = world.wait_condition("agent", "coder", "ServiceEgress", "False", "ServiceEgressNotConfigured")
+    assert "networkPolicy.redis" in closed["message"]
     world.goal("probe")
     goal = f"{namespace}/{world.running_pod('probe')}"
     pod_ip(kubectl, goal)

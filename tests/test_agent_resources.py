@@ -11,6 +11,7 @@ from overseer.api import GROUP
 from overseer.operator.agent_resources import (
     child_name,
     model_egress_condition,
+    service_egress_condition,
     render_network_policy,
     render_resource_quota,
     render_role,
@@ -417,3 +418,25 @@ def test_resource_quota_mirrors_the_agents_quota_as_strings(make_agent):
 @pytest.mark.parametrize("quota", [None, {}])
 def test_no_resource_quota_without_a_quota(make_agent, quota):
     assert render_resource_quota(make_agent(quota=quota)) is None
+
+
+# --- ServiceEgress condition -----------------------------------------------------------------
+
+
+def test_a_knowledge_base_handed_to_goal_pods_but_not_opened_is_named(make_agent, clean_env):
+    settings = Settings(knowledge_admin_url="postgresql://admin@db/kb", agent_redis_url="redis://cache:6379",
+                        redis_egress=ServiceEgress(cidrs=["192.0.2.7/32"], ports=[6379]))
+
+    ok, reason, message = service_egress_condition(make_agent(), settings)
+
+    assert (ok, reason) == (False, "ServiceEgressNotConfigured")
+    assert "the knowledge base" in message and "networkPolicy.knowledgeBase" in message
+    assert "OVERSEER_REDIS_EGRESS" not in message  # Redis is opened
+
+
+def test_services_opened_or_not_handed_out_are_fine(make_agent, clean_env):
+    opened = Settings(knowledge_admin_url="postgresql://admin@db/kb",
+                      knowledge_egress=ServiceEgress(namespace="db", pod_labels={"app": "pg"}, ports=[5432]))
+
+    assert service_egress_condition(make_agent(), opened)[:2] == (True, "Allowed")
+    assert service_egress_condition(make_agent(), Settings())[:2] == (True, "Allowed")

@@ -196,6 +196,23 @@ def model_egress_condition(agent: Agent, settings: Settings) -> tuple[bool, str,
         f"{settings.model_egress_cidrs} less their except ranges {settings.model_egress_except}; add it")
 
 
+def service_egress_condition(agent: Agent, settings: Settings) -> tuple[bool, str, str]:
+    """Whether the agent's NetworkPolicy opens the knowledge base and Redis its goal pods are handed."""
+    handed = [("the knowledge base", settings.knowledge_admin_url, settings.knowledge_egress,
+               "networkPolicy.knowledgeBase (OVERSEER_KNOWLEDGE_EGRESS)"),
+              ("Redis", settings.agent_redis_url, settings.redis_egress, "networkPolicy.redis (OVERSEER_REDIS_EGRESS)")]
+    closed = [(what, value) for what, url, egress, value in handed if url and not egress.configured]
+    if closed:
+        return False, "ServiceEgressNotConfigured", (
+            f"Agent {agent.namespace}/{agent.name}: NetworkPolicy {child_name(agent.name)} does not let goal pods reach "
+            f"{' or '.join(what for what, _ in closed)}, which they are given: under a network plugin that enforces "
+            f"NetworkPolicy they cannot connect. Set {' and '.join(value for _, value in closed)} to its pods "
+            f"(namespace, podLabels, ports) or addresses (cidrs, ports)")
+    opened = [what for what, url, _, _ in handed if url]
+    return True, "Allowed", (f"goal pods may reach {' and '.join(opened)}" if opened
+                             else "goal pods are given no knowledge base or Redis")
+
+
 def _contains(cidr: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     net = ipaddress.ip_network(cidr, strict=False)
     return net.version == address.version and address in net
