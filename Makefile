@@ -21,7 +21,7 @@ help:
 	@echo "make chart-crds    regenerate the chart's CRD templates (charts/overseer/templates/crds) from the models"
 	@echo "make manifests     regenerate manifests/ (kustomize) from the chart (helm template)"
 	@echo "make helm-build    build the real Helm from its Go module into .cache/tools/bin (first time ~4 min)"
-	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus) into .cache/tools"
+	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus, cyclonus) into .cache/tools"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
