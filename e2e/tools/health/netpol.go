@@ -16,8 +16,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 )
 
-// Endpoint is one end of a flow: a pod ("namespace/name", as the API server has it) or an
-// address outside the cluster.
+// Endpoint is one end of a flow: a pod ("namespace/name", at the address the API server gives
+// it) or an address outside the cluster; pod wins when both are set.
 type Endpoint struct {
 	Pod string `json:"pod,omitempty"`
 	IP  string `json:"ip,omitempty"`
@@ -72,10 +72,7 @@ func (c *cluster) peer(e Endpoint) (*matcher.TrafficPeer, *corev1.Pod, error) {
 	if !ok {
 		return nil, nil, fmt.Errorf("namespace %s of pod %s is not in the input", pod.Namespace, e.Pod)
 	}
-	ip := e.IP
-	if ip == "" {
-		ip = pod.Status.PodIP
-	}
+	ip := pod.Status.PodIP
 	if ip == "" {
 		return nil, nil, fmt.Errorf("pod %s has no status.podIP yet (ipBlocks are matched against it)", e.Pod)
 	}
