@@ -20,6 +20,7 @@ from e2e.chart import (CHART, OperatorPods, adopt_cluster_objects, exists, helm,
                        objects)
 from e2e.harness import wait_for
 from e2e.world import World
+from overseer.operator.settings import ServiceEgress
 
 # Not "overseer": manifests/base (test_rbac, test_kustomize) installs objects named overseer-*
 # without Helm, which a release of that name would refuse to take over.
@@ -134,6 +135,31 @@ def test_chart_lints_strict_in_every_mode() -> None:
                   ["--set", "gateway.enabled=true", "--set", "gateway.database.existingSecret=gw-db"]):
         out = helm("lint", "--strict", str(CHART), *extra)
         assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("settings, says", [
+    (["networkPolicy.redis.namespace=db", "networkPolicy.redis.cidrs={192.0.2.7/32}",
+      "networkPolicy.redis.ports={6379}"], "networkPolicy.redis: set either namespace and podLabels"),
+    (["networkPolicy.knowledgeBase.cidrs={192.0.2.8/32}"], "networkPolicy.knowledgeBase.ports: name the ports"),
+    (["networkPolicy.redis.podLabels.app=redis", "networkPolicy.redis.ports={6379}"],
+     "networkPolicy.redis.namespace: name the namespace"),
+])
+def test_a_service_the_network_policy_cannot_open_fails_helm_naming_the_value(settings: list[str], says: str) -> None:
+    out = helm("template", "r", str(CHART), *[arg for s in settings for arg in ("--set", s)], check=False)
+    assert out.returncode != 0 and says in out.stderr, out.stderr
+
+
+def test_the_network_policy_values_reach_the_operator_as_its_settings() -> None:
+    out = helm("template", "r", str(CHART), "--set", "networkPolicy.knowledgeBase.namespace=db",
+               "--set", "networkPolicy.knowledgeBase.podLabels.app=postgresql",
+               "--set", "networkPolicy.knowledgeBase.ports={5432}", "--set", "metrics.monitoringNamespace=monitoring",
+               "--set", "gateway.podPort=8080")
+    [dep] = [o for o in objects(out.stdout) if o["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["OVERSEER_KNOWLEDGE_EGRESS"]) == {"namespace": "db", "podLabels": {"app": "postgresql"},
+                                                            "cidrs": [], "ports": [5432]}
+    assert ServiceEgress.model_validate_json(env["OVERSEER_KNOWLEDGE_EGRESS"]).configured  # as the operator reads it
+    assert (env["OVERSEER_MONITORING_NAMESPACE"], env["OVERSEER_GATEWAY_POD_PORT"]) == ("monitoring", "8080")
 
 
 @pytest.mark.parametrize("setting, field", [

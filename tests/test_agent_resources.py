@@ -10,6 +10,8 @@ import pytest
 from overseer.api import GROUP
 from overseer.operator.agent_resources import (
     child_name,
+    model_egress_condition,
+    service_egress_condition,
     render_network_policy,
     render_resource_quota,
     render_role,
@@ -17,7 +19,7 @@ from overseer.operator.agent_resources import (
     render_service_account,
 )
 from overseer.operator.api_server import api_server_egress
-from overseer.operator.settings import Settings
+from overseer.operator.settings import ServiceEgress, Settings
 
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 ARGO_LABEL = "app.kubernetes.io/instance"
@@ -183,8 +185,20 @@ def test_network_policy_selects_the_agents_pods_and_denies_both_ways_by_default(
 
     assert spec["podSelector"] == {"matchLabels": {"overseer.dev/agent": "coder"}}
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
-    # Ingress only to the agent's own metrics port.
-    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": settings.agent_metrics_port}]}]
+    # No monitoring namespace configured: nothing may connect to goal pods.
+    assert spec["ingress"] == []
+
+
+def test_only_the_monitoring_namespace_reaches_the_metrics_port(make_agent, clean_env):
+    settings = Settings(monitoring_namespace="monitoring", monitoring_pod_labels={"app": "prometheus"})
+
+    spec = render_network_policy(make_agent(), [], settings)["spec"]
+
+    assert spec["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                  "podSelector": {"matchLabels": {"app": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": settings.agent_metrics_port}],
+    }]
 
 
 def test_network_policy_allows_dns_to_the_cluster_dns_pods(make_agent, settings):
@@ -198,7 +212,17 @@ def test_network_policy_allows_dns_to_the_cluster_dns_pods(make_agent, settings)
     assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
 
 
-def test_network_policy_allows_the_model_api_but_not_the_private_ranges(make_agent, settings):
+def test_by_default_no_rule_opens_any_address(make_agent, settings):
+    # An egress rule without peers, or with 0.0.0.0/0, lets a goal pod send anywhere.
+    policy = render_network_policy(make_agent(), [], settings)
+
+    assert all(rule.get("to") for rule in policy["spec"]["egress"])
+    assert not [peer for peer in egress_peers(policy) if "ipBlock" in peer]
+
+
+def test_network_policy_allows_the_configured_model_cidrs_but_not_the_private_ranges(make_agent, clean_env):
+    settings = Settings(model_egress_cidrs=["0.0.0.0/0"])
+
     policy = render_network_policy(make_agent(), [], settings)
 
     rule = rule_reaching(policy, "0.0.0.0/0")
@@ -207,7 +231,7 @@ def test_network_policy_allows_the_model_api_but_not_the_private_ranges(make_age
 
 
 def test_with_a_gateway_agents_reach_the_gateway_and_not_the_internet(make_agent, clean_env):
-    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080")
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080", model_egress_cidrs=["0.0.0.0/0"])
 
     policy = render_network_policy(make_agent(), [], settings)
 
@@ -325,10 +349,64 @@ def test_capability_without_ports_opens_every_port_of_its_destination(make_agent
     assert rule_reaching(policy, "192.0.2.0/24") == {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}
 
 
+def test_the_gateway_pods_port_is_opened_when_it_differs_from_the_services(make_agent, clean_env):
+    # A NetworkPolicy sees the pod's port after the Service's translation, not the Service's port.
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system", gateway_pod_port=8080)
+
+    policy = render_network_policy(make_agent(), [], settings)
+
+    assert {"protocol": "TCP", "port": 8080} in policy["spec"]["egress"][1]["ports"]
+
+
+def test_knowledge_base_and_redis_are_reached_by_their_pods_or_addresses(make_agent, clean_env):
+    settings = Settings(knowledge_egress=ServiceEgress(namespace="databases", pod_labels={"app": "pg"}, ports=[5432]),
+                        redis_egress=ServiceEgress(cidrs=["192.0.2.7/32"], ports=[6379]))
+
+    egress = render_network_policy(make_agent(), [], settings)["spec"]["egress"]
+
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "databases"}},
+                    "podSelector": {"matchLabels": {"app": "pg"}}}],
+            "ports": [{"protocol": "TCP", "port": 5432}]} in egress
+    assert {"to": [{"ipBlock": {"cidr": "192.0.2.7/32"}}], "ports": [{"protocol": "TCP", "port": 6379}]} in egress
+
+
 def test_network_policy_without_capabilities_opens_nothing_more(make_agent, settings):
     egress = render_network_policy(make_agent(), [], settings)["spec"]["egress"]
 
-    assert len(egress) == 2  # DNS and the model API
+    assert len(egress) == 1  # DNS alone: nothing else is configured
+
+
+# --- ModelEgress condition -------------------------------------------------------------------
+
+
+def test_an_agent_whose_model_endpoint_no_egress_reaches_is_told_what_to_set(make_agent, settings):
+    ok, reason, message = model_egress_condition(make_agent(), settings)
+
+    assert (ok, reason) == (False, "ModelEgressNotConfigured")
+    assert "https://api.anthropic.com" in message and "networkPolicy.modelEgress.cidrs" in message
+
+
+@pytest.mark.parametrize("base_url, cidrs, reason", [
+    ("https://203.0.113.9", ["203.0.113.0/24"], "Allowed"),
+    ("https://198.51.100.9", ["203.0.113.0/24"], "ModelAddressNotAllowed"),
+    ("https://10.0.0.5", ["0.0.0.0/0"], "ModelAddressNotAllowed"),  # a private range excepted from 0.0.0.0/0
+    ("https://10.0.0.5", ["10.0.0.0/24"], "Allowed"),  # named itself: nothing is excepted from it
+    ("http://203.0.113.9:8080", ["203.0.113.0/24"], "ModelPortNotAllowed"),
+    ("https://models.example.com", ["203.0.113.0/24"], "Allowed"),  # a name cannot be checked; its port is
+])
+def test_the_model_endpoint_is_checked_against_the_configured_cidrs_and_ports(make_agent, clean_env, base_url,
+                                                                             cidrs, reason):
+    agent = make_agent(model={"baseURL": base_url})
+
+    ok, got, message = model_egress_condition(agent, Settings(model_egress_cidrs=cidrs))
+
+    assert (ok, got) == (reason == "Allowed", reason), message
+
+
+def test_with_a_gateway_the_model_endpoint_is_the_gateways_business(make_agent, clean_env):
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080")
+
+    assert model_egress_condition(make_agent(), settings)[:2] == (True, "Gateway")
 
 
 # --- ResourceQuota -------------------------------------------------------------------------------
@@ -347,3 +425,25 @@ def test_resource_quota_mirrors_the_agents_quota_as_strings(make_agent):
 @pytest.mark.parametrize("quota", [None, {}])
 def test_no_resource_quota_without_a_quota(make_agent, quota):
     assert render_resource_quota(make_agent(quota=quota)) is None
+
+
+# --- ServiceEgress condition -----------------------------------------------------------------
+
+
+def test_a_knowledge_base_handed_to_goal_pods_but_not_opened_is_named(make_agent, clean_env):
+    settings = Settings(knowledge_admin_url="postgresql://admin@db/kb", agent_redis_url="redis://cache:6379",
+                        redis_egress=ServiceEgress(cidrs=["192.0.2.7/32"], ports=[6379]))
+
+    ok, reason, message = service_egress_condition(make_agent(), settings)
+
+    assert (ok, reason) == (False, "ServiceEgressNotConfigured")
+    assert "the knowledge base" in message and "networkPolicy.knowledgeBase" in message
+    assert "OVERSEER_REDIS_EGRESS" not in message  # Redis is opened
+
+
+def test_services_opened_or_not_handed_out_are_fine(make_agent, clean_env):
+    opened = Settings(knowledge_admin_url="postgresql://admin@db/kb",
+                      knowledge_egress=ServiceEgress(namespace="db", pod_labels={"app": "pg"}, ports=[5432]))
+
+    assert service_egress_condition(make_agent(), opened)[:2] == (True, "Allowed")
+    assert service_egress_condition(make_agent(), Settings())[:2] == (True, "Allowed")

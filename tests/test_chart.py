@@ -78,6 +78,10 @@ def test_default_values_match_the_operator_defaults() -> None:
                                  "ports": s.model_egress_ports}
     assert np["apiServer"] == {"cidrs": s.api_server_cidrs, "ports": s.api_server_ports}
     assert np["dns"] == {"namespace": s.dns_namespace, "podLabels": s.dns_pod_labels}
+    assert np["knowledgeBase"] == s.knowledge_egress.model_dump(by_alias=True)
+    assert np["redis"] == s.redis_egress.model_dump(by_alias=True)
+    assert (values["metrics"]["monitoringNamespace"], values["metrics"]["monitoringPodLabels"]) == (
+        s.monitoring_namespace, s.monitoring_pod_labels)
     le = values["leaderElection"]
     assert (le["leaseDurationSeconds"], le["renewDeadlineSeconds"], le["retryPeriodSeconds"]) == (
         s.lease_duration_seconds, s.lease_renew_deadline_seconds, s.lease_retry_period_seconds)

@@ -18,7 +18,7 @@ def pyproject_version() -> str:
 
 def test_defaults_need_no_environment(settings):
     assert settings.workers == 16
-    assert settings.model_egress_cidrs == ["0.0.0.0/0"]
+    assert settings.model_egress_cidrs == []  # no address is open to goal pods unless configured
     assert settings.model_egress_except == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     assert settings.api_server_cidrs == []
 
@@ -63,6 +63,32 @@ def test_mappings_come_from_the_environment_as_json(clean_env):
     clean_env.setenv("OVERSEER_DNS_POD_LABELS", '{"k8s-app": "coredns"}')
 
     assert Settings().dns_pod_labels == {"k8s-app": "coredns"}
+
+
+def test_a_service_egress_comes_from_the_environment_as_json_in_the_charts_spelling(clean_env):
+    clean_env.setenv("OVERSEER_KNOWLEDGE_EGRESS", '{"namespace": "db", "podLabels": {"app": "pg"}, "ports": [5432]}')
+    clean_env.setenv("OVERSEER_REDIS_EGRESS", '{"cidrs": ["192.0.2.7/32"], "ports": [6379]}')
+
+    settings = Settings()
+
+    assert (settings.knowledge_egress.namespace, settings.knowledge_egress.pod_labels) == ("db", {"app": "pg"})
+    assert settings.redis_egress.cidrs == ["192.0.2.7/32"] and settings.redis_egress.ports == [6379]
+
+
+@pytest.mark.parametrize("value, says", [
+    ('{"namespace": "db", "cidrs": ["192.0.2.0/24"], "ports": [5432]}', "not both"),
+    ('{"podLabels": {"app": "pg"}, "ports": [5432]}', "podLabels needs namespace"),
+    ('{"namespace": "db", "podLabels": {"app": "pg"}}', "ports: name the service's ports"),
+    ('{"cidrs": ["db.example.com"], "ports": [5432]}', "is not a CIDR"),
+    ('{"cidr": ["192.0.2.0/24"], "ports": [5432]}', "cidr"),
+])
+def test_a_bad_service_egress_names_the_setting_and_the_fix(clean_env, value, says):
+    clean_env.setenv("OVERSEER_KNOWLEDGE_EGRESS", value)
+
+    with pytest.raises(ValidationError) as error:
+        Settings()
+
+    assert "knowledge_egress" in str(error.value) and says in str(error.value)
 
 
 def test_variable_names_are_not_case_sensitive(clean_env):

@@ -7,6 +7,8 @@
 //
 //	overseer-health check CONFIGMAP [FILE...]  objects (YAML or JSON, lists too; stdin without FILE) -> JSON
 //	overseer-health test CONFIGMAP DIR         every DIR/<group>/<Kind>/health_test.yaml case
+//	overseer-health netpol                     {networkPolicies, namespaces, pods, flows} on stdin -> JSON
+//	                                           verdicts of cyclonus's NetworkPolicy engine (netpol.go)
 package main
 
 import (
@@ -304,8 +306,10 @@ func main() {
 		err = check(os.Args[2], os.Args[3:])
 	case len(os.Args) == 4 && os.Args[1] == "test":
 		err = testCases(os.Args[2], os.Args[3])
+	case len(os.Args) == 2 && os.Args[1] == "netpol":
+		err = netpol(os.Stdin)
 	default:
-		err = fmt.Errorf("usage: overseer-health check ARGOCD-CM [FILE...] | overseer-health test ARGOCD-CM DIR")
+		err = fmt.Errorf("usage: overseer-health check ARGOCD-CM [FILE...] | overseer-health test ARGOCD-CM DIR | overseer-health netpol < INPUT.json")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "overseer-health:", err)

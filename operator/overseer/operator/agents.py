@@ -1,6 +1,7 @@
 """Agent reconciliation: its ServiceAccount, Role, RoleBinding, NetworkPolicy and
 ResourceQuota, kept in line with the spec; its namespace's knowledge-base login and what it
-shares; Ready, CapabilitiesReady and KnowledgeBase; goal counts."""
+shares; Ready, CapabilitiesReady, KnowledgeBase, APIServerEgress, ModelEgress and ServiceEgress;
+goal counts."""
 
 from __future__ import annotations
 
@@ -222,6 +223,8 @@ class AgentReconciler:
         await self.apply_children(agent, caps)
 
         conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)
+        conds = set_condition(conds, "ModelEgress", *render.model_egress_condition(agent, self.rt.settings), gen)
+        conds = set_condition(conds, "ServiceEgress", *render.service_egress_condition(agent, self.rt.settings), gen)
 
         eol = DEPRECATED_MODELS.get(agent.spec.model.name)
         if eol:
@@ -254,8 +257,8 @@ class AgentReconciler:
             for c in conds:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
-                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "AdmissionPolicies",
-                                                                 "KnowledgeBase"):
+                    if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "ModelEgress",
+                                                                 "ServiceEgress", "AdmissionPolicies", "KnowledgeBase"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])
