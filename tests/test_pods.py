@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
 
 import pytest
 
 from overseer.operator.pods import pod_name, render_pod
+from overseer.operator.redis_secret import render_secret
 
 # Volume types the `restricted` Pod Security level allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
@@ -132,6 +135,19 @@ def test_the_knowledge_base_login_comes_from_the_namespaces_secret_never_as_a_va
     assert env["OVERSEER_DATABASE_URL"] == {"name": "OVERSEER_DATABASE_URL", "valueFrom": {
         "secretKeyRef": {"name": "overseer-knowledge", "key": "url", "optional": True}}}
     assert not any("s3cret" in str(e) or "db.overseer-system" in str(e) for e in env.values())
+
+
+def test_the_redis_url_comes_from_the_namespaces_secret_never_as_a_value(make_goal, make_agent, settings):
+    settings.agent_redis_url = "redis://:r3dis-pass@redis.overseer-system:6379/0"
+
+    pod = render_pod(make_goal(), make_agent(), 1, settings)
+
+    assert env_of(pod)["OVERSEER_REDIS_URL"] == {"name": "OVERSEER_REDIS_URL", "valueFrom": {
+        "secretKeyRef": {"name": "overseer-redis", "key": "url", "optional": True}}}
+    assert "r3dis-pass" not in json.dumps(pod)
+    secret = render_secret("team-a", settings.agent_redis_url)
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("overseer-redis", "team-a")
+    assert base64.b64decode(secret["data"]["url"]).decode() == settings.agent_redis_url
 
 
 def test_no_knowledge_base_means_no_database_in_the_pod(make_goal, make_agent, settings):

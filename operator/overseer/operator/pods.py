@@ -12,6 +12,8 @@ from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANA
 from .agent_resources import child_name, owner_reference
 from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
 from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
+from .redis_secret import SECRET_KEY as REDIS_SECRET_KEY
+from .redis_secret import SECRET_NAME as REDIS_SECRET
 from .settings import Settings
 
 
@@ -56,8 +58,11 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
         env.append({"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
             "name": KNOWLEDGE_SECRET, "key": KNOWLEDGE_SECRET_KEY, "optional": True}}})
-    for name, value in ((Env.REDIS_URL, settings.agent_redis_url),
-                        (Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
+    if settings.agent_redis_url:
+        # Written by the Agent's reconcile; optional, so without it the pod runs on local limits.
+        env.append({"name": Env.REDIS_URL, "valueFrom": {"secretKeyRef": {
+            "name": REDIS_SECRET, "key": REDIS_SECRET_KEY, "optional": True}}})
+    for name, value in ((Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
                         (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
