@@ -4,6 +4,12 @@ of the pod's own ServiceAccount (so the agent has exactly its RBAC) and the loop
 when the process exits, it annotates the pod with the exit code and kwok reports the phase the
 kubelet would. A pod deleted while its process runs gets the process killed.
 
+A pod with a `tools` container gets that container as a second local process, as a cluster
+would run it: only its own environment, no token or kubeconfig, and (when the harness runs as
+root) another uid, so the agent process's /proc/<pid>/environ and its credential files are
+unreadable to it, as another container's would be. The agent reaches it through the socket in a
+folder that stands for the shared emptyDir.
+
 Each goal keeps one workspace folder across attempts (as a PersistentVolume would), so a
 replaced pod finds the files its predecessor wrote; with shared_workspace all goals of the
 namespace work in one folder (as on one shared volume).
@@ -28,6 +34,43 @@ import yaml
 from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
+TOOLS_UID = 65532  # the image's non-root user; the harness's agent process runs as another (root)
+
+
+def start_tools_process(exe: Path, env: dict[str, str], workspace: Path, socket: Path,
+                        log: Path) -> subprocess.Popen[bytes]:
+    """`overseer-tools` as a goal pod's tools container: env is all it gets; as root, it runs as
+    TOOLS_UID with no supplementary groups. Returns once its socket answers."""
+    socket.unlink(missing_ok=True)
+    as_other_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        as_other_user = {"user": TOOLS_UID, "group": TOOLS_UID, "extra_groups": []}
+        # The image's Python is where this one is: reachable by the image's user (a Python under
+        # /root, as pyenv puts it, is not by default).
+        _reachable_by_others(Path(sys.base_prefix) / "bin")
+        _reachable_by_others(workspace)
+        workspace.chmod(0o777)
+        os.chown(socket.parent, TOOLS_UID, TOOLS_UID)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(exe), "--socket", str(socket), "--workspace", str(workspace)], env=env,
+                                cwd=str(workspace), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                **as_other_user)
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"overseer-tools did not start; log:\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _reachable_by_others(folder: Path) -> None:
+    """Let other users pass through (not list) the folders above `folder`, as a volume's mount
+    point is reachable from both containers."""
+    for parent in folder.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
 
 
 @dataclass
@@ -37,6 +80,12 @@ class AgentProcess:
     proc: subprocess.Popen[bytes]
     log: Path
     killed: bool = False
+    tools: subprocess.Popen[bytes] | None = None  # the pod's tools container, if it has one
+
+    def end_tools(self) -> None:
+        if self.tools is not None and self.tools.poll() is None:
+            self.tools.kill()
+            self.tools.wait(timeout=10)
 
 
 @dataclass
@@ -72,6 +121,7 @@ class AgentRunner:
                 if p.proc.poll() is None:
                     p.proc.kill()
                     p.proc.wait(timeout=10)
+                p.end_tools()
 
     def kill(self, pod: str) -> None:
         """SIGKILL the agent process of pod, as if its container crashed."""
@@ -108,6 +158,7 @@ class AgentRunner:
                 if name not in present and code is None:
                     self._pod_gone(p)
                 elif code is not None:
+                    p.end_tools()
                     self.finished.setdefault(name, code if code >= 0 else 128 - code)
                     if name in present and name not in self.reported:
                         self._report_exit(name, self.finished[name])  # retried next tick if it fails
@@ -121,7 +172,8 @@ class AgentRunner:
             self._launch(pod)
 
     def _pod_gone(self, p: AgentProcess) -> None:
-        p.proc.kill()  # the pod is gone: so is its container
+        p.proc.kill()  # the pod is gone: so are its containers
+        p.end_tools()
 
     def _report_exit(self, pod: str, code: int) -> None:
         self.k8s.core.patch_namespaced_pod(pod, self.namespace,
@@ -130,9 +182,14 @@ class AgentRunner:
     def _launch(self, pod: Any) -> None:
         name = pod.metadata.name
         goal = pod.metadata.labels[LABEL_GOAL]
-        container = pod.spec.containers[0]
+        containers = {c.name: c for c in pod.spec.containers}
+        container = containers.get("agent", pod.spec.containers[0])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
         projected = self._projected_tokens(pod, container)
+        tools = None
+        if "tools" in containers:
+            tools, socket_folders = self._launch_tools(pod, containers["tools"], goal)
+            projected.update(socket_folders)
         for var in container.env or []:
             value = self._value(pod, var)
             if value is not None:
@@ -146,10 +203,33 @@ class AgentRunner:
         log = self.workdir / f"agent-{name}.log"
         exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
+            # umask 0: what the agent's file tools create stays writable by the tools process's uid,
+            # as files of one pod's uid are to both its containers.
             proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    stdout=out, stderr=subprocess.STDOUT, umask=0 if tools is not None else -1)
         with self._lock:
-            self.processes[name] = AgentProcess(name, goal, proc, log)
+            self.processes[name] = AgentProcess(name, goal, proc, log, tools=tools)
+
+    def _launch_tools(self, pod: Any, container: Any, goal: str) -> tuple[subprocess.Popen[bytes], dict[str, Path]]:
+        """The tools container: its own env (nothing of the harness's but PATH and the locale), the
+        workspace, and a local folder for each emptyDir it mounts besides (the socket's)."""
+        folders: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            if mount.name != "workspace" and mount.mount_path != "/tmp":
+                folder = self.workdir / f"volume-{pod.metadata.name}-{mount.name}"
+                folder.mkdir(parents=True, exist_ok=True)
+                folders[mount.mount_path] = folder
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        for var in container.env or []:
+            value = self._value(pod, var)
+            if value is not None:
+                env[var.name] = _local_path(value, folders)
+        workspace = self.workspace(goal)
+        env["OVERSEER_WORKSPACE"] = str(workspace)
+        exe = (self.executable or Path(sys.executable).parent / "overseer-agent").parent / "overseer-tools"
+        proc = start_tools_process(exe, env, workspace, Path(env["OVERSEER_TOOLS_SOCKET"]),
+                                   self.workdir / f"tools-{pod.metadata.name}.log")
+        return proc, folders
 
     def _value(self, pod: Any, var: Any) -> str | None:
         """What the kubelet would set the variable to; None where it leaves it out (an optional
@@ -204,15 +284,20 @@ class AgentRunner:
             folder = self.workdir / f"projected-{pod.metadata.name}-{mount.name}"
             folder.mkdir(parents=True, exist_ok=True)
             for token in sources:
-                (folder / token.path).write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+                file = folder / token.path
+                file.write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+                file.chmod(0o600)
             folders[mount.mount_path] = folder
         return folders
 
     def _kubeconfig(self, pod: Any) -> Path:
         """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
         when the pod is deleted), for the loopback API URL."""
-        return service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace, pod.spec.service_account_name,
-                                          self.workdir / f"kubeconfig-{pod.metadata.name}", pod=pod)
+        path = service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace,
+                                          pod.spec.service_account_name, self.workdir / f"kubeconfig-{pod.metadata.name}",
+                                          pod=pod)
+        path.chmod(0o600)  # the agent's own, as a token in its container is
+        return path
 
 
 def _local_path(value: str, folders: dict[str, Path]) -> str:

@@ -27,7 +27,7 @@ def readme_environment_table() -> str:
 def pod_environment(pod: dict[str, Any], secret: str = "sk-test") -> dict[str, str]:
     """The environment the kubelet would give the agent container: fieldRefs and the API key
     Secret resolved."""
-    [container] = pod["spec"]["containers"]
+    container, _tools = pod["spec"]["containers"]
     fields = {"metadata.namespace": pod["metadata"]["namespace"], "metadata.name": pod["metadata"]["name"]}
     env = {}
     for var in container["env"]:

@@ -13,6 +13,12 @@ from enum import IntEnum, StrEnum
 COMMAND = "overseer-agent"
 """The agent image's entry point."""
 
+TOOLS_COMMAND = "overseer-tools"
+"""The entry point of the goal pod's tools container (same image): it runs the tools' processes."""
+
+TOOLS_SOCKET = "/run/overseer-tools/tools.sock"
+"""Where the tools container listens; its folder is an emptyDir both containers mount."""
+
 WORKSPACE = "/workspace"
 """Where the goal's workspace volume is mounted; the container's working directory."""
 
@@ -21,13 +27,15 @@ AGENT_UID = 65532
 
 
 class Env(StrEnum):
-    """The environment of a goal pod's agent container."""
+    """The environment of a goal pod's containers (the tools container gets only WORKSPACE and
+    TOOLS_SOCKET)."""
 
     # who it is
     GOAL_NAME = "OVERSEER_GOAL_NAME"
     GOAL_NAMESPACE = "OVERSEER_GOAL_NAMESPACE"
     AGENT_NAME = "OVERSEER_AGENT_NAME"
     WORKSPACE = "OVERSEER_WORKSPACE"
+    TOOLS_SOCKET = "OVERSEER_TOOLS_SOCKET"
     # read by the anthropic SDK itself
     ANTHROPIC_API_KEY = "ANTHROPIC_API_KEY"
     ANTHROPIC_BASE_URL = "ANTHROPIC_BASE_URL"

@@ -21,6 +21,9 @@ class AgentSettings(BaseSettings):
     goal_namespace: str = Field(validation_alias=Env.GOAL_NAMESPACE.value)
     agent_name: str = Field(validation_alias=Env.AGENT_NAME.value)
     workspace: Path = Field(default=Path(WORKSPACE), validation_alias=Env.WORKSPACE.value)
+    tools_socket: Path | None = Field(default=None, validation_alias=Env.TOOLS_SOCKET.value)
+    """The tools container's socket: bash, command Capabilities and script tools run there, out of
+    reach of this container's token and credentials. Unset: they run in this process's container."""
     database_url: str | None = Field(default=None, validation_alias=Env.DATABASE_URL.value)
     """PostgreSQL knowledge base (checkpoints, experiences, lessons); without it the agent keeps
     checkpoints in the workspace only."""

@@ -90,7 +90,8 @@ async def run(settings: AgentSettings) -> int:
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
         todos = TodoList()
-        ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), extras={"todos": todos})
+        ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), tools_socket=settings.tools_socket,
+                          extras={"todos": todos})
         registry = default_registry(todos)
         for cap in capabilities:
             registry.register(capability_tool(cap))

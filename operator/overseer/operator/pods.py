@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from overseer.api import Agent, Goal, gateway
-from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env
+from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
@@ -15,6 +15,17 @@ from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
 from .redis_secret import SECRET_KEY as REDIS_SECRET_KEY
 from .redis_secret import SECRET_NAME as REDIS_SECRET
 from .settings import Settings
+
+
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where in-cluster clients look for the ServiceAccount token, CA and namespace."""
+
+API_TOKEN_VOLUME: dict[str, Any] = {"name": "api-token", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+]}}
+"""What the kubelet's automount would give, as a volume only the agent container mounts."""
 
 
 def pod_name(goal_name: str, attempt: int) -> str:
@@ -38,9 +49,15 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.AGENT_NAME, "value": agent.name},
         {"name": Env.WORKSPACE, "value": WORKSPACE},
+        {"name": Env.TOOLS_SOCKET, "value": TOOLS_SOCKET},
     ]
-    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
+                                     {"name": "tools-tmp", "emptyDir": {}}, {"name": "tools-socket", "emptyDir": {}},
+                                     API_TOKEN_VOLUME]
+    socket_mount = {"name": "tools-socket", "mountPath": TOOLS_SOCKET.rsplit("/", 1)[0]}
+    mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"},
+                                    socket_mount, {"name": API_TOKEN_VOLUME["name"], "mountPath": API_TOKEN_DIR,
+                                                   "readOnly": True}]
     if settings.gateway_url:
         # The key stays with the gateway; the pod proves who it is with a token bound to itself.
         env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},
@@ -68,6 +85,24 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         if value is not None:
             env.append({"name": name, "value": str(value)})
     resources = agent.spec.resources.to_api()
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    # Where bash, command Capabilities and script tools run: the workspace and the socket are all
+    # it shares with the agent container; no token, no credentials in its environment.
+    tools = {
+        "name": "tools",
+        "image": agent.spec.image or settings.agent_image,
+        "command": [TOOLS_COMMAND],
+        "env": [{"name": Env.WORKSPACE, "value": WORKSPACE}, {"name": Env.TOOLS_SOCKET, "value": TOOLS_SOCKET}],
+        "workingDir": WORKSPACE,
+        "securityContext": security,
+        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tools-tmp", "mountPath": "/tmp"},
+                         socket_mount],
+    }
     container = {
         "name": "agent",
         "image": agent.spec.image or settings.agent_image,
@@ -75,16 +110,11 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         "env": env,
         "workingDir": WORKSPACE,
         "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": security,
         "volumeMounts": mounts,
     }
     if resources:
-        container["resources"] = resources
+        container["resources"] = tools["resources"] = resources
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -99,6 +129,8 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         },
         "spec": {
             "serviceAccountName": child_name(agent.name),
+            # The token is mounted into the agent container alone (API_TOKEN_VOLUME), never the tools'.
+            "automountServiceAccountToken": False,
             "restartPolicy": "Never",
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
@@ -106,7 +138,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
                 "runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID, "fsGroup": AGENT_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [container],
+            "containers": [container, tools],
             "volumes": volumes,
         },
     }

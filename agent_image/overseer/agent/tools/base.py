@@ -66,7 +66,10 @@ class ToolContext:
     output_limit: int = 30_000
     """Characters of output returned to the model per call."""
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    """Environment of subprocesses."""
+    """Environment of subprocesses run here (without tools_socket)."""
+    tools_socket: Path | None = None
+    """The goal pod's tools container (shell.sandbox): where subprocesses run, with that
+    container's environment, out of reach of the agent's token and credentials."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Free room for tools added later."""
 
