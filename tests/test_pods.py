@@ -282,3 +282,21 @@ def test_tools_run_in_a_container_without_the_token_or_the_agents_credentials(ma
     socket = {m["mountPath"] for m in tools["volumeMounts"] if m["name"] == "tools-socket"}
     assert socket == {m["mountPath"] for m in agent["volumeMounts"] if m["name"] == "tools-socket"}
     assert env_of(pod)["OVERSEER_TOOLS_SOCKET"]["value"].startswith(socket.pop() + "/")
+
+
+def test_a_command_capabilitys_credential_reaches_the_agent_container_by_secret_reference(
+        make_goal, make_agent, settings):
+    from overseer.api import Capability
+    from overseer.contract import capability_env
+
+    deploy = Capability.model_validate({
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Capability", "metadata": {"name": "deploy", "namespace": "team-a"},
+        "spec": {"description": "Deploy", "command": {"run": ["deploy"], "env": [
+            {"name": "DEPLOY_TOKEN", "secretKeyRef": {"name": "deploy-creds", "key": "token"}}]}}})
+
+    pod = render_pod(make_goal(), make_agent(capabilities=["deploy"]), 1, settings, [deploy])
+
+    var = capability_env("deploy", "DEPLOY_TOKEN")
+    assert env_of(pod)[var] == {"name": var, "valueFrom": {
+        "secretKeyRef": {"name": "deploy-creds", "key": "token", "optional": True}}}
+    assert var not in {e["name"] for e in pod["spec"]["containers"][1]["env"]}

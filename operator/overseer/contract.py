@@ -8,6 +8,7 @@ agent's environment is checked against `Env` by tests/test_contract.py.
 
 from __future__ import annotations
 
+import hashlib
 from enum import IntEnum, StrEnum
 
 COMMAND = "overseer-agent"
@@ -52,6 +53,15 @@ class Env(StrEnum):
     CONTEXT_TOKENS = "OVERSEER_CONTEXT_TOKENS"
     COMPACT_AT = "OVERSEER_COMPACT_AT"
     MAX_SUBGOAL_DEPTH = "OVERSEER_MAX_SUBGOAL_DEPTH"
+
+
+CAPABILITY_ENV_PREFIX = "OVERSEER_CAPABILITY_"
+
+
+def capability_env(capability: str, variable: str) -> str:
+    """The agent container's variable holding a command Capability's credential `variable`
+    (spec.command.env); the agent hands it to that command alone."""
+    return f"{CAPABILITY_ENV_PREFIX}{hashlib.sha256(capability.encode()).hexdigest()[:12]}_{variable}"
 
 
 class ExitCode(IntEnum):

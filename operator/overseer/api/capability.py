@@ -6,9 +6,18 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn
+from .meta import ApiModel, Conditions, CustomResource, Duration, LabelSelector, PrinterColumn, SecretKeySelector
 
 Risk = Literal["low", "medium", "high"]
+
+
+class CommandEnvVar(ApiModel):
+    """An environment variable of the command, from a key of a Secret in the Capability's namespace."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Variable name, e.g. DEPLOY_TOKEN."""
+    secret_key_ref: SecretKeySelector
+    """The Secret key holding the value."""
 
 
 class CommandTool(ApiModel):
@@ -18,6 +27,9 @@ class CommandTool(ApiModel):
     """argv of the command, e.g. ["python", "-m", "pytest", "-q"]."""
     timeout: Duration = "5m"
     """How long one call may take."""
+    env: list[CommandEnvVar] = Field(default_factory=list)
+    """Credentials of this command only: set in its process and no other (not the bash tool's),
+    and never shown to the model."""
 
 
 class HttpTool(ApiModel):

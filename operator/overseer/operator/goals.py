@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
 from typing import Any
 
-from overseer.api import Agent, Goal, Phase, parse_duration, queue_key
+from overseer.api import Agent, Capability, Goal, Phase, parse_duration, queue_key
 from overseer.approvals import APPROVE, DENY, decision, record_decisions
 from overseer.contract import ExitCode
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
@@ -445,7 +445,10 @@ class GoalReconciler:
                               [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                               agent=agent_name, waitingFor=[])
             return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
-        pod = render_pod(goal, Agent.model_validate(agent_raw), attempt + 1, self.rt.settings)
+        agent = Agent.model_validate(agent_raw)
+        caps = [Capability.model_validate(c) for n in agent.spec.capabilities
+                if (c := self.rt.one("capabilities", (ns, n))) is not None]
+        pod = render_pod(goal, agent, attempt + 1, self.rt.settings, caps)
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent_name)].add(pod_name)
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
-from overseer.api import Agent, Goal, gateway
-from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env
+from overseer.api import Agent, Capability, Goal, gateway
+from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env, capability_env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
@@ -40,9 +41,10 @@ def pod_name(goal_name: str, attempt: int) -> str:
     return f"{prefix}-{digest}{suffix}"
 
 
-def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> dict[str, Any]:
+def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
+               capabilities: Sequence[Capability] = ()) -> dict[str, Any]:
     """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
-    the `restricted` Pod Security level."""
+    the `restricted` Pod Security level; `capabilities` are the Agent's, for their credentials."""
     model = agent.spec.model
     env: list[dict[str, Any]] = [
         {"name": Env.GOAL_NAME, "value": goal.name},
@@ -79,6 +81,11 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings) -> di
         # Written by the Agent's reconcile; optional, so without it the pod runs on local limits.
         env.append({"name": Env.REDIS_URL, "valueFrom": {"secretKeyRef": {
             "name": REDIS_SECRET, "key": REDIS_SECRET_KEY, "optional": True}}})
+    for cap in capabilities:
+        # Optional: a missing Secret fails that capability's calls with a clear error, not the pod.
+        for var in cap.spec.command.env if cap.spec.command else []:
+            env.append({"name": capability_env(cap.name, var.name), "valueFrom": {"secretKeyRef": {
+                "name": var.secret_key_ref.name, "key": var.secret_key_ref.key, "optional": True}}})
     for name, value in ((Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
                         (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):
