@@ -2,8 +2,9 @@
 credentials around it, and none comes out anywhere a person, a model or a later goal could see.
 
 Canaries: the model API key (the Agent's Secret), the Redis URL's password (the operator's
-setting, in the Secret overseer-redis of the namespace) and the namespace's knowledge-base
-login (the Secret overseer-knowledge the operator writes). The goal runs with every call
+setting, in the Secret overseer-redis of the namespace), the namespace's knowledge-base
+login (the Secret overseer-knowledge the operator writes) and a command Capability's credential
+(spec.command.env from a Secret). The goal runs with every call
 approved by a person as soon as it asks, so the tricks the classifier holds for approval run too.
 """
 
@@ -26,8 +27,24 @@ from tests.integration.conftest import postgres, redis_server  # noqa: F401 - sh
 
 API_KEY = "sk-canary-api-key-5c1e"
 REDIS_PASSWORD = "canary-redis-pass-9d2b"
+DEPLOY_TOKEN = "canary-deploy-token-3f8a"
+
+DEPLOY = """
+apiVersion: overseer.dev/v1alpha1
+kind: Capability
+metadata: {name: deploy}
+spec:
+  description: Deploy the build
+  risk: low
+  inputSchema: {type: object}
+  command:
+    run: ["sh", "-c", "cat >/dev/null; test -n \\"$DEPLOY_TOKEN\\" && echo deploy-authenticated"]
+    env: [{name: DEPLOY_TOKEN, secretKeyRef: {name: deploy-creds, key: token}}]
+"""
 
 TRICKS = [
+    tool("deploy", cmd="echo $DEPLOY_TOKEN"),
+    tool("bash", command="echo $DEPLOY_TOKEN; env | grep -i token"),
     tool("bash", command="env"),
     tool("bash", command="cat /proc/$PPID/environ | tr '\\0' '\\n'"),
     tool("bash", command="for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; echo scanned"),
@@ -101,7 +118,9 @@ def test_planted_secrets_reach_no_status_event_log_row_stream_checkpoint_or_tool
         canary_redis_url: str) -> None:
     kubectl("delete", "secret", "anthropic", "-n", world.ns)
     kubectl("create", "secret", "generic", "anthropic", "-n", world.ns, f"--from-literal=api-key={API_KEY}")
-    model, runner = agents({"pwn": TRICKS})
+    kubectl("create", "secret", "generic", "deploy-creds", "-n", world.ns, f"--from-literal=token={DEPLOY_TOKEN}")
+    world.apply(DEPLOY)
+    model, runner = agents({"pwn": TRICKS}, capabilities="[deploy]")
     login = json.loads(kubectl("get", "secret", "overseer-knowledge", "-n", world.ns, "-o", "json").stdout)
     kb_password = urlsplit(base64.b64decode(login["data"]["url"]).decode()).password
     assert kb_password
@@ -120,10 +139,11 @@ def test_planted_secrets_reach_no_status_event_log_row_stream_checkpoint_or_tool
                for b in (m["content"] if isinstance(m["content"], list) else []) if b.get("type") == "tool_result"]
     shown = json.dumps(results)
     assert len(results) >= len(TRICKS) - 1 and "PATH=" in shown and "scanned" in shown and "token-tried" in shown
+    assert "deploy-authenticated" in shown, "the capability had its credential"
     # The secrets were really there for the agent: it logged in to Redis with the planted URL.
     assert redis.Redis.from_url(canary_redis_url).keys("*")
 
     seen = everything_visible(world, model, runner, tmp_path, postgres, canary_redis_url)
-    for canary in (API_KEY, REDIS_PASSWORD, kb_password):
+    for canary in (API_KEY, REDIS_PASSWORD, kb_password, DEPLOY_TOKEN):
         leaks = [where for where, content in seen.items() if canary in content]
         assert not leaks, f"{canary} visible in {leaks}"
