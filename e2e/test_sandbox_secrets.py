@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 import pytest
 import redis
 
@@ -49,10 +50,11 @@ TRICKS = [
     tool("bash", command="cat /proc/$PPID/environ | tr '\\0' '\\n'"),
     tool("bash", command="for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; echo scanned"),
     tool("bash", command="cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo token-tried"),
-    tool("bash", command="ls -la ..; cat ../kubeconfig-* ../projected-*/* 2>&1 | head -50"),
-    tool("bash", command="ln -sfn .. up && ls up/ && cat up/kubeconfig-* 2>&1 | head -20"),
-    tool("read_file", path="../scenario.yaml"),
-    tool("read_file", path="up/requests.jsonl"),
+    # The harness keeps each pod's kubeconfig and tokens two folders up (the workdir of the test).
+    tool("bash", command="ls -la .. ../..; cat ../../kubeconfig-* ../../projected-*/* 2>&1 | head -50"),
+    tool("bash", command="ln -sfn ../.. up && ls up/; cat up/kubeconfig-* 2>&1 | head -20"),
+    tool("read_file", path="../../scenario.yaml"),
+    tool("read_file", path="up/scenario.yaml"),
     tool("list_directory", path="up"),
     tool("grep", pattern="canary", path="up"),
     tool("bash", command="python3 -c \"import os; print(sorted(os.environ))\""),
@@ -122,7 +124,7 @@ def test_planted_secrets_reach_no_status_event_log_row_stream_checkpoint_or_tool
     world.apply(DEPLOY)
     model, runner = agents({"pwn": TRICKS}, capabilities="[deploy]")
     login = json.loads(kubectl("get", "secret", "overseer-knowledge", "-n", world.ns, "-o", "json").stdout)
-    kb_password = urlsplit(base64.b64decode(login["data"]["url"]).decode()).password
+    kb_password = conninfo_to_dict(base64.b64decode(login["data"]["url"]).decode()).get("password")
     assert kb_password
     stop = threading.Event()
     approver = threading.Thread(target=approve_everything, args=(world, "pwn", stop), daemon=True)
