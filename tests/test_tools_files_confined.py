@@ -143,12 +143,17 @@ async def test_a_3_gib_file_is_read_by_range_only_and_without_loading_it(
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     whole = await call(tools, ctx, "read_file", path="huge.log")
     part = await call(tools, ctx, "read_file", path="huge.log", start_line=2, end_line=3)
+    started = time.monotonic()
+    into_the_hole = await call(tools, ctx, "read_file", path="huge.log", start_line=2999)
+    seconds = time.monotonic() - started
     grep = await call(tools, ctx, "grep", pattern="second")
     edit = await call(tools, ctx, "edit_file", path="huge.log", old_string="first", new_string="1st")
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert whole.is_error
     assert f"over the {files.READ_MAX_BYTES}-byte limit" in whole.content and "start_line and end_line" in whole.content
     assert part.content == "     2\tsecond\n     3\tthird"
+    assert into_the_hole.content.startswith("  2999\tsecond\n  3000\tthird\n")
+    assert "read on with start_line=3001" in into_the_hole.content and seconds < 5, seconds
     assert "No matches" in grep.content  # over grep's size limit: skipped
     assert edit.is_error and "limit of edit_file" in edit.content
     assert grown_kib < 200_000, f"reading grew the process by {grown_kib} KiB"

@@ -408,18 +408,22 @@ def _rewrite(fh: IO[bytes], text: str) -> None:
 
 
 def _stream_lines(fh: IO[bytes], start: int, end: int | None) -> Iterator[tuple[int, str]]:
-    """Lines start..end of a large file, read a line at a time; a line is cut at LINE_MAX_BYTES."""
+    """Lines start..end of a large file, read a line at a time; a line is cut at LINE_MAX_BYTES,
+    and skipping what is cut (or the lines before start) stops at the search deadline."""
+    deadline = time.monotonic() + SEARCH_SECONDS
     number = 0
     while end is None or number < end:
         raw = fh.readline(LINE_MAX_BYTES)
         if not raw:
             return
-        if not raw.endswith(b"\n"):
-            while (rest := fh.readline(LINE_MAX_BYTES)) and not rest.endswith(b"\n"):
-                pass
         number += 1
         if number >= start:
             yield number, raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+        rest = raw
+        while not rest.endswith(b"\n") and (rest := fh.readline(LINE_MAX_BYTES)):
+            if time.monotonic() > deadline:
+                raise ToolError(f"reading stopped after {SEARCH_SECONDS:g} s inside line {number}, which is "
+                                "too long to skip; look at the file with a bash command such as head -c instead")
 
 
 def _take(numbered: Iterable[tuple[int, str]], limit: int) -> tuple[list[str], int, bool]:
@@ -433,6 +437,8 @@ def _take(numbered: Iterable[tuple[int, str]], limit: int) -> tuple[list[str], i
         out.append(line[:limit])
         used += len(line) + 1
         last = number
+        if used >= limit:
+            return out, last, True  # full: reading on could mean skipping a huge line for nothing
     return out, last, False
 
 
