@@ -203,6 +203,7 @@ class AgentRunner:
         log = self.workdir / f"agent-{name}.log"
         exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
+            log.chmod(0o600)  # the agent container's output: not the tools container's to read
             # umask 0: what the agent's file tools create stays writable by the tools process's uid,
             # as files of one pod's uid are to both its containers.
             proc = subprocess.Popen([str(exe)], env=env, cwd=env["OVERSEER_WORKSPACE"], stdin=subprocess.DEVNULL,

@@ -53,6 +53,7 @@ TRICKS = [
     # The harness keeps each pod's kubeconfig and tokens two folders up (the workdir of the test).
     tool("bash", command="ls -la .. ../..; cat ../../kubeconfig-* ../../projected-*/* 2>&1 | head -50"),
     tool("bash", command="ln -sfn ../.. up && ls up/; cat up/kubeconfig-* 2>&1 | head -20"),
+    tool("bash", command="cat ../../kubeconfig-pwn-a1 ../../agent-pwn-a1.log 2>&1 | head -20"),  # names guessed
     tool("read_file", path="../../scenario.yaml"),
     tool("read_file", path="up/scenario.yaml"),
     tool("list_directory", path="up"),
@@ -142,6 +143,7 @@ def test_planted_secrets_reach_no_status_event_log_row_stream_checkpoint_or_tool
     shown = json.dumps(results)
     assert len(results) >= len(TRICKS) - 1 and "PATH=" in shown and "scanned" in shown and "token-tried" in shown
     assert "deploy-authenticated" in shown, "the capability had its credential"
+    assert "kubeconfig-pwn-a1: Permission denied" in shown and "agent-pwn-a1.log: Permission denied" in shown
     # The secrets were really there for the agent: it logged in to Redis with the planted URL.
     assert redis.Redis.from_url(canary_redis_url).keys("*")
 
