@@ -10,6 +10,12 @@ PersistentVolume whose hostPath is a local folder named by the claim (the contro
 binds them; a claim naming a StorageClass stays Pending, as on a cluster without that class).
 A claim's folder outlives its pods; an emptyDir is a fresh folder per pod and volume, deleted
 when the pod is. Read-only mounts are not enforced: the process runs as the test's user.
+
+A pod with a `tools` container gets that container as a second local process, as a cluster
+would run it: only its own environment, no token or kubeconfig, and (when the harness runs as
+root) another uid, so the agent process's /proc/<pid>/environ and its credential files are
+unreadable to it, as another container's would be. The agent reaches it through the socket in a
+folder that stands for the shared emptyDir.
 """
 
 from __future__ import annotations
@@ -32,6 +38,45 @@ import yaml
 from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, free_port, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
+TOOLS_UID = 65532  # the image's non-root user; the harness's agent process runs as another (root)
+
+
+def start_tools_process(exe: Path, env: dict[str, str], workspace: Path, socket: Path,
+                        log: Path) -> subprocess.Popen[bytes]:
+    """`overseer-tools` as a goal pod's tools container: env is all it gets; as root, it runs as
+    TOOLS_UID with no supplementary groups. Returns once its socket answers."""
+    socket.unlink(missing_ok=True)
+    as_other_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        as_other_user = {"user": TOOLS_UID, "group": TOOLS_UID, "extra_groups": []}
+        # The image's Python is where this one is: reachable by the image's user (a Python under
+        # /root, as pyenv puts it, is not by default).
+        _reachable_by_others(Path(sys.base_prefix) / "bin")
+        _reachable_by_others(workspace)
+        workspace.chmod(0o777)
+        os.chown(socket.parent, TOOLS_UID, TOOLS_UID)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(exe), "--socket", str(socket), "--workspace", str(workspace)], env=env,
+                                cwd=str(workspace), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                **as_other_user)
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"overseer-tools did not start; log:\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _reachable_by_others(folder: Path) -> None:
+    """Let other users pass through (not list) the folders above `folder`, as a volume's mount
+    point is reachable from both containers."""
+    for parent in folder.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
 
 
 @dataclass
@@ -43,6 +88,12 @@ class AgentProcess:
     port: int = 0  # of its /healthz and /metrics on loopback (0: none)
     empty_dirs: list[Path] = field(default_factory=list)
     killed: bool = False
+    tools: subprocess.Popen[bytes] | None = None  # the pod's tools container, if it has one
+
+    def end_tools(self) -> None:
+        if self.tools is not None and self.tools.poll() is None:
+            self.tools.kill()
+            self.tools.wait(timeout=10)
 
 
 @dataclass
@@ -79,6 +130,7 @@ class AgentRunner:
                 if p.proc.poll() is None:
                     p.proc.kill()
                     p.proc.wait(timeout=10)
+                p.end_tools()
 
     def kill(self, pod: str) -> None:
         """SIGKILL the agent process of pod, as if its container crashed."""
@@ -120,6 +172,7 @@ class AgentRunner:
                 if name not in present:
                     self._pod_gone(p)
                 if code is not None:
+                    p.end_tools()
                     self.finished.setdefault(name, code if code >= 0 else 128 - code)
                     if name in present and name not in self.reported:
                         self._report_exit(name, self.finished[name])  # retried next tick if it fails
@@ -136,6 +189,7 @@ class AgentRunner:
         if p.proc.poll() is None:
             p.proc.kill()  # the pod is gone: so is its container, and its emptyDir volumes
             p.proc.wait(timeout=10)
+        p.end_tools()
         for folder in p.empty_dirs:
             shutil.rmtree(folder, ignore_errors=True)
         p.empty_dirs.clear()
@@ -173,9 +227,11 @@ class AgentRunner:
     def _launch(self, pod: Any) -> None:
         name = pod.metadata.name
         goal = pod.metadata.labels[LABEL_GOAL]
-        container = pod.spec.containers[0]
+        containers = {c.name: c for c in pod.spec.containers}
+        container = containers.get("agent", pod.spec.containers[0])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}
         folders = {**self._projected_tokens(pod, container), **self._volumes(pod, container)}
+        tools = self._launch_tools(pod, containers["tools"]) if "tools" in containers else None
         for var in container.env or []:
             value = self._value(pod, var)
             if value is not None:
@@ -189,11 +245,28 @@ class AgentRunner:
         log = self.workdir / f"agent-{name}.log"
         exe = self.executable or Path(sys.executable).parent / "overseer-agent"
         with open(log, "ab") as out:
+            log.chmod(0o600)  # the agent container's output: not the tools container's to read
+            # umask 0: what the agent's file tools create stays writable by the tools process's uid,
+            # as files of one pod's uid are to both its containers.
             proc = subprocess.Popen([str(exe)], env=env, cwd=_local_path(container.working_dir or "/", folders),
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    umask=0 if tools is not None else -1)
         empty = [folder for folder in folders.values() if folder.is_relative_to(self.workdir / "emptydirs")]
         with self._lock:
-            self.processes[name] = AgentProcess(name, goal, proc, log, port, empty)
+            self.processes[name] = AgentProcess(name, goal, proc, log, port, empty, tools=tools)
+
+    def _launch_tools(self, pod: Any, container: Any) -> subprocess.Popen[bytes]:
+        """The tools container: its own env (nothing of the harness's but PATH and the locale) and
+        its own mounts (the workspace, the socket's emptyDir shared with the agent container)."""
+        folders = self._volumes(pod, container)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        for var in container.env or []:
+            value = self._value(pod, var)
+            if value is not None:
+                env[var.name] = _local_path(value, folders)
+        exe = (self.executable or Path(sys.executable).parent / "overseer-agent").parent / "overseer-tools"
+        return start_tools_process(exe, env, Path(env["OVERSEER_WORKSPACE"]), Path(env["OVERSEER_TOOLS_SOCKET"]),
+                                   self.workdir / f"tools-{pod.metadata.name}.log")
 
     def _value(self, pod: Any, var: Any) -> str | None:
         """What the kubelet would set the variable to; None where it leaves it out (an optional
@@ -270,15 +343,20 @@ class AgentRunner:
             folder = self.workdir / f"projected-{pod.metadata.name}-{mount.name}"
             folder.mkdir(parents=True, exist_ok=True)
             for token in sources:
-                (folder / token.path).write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+                file = folder / token.path
+                file.write_text(self._token(pod, [token.audience], token.expiration_seconds or 3600))
+                file.chmod(0o600)
             folders[mount.mount_path] = folder
         return folders
 
     def _kubeconfig(self, pod: Any) -> Path:
         """A kubeconfig with a token of the pod's ServiceAccount, bound to the pod (it stops working
         when the pod is deleted), for the loopback API URL."""
-        return service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace, pod.spec.service_account_name,
-                                          self.workdir / f"kubeconfig-{pod.metadata.name}", pod=pod)
+        path = service_account_kubeconfig(self.k8s, self.cluster, pod.metadata.namespace,
+                                          pod.spec.service_account_name, self.workdir / f"kubeconfig-{pod.metadata.name}",
+                                          pod=pod)
+        path.chmod(0o600)  # the agent's own, as a token in its container is
+        return path
 
 
 def _local_path(value: str, folders: dict[str, Path]) -> str:

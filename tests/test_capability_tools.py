@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from overseer.agent.capability_tools import capability_tool
@@ -140,3 +141,30 @@ async def test_http_capability_gives_up_after_its_timeout(tmp_path: Path) -> Non
     finally:
         await runner.cleanup()
     assert result.is_error and "did not answer within 1s" in result.content
+
+
+async def test_a_command_capabilitys_credential_reaches_that_command_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from overseer.agent.main import _tool_env
+    from overseer.agent.tools import BashTool
+    from overseer.contract import capability_env
+
+    deploy = cap("deploy", command={"run": ["sh", "-c", 'echo "token=$DEPLOY_TOKEN"'], "env": [
+        {"name": "DEPLOY_TOKEN", "secretKeyRef": {"name": "deploy-creds", "key": "token"}}]})
+    monkeypatch.setenv(capability_env("deploy", "DEPLOY_TOKEN"), "canary-deploy-4e1")  # as the kubelet sets it
+    registry = ToolRegistry([capability_tool(deploy), BashTool()])
+    settings = type("S", (), {"workspace": tmp_path})()
+    ctx = ToolContext(workspace=tmp_path, env=_tool_env(settings))  # type: ignore[arg-type]
+
+    used = await registry.run("deploy", {}, ctx)
+    env = await registry.run("bash", {"command": "env; echo DEPLOY_TOKEN=$DEPLOY_TOKEN"}, ctx)
+
+    assert "token=canary-deploy-4e1" in used.content
+    assert "canary-deploy-4e1" not in env.content
+
+
+async def test_a_missing_credential_secret_is_a_clear_error(tmp_path: Path) -> None:
+    deploy = cap("deploy", command={"run": ["true"], "env": [
+        {"name": "DEPLOY_TOKEN", "secretKeyRef": {"name": "deploy-creds", "key": "token"}}]})
+    result = await ToolRegistry([capability_tool(deploy)]).run("deploy", {}, ToolContext(workspace=tmp_path))
+    assert result.is_error and "spec.command.env DEPLOY_TOKEN" in result.content and "'deploy-creds'" in result.content

@@ -27,7 +27,7 @@ def readme_environment_table() -> str:
 def pod_environment(pod: dict[str, Any], secret: str = "sk-test") -> dict[str, str]:
     """The environment the kubelet would give the agent container: fieldRefs and the API key
     Secret resolved."""
-    [container] = pod["spec"]["containers"]
+    container, _tools = pod["spec"]["containers"]
     fields = {"metadata.namespace": pod["metadata"]["namespace"], "metadata.name": pod["metadata"]["name"]}
     env = {}
     for var in container["env"]:
@@ -77,7 +77,7 @@ def test_the_agent_reads_what_the_operator_renders(make_goal, make_agent, clean_
 
     assert (read.goal_name, read.goal_namespace, read.agent_name) == ("fix-ci", pod["metadata"]["namespace"], "coder")
     assert str(read.workspace) == pod["spec"]["containers"][0]["workingDir"]
-    assert read.redis_url == "redis://r:6379/0"  # the database login comes from a Secret (secretKeyRef)
+    assert read.redis_url == "sk-test"  # Redis and the database login come from Secrets (secretKeyRef)
     assert (read.requests_per_minute, read.tokens_per_minute, read.health_port) == (50, 40_000, 9100)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 
 from overseer.contract import secret_env
 from overseer.operator.pods import pod_name, render_pod
+from overseer.operator.redis_secret import render_secret
 
 # Volume types the `restricted` Pod Security level allows.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
@@ -22,7 +25,7 @@ def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    [container] = pod["spec"]["containers"]
+    container, _tools = pod["spec"]["containers"]
     return {e["name"]: e for e in container["env"]}
 
 
@@ -64,7 +67,7 @@ def test_pod_runs_as_non_root_with_the_runtime_default_seccomp_profile(make_goal
 
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    [container] = pod["spec"]["containers"]
+    container, _tools = pod["spec"]["containers"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
@@ -150,6 +153,19 @@ def test_the_knowledge_base_login_comes_from_the_namespaces_secret_never_as_a_va
     assert not any("s3cret" in str(e) or "db.overseer-system" in str(e) for e in env.values())
 
 
+def test_the_redis_url_comes_from_the_namespaces_secret_never_as_a_value(make_goal, make_agent, settings):
+    settings.agent_redis_url = "redis://:r3dis-pass@redis.overseer-system:6379/0"
+
+    pod = render_pod(make_goal(), make_agent(), 1, settings)
+
+    assert env_of(pod)["OVERSEER_REDIS_URL"] == {"name": "OVERSEER_REDIS_URL", "valueFrom": {
+        "secretKeyRef": {"name": "overseer-redis", "key": "url", "optional": True}}}
+    assert "r3dis-pass" not in json.dumps(pod)
+    secret = render_secret("team-a", settings.agent_redis_url)
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("overseer-redis", "team-a")
+    assert base64.b64decode(secret["data"]["url"]).decode() == settings.agent_redis_url
+
+
 def test_no_knowledge_base_means_no_database_in_the_pod(make_goal, make_agent, settings):
     assert "OVERSEER_DATABASE_URL" not in env_of(render_pod(make_goal(), make_agent(), 1, settings))
 
@@ -186,7 +202,7 @@ def test_with_a_gateway_the_pod_gets_a_token_bound_to_itself_and_no_api_key(make
 
 
 def test_pod_uses_the_operators_agent_image_by_default(make_goal, make_agent, settings):
-    [container] = render_pod(make_goal(), make_agent(), 1, settings)["spec"]["containers"]
+    container, _tools = render_pod(make_goal(), make_agent(), 1, settings)["spec"]["containers"]
 
     assert container["image"] == settings.agent_image
 
@@ -194,7 +210,7 @@ def test_pod_uses_the_operators_agent_image_by_default(make_goal, make_agent, se
 def test_agent_image_overrides_the_operators_default(make_goal, make_agent, settings):
     agent = make_agent(image="registry.example.com/team-a/agent:2.0")
 
-    [container] = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
+    container, _tools = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
 
     assert container["image"] == "registry.example.com/team-a/agent:2.0"
 
@@ -202,7 +218,7 @@ def test_agent_image_overrides_the_operators_default(make_goal, make_agent, sett
 def test_pod_gets_the_agents_resources(make_goal, make_agent, settings):
     agent = make_agent(resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}})
 
-    [container] = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
+    container, _tools = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
 
     assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
                                       "limits": {"cpu": 1, "memory": "1Gi"}}
@@ -259,3 +275,44 @@ def test_pod_name_is_valid_where_the_goal_name_is_cut(cut):
 
     assert len(name) <= 63
     assert DNS_SUBDOMAIN.match(name), name
+
+
+def test_tools_run_in_a_container_without_the_token_or_the_agents_credentials(make_goal, make_agent, settings):
+    settings.knowledge_admin_url = "postgresql://admin:s3cret@db:5432/overseer"
+    settings.agent_redis_url = "redis://:r3dis@redis:6379/0"
+
+    pod = render_pod(make_goal(), make_agent(), 1, settings)
+
+    agent, tools = pod["spec"]["containers"]
+    assert (tools["name"], tools["command"]) == ("tools", ["overseer-tools"])
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert not pod["spec"].get("shareProcessNamespace")
+    assert {e["name"] for e in tools["env"]} == {"OVERSEER_WORKSPACE", "OVERSEER_TOOLS_SOCKET"}
+    assert all("value" in e for e in tools["env"])
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    tool_volumes = {m["name"] for m in tools["volumeMounts"]}
+    assert tool_volumes == {"workspace", "tools-tmp", "tools-socket"}
+    assert not any("secret" in volumes[name] or "projected" in volumes[name] for name in tool_volumes)
+    [token] = [m for m in agent["volumeMounts"] if m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"]
+    assert "serviceAccountToken" in str(volumes[token["name"]])
+    socket = {m["mountPath"] for m in tools["volumeMounts"] if m["name"] == "tools-socket"}
+    assert socket == {m["mountPath"] for m in agent["volumeMounts"] if m["name"] == "tools-socket"}
+    assert env_of(pod)["OVERSEER_TOOLS_SOCKET"]["value"].startswith(socket.pop() + "/")
+
+
+def test_a_command_capabilitys_credential_reaches_the_agent_container_by_secret_reference(
+        make_goal, make_agent, settings):
+    from overseer.api import Capability
+    from overseer.contract import capability_env
+
+    deploy = Capability.model_validate({
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Capability", "metadata": {"name": "deploy", "namespace": "team-a"},
+        "spec": {"description": "Deploy", "command": {"run": ["deploy"], "env": [
+            {"name": "DEPLOY_TOKEN", "secretKeyRef": {"name": "deploy-creds", "key": "token"}}]}}})
+
+    pod = render_pod(make_goal(), make_agent(capabilities=["deploy"]), 1, settings, [deploy])
+
+    var = capability_env("deploy", "DEPLOY_TOKEN")
+    assert env_of(pod)[var] == {"name": var, "valueFrom": {
+        "secretKeyRef": {"name": "deploy-creds", "key": "token", "optional": True}}}
+    assert var not in {e["name"] for e in pod["spec"]["containers"][1]["env"]}

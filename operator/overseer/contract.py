@@ -14,6 +14,12 @@ from enum import IntEnum, StrEnum
 COMMAND = "overseer-agent"
 """The agent image's entry point."""
 
+TOOLS_COMMAND = "overseer-tools"
+"""The entry point of the goal pod's tools container (same image): it runs the tools' processes."""
+
+TOOLS_SOCKET = "/run/overseer-tools/tools.sock"
+"""Where the tools container listens; its folder is an emptyDir both containers mount."""
+
 WORKSPACE = "/workspace"
 """Where the goal's workspace volume is mounted; the container's working directory."""
 
@@ -36,7 +42,8 @@ TOOL_NAME_MAX = 64
 
 
 class Env(StrEnum):
-    """The environment of a goal pod's agent container."""
+    """The environment of a goal pod's containers (the tools container gets only WORKSPACE and
+    TOOLS_SOCKET)."""
 
     # who it is
     GOAL_NAME = "OVERSEER_GOAL_NAME"
@@ -48,6 +55,7 @@ class Env(StrEnum):
     # spec.workspaceFrom: where the dependency's files are mounted, and Copy or ReadOnly
     WORKSPACE_FROM = "OVERSEER_WORKSPACE_FROM"
     WORKSPACE_FROM_MODE = "OVERSEER_WORKSPACE_FROM_MODE"
+    TOOLS_SOCKET = "OVERSEER_TOOLS_SOCKET"
     # read by the anthropic SDK itself
     ANTHROPIC_API_KEY = "ANTHROPIC_API_KEY"
     ANTHROPIC_BASE_URL = "ANTHROPIC_BASE_URL"
@@ -73,6 +81,15 @@ def secret_env(secret: str, key: str) -> str:
     """The variable through which the agent container gets one key of a Secret that a Capability's
     header names (secretKeyRef). Its OVERSEER_ prefix keeps it out of the tools' environment."""
     return SECRET_ENV_PREFIX + hashlib.sha256(f"{secret}/{key}".encode()).hexdigest()[:16].upper()
+
+
+CAPABILITY_ENV_PREFIX = "OVERSEER_CAPABILITY_"
+
+
+def capability_env(capability: str, variable: str) -> str:
+    """The agent container's variable holding a command Capability's credential `variable`
+    (spec.command.env); the agent hands it to that command alone."""
+    return f"{CAPABILITY_ENV_PREFIX}{hashlib.sha256(capability.encode()).hexdigest()[:12]}_{variable}"
 
 
 class ExitCode(IntEnum):

@@ -14,7 +14,7 @@ import aiohttp
 
 from overseer.api import Capability, parse_duration
 from overseer.api.capability import Header
-from overseer.contract import secret_env
+from overseer.contract import capability_env, secret_env
 
 from .capability_stats import CallStats
 from .tools.base import Tool, ToolContext, ToolError, ToolResult
@@ -49,11 +49,27 @@ class CommandCapability(CapabilityTool):
         assert self.cap.spec.command is not None
         argv = self.cap.spec.command.run
         outcome = await run_process(argv, cwd=ctx.workspace, env=ctx.env, timeout=self._timeout("5m"),
-                                    output_limit=ctx.output_limit, input=json.dumps(dict(input)).encode())
+                                    output_limit=ctx.output_limit, input=json.dumps(dict(input)).encode(),
+                                    sandbox=ctx.tools_socket, extra_env=self.credentials())
         if outcome.timed_out:
             return ToolResult(f"{' '.join(argv)} timed out", is_error=True, summary=f"{self.name}: timed out")
         return ToolResult(f"exit code {outcome.exit_code}\n{outcome.output}", is_error=outcome.exit_code != 0,
                           summary=f"{self.name}: exit {outcome.exit_code}")
+
+    def credentials(self) -> dict[str, str]:
+        """spec.command.env, from the agent container's environment (the kubelet resolved the
+        Secrets): for this command's process only."""
+        assert self.cap.spec.command is not None
+        values = {}
+        for var in self.cap.spec.command.env:
+            value = os.environ.get(capability_env(self.cap.name, var.name))
+            if value is None:
+                ref = var.secret_key_ref
+                raise ToolError(f"Capability {self.cap.name}: spec.command.env {var.name} is not set: Secret "
+                                f"{ref.name!r} or its key {ref.key!r} is missing in the namespace; ask for it to be "
+                                "created")
+            values[var.name] = value
+        return values
 
 
 class HttpCapability(CapabilityTool):

@@ -27,6 +27,9 @@ class AgentSettings(BaseSettings):
     """A dependency's workspace, mounted read-only (spec.workspaceFrom)."""
     workspace_from_mode: str | None = Field(default=None, validation_alias=Env.WORKSPACE_FROM_MODE.value)
     """Copy (into the workspace, once) or ReadOnly."""
+    tools_socket: Path | None = Field(default=None, validation_alias=Env.TOOLS_SOCKET.value)
+    """The tools container's socket: bash, command Capabilities and script tools run there, out of
+    reach of this container's token and credentials. Unset: they run in this process's container."""
     database_url: str | None = Field(default=None, validation_alias=Env.DATABASE_URL.value)
     """PostgreSQL knowledge base (checkpoints, experiences, lessons); without it the agent keeps
     checkpoints in the workspace only."""

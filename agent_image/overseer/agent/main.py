@@ -133,6 +133,7 @@ async def run(settings: AgentSettings) -> int:
         settings.workspace.mkdir(parents=True, exist_ok=True)
         todos = TodoList()
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), code_execution=agent.spec.code_execution,
+                          tools_socket=settings.tools_socket,
                           extras={"todos": todos})
         registry = default_registry(todos)
         stats = CallStats(lambda entries: link.report(capabilityCalls=entries))

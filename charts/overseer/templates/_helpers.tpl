@@ -88,7 +88,8 @@ create events.k8s.io Events although it never does.
   verbs: [list, watch, create]
 # An Agent's API key Secret is checked, never watched or listed. The knowledge-base login of a
 # namespace (Secret overseer-knowledge, read by its goal pods) is created on first need and
-# patched only when the operator had to give that login a new password.
+# patched only when the operator had to give that login a new password; the Redis URL of goal
+# pods (Secret overseer-redis) is applied once per namespace that has an Agent.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -97,7 +98,7 @@ create events.k8s.io Events although it never does.
   verbs: [create]                      # create cannot be limited to a name
 - apiGroups: [""]
   resources: [secrets]
-  resourceNames: [overseer-knowledge]
+  resourceNames: [overseer-knowledge, overseer-redis]
   verbs: [patch]
 # Events on every transition.
 - apiGroups: ["", events.k8s.io]

@@ -32,6 +32,15 @@ class Header(ApiModel):
     """Secret (same namespace) and key holding the value, e.g. "Bearer ..." for Authorization."""
 
 
+class CommandEnvVar(ApiModel):
+    """An environment variable of the command, from a key of a Secret in the Capability's namespace."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Variable name, e.g. DEPLOY_TOKEN."""
+    secret_key_ref: SecretKeySelector
+    """The Secret key holding the value."""
+
+
 class CommandTool(ApiModel):
     """A command run inside the goal's pod, with the call's input as JSON on stdin."""
 
@@ -40,6 +49,9 @@ class CommandTool(ApiModel):
     """argv of the command, e.g. ["python", "-m", "pytest", "-q"]."""
     timeout: Duration = "5m"
     """How long one call may take."""
+    env: list[CommandEnvVar] = Field(default_factory=list)
+    """Credentials of this command only: set in its process and no other (not the bash tool's),
+    and never shown to the model."""
 
 
 class HttpTool(ApiModel):

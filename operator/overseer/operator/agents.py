@@ -129,6 +129,8 @@ class AgentReconciler:
         self._secrets_found.clear()
         if self.rt.knowledge is not None:
             self.rt.knowledge.forget()
+        if self.rt.redis is not None:
+            self.rt.redis.forget()
 
     async def check_secret(self, agent: Agent) -> tuple[bool, str, str]:
         """Whether the API key Secret is there. A found one is trusted for secret_recheck_seconds:
@@ -208,6 +210,8 @@ class AgentReconciler:
         if not secret_ok:
             requeue = self.rt.settings.secret_recheck_seconds  # secrets are not watched, only read
 
+        if self.rt.redis is not None:
+            await self.rt.redis.ensure(ns)  # before any goal pod of this namespace needs it
         if self.rt.knowledge is not None:
             access = await self.rt.knowledge.ensure(ns)
             if access.ready:

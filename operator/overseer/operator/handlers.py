@@ -19,6 +19,7 @@ from .controller import Operator
 from .events import EventRecorder
 from .health import Probes
 from .knowledge_tenants import KnowledgeTenants
+from .redis_secret import RedisSecrets
 from .leader import LeaderElection
 from .metrics import CACHE, LEADER
 from .runtime import Runtime
@@ -43,7 +44,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
     kube = Kube(login, "overseer-operator", pool_size=max(8, config.workers * 2))
     knowledge = (KnowledgeTenants(config.knowledge_admin_url, kube, recheck_seconds=config.secret_recheck_seconds)
                  if config.knowledge_admin_url else None)
-    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge)
+    redis = RedisSecrets(kube, config.agent_redis_url) if config.agent_redis_url else None
+    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge, redis=redis)
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])

@@ -7,14 +7,27 @@ from collections.abc import Iterable
 from typing import Any
 
 from overseer.api import Agent, Capability, Goal, gateway
-from overseer.contract import AGENT_UID, COMMAND, WORKSPACE, Env, secret_env
+from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env, capability_env, secret_env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
 from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
 from .knowledge_tenants import SECRET_NAME as KNOWLEDGE_SECRET
+from .redis_secret import SECRET_KEY as REDIS_SECRET_KEY
+from .redis_secret import SECRET_NAME as REDIS_SECRET
 from .settings import Settings
 from .workspace import render_volumes
+
+
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where in-cluster clients look for the ServiceAccount token, CA and namespace."""
+
+API_TOKEN_VOLUME: dict[str, Any] = {"name": "api-token", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+]}}
+"""What the kubelet's automount would give, as a volume only the agent container mounts."""
 
 
 def pod_name(goal_name: str, attempt: int) -> str:
@@ -46,17 +59,24 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
                capabilities: Iterable[Capability] = (), source_claim: str | None = None) -> dict[str, Any]:
     """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
     the `restricted` Pod Security level; `capabilities` (the agent's, with what they require)
-    bring the Secrets their headers name; source_claim: the dependency's claim of spec.workspaceFrom."""
+    bring the Secrets their headers and command env name; source_claim: the dependency's claim of spec.workspaceFrom."""
     model = agent.spec.model
+    capabilities = list(capabilities)
     workspace_volumes, workspace_mounts, workspace_env = render_volumes(goal, agent, source_claim)
     env: list[dict[str, Any]] = [
         {"name": Env.GOAL_NAME, "value": goal.name},
         {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.AGENT_NAME, "value": agent.name},
         *workspace_env,
+        {"name": Env.TOOLS_SOCKET, "value": TOOLS_SOCKET},
     ]
-    volumes: list[dict[str, Any]] = [*workspace_volumes, {"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [*workspace_mounts, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [*workspace_volumes, {"name": "tmp", "emptyDir": {}},
+                                     {"name": "tools-tmp", "emptyDir": {}}, {"name": "tools-socket", "emptyDir": {}},
+                                     API_TOKEN_VOLUME]
+    socket_mount = {"name": "tools-socket", "mountPath": TOOLS_SOCKET.rsplit("/", 1)[0]}
+    mounts: list[dict[str, Any]] = [*workspace_mounts, {"name": "tmp", "mountPath": "/tmp"},
+                                    socket_mount, {"name": API_TOKEN_VOLUME["name"], "mountPath": API_TOKEN_DIR,
+                                                   "readOnly": True}]
     if settings.gateway_url:
         # The key stays with the gateway; the pod proves who it is with a token bound to itself.
         env += [{"name": Env.ANTHROPIC_BASE_URL, "value": settings.gateway_url},
@@ -74,14 +94,39 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
         # it runs without the knowledge base (the Agent's KnowledgeBase condition says why).
         env.append({"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
             "name": KNOWLEDGE_SECRET, "key": KNOWLEDGE_SECRET_KEY, "optional": True}}})
-    for name, value in ((Env.REDIS_URL, settings.agent_redis_url),
-                        (Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
+    if settings.agent_redis_url:
+        # Written by the Agent's reconcile; optional, so without it the pod runs on local limits.
+        env.append({"name": Env.REDIS_URL, "valueFrom": {"secretKeyRef": {
+            "name": REDIS_SECRET, "key": REDIS_SECRET_KEY, "optional": True}}})
+    for cap in capabilities:
+        # Optional: a missing Secret fails that capability's calls with a clear error, not the pod.
+        for var in cap.spec.command.env if cap.spec.command else []:
+            env.append({"name": capability_env(cap.name, var.name), "valueFrom": {"secretKeyRef": {
+                "name": var.secret_key_ref.name, "key": var.secret_key_ref.key, "optional": True}}})
+    for name, value in ((Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
                         (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
             env.append({"name": name, "value": str(value)})
     env += capability_secrets(capabilities)
     resources = agent.spec.resources.to_api()
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    # Where bash, command Capabilities and script tools run: the workspace and the socket are all
+    # it shares with the agent container; no token, no credentials in its environment.
+    tools = {
+        "name": "tools",
+        "image": agent.spec.image or settings.agent_image,
+        "command": [TOOLS_COMMAND],
+        "env": [{"name": Env.WORKSPACE, "value": WORKSPACE}, {"name": Env.TOOLS_SOCKET, "value": TOOLS_SOCKET}],
+        "workingDir": WORKSPACE,
+        "securityContext": security,
+        "volumeMounts": [*workspace_mounts, {"name": "tools-tmp", "mountPath": "/tmp"}, socket_mount],
+    }
     container = {
         "name": "agent",
         "image": agent.spec.image or settings.agent_image,
@@ -89,16 +134,11 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
         "env": env,
         "workingDir": WORKSPACE,
         "ports": [{"name": "metrics", "containerPort": settings.agent_metrics_port}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": security,
         "volumeMounts": mounts,
     }
     if resources:
-        container["resources"] = resources
+        container["resources"] = tools["resources"] = resources
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -113,6 +153,8 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
         },
         "spec": {
             "serviceAccountName": child_name(agent.name),
+            # The token is mounted into the agent container alone (API_TOKEN_VOLUME), never the tools'.
+            "automountServiceAccountToken": False,
             "restartPolicy": "Never",
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
@@ -120,7 +162,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
                 "runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID, "fsGroup": AGENT_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "containers": [container],
+            "containers": [container, tools],
             "volumes": volumes,
         },
     }

@@ -16,6 +16,7 @@ from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .knowledge_tenants import KnowledgeTenants
+from .redis_secret import RedisSecrets
 from .settings import Settings
 from .store import Indexer, Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
 from .workqueue import WorkQueue
@@ -120,6 +121,7 @@ class Runtime:
     settings: Settings
     events: EventRecorder
     knowledge: KnowledgeTenants | None = None  # with OVERSEER_KNOWLEDGE_ADMIN_URL
+    redis: RedisSecrets | None = None  # with OVERSEER_AGENT_REDIS_URL
     stores: dict[str, Store] = field(default_factory=new_stores)
     goals: WorkQueue = field(default_factory=lambda: WorkQueue("goal"))
     agents: WorkQueue = field(default_factory=lambda: WorkQueue("agent"))

@@ -68,7 +68,10 @@ class ToolContext:
     output_limit: int = 30_000
     """Characters of output returned to the model per call."""
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    """Environment of subprocesses."""
+    """Environment of subprocesses run here (without tools_socket)."""
+    tools_socket: Path | None = None
+    """The goal pod's tools container (shell.sandbox): where subprocesses run, with that
+    container's environment, out of reach of the agent's token and credentials."""
     code_execution: CodeExecution = "RequiresApproval"
     """The Agent's spec.codeExecution: whether commands that run code are high risk or medium."""
     extras: dict[str, Any] = field(default_factory=dict)

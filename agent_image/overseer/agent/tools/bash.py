@@ -49,7 +49,7 @@ class BashTool(Tool):
         if not ctx.workspace.is_dir():
             raise ToolError(f"the workspace {ctx.workspace} does not exist")
         outcome = await run_command(command, cwd=ctx.workspace, env=ctx.env, timeout=ctx.bash_timeout,
-                                    output_limit=ctx.output_limit)
+                                    output_limit=ctx.output_limit, sandbox=ctx.tools_socket)
         shown = shorten(command, 80)
         if outcome.timed_out:
             note = f"[timed out after {ctx.bash_timeout:g} s; the command and its child processes were killed]"

@@ -14,10 +14,8 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -297,14 +295,13 @@ class ScriptTool(Tool):
         return Assessment("medium", f"approved script tool {self.name} ({self.modification_id}) runs in the workspace")
 
     async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
-        # Written afresh outside the workspace for every call: what runs is what was approved,
-        # whatever the agent did to its files since.
-        with tempfile.TemporaryDirectory(prefix="overseer-tool-") as folder:
-            script = Path(folder) / f"{self.name}.py"
-            script.write_text(self.script)
-            outcome = await run_process(["python3", str(script)], cwd=ctx.workspace, env=ctx.env,
-                                        timeout=self.timeout, output_limit=ctx.output_limit,
-                                        input=json.dumps(dict(input)).encode(), merge_stderr=False)
+        # The approved text itself on the command line, never a file: what runs is what was
+        # approved, whatever the agent did to its files since (and the tools container, where
+        # it runs, shares no folder with the agent but the workspace).
+        outcome = await run_process(["python3", "-c", self.script], cwd=ctx.workspace, env=ctx.env,
+                                    timeout=self.timeout, output_limit=ctx.output_limit,
+                                    input=json.dumps(dict(input)).encode(), merge_stderr=False,
+                                    sandbox=ctx.tools_socket)
         if outcome.timed_out:
             return ToolResult.error(f"{self.name} did not finish within {self.timeout:.0f}s and was stopped",
                                     summary=f"{self.name}: timed out")

@@ -1,5 +1,6 @@
 """The one way the agent runs a process for a tool: the bash tool, command Capabilities and
-approved script tools all come through `run_process`.
+approved script tools all come through `run_process`, which hands the process to the goal pod's
+tools container (shell.sandbox) when the pod has one, and otherwise runs it here (`run_local`).
 
 The process gets its own process group, so a timeout kills everything it started. Output is
 read as it comes and only the first and last `output_limit` bytes are kept, so a chatty
@@ -92,7 +93,21 @@ class _Collector(asyncio.SubprocessProtocol):
 
 
 async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
-                      output_limit: int, input: bytes | None = None, merge_stderr: bool = True) -> ProcessOutcome:
+                      output_limit: int, input: bytes | None = None, merge_stderr: bool = True,
+                      sandbox: Path | None = None, extra_env: Mapping[str, str] | None = None) -> ProcessOutcome:
+    """Run argv in the tools container behind the `sandbox` socket, where it gets that container's
+    environment plus extra_env; without a sandbox, here with env plus extra_env."""
+    if sandbox is not None:
+        from .sandbox import run_in_sandbox  # the server side imports this module
+
+        return await run_in_sandbox(sandbox, argv, cwd=cwd, extra_env=extra_env or {}, timeout=timeout,
+                                    output_limit=output_limit, input=input, merge_stderr=merge_stderr)
+    return await run_local(argv, cwd=cwd, env={**env, **(extra_env or {})}, timeout=timeout,
+                           output_limit=output_limit, input=input, merge_stderr=merge_stderr)
+
+
+async def run_local(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
+                    output_limit: int, input: bytes | None = None, merge_stderr: bool = True) -> ProcessOutcome:
     """Run argv in its own process group with `input` on stdin (else none); on timeout kill the
     whole group. Background processes that keep the output open after it exits are stopped."""
     loop = asyncio.get_running_loop()
@@ -138,9 +153,10 @@ async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
 
 
 async def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
-                      output_limit: int) -> ProcessOutcome:
+                      output_limit: int, sandbox: Path | None = None) -> ProcessOutcome:
     """`bash -c command`, as run_process runs it."""
-    return await run_process(["bash", "-c", command], cwd=cwd, env=env, timeout=timeout, output_limit=output_limit)
+    return await run_process(["bash", "-c", command], cwd=cwd, env=env, timeout=timeout, output_limit=output_limit,
+                             sandbox=sandbox)
 
 
 def _kill_group(pgid: int) -> None:
