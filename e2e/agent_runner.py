@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ import yaml
 from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, free_port, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
+# emptyDir folders live under a short root: a Unix socket's path (at most 107 bytes) may be in one,
+# as the tools container's is, and test folders are long.
+EMPTY_DIRS = Path(tempfile.gettempdir()) / "overseer-emptydirs"
 TOOLS_UID = 65532  # the image's non-root user; the harness's agent process runs as another (root)
 
 
@@ -131,6 +135,8 @@ class AgentRunner:
                     p.proc.kill()
                     p.proc.wait(timeout=10)
                 p.end_tools()
+                for folder in p.empty_dirs:  # the pods go with the test's namespace
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def kill(self, pod: str) -> None:
         """SIGKILL the agent process of pod, as if its container crashed."""
@@ -150,7 +156,7 @@ class AgentRunner:
         return path
 
     def empty_dir(self, pod_uid: str, volume: str) -> Path:
-        return self.workdir / "emptydirs" / pod_uid / volume
+        return EMPTY_DIRS / pod_uid / volume
 
     # ---- the kubelet's loop ---------------------------------------------------------------
 
@@ -251,7 +257,7 @@ class AgentRunner:
             proc = subprocess.Popen([str(exe)], env=env, cwd=_local_path(container.working_dir or "/", folders),
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     umask=0 if tools is not None else -1)
-        empty = [folder for folder in folders.values() if folder.is_relative_to(self.workdir / "emptydirs")]
+        empty = [folder for folder in folders.values() if folder.is_relative_to(EMPTY_DIRS)]
         with self._lock:
             self.processes[name] = AgentProcess(name, goal, proc, log, port, empty, tools=tools)
 
