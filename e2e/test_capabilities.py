@@ -5,6 +5,7 @@ server that is down, and `requires` chains resolved onto the Agent."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,8 +36,12 @@ def tool_results(model: Any) -> list[dict[str, Any]]:
 
 
 def content(result: dict[str, Any]) -> str:
+    """A tool result's text as the tool gave it, without the untrusted-data wrapper the agent puts
+    around every result (overseer.agent.untrusted)."""
     c = result["content"]
-    return c if isinstance(c, str) else "".join(part.get("text", "") for part in c)
+    text = c if isinstance(c, str) else "".join(part.get("text", "") for part in c)
+    wrapped = re.fullmatch(r'<tool-output tool="[^"]*" trust="untrusted">\n(.*)\n</tool-output>', text, re.S)
+    return wrapped.group(1) if wrapped else text
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pytest
 import redis
 
+from overseer.operator.workspace import claim_name
 from e2e.test_agent_runtime import text, tool
 from e2e.world import World
 from tests.integration.conftest import postgres, redis_server  # noqa: F401 - shared server fixtures
@@ -50,11 +51,12 @@ TRICKS = [
     tool("bash", command="cat /proc/$PPID/environ | tr '\\0' '\\n'"),
     tool("bash", command="for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; echo scanned"),
     tool("bash", command="cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo token-tried"),
-    # The harness keeps each pod's kubeconfig and tokens two folders up (the workdir of the test).
-    tool("bash", command="ls -la .. ../..; cat ../../kubeconfig-* ../../projected-*/* 2>&1 | head -50"),
-    tool("bash", command="ln -sfn ../.. up && ls up/; cat up/kubeconfig-* 2>&1 | head -20"),
-    tool("bash", command="cat ../../kubeconfig-pwn-a1 ../../agent-pwn-a1.log 2>&1 | head -20"),  # names guessed
-    tool("read_file", path="../../scenario.yaml"),
+    # The harness keeps each pod's kubeconfig and tokens in the test's workdir, three folders above the
+    # workspace claim's folder (volumes/NAMESPACE/CLAIM).
+    tool("bash", command="ls -la .. ../../..; cat ../../../kubeconfig-* ../../../projected-*/* 2>&1 | head -50"),
+    tool("bash", command="ln -sfn ../../.. up && ls up/; cat up/kubeconfig-* 2>&1 | head -20"),
+    tool("bash", command="cat ../../../kubeconfig-pwn-a1 ../../../agent-pwn-a1.log 2>&1 | head -20"),  # names guessed
+    tool("read_file", path="../../../scenario.yaml"),
     tool("read_file", path="up/scenario.yaml"),
     tool("list_directory", path="up"),
     tool("grep", pattern="canary", path="up"),
@@ -98,7 +100,7 @@ def everything_visible(world: World, model: Any, runner: Any, tmp_path: Path, po
     }
     for log in tmp_path.glob("*.log"):
         seen[f"log {log.name}"] = log.read_text(errors="replace")
-    for file in runner.workspace("pwn").rglob("*"):
+    for file in runner.claim_folder(claim_name("pwn")).rglob("*"):
         if file.is_file() and not file.is_symlink():
             seen[f"workspace {file.name}"] = file.read_text(errors="replace")
     with psycopg.connect(postgres.dsn) as db:
@@ -123,7 +125,7 @@ def test_planted_secrets_reach_no_status_event_log_row_stream_checkpoint_or_tool
     kubectl("create", "secret", "generic", "anthropic", "-n", world.ns, f"--from-literal=api-key={API_KEY}")
     kubectl("create", "secret", "generic", "deploy-creds", "-n", world.ns, f"--from-literal=token={DEPLOY_TOKEN}")
     world.apply(DEPLOY)
-    model, runner = agents({"pwn": TRICKS}, capabilities="[deploy]")
+    model, runner = agents({"pwn": TRICKS}, capabilities="[deploy]", workspace="{size: 1Gi}")
     login = json.loads(kubectl("get", "secret", "overseer-knowledge", "-n", world.ns, "-o", "json").stdout)
     kb_password = conninfo_to_dict(base64.b64decode(login["data"]["url"]).decode()).get("password")
     assert kb_password
