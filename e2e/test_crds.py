@@ -207,7 +207,7 @@ def test_get_shows_printer_columns(crds: list[str], kubectl: Kubectl, namespace:
     headers = {
         "goals": ["NAME", "PHASE", "AGENT", "PROGRESS", "TOKENS", "COST", "MESSAGE", "AGE"],
         "agents": ["NAME", "READY", "RUNNING", "SUCCEEDED", "FAILED", "COST", "AGE"],
-        "capabilities": ["NAME", "RISK", "READY", "AGE"],
+        "capabilities": ["NAME", "RISK", "READY", "TOOLS", "CALLS", "FAILURES", "P50-MS", "AGE"],
     }
     for resource, expected in headers.items():
         out = kubectl("get", resource, "-n", namespace).stdout
