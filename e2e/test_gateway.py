@@ -4,13 +4,11 @@ server, the gateway running as its own least-privileged ServiceAccount."""
 from __future__ import annotations
 
 import re
-
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import shutil
-import tempfile
 
 import anthropic
 import psycopg
