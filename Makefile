@@ -7,11 +7,12 @@ CLUSTER := e2e/cluster
 HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint prerequisites test unit e2e fuzz demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
+.PHONY: help venv lint prerequisites test test-full unit e2e fuzz demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
-	@echo "make test          unit tests, then e2e tests on the local cluster"
+	@echo "make test          unit tests, then e2e tests on the local cluster (what CI runs)"
+	@echo "make test-full     make test and the tests marked slow (the benchmarks' smoke runs)"
 	@echo "make lint          ruff, mypy and the import contracts (pyproject.toml); CI runs it before the tests"
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
@@ -65,6 +66,10 @@ fuzz: venv cluster-build
 	OVERSEER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -s e2e/test_fuzz.py
 
 test: prerequisites venv cluster-build helm-build tools-build
+	$(BIN)/pytest tests e2e -m "not slow"
+
+# Everything make test runs, and the tests marked slow (the benchmarks' smoke runs).
+test-full: prerequisites venv cluster-build helm-build tools-build
 	$(BIN)/pytest tests e2e
 
 cluster-build:

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from e2e import harness
 from e2e.harness import Cluster
+
+pytestmark = pytest.mark.slow  # minutes of load each: make test-full, make bench-smoke
 
 
 def run_bench(cluster: Cluster, module: str, *args: str, timeout: float = 900) -> str:
