@@ -118,20 +118,33 @@ class SecretKeySelector(ApiModel):
     """Key inside the Secret's data."""
 
 
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+"""A label key: an optional DNS subdomain prefix and '/', then a name (as the API server checks it)."""
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+"""A label value: empty, or alphanumerics with '-', '_' or '.' inside."""
+
+
 class LabelSelectorRequirement(ApiModel):
-    key: str = Field(max_length=317)
+    key: str = Field(max_length=317, pattern=LABEL_KEY)
     """The label key the selector applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key relates to the values."""
-    values: list[str] = Field(default_factory=list, max_length=64,
-                              json_schema_extra={"items": {"type": "string", "maxLength": 63}})
+    values: list[str] = Field(default_factory=list, max_length=64, json_schema_extra={
+        "items": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE}})
     """Values for In and NotIn; empty for Exists and DoesNotExist."""
 
 
 class LabelSelector(ApiModel):
-    """A Kubernetes label selector; an empty selector matches everything."""
+    """A Kubernetes label selector; an empty selector matches everything. Keys and values are
+    checked as the API server checks them in the objects rendered from it (a NetworkPolicy's peers)."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={"maxProperties": 64})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": f"!has(self.matchLabels) || self.matchLabels.all(k, k.size() <= 317 && k.matches('{LABEL_KEY}'))",
+        "message": "matchLabels keys must be label keys: an optional DNS prefix and '/', then alphanumerics with "
+                   "'-', '_' or '.' inside, e.g. app.kubernetes.io/name"}]})
+
+    match_labels: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "maxProperties": 64, "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE}})
     """Labels that must all be present with these values."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
     """Set-based requirements that must all hold."""
