@@ -118,8 +118,9 @@ class SecretKeySelector(ApiModel):
     """Key inside the Secret's data."""
 
 
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-"""A label key: an optional DNS subdomain prefix and '/', then a name (as the API server checks it)."""
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+"""A label key: an optional DNS subdomain prefix and '/', then a name (as the API server checks it).
+No backslash in it: it is also written into a CEL string literal."""
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 """A label value: empty, or alphanumerics with '-', '_' or '.' inside."""
 
