@@ -65,6 +65,9 @@ def test_a_directory_swapped_for_a_symlink_while_reading_never_leads_out(
             real.symlink_to(outside)
             real.unlink()
             parked.rename(real)
+            # The real folder stays a moment too: a swapper that never rests can keep a loaded
+            # machine's reader from ever seeing it, and then nothing raced.
+            time.sleep(0.0002)
 
     swapper = threading.Thread(target=swap)
     swapper.start()
