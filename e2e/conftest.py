@@ -6,6 +6,8 @@ the ``cluster`` fixture starts it and stops it again at the end of the session.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +17,7 @@ from e2e import harness
 from e2e.harness import Cluster, K8s, Kubectl, OperatorProcess
 from e2e.agent_runner import AgentRunner, ModelServer
 from e2e.world import FAST, World
+from tests.support.servers import PostgresServer
 
 E2E_DIR = Path(__file__).resolve().parent
 E2E_TIMEOUT_S = 600
@@ -224,3 +227,13 @@ spec:
     yield start
     for thing in reversed(started):
         thing.stop()
+
+
+@pytest.fixture(scope="module")
+def ledger_db() -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own for the model gateway's spend ledger, one per test module."""
+    base = Path(tempfile.mkdtemp(prefix="overseer-ledger-pg-"))
+    server = PostgresServer(base).init()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)

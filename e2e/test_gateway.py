@@ -4,8 +4,6 @@ server, the gateway running as its own least-privileged ServiceAccount."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,15 +28,6 @@ def model(tmp_path: Path) -> Iterator[ModelServer]:
                          tmp_path)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def ledger_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    base = Path(tempfile.mkdtemp(prefix="overseer-gw-pg-"))
-    server = PostgresServer(base).init()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

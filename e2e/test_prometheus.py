@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,15 +37,6 @@ def text(value: str) -> dict[str, Any]:
 # The model is overloaded once for longer than the SDK retries (1 + 4 attempts): the agent sees
 # one error, waits, and its next call gets the answer.
 OVERLOADED = [{"fault": {"status": 529, "retry_after": 0.01}}] * 5
-
-
-@pytest.fixture(scope="module")
-def ledger_db() -> Iterator[PostgresServer]:
-    base = Path(tempfile.mkdtemp(prefix="overseer-prom-pg-"))
-    server = PostgresServer(base).init()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
