@@ -56,6 +56,10 @@ def start_tools_process(exe: Path, env: dict[str, str], workspace: Path, socket:
         # The image's Python is where this one is: reachable by the image's user (a Python under
         # /root, as pyenv puts it, is not by default).
         _reachable_by_others(Path(sys.base_prefix) / "bin")
+        _reachable_by_others(exe)  # an install under a test's 0700 temporary folder, too
+        with open(exe, "rb") as script:
+            if (first := script.readline()).startswith(b"#!"):
+                _reachable_by_others(Path(first[2:].split()[0].decode()))  # its interpreter's links
         _reachable_by_others(workspace)
         workspace.chmod(0o777)
         os.chown(socket.parent, TOOLS_UID, TOOLS_UID)
@@ -73,9 +77,13 @@ def start_tools_process(exe: Path, env: dict[str, str], workspace: Path, socket:
 
 
 def _reachable_by_others(folder: Path) -> None:
-    """Let other users pass through (not list) the folders above `folder`, as a volume's mount
-    point is reachable from both containers."""
-    for parent in folder.resolve().parents:
+    """Let other users pass through (not list) the folders above `folder` and above each link on
+    the way to it, as a volume's mount point and the image's files are reachable from both
+    containers."""
+    hops = [folder]
+    while hops[-1].is_symlink():
+        hops.append(hops[-1].parent / hops[-1].readlink())
+    for parent in {parent for hop in hops for parent in hop.absolute().parents} | set(folder.resolve().parents):
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)
