@@ -67,7 +67,7 @@ def test_loop_benchmark_reports_overhead_checkpoints_and_cache(cluster: Cluster,
     assert "Loop overhead per iteration" in table and "cache share" in table
 
 
-def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_row_level_security(
+def test_knowledge_benchmark_reports_lessons_checkpoints_and_query_plans_with_and_without_row_level_security(
         cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "knowledge.json"
     table = run_bench(cluster, "e2e.bench.knowledge", "--experiences", "5000", "--queries", "20", "--goals", "3",
@@ -78,6 +78,10 @@ def test_knowledge_benchmark_reports_lessons_and_checkpoints_with_and_without_ro
         assert len(lookups["times"]) == 20 and lookups["found"] > 0, name
     assert {name: len(saves) for name, saves in r["checkpoints"].items()} == {"owner": 9, "bench": 9}
     assert "row-level security" in table
+    for case in ("common", "rare"):  # what EXPLAIN (ANALYZE, BUFFERS) says, in the table too
+        plan = r["plans"][case]["plan"]
+        assert "Execution Time" in plan and "Buffers: shared" in plan, case
+        assert plan in table, case
 
 
 def test_gateway_benchmark_reports_added_latency_cpu_and_memory(cluster: Cluster, tmp_path: Path) -> None:

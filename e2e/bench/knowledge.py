@@ -13,8 +13,13 @@ interleaved rounds, the same goal descriptions (drawn from the seed's vocabulary
 - by `bench`'s login (row-level security: its own rows only),
 - by `small`'s login (its 1% among everyone's rows).
 Each knowledge base's first lookup also counts its lexeme frequencies (once per process, i.e. per
-goal pod); it is reported apart. Last, checkpoint saves (the three of a round of calls with side
-effects, 100 turns stored) by the owner and by a namespace's login.
+goal pod); it is reported apart. Then the plans of the lessons query (EXPLAIN (ANALYZE, BUFFERS), by
+`bench`'s login) for a description of common words and one of rare words. Last, checkpoint saves
+(the three of a round of calls with side effects, 100 turns stored) by the owner and by a
+namespace's login.
+
+The synthetic experiences (seed_experiences) are the benchmarks' own: the product's schema has no
+way to make them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ import psycopg
 from e2e.bench.docs import write_section
 from e2e.bench.loop import DurablePostgres, checkpoint_samples, log, machine, stats_ms
 from overseer.agent.knowledge import KnowledgeBase
+from overseer.agent.knowledge.lessons import LESSONS, lexeme_frequencies, search_query
 from overseer.operator.knowledge_tenants import provision_login
 
 SECTION = ("Knowledge base", "<!-- knowledge:begin (written by python -m e2e.bench.knowledge --docs) -->",
@@ -45,6 +52,88 @@ OBJECTS = ["the flaky tests", "the ci job", "a memory leak", "the timeout", "the
 OWNERS = ["payment", "order", "user", "search", "report", "billing", "shipping", "ledger", "pricing", "audit"]
 THINGS = ["parser", "scheduler", "service", "worker", "client", "controller", "cache", "queue", "gateway", "router"]
 HISTORY = 100
+PLANS = {
+    "common": "Fix the flaky tests in the payment parser",  # each word in 1% of experiences or more
+    "rare": "Look into kw1234 and kw1717 in the ledger",    # one word in none, two in 0.1% each
+}
+
+# Synthetic experiences: templated tasks over a skewed set of components, a few approaches with
+# different success rates, errors that differ in numbers and paths, and two of 2,000 rare words
+# ("kw" and a number) in each description.
+SEED = r"""
+WITH words AS (
+    SELECT ARRAY['fix', 'add', 'update', 'refactor', 'migrate', 'debug', 'upgrade', 'document',
+                 'speed up', 'remove', 'rename', 'review'] AS verbs,
+           ARRAY['the flaky tests', 'the ci job', 'a memory leak', 'the timeout', 'the docs',
+                 'the api', 'the config', 'the build', 'the deployment', 'the metrics', 'the logging',
+                 'the error handling', 'the retries', 'the schema', 'the parser tests'] AS objects,
+           ARRAY['payment', 'order', 'user', 'search', 'report', 'image', 'email', 'session',
+                 'token', 'inventory', 'billing', 'shipping', 'catalog', 'audit', 'export',
+                 'import', 'webhook', 'ledger', 'pricing', 'review'] AS owners,
+           ARRAY['parser', 'scheduler', 'service', 'worker', 'client', 'controller', 'exporter',
+                 'importer', 'validator', 'cache', 'queue', 'gateway', 'router', 'store',
+                 'indexer', 'renderer', 'notifier', 'resolver', 'planner', 'syncer'] AS things,
+           ARRAY['[{"tool":"bash","outcome":"pytest -x: 1 failed"},{"tool":"edit_file","outcome":"fixed"},'
+                 '{"tool":"bash","outcome":"pytest: passed"}]',
+                 '[{"tool":"read_file"},{"tool":"edit_file"},{"tool":"bash","outcome":"make test"}]',
+                 '[{"tool":"bash","outcome":"git log"},{"tool":"read_file"},{"tool":"edit_file"}]',
+                 '[{"tool":"web_fetch"},{"tool":"edit_file"},{"tool":"bash","outcome":"build"}]',
+                 '[{"tool":"bash","outcome":"kubectl logs"},{"tool":"spawn_goal"}]',
+                 '[{"tool":"edit_file"}]']::jsonb[] AS approaches,
+           ARRAY[0.9, 0.75, 0.6, 0.5, 0.35, 0.2] AS rates
+), draws AS (
+    SELECT g, 1 + floor(random() * 12)::int AS v, 1 + floor(random() * 15)::int AS o,
+           1 + floor(power(random(), 2) * 20)::int AS ow, 1 + floor(power(random(), 2) * 20)::int AS th,
+           1 + floor(random() * 6)::int AS a, random() AS r, random() AS e,
+           %(until)s::timestamptz - (%(n)s::integer - g) * %(step)s::interval AS at
+    FROM generate_series(1, %(n)s::integer) g
+), inserted AS (
+    INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, context_summary,
+                             actions, outcome, success, tokens, duration_seconds, error, created_at)
+    SELECT gen_random_uuid(), gen_random_uuid()::text, 'seed-' || g, %(namespace)s, %(agent)s,
+           initcap(w.verbs[d.v]) || ' ' || w.objects[d.o] || ' in the ' || w.owners[d.ow] || ' '
+               || w.things[d.th] || '. Details: kw' || floor(random() * 2000)::int || ' kw'
+               || floor(random() * 2000)::int || '.',
+           '', w.approaches[d.a],
+           CASE WHEN d.r < w.rates[d.a] THEN 'done, checks pass' ELSE 'gave up' END,
+           d.r < w.rates[d.a], (1000 + random() * 50000)::bigint, random() * 600,
+           CASE WHEN d.r < w.rates[d.a] AND d.e > 0.1 THEN NULL
+                ELSE (ARRAY['TimeoutError: timed out after ' || floor(d.e * 300)::int || ' seconds',
+                            'FileNotFoundError: /tmp/build-' || floor(d.e * 1e6)::int || '/out.log',
+                            'pytest: ' || floor(d.e * 40)::int || ' failed in tests/test_'
+                                || w.things[d.th] || '.py',
+                            'exit status ' || floor(d.e * 255)::int,
+                            'HTTP 503 from gateway after ' || floor(d.e * 9000)::int || ' ms']
+                     )[1 + floor(d.e * 5)::int]
+           END,
+           d.at
+    FROM draws d, words w
+    ORDER BY d.at
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+
+
+async def seed_experiences(dsn: str, namespace: str, n: int, agent: str = "bench", batch: int = 50_000,
+                           step_seconds: float = 30.0) -> int:
+    """Insert `n` synthetic experiences into `namespace` (their patterns follow by the schema's
+    trigger): one every `step_seconds`, the newest now, in time order as real ones arrive. `dsn`
+    is the tables' owner, or the namespace's own login."""
+    done = 0
+    end = datetime.now(timezone.utc)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while done < n:
+            size = min(batch, n - done)
+            until = end - timedelta(seconds=step_seconds * (n - done - size))
+            cur = await conn.execute(SEED, {"n": size, "agent": agent, "until": until,
+                                            "step": timedelta(seconds=step_seconds), "namespace": namespace})
+            row = await cur.fetchone()
+            assert row is not None
+            done += row[0]
+        await conn.execute("ANALYZE experiences")
+        await conn.execute("ANALYZE patterns")
+    return done
 
 
 def descriptions(n: int) -> list[str]:
@@ -57,8 +146,7 @@ async def seed(admin: str, experiences: int) -> dict[str, float]:
     took = {}
     for namespace, n, step in (("bench", experiences, 30.0), ("small", max(1, experiences // 100), 3000.0)):
         start = time.perf_counter()
-        async with KnowledgeBase(admin, namespace=namespace) as kb:
-            await kb.seed_experiences(n, agent="coder", step_seconds=step)
+        await seed_experiences(admin, namespace, n, agent="coder", step_seconds=step)
         took[namespace] = time.perf_counter() - start
         log(f"seeded {n} experiences into {namespace} in {took[namespace]:.0f} s")
     return took
@@ -83,6 +171,24 @@ async def lookups(variants: dict[str, tuple[str, str]], queries: list[str]) -> d
     finally:
         for kb in bases.values():
             await kb.close()
+    return out
+
+
+async def plans(login: str, namespace: str) -> dict[str, dict[str, str]]:
+    """The lessons query's plan for each of PLANS, as the agent sends it (its terms inlined, never a
+    generic plan), run once before to warm the cache as a goal pod's earlier lookups do."""
+    out = {}
+    async with await psycopg.AsyncConnection.connect(login, autocommit=True) as conn:
+        frequencies = await lexeme_frequencies(conn, namespace)
+        for case, description in PLANS.items():
+            query = await search_query(conn, description, frequencies)
+            assert query is not None, description
+            params = {"query": query, "namespace": namespace, "agent": "coder", "limit": 5, "candidates": 50}
+            await conn.execute(LESSONS, params, prepare=False)
+            cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + LESSONS, params, prepare=False)
+            out[case] = {"description": description, "query": query,
+                         "plan": "\n".join(row[0] for row in await cur.fetchall())}
+            log(f"plan of the {case} case:\n{out[case]['plan']}")
     return out
 
 
@@ -130,6 +236,12 @@ def render(info: dict[str, Any], command: str, result: dict[str, Any]) -> str:
     for name, label in (("owner", "the owner (no row-level security)"), ("bench", "`bench`'s login (row-level security)")):
         s = stats_ms(result["checkpoints"][name])
         lines.append(f"| {label} | {s['n']} | {s['median']:.2f} ms | {s['p95']:.2f} ms | {s['max']:.1f} ms |")
+    lines += ["", f"The lessons query's plans by `bench`'s login (row-level security) at {n:,} experiences, its "
+              "second run of each (`EXPLAIN (ANALYZE, BUFFERS)`; buffers are 8 kB pages, `hit` from PostgreSQL's "
+              "cache, `read` from the file system):"]
+    for case, label in (("common", "Common words"), ("rare", "Rare words")):
+        p = result["plans"][case]
+        lines += ["", f"{label}: \"{p['description']}\", searched as `{p['query']}`", "", "```text", p["plan"], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -142,10 +254,12 @@ async def run(admin: str, args: argparse.Namespace) -> dict[str, Any]:
     variants = {"owner": (admin, "bench"), "bench": (logins["bench"], "bench"), "small": (logins["small"], "small")}
     log(f"looking up lessons for {args.queries} descriptions, three ways")
     lessons = await lookups(variants, queries)
+    log("explaining the lessons query: common and rare words")
+    explained = await plans(logins["bench"], "bench")
     log("saving checkpoints, two ways")
     saves = await checkpoints({"owner": (admin, "bench"), "bench": (logins["bench"], "bench")}, args.goals)
     return {"experiences": args.experiences, "queries": args.queries, "goals": args.goals, "seeded_seconds": took,
-            "postgres": version, "lessons": lessons, "checkpoints": saves}
+            "postgres": version, "lessons": lessons, "plans": explained, "checkpoints": saves}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,66 +199,10 @@ CREATE TRIGGER experiences_learn AFTER INSERT ON experiences
     FOR EACH STATEMENT EXECUTE FUNCTION overseer_learn();
 """
 
-# Synthetic experiences for benchmarks: templated tasks over a skewed set of components,
-# a few approaches with different success rates, and errors that differ in numbers and paths.
-_SCHEMA_V2 = r"""
-CREATE FUNCTION overseer_seed_experiences(n integer, agent_name text DEFAULT 'bench',
-                                          until timestamptz DEFAULT now(),
-                                          step interval DEFAULT '30 seconds') RETURNS bigint
-LANGUAGE sql AS $$
-    WITH words AS (
-        SELECT ARRAY['fix', 'add', 'update', 'refactor', 'migrate', 'debug', 'upgrade', 'document',
-                     'speed up', 'remove', 'rename', 'review'] AS verbs,
-               ARRAY['the flaky tests', 'the ci job', 'a memory leak', 'the timeout', 'the docs',
-                     'the api', 'the config', 'the build', 'the deployment', 'the metrics', 'the logging',
-                     'the error handling', 'the retries', 'the schema', 'the parser tests'] AS objects,
-               ARRAY['payment', 'order', 'user', 'search', 'report', 'image', 'email', 'session',
-                     'token', 'inventory', 'billing', 'shipping', 'catalog', 'audit', 'export',
-                     'import', 'webhook', 'ledger', 'pricing', 'review'] AS owners,
-               ARRAY['parser', 'scheduler', 'service', 'worker', 'client', 'controller', 'exporter',
-                     'importer', 'validator', 'cache', 'queue', 'gateway', 'router', 'store',
-                     'indexer', 'renderer', 'notifier', 'resolver', 'planner', 'syncer'] AS things,
-               ARRAY['[{"tool":"bash","outcome":"pytest -x: 1 failed"},{"tool":"edit_file","outcome":"fixed"},'
-                     '{"tool":"bash","outcome":"pytest: passed"}]',
-                     '[{"tool":"read_file"},{"tool":"edit_file"},{"tool":"bash","outcome":"make test"}]',
-                     '[{"tool":"bash","outcome":"git log"},{"tool":"read_file"},{"tool":"edit_file"}]',
-                     '[{"tool":"web_fetch"},{"tool":"edit_file"},{"tool":"bash","outcome":"build"}]',
-                     '[{"tool":"bash","outcome":"kubectl logs"},{"tool":"spawn_goal"}]',
-                     '[{"tool":"edit_file"}]']::jsonb[] AS approaches,
-               ARRAY[0.9, 0.75, 0.6, 0.5, 0.35, 0.2] AS rates
-    ), draws AS (
-        SELECT g, 1 + floor(random() * 12)::int AS v, 1 + floor(random() * 15)::int AS o,
-               1 + floor(power(random(), 2) * 20)::int AS ow, 1 + floor(power(random(), 2) * 20)::int AS th,
-               1 + floor(random() * 6)::int AS a, random() AS r, random() AS e,
-               until - (n - g) * step AS at
-        FROM generate_series(1, n) g
-    ), inserted AS (
-        INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, context_summary,
-                                 actions, outcome, success, tokens, duration_seconds, error, created_at)
-        SELECT gen_random_uuid(), gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name,
-               initcap(w.verbs[d.v]) || ' ' || w.objects[d.o] || ' in the ' || w.owners[d.ow] || ' '
-                   || w.things[d.th] || '. Details: kw' || floor(random() * 2000)::int || ' kw'
-                   || floor(random() * 2000)::int || '.',
-               '', w.approaches[d.a],
-               CASE WHEN d.r < w.rates[d.a] THEN 'done, checks pass' ELSE 'gave up' END,
-               d.r < w.rates[d.a], (1000 + random() * 50000)::bigint, random() * 600,
-               CASE WHEN d.r < w.rates[d.a] AND d.e > 0.1 THEN NULL
-                    ELSE (ARRAY['TimeoutError: timed out after ' || floor(d.e * 300)::int || ' seconds',
-                                'FileNotFoundError: /tmp/build-' || floor(d.e * 1e6)::int || '/out.log',
-                                'pytest: ' || floor(d.e * 40)::int || ' failed in tests/test_'
-                                    || w.things[d.th] || '.py',
-                                'exit status ' || floor(d.e * 255)::int,
-                                'HTTP 503 from gateway after ' || floor(d.e * 9000)::int || ' ms']
-                         )[1 + floor(d.e * 5)::int]
-               END,
-               d.at
-        FROM draws d, words w
-        ORDER BY d.at
-        RETURNING 1
-    )
-    SELECT count(*) FROM inserted
-$$;
-"""
+# Migration 2 once created a function that seeded synthetic experiences for the benchmarks; the
+# benchmarks hold it now (e2e/bench/knowledge.py), so the version is kept, empty, and migration 4
+# drops the function from databases that got it. Every database ends with the same schema.
+_SCHEMA_V2 = "SELECT 1;"
 
 # Tenants: each Kubernetes namespace reads and writes only its own rows, enforced by row-level
 # security, whatever SQL its agents send. A namespace gets a login role (overseer_provision_tenant,
@@ -450,21 +394,20 @@ $$;
 REVOKE ALL ON FUNCTION overseer_provision_tenant(text, text, text) FROM PUBLIC;
 """
 
-# The benchmark seed of migration 2, seeding the namespace it is given (row-level security holds a
-# namespace's login to its own).
-_SCHEMA_V3 += "DROP FUNCTION overseer_seed_experiences(integer, text, timestamptz, interval);\n" + (
-    _SCHEMA_V2.replace("step interval DEFAULT '30 seconds') RETURNS bigint",
-                       "step interval DEFAULT '30 seconds', namespace_name text DEFAULT 'bench') RETURNS bigint")
-    .replace("gen_random_uuid()::text, 'seed-' || g, 'bench', agent_name",
-             "gen_random_uuid()::text, 'seed-' || g, namespace_name, agent_name"))
-assert _SCHEMA_V3.count("namespace_name") == 2
+_SCHEMA_V4 = r"""
+-- migration 3's five-argument function; migration 2's four-argument one where 3 came after this edit
+DROP FUNCTION IF EXISTS overseer_seed_experiences(integer, text, timestamptz, interval, text);
+DROP FUNCTION IF EXISTS overseer_seed_experiences(integer, text, timestamptz, interval);
+"""
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
-    (2, "benchmark seed function", _SCHEMA_V2),
+    (2, "benchmark seed function (now in the benchmarks)", _SCHEMA_V2),
     (3, "tenants: a namespace per row, a login per namespace, row-level security", _SCHEMA_V3),
+    (4, "no benchmark seed function in the product's schema", _SCHEMA_V4),
 ]
-"""Versioned, append-only: a released migration is never edited, a new one is added."""
+"""Versioned, append-only: a new one is added for each change. A released migration is edited
+only to take out what a later one removes anyway (migration 2)."""
 
 
 async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:

@@ -16,7 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from e2e.bench.knowledge import seed_experiences
 from overseer.agent.knowledge import Action, Experience, KnowledgeBase
+from overseer import knowledge_schema
 from overseer.knowledge_schema import MIGRATIONS, migrate
 from tests.support.servers import PostgresServer
 
@@ -92,6 +94,22 @@ async def test_pods_starting_together_migrate_exactly_once(dsn: str) -> None:
     applied = await asyncio.gather(*(start_pod() for _ in range(8)))
     assert sorted(v for versions in applied for v in versions) == [v for v, _, _ in MIGRATIONS]
     assert rows(dsn, "SELECT count(*) FROM schema_migrations") == [(len(MIGRATIONS),)]
+
+
+SEED_FUNCTIONS = "SELECT count(*) FROM pg_proc WHERE proname = 'overseer_seed_experiences'"
+
+
+async def test_the_product_schema_cannot_seed_benchmark_experiences(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        monkeypatch.setattr(knowledge_schema, "MIGRATIONS", MIGRATIONS[:3])
+        await migrate(conn)
+        assert rows(dsn, SEED_FUNCTIONS) == [(0,)]  # a fresh database never gets it
+        # what migrations 2 and 3 created before the benchmarks took the seed over
+        await conn.execute("CREATE FUNCTION overseer_seed_experiences(n integer, agent_name text, until timestamptz, "
+                           "step interval, namespace_name text) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'")
+        monkeypatch.undo()
+        assert await migrate(conn) == [v for v, _, _ in MIGRATIONS[3:]]
+    assert rows(dsn, SEED_FUNCTIONS) == [(0,)]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -263,8 +281,8 @@ async def test_lesson_use_is_counted_with_its_outcome(kb: KnowledgeBase, dsn: st
     assert rows(dsn, "SELECT count(*) FROM lesson_usage") == [(4,)]
 
 
-async def test_seeded_experiences_are_searchable(kb: KnowledgeBase, dsn: str) -> None:
-    assert await kb.seed_experiences(2000, batch=500) == 2000
+async def test_the_benchmarks_seeded_experiences_are_searchable(kb: KnowledgeBase, dsn: str) -> None:
+    assert await seed_experiences(dsn, "team-a", 2000, batch=500) == 2000
     assert rows(dsn, "SELECT count(*), count(DISTINCT agent) FROM experiences") == [(2000, 1)]
     lessons = await kb.lessons("Fix the flaky tests in the payment parser", "bench")
     assert len(lessons) == 5

@@ -4,7 +4,7 @@ The operator holds the admin login of the knowledge base (OVERSEER_KNOWLEDGE_ADM
 Secret in its own namespace). It migrates the schema, creates a PostgreSQL login for a namespace
 the first time an Agent there needs one, and writes it to the Secret `overseer-knowledge` in that
 namespace, which goal pods read through `secretKeyRef`. PostgreSQL's row-level security then
-holds each login to its namespace's rows (agent_image/overseer/agent/knowledge.py, migration 3).
+holds each login to its namespace's rows (overseer.knowledge_schema, migration 3).
 Sharing is written from the owner's Agent (`spec.knowledge.shareWith`) only: a reader has no way
 to opt itself into another namespace's knowledge.
 """
