@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -188,8 +189,25 @@ async def plans(login: str, namespace: str) -> dict[str, dict[str, str]]:
             cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + LESSONS, params, prepare=False)
             out[case] = {"description": description, "query": query,
                          "plan": "\n".join(row[0] for row in await cur.fetchall())}
-            log(f"plan of the {case} case:\n{out[case]['plan']}")
     return out
+
+
+def plan_summary(plan: str) -> dict[str, str]:
+    """How a plan reaches the namespace's own experiences (the scan under `e`, and the index of a
+    bitmap scan), the buffers of the whole execution and its time."""
+    lines = [line.strip() for line in plan.splitlines()]
+    at = next(i for i, line in enumerate(lines) if " on experiences e " in line)
+    scan = re.sub(r"^->\s*| on experiences e\s+\(.*$", "", lines[at])
+    if scan.startswith("Bitmap Heap Scan"):
+        indexes = {m.group(1) for line in lines[at:at + 40]
+                   for m in [re.search(r"Bitmap Index Scan on (experiences\S*)", line)] if m}
+        scan += " of " + ", ".join(sorted(indexes))
+    removed = next((line.split(":")[1].strip() for line in lines[at + 1:at + 4] if line.startswith("Rows Removed by Filter")),
+                   "0")
+    returned = re.search(r"actual time=\S+ rows=(\d+)", lines[at])
+    return {"scan": scan, "rows": returned.group(1) if returned else "0", "removed": removed,
+            "buffers": next(line.removeprefix("Buffers: ") for line in lines if line.startswith("Buffers:")),
+            "time": next(line.removeprefix("Execution Time: ") for line in lines if line.startswith("Execution Time"))}
 
 
 async def checkpoints(variants: dict[str, tuple[str, str]], goals: int) -> dict[str, list[float]]:
@@ -236,12 +254,20 @@ def render(info: dict[str, Any], command: str, result: dict[str, Any]) -> str:
     for name, label in (("owner", "the owner (no row-level security)"), ("bench", "`bench`'s login (row-level security)")):
         s = stats_ms(result["checkpoints"][name])
         lines.append(f"| {label} | {s['n']} | {s['median']:.2f} ms | {s['p95']:.2f} ms | {s['max']:.1f} ms |")
-    lines += ["", f"The lessons query's plans by `bench`'s login (row-level security) at {n:,} experiences, its "
-              "second run of each (`EXPLAIN (ANALYZE, BUFFERS)`; buffers are 8 kB pages, `hit` from PostgreSQL's "
-              "cache, `read` from the file system):"]
-    for case, label in (("common", "Common words"), ("rare", "Rare words")):
-        p = result["plans"][case]
-        lines += ["", f"{label}: \"{p['description']}\", searched as `{p['query']}`", "", "```text", p["plan"], "```"]
+    lines += ["", f"The lessons query's plans for `bench` at {n:,} experiences, the second run of each "
+              "(`EXPLAIN (ANALYZE, BUFFERS)`; buffers are 8 kB pages, `hit` in PostgreSQL's cache, `read` from the "
+              "file system):", "",
+              "| words | who | how it reaches `bench`'s experiences | rows it returns (filtered out) | buffers | time |",
+              "|---|---|---|---|---|---|"]
+    for case in PLANS:
+        for who, label in (("owner", "the owner (no row-level security)"), ("bench", "`bench`'s login")):
+            x = plan_summary(result["plans"][who][case]["plan"])
+            lines.append(f"| {case} | {label} | {x['scan']} | {x['rows']} ({x['removed']}) | {x['buffers']} "
+                         f"| {x['time']} |")
+    for case in PLANS:
+        p = result["plans"]["bench"][case]
+        lines += ["", f"<details><summary>The {case} words' plan by `bench`'s login: \"{p['description']}\", "
+                  f"searched as <code>{p['query']}</code></summary>", "", "```text", p["plan"], "```", "", "</details>"]
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +281,7 @@ async def run(admin: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"looking up lessons for {args.queries} descriptions, three ways")
     lessons = await lookups(variants, queries)
     log("explaining the lessons query: common and rare words")
-    explained = await plans(logins["bench"], "bench")
+    explained = {"owner": await plans(admin, "bench"), "bench": await plans(logins["bench"], "bench")}
     log("saving checkpoints, two ways")
     saves = await checkpoints({"owner": (admin, "bench"), "bench": (logins["bench"], "bench")}, args.goals)
     return {"experiences": args.experiences, "queries": args.queries, "goals": args.goals, "seeded_seconds": took,
