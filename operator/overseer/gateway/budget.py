@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN = 4  # a request's size over-estimates its input tokens: JSON keys and quoting count too
 MAX_IDLE_ACCOUNTS = 20_000
+FILE_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -86,6 +87,19 @@ class Meter:
         self._missed: set[str] = set()  # budgets whose spend did not reach Redis (it was down)
         self._accounts: dict[str, Account] = {}
         self._on_spend = on_spend  # called with each Spend (cost in status)
+        self._files_checked = 0.0
+
+    def _check_files(self) -> None:
+        """Pick up a changed price table or budget file (mounted ConfigMaps change in place)."""
+        now = time.monotonic()
+        if now - self._files_checked < FILE_CHECK_SECONDS:
+            return
+        self._files_checked = now
+        for table in (self._prices, self._namespaces):
+            try:
+                table.reload()
+            except (ValueError, OSError) as e:  # PriceTableError, BudgetFileError, a file gone
+                log.warning("%s; the last good one stays in use", e)
 
     async def reserve(self, caller: Caller, target: Target, body: bytes, request_id: str) -> Reservation:
         try:
@@ -94,6 +108,7 @@ class Meter:
             max_tokens = int(request.get("max_tokens") or 0)
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             raise GatewayError(400, "request body must be a JSON object with model and max_tokens") from None
+        self._check_files()
         price = self._prices.price(model)
         budgets = scopes(caller, target, self._namespaces, utc_day())
         money = next((scope for scope in budgets if scope.limits.usd is not None), None)
