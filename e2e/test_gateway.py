@@ -211,7 +211,8 @@ def test_over_the_agents_rate_limit_a_call_gets_429_with_retry_after_then_goes_t
     kubeconfig = gateway_kubeconfig(cluster, kubectl, k8s, tmp_path / "limited.kubeconfig")
     with GatewayProcess(cluster, kubeconfig, tmp_path / "limited.log", env={
             "OVERSEER_GATEWAY_DATABASE_URL": ledger_db.dsn, "OVERSEER_GATEWAY_AGENT_REQUESTS_PER_MINUTE": "2",
-            "OVERSEER_GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "3", "OVERSEER_GATEWAY_RATE_LIMIT_WAIT_SECONDS": "0"}) as gw:
+            "OVERSEER_GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "3", "OVERSEER_GATEWAY_RATE_LIMIT_WAIT_SECONDS": "0",
+            "OVERSEER_GATEWAY_RATE_LIMIT_REPLICAS": "1"}) as gw:  # one replica, no Redis: the whole limit is its own
         # Two goals of one Agent share its limit: two calls in the window, the third is told when to come back.
         ask(gw, pod_token(k8s, world.ns, goal_pods["fix-ci"]))
         ask(gw, pod_token(k8s, world.ns, goal_pods["fix-docs"]))
