@@ -71,14 +71,15 @@ class Proxy:
             body = await request.read()
             rid = request_id()
             reservation = held = None
-            if metered and self._limits is not None:
-                held = await self._limits.acquire(caller, body)
+            limits = self._limits if metered else None
+            if limits is not None:
+                held = await limits.acquire(caller, body)
             if metered and self._meter is not None:
                 try:
                     reservation = await self._meter.reserve(caller, target, body, rid)
                 except GatewayError:
-                    if held is not None:
-                        await self._limits.release(held)  # type: ignore[union-attr]
+                    if limits is not None and held is not None:
+                        await limits.release(held)  # not made: its tokens do not count
                     raise
         except GatewayError as refusal:
             metrics.REFUSALS.labels(str(refusal.status), refusal.error_type).inc()
@@ -109,11 +110,11 @@ class Proxy:
             return error_response(502, f"the model endpoint {target.base_url} did not answer: "
                                        f"{type(e).__name__}: {e}")
         finally:
-            if held is not None:
-                await asyncio.shield(self._limits.settle(held, tap.usage))  # type: ignore[union-attr]
             if reservation is not None:
                 # Shielded: a client that hangs up mid-answer still pays for what it used.
                 await asyncio.shield(self._settle(reservation, tap.usage, tap.model))
+            if limits is not None and held is not None:
+                await asyncio.shield(limits.settle(held, tap.usage))
 
     async def _stream(self, request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str],
                       tap: StreamUsage) -> web.StreamResponse:
