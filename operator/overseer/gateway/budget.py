@@ -15,7 +15,8 @@ checked in one atomic step, so spend passes a budget by at most what calls in fl
 their holds (nothing, as a call cannot use more than its hold). Without it, or while it is down,
 each replica counts alone: totals come from the ledger and are read again every
 `refresh_seconds`, so a budget may also be passed by what the other replicas spend within that
-time. With neither Redis nor the ledger a call is refused (503): the gateway does not spend blind.
+time. A budget this replica has not counted yet, with neither Redis nor the ledger answering,
+refuses the call (503, which the SDK retries): the gateway does not spend blind.
 """
 
 from __future__ import annotations
