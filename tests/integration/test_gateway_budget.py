@@ -97,6 +97,25 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
         await close()
 
 
+async def settled(postgres: PostgresServer, gateways: list[Gateway], calls: int, goal_uid: str = "",
+                  namespace: str = "") -> None:
+    """Wait until that many calls of a goal or namespace are in the ledger (an answer goes out before
+    its call is settled)."""
+    column, value = ("goal_uid", goal_uid) if goal_uid else ("namespace", namespace)
+    for _ in range(200):
+        for g in gateways:
+            assert await g.ledger.flush()
+        try:
+            async with await psycopg.AsyncConnection.connect(postgres.dsn) as conn:
+                cur = await conn.execute(f"SELECT count(*) FROM gateway_spend WHERE {column} = %s", (value,))
+                if (await cur.fetchone())[0] >= calls:  # type: ignore[index]
+                    return
+        except psycopg.errors.UndefinedTable:  # no row written yet
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {calls} calls of {value} in the ledger")
+
+
 async def rows(postgres: PostgresServer, goal_uid: str) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(postgres.dsn) as conn:
         cur = conn.cursor(row_factory=psycopg.rows.dict_row)
@@ -253,7 +272,7 @@ async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gate
                 return str(e.status_code)
 
         outcomes = await asyncio.gather(*[call(one if i % 2 else two) for i in range(40)])
-        assert await one.ledger.flush() and await two.ledger.flush()
+        await settled(postgres, [one, two], outcomes.count("ok"), goal_uid=one.caller.goal_uid)
     spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, one.caller.goal_uid)]
     shared = redis.Redis.from_url(redis_server.url)
 
@@ -318,7 +337,7 @@ async def test_an_agents_daily_budget_counts_all_its_goals_and_the_refusal_names
                                       agent_budget={"maxCostPerDay": 0.015}, redis_url=redis_server.url if shared else None)
         for goal in ("fix-ci", "fix-docs"):
             await gateway.sdk(goal=goal).messages.create(model=MODEL, max_tokens=1000, messages=HI)  # type: ignore[arg-type]
-        assert await gateway.ledger.flush()
+        await settled(postgres, [gateway], 2, namespace=ns)
         await asyncio.sleep(0.6)  # past the ledger refresh of a replica counting alone
         calls_before = len(model.requests)
         with pytest.raises(anthropic.APIStatusError) as refused:
@@ -346,6 +365,7 @@ async def test_a_namespaces_daily_budget_from_the_platforms_file_counts_every_ag
         reviewer = await start_gateway(model.url, caller=Caller(ns, "r-a1", "r", f"uid-{ns}-r", "reviewer"),
                                        redis_url=redis_server.url, namespaces=NamespaceBudgets(budgets))
         await coder.sdk().messages.create(model=MODEL, max_tokens=50, messages=long_question)  # type: ignore[arg-type]
+        await settled(postgres, [coder], 1, namespace=ns)
         with pytest.raises(anthropic.APIStatusError) as refused:  # fits 1000 alone, not after the coder's 500
             await reviewer.sdk().messages.create(model=MODEL, max_tokens=600, messages=HI)  # type: ignore[arg-type]
         await reviewer.sdk().messages.create(model=MODEL, max_tokens=100, messages=HI)  # type: ignore[arg-type]
@@ -378,7 +398,7 @@ async def test_two_replicas_and_twenty_goals_never_spend_past_one_agents_daily_b
                 return str(e.status_code)
 
         outcomes = await asyncio.gather(*[call(i) for i in range(20)])
-        assert await one.ledger.flush() and await two.ledger.flush()
+        await settled(postgres, [one, two], outcomes.count("ok"), namespace=ns)
     tokens, _ = await day_total(postgres, ns)
 
     assert set(outcomes) == {"ok", "402"} and outcomes.count("ok") == len(model.requests)
