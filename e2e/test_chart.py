@@ -422,6 +422,36 @@ def test_the_chart_runs_the_gateway_with_the_tested_rbac_and_sends_goal_pods_to_
     assert operator_env["OVERSEER_GATEWAY_URL"] == f"http://{GATEWAY}.ovs-system.svc:8080"
 
 
+def test_the_gateway_gets_the_platforms_namespace_budgets_and_rate_limits_and_the_operator_its_prices() -> None:
+    out = {(o["kind"], o["metadata"]["name"]): o for o in objects(helm(
+        "template", RELEASE, str(CHART), "-n", "ovs-system", *GATEWAY_VALUES, "--set-json",
+        'gateway.namespaceBudgets={"default": {"maxCostPerDay": 50}, "namespaces": {"team-a": {"maxTokensPerDay": 1000}}}',
+        "--set", "gateway.rateLimits.agentRequestsPerMinute=60").stdout)}
+    pod = out[("Deployment", GATEWAY)]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    # in the operator's namespace, where namespace editors cannot write
+    budgets = out[("ConfigMap", f"{GATEWAY}-budgets")]
+    assert budgets["metadata"]["namespace"] == "ovs-system"
+    assert yaml.safe_load(budgets["data"]["budgets.yaml"]) == {"default": {"maxCostPerDay": 50},
+                                                               "namespaces": {"team-a": {"maxTokensPerDay": 1000}}}
+    assert env["OVERSEER_GATEWAY_BUDGETS_FILE"] == "/etc/overseer-gateway/budgets.yaml"
+    [volume] = [v for v in pod["volumes"] if v["name"] == "prices"]
+    assert [s["configMap"]["name"] for s in volume["projected"]["sources"]] == [f"{GATEWAY}-prices", f"{GATEWAY}-budgets"]
+    assert (env["OVERSEER_GATEWAY_AGENT_REQUESTS_PER_MINUTE"], env["OVERSEER_GATEWAY_REQUESTS_PER_MINUTE"]) == ("60", "0")
+    assert env["OVERSEER_GATEWAY_RATE_LIMIT_REPLICAS"] == "2"  # each replica's share while Redis is down
+
+    operator = out[("Deployment", OPERATOR)]["spec"]["template"]["spec"]
+    operator_env = {e["name"]: e.get("value") for e in operator["containers"][0]["env"]}
+    assert operator_env["OVERSEER_GATEWAY_PRICES_FILE"] == "/etc/overseer-gateway/prices.yaml"  # for PriceKnown
+    [mount] = [m for m in operator["containers"][0]["volumeMounts"] if m["mountPath"] == "/etc/overseer-gateway"]
+    [prices] = [v for v in operator["volumes"] if v["name"] == mount["name"]]
+    assert prices["configMap"]["name"] == f"{GATEWAY}-prices"
+
+    refused = helm("template", RELEASE, str(CHART), *GATEWAY_VALUES, "--set-json",
+                   'gateway.namespaceBudgets={"namespaces": {"team-a": {"maxCost": 5}}}', check=False)
+    assert refused.returncode != 0 and "maxCost" in refused.stderr  # the values schema names the field
+
+
 def test_without_the_gateway_nothing_of_it_is_rendered_and_enabled_it_needs_its_ledger() -> None:
     plain = objects(helm("template", RELEASE, str(CHART)).stdout)
     assert not [o for o in plain if o["metadata"]["name"].startswith(GATEWAY)]

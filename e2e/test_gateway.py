@@ -31,11 +31,20 @@ def model(tmp_path: Path) -> Iterator[ModelServer]:
 
 
 @pytest.fixture
-def gateway(cluster: Cluster, kubectl: Kubectl, k8s: K8s, tmp_path: Path,
-            ledger_db: PostgresServer) -> Iterator[GatewayProcess]:
+def budgets_file(tmp_path: Path) -> Path:
+    """The platform's namespace budgets the gateway reads (the ConfigMap overseer-gateway-budgets)."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("{}\n")
+    return path
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, kubectl: Kubectl, k8s: K8s, tmp_path: Path, ledger_db: PostgresServer,
+            budgets_file: Path) -> Iterator[GatewayProcess]:
     kubeconfig = gateway_kubeconfig(cluster, kubectl, k8s, tmp_path / "gateway.kubeconfig")
     with GatewayProcess(cluster, kubeconfig, tmp_path / "gateway.log", env={
-            "OVERSEER_GATEWAY_DATABASE_URL": ledger_db.dsn, "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5"}) as gw:
+            "OVERSEER_GATEWAY_DATABASE_URL": ledger_db.dsn, "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5",
+            "OVERSEER_GATEWAY_BUDGETS_FILE": str(budgets_file)}) as gw:
         yield gw
 
 
@@ -163,3 +172,74 @@ def test_a_goal_over_its_money_budget_fails_with_budget_exhausted_and_the_amount
     estimate = re.search(r"this call may cost up to \$(\d+\.\d+)", goal["status"]["message"])
     assert estimate and float(estimate.group(1)) >= 4096 * 10 / 1e6, goal["status"]["message"]
     assert model.requests() == []
+
+
+def test_a_goal_over_its_agents_daily_budget_fails_with_budget_exhausted_and_the_amount(
+        world: World, agents: Any) -> None:
+    model, runner = agents({"tiny": [text("never sent")]}, budget="  budget: {maxCostPerDay: 0.001}")
+    world.goal("tiny", extra="  maxRetries: 2")
+    goal = world.wait_phase("tiny", "Failed", timeout=90)
+
+    assert goal["status"]["failureReason"] == "BudgetExhausted" and goal["status"]["attempt"] == 1
+    assert re.search(rf"budget maxCostPerDay \$0\.0010 of Agent {world.ns}/coder for \d{{4}}-\d\d-\d\d \(UTC\) is "
+                     r"exhausted: \$0\.0000 spent, \$0\.0000 held by calls in flight, and this call may cost up to "
+                     r"\$\d+\.\d{4}", goal["status"]["message"]), goal["status"]["message"]
+    estimate = re.search(r"may cost up to \$(\d+\.\d+)", goal["status"]["message"])
+    assert estimate and float(estimate.group(1)) >= 4096 * 10 / 1e6  # maxTokens of output at $10 per million
+    assert model.requests() == []
+
+
+def test_a_goal_over_its_namespaces_daily_budget_fails_naming_the_platforms_budget(
+        world: World, agents: Any, budgets_file: Path) -> None:
+    budgets_file.write_text(f"namespaces:\n  {world.ns}: {{maxTokensPerDay: 2000}}\n")
+    model, runner = agents({"big": [text("never sent")]})  # maxTokens 4096 per call: more than the namespace's day
+    world.goal("big", extra="  maxRetries: 0")
+    goal = world.wait_phase("big", "Failed", timeout=90)
+
+    assert goal["status"]["failureReason"] == "BudgetExhausted"
+    assert re.search(rf"budget maxTokensPerDay 2000 of namespace {world.ns} for \d{{4}}-\d\d-\d\d \(UTC; ConfigMap "
+                     r"overseer-gateway-budgets\) is exhausted: 0 tokens spent, 0 held by calls in flight, and this "
+                     r"call may use up to \d+", goal["status"]["message"]), goal["status"]["message"]
+    estimate = re.search(r"may use up to (\d+)", goal["status"]["message"])
+    assert estimate and int(estimate.group(1)) >= 4096
+    assert model.requests() == []
+
+
+def test_over_the_agents_rate_limit_a_call_gets_429_with_retry_after_then_goes_through(
+        cluster: Cluster, kubectl: Kubectl, k8s: K8s, tmp_path: Path, ledger_db: PostgresServer,
+        goal_pods: dict[str, str], world: World, model: ModelServer) -> None:
+    kubeconfig = gateway_kubeconfig(cluster, kubectl, k8s, tmp_path / "limited.kubeconfig")
+    with GatewayProcess(cluster, kubeconfig, tmp_path / "limited.log", env={
+            "OVERSEER_GATEWAY_DATABASE_URL": ledger_db.dsn, "OVERSEER_GATEWAY_AGENT_REQUESTS_PER_MINUTE": "2",
+            "OVERSEER_GATEWAY_RATE_LIMIT_WINDOW_SECONDS": "3", "OVERSEER_GATEWAY_RATE_LIMIT_WAIT_SECONDS": "0",
+            "OVERSEER_GATEWAY_RATE_LIMIT_REPLICAS": "1"}) as gw:  # one replica, no Redis: the whole limit is its own
+        # Two goals of one Agent share its limit: two calls in the window, the third is told when to come back.
+        ask(gw, pod_token(k8s, world.ns, goal_pods["fix-ci"]))
+        ask(gw, pod_token(k8s, world.ns, goal_pods["fix-docs"]))
+        token = pod_token(k8s, world.ns, goal_pods["fix-ci"])
+        with pytest.raises(anthropic.RateLimitError, match=f"rate limit of Agent {world.ns}/coder") as limited:
+            ask(gw, token)
+        calls = len(model.requests())
+        client = anthropic.Anthropic(base_url=gw.url, api_key=token, max_retries=3)  # as the agent's SDK does
+        answer = client.messages.create(model=MODEL, max_tokens=50, messages=HELLO)  # type: ignore[arg-type]
+
+    assert 1 <= int(limited.value.response.headers["retry-after"]) <= 3
+    assert calls == 2 and len(model.requests()) == 3
+    assert answer.content[0].text == "Hello through the gateway."
+
+
+def test_an_agent_whose_model_has_no_price_says_so_in_a_condition_and_an_event(world: World) -> None:
+    world.apply("""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {name: unpriced}
+spec:
+  model: {name: claude-unreleased-9, apiKeySecretRef: {name: anthropic, key: api-key}}
+""")
+    condition = world.wait_condition("agent", "unpriced", "PriceKnown", "False", "NoPrice")
+
+    assert "'claude-unreleased-9' has no price" in condition["message"]
+    assert "add the key 'claude-unreleased-9' to ConfigMap overseer-gateway-prices" in condition["message"]
+    assert wait_for(lambda: any(e.get("reason") == "NoPrice" for e in world.events("unpriced")), timeout=30,
+                    description="a NoPrice event on Agent unpriced")
+    world.wait_condition("agent", "unpriced", "Ready", "True")  # it still runs goals, at $0 in the ledger

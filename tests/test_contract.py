@@ -97,3 +97,15 @@ def test_a_missing_variable_is_named_in_the_agents_error(clean_env) -> None:
 def test_the_agent_exits_with_the_contracts_codes(outcome: Outcome, code: ExitCode) -> None:
     assert exit_code(outcome) == code
     assert [c.value for c in ExitCode] == [0, 1, 2]
+
+
+def test_behind_the_gateway_a_goal_pod_gets_no_rate_limit_of_its_own(make_goal, make_agent, clean_env) -> None:
+    settings = Settings(gateway_url="http://overseer-gateway.overseer-system:8080", agent_requests_per_minute=50,
+                        agent_tokens_per_minute=40_000)
+    pod = render_pod(make_goal("fix-ci"), make_agent("coder"), 1, settings)
+    for name, value in pod_environment(pod).items():
+        clean_env.setenv(name, value)
+
+    read = AgentSettings()
+
+    assert (read.requests_per_minute, read.tokens_per_minute) == (0, 0)  # the gateway limits its calls

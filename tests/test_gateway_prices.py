@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overseer.gateway.prices import PriceTable, PriceTableError
+from overseer.prices import PriceTable, PriceTableError
 
 
 def test_cache_writes_and_reads_are_priced_against_the_input_price() -> None:

@@ -2,8 +2,8 @@
 
 The agent publishes events and drains steering messages; `kubectl overseer logs` follows the
 events and `kubectl overseer steer` pushes messages. Both sides import this module, so the keys
-and the wire format are written once. (The model API rate limit, which only agents share, is
-in overseer.agent.ratelimit.)
+and the wire format are written once. (The model API rate limits are
+in overseer.ratelimit.)
 
 Redis is a convenience, never a dependency. Every call here either finishes within the
 client's short timeouts or is skipped while Redis is known to be down, so a missing,

@@ -8,6 +8,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,7 @@ import anthropic
 import psycopg
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from overseer.agent.gateway_token import exhausted_budget
@@ -22,11 +24,13 @@ from overseer.testing.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
-from overseer.gateway.counters import RedisCounters
+from overseer.gateway.counters import RedisCounters, Refused, Unknown
 from overseer.gateway.identity import Caller
 from overseer.gateway.ledger import Ledger, Spend
-from overseer.gateway.prices import PriceTable
+from overseer.prices import PriceTable
 from overseer.gateway.proxy import Proxy
+from overseer.gateway.ratelimits import RateLimits
+from overseer.gateway.scopes import NamespaceBudgets, scopes
 from overseer.gateway.settings import GatewaySettings
 from overseer.gateway.upstream import Target, client_session
 from tests.support.servers import PostgresServer, RedisServer
@@ -39,8 +43,8 @@ class Gateway:
     def __init__(self, url: str, meter: Meter, ledger: Ledger) -> None:
         self.url, self.meter, self.ledger = url, meter, ledger
 
-    def sdk(self, retries: int = 0) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(base_url=self.url, api_key="pod-token", max_retries=retries)
+    def sdk(self, retries: int = 0, goal: str = "pod-token") -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=self.url, api_key=goal, max_retries=retries)
 
 
 @pytest.fixture
@@ -49,26 +53,35 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
     cleanup: list[Any] = []
 
     async def start(upstream: str, goal_budget: dict[str, Any] | None = None, redis_url: str | None = None,
-                    caller: Caller | None = None, refresh_seconds: float = 0.5) -> Gateway:
+                    caller: Caller | None = None, refresh_seconds: float = 0.5,
+                    agent_budget: dict[str, Any] | None = None, namespaces: NamespaceBudgets | None = None,
+                    limits: GatewaySettings | None = None) -> Gateway:
         ledger = Ledger(postgres.dsn)
         await ledger.open()
-        counters = RedisCounters(redis_url, hold_seconds=60) if redis_url else None
-        meter = Meter(ledger, PriceTable(), refresh_seconds=refresh_seconds, counters=counters)
+        client = aioredis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1) if redis_url else None
+        counters = RedisCounters(client, hold_seconds=60) if client else None
+        meter = Meter(ledger, PriceTable(), refresh_seconds=refresh_seconds, counters=counters, namespaces=namespaces)
         caller = caller or Caller("team-a", "g-a1", "g", "uid-" + secrets.token_hex(4), "coder", goal_budget)
-        if counters is not None:
-            cleanup.append(counters.close)
+        if client is not None:
+            cleanup.append(client.aclose)
 
         class Who:
+            """The fixture's caller for "pod-token"; another token is a goal of that name of the same Agent."""
+
             async def caller(self, token: str) -> Caller:
-                return caller
+                if token == "pod-token":
+                    return caller
+                return Caller(caller.namespace, f"{token}-a1", token, f"uid-{caller.namespace}-{token}", caller.agent,
+                              goal_budget)
 
         class Where:
             async def target(self, namespace: str, agent: str) -> Target:
-                return Target(upstream, "sk-upstream", MODEL, {})
+                return Target(upstream, "sk-upstream", MODEL, agent_budget or {})
 
         session = client_session(GatewaySettings())
         app = web.Application()
-        add_routes(app, Proxy(Who(), Where(), session, meter))  # type: ignore[arg-type]
+        add_routes(app, Proxy(Who(), Where(), session, meter,  # type: ignore[arg-type]
+                              RateLimits(client, limits) if limits else None))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -82,6 +95,25 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
     yield start
     for close in cleanup:
         await close()
+
+
+async def settled(postgres: PostgresServer, gateways: list[Gateway], calls: int, goal_uid: str = "",
+                  namespace: str = "") -> None:
+    """Wait until that many calls of a goal or namespace are in the ledger (an answer goes out before
+    its call is settled)."""
+    column, value = ("goal_uid", goal_uid) if goal_uid else ("namespace", namespace)
+    for _ in range(200):
+        for g in gateways:
+            assert await g.ledger.flush()
+        try:
+            async with await psycopg.AsyncConnection.connect(postgres.dsn) as conn:
+                cur = await conn.execute(f"SELECT count(*) FROM gateway_spend WHERE {column} = %s", (value,))
+                if (await cur.fetchone())[0] >= calls:  # type: ignore[index]
+                    return
+        except psycopg.errors.UndefinedTable:  # no row written yet
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {calls} calls of {value} in the ledger")
 
 
 async def rows(postgres: PostgresServer, goal_uid: str) -> list[dict[str, Any]]:
@@ -240,14 +272,15 @@ async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gate
                 return str(e.status_code)
 
         outcomes = await asyncio.gather(*[call(one if i % 2 else two) for i in range(40)])
-        assert await one.ledger.flush() and await two.ledger.flush()
+        await settled(postgres, [one, two], outcomes.count("ok"), goal_uid=one.caller.goal_uid)
     spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, one.caller.goal_uid)]
     shared = redis.Redis.from_url(redis_server.url)
 
     assert set(outcomes) == {"ok", "402"}
     assert sum(spent) <= budget, spent
     assert len(spent) >= 5 and sum(spent) > budget / 2  # most of the budget was usable
-    assert int(shared.hget(f"overseer:gw:spent:{{{one.caller.goal_uid}}}", "t")) == sum(spent)  # type: ignore[arg-type]
+    assert int(shared.hget(f"overseer:gw:{{team-a}}:goal:{one.caller.goal_uid}", "t")) == sum(spent)  # type: ignore[arg-type]
+    assert int(shared.hget(f"overseer:gw:{{team-a}}:goal:{one.caller.goal_uid}", "ht")) == 0  # nothing in flight
     shared.close()
 
 
@@ -274,7 +307,156 @@ async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: A
     assert len(model.requests) == 3
     # Back in Redis, with what was spent while it was down (loaded again from the ledger).
     shared = redis.Redis.from_url(redis_server.url)
-    spent = int(shared.hget(f"overseer:gw:spent:{{{gateway.caller.goal_uid}}}", "t"))  # type: ignore[arg-type]
+    spent = int(shared.hget(f"overseer:gw:{{team-a}}:goal:{gateway.caller.goal_uid}", "t"))  # type: ignore[arg-type]
     shared.close()
     total = await gateway.ledger.goal_total(gateway.caller.goal_uid)
     assert spent == total.tokens and total.requests == 3
+
+
+def namespace() -> str:
+    """A namespace of its own: daily budgets count every call of a namespace today, other tests' too."""
+    return "ns-" + secrets.token_hex(4)
+
+
+async def day_total(postgres: PostgresServer, ns: str) -> tuple[int, Decimal]:
+    async with await psycopg.AsyncConnection.connect(postgres.dsn) as conn:
+        cur = await conn.execute("SELECT coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0)"
+                                 " FROM gateway_spend WHERE namespace = %s", (ns,))
+        tokens, usd = await cur.fetchone()  # type: ignore[misc]
+    return int(tokens), Decimal(usd)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["ledger", "redis"])
+async def test_an_agents_daily_budget_counts_all_its_goals_and_the_refusal_names_it_and_the_amount(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer, shared: bool) -> None:
+    ns = namespace()
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        # A call with max_tokens 1000 may cost about $0.01 and fits $0.015 next to what the others spent (a
+        # few cents of a cent); one with max_tokens 2000, of a third goal of the Agent, may cost $0.02.
+        gateway = await start_gateway(model.url, caller=Caller(ns, "g-a1", "g", f"uid-{ns}", "coder"),
+                                      agent_budget={"maxCostPerDay": 0.015}, redis_url=redis_server.url if shared else None)
+        for goal in ("fix-ci", "fix-docs"):
+            await gateway.sdk(goal=goal).messages.create(model=MODEL, max_tokens=1000, messages=HI)  # type: ignore[arg-type]
+        await settled(postgres, [gateway], 2, namespace=ns)
+        await asyncio.sleep(0.6)  # past the ledger refresh of a replica counting alone
+        calls_before = len(model.requests)
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await gateway.sdk(goal="fix-tests").messages.create(model=MODEL, max_tokens=2000, messages=HI)  # type: ignore[arg-type]
+    tokens, usd = await day_total(postgres, ns)
+
+    assert refused.value.status_code == 402 and len(model.requests) == calls_before
+    assert exhausted_budget(refused.value) == "Agent.maxCostPerDay"
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert (f"budget maxCostPerDay $0.0150 of Agent {ns}/coder for {today} (UTC) is exhausted: "
+            f"${usd:.4f} spent, $0.0000 held by calls in flight, and this call may cost up to $0.020") \
+        in refused.value.message, refused.value.message
+    assert usd > 0
+
+
+async def test_a_namespaces_daily_budget_from_the_platforms_file_counts_every_agent(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer, tmp_path: Any) -> None:
+    ns = namespace()
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(f"default: {{maxCostPerDay: 1000}}\nnamespaces:\n  {ns}: {{maxTokensPerDay: 1000}}\n")
+    long_question = [{"role": "user", "content": "word " * 400}]  # 500 input tokens
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        coder = await start_gateway(model.url, caller=Caller(ns, "g-a1", "g", f"uid-{ns}-g", "coder"),
+                                    redis_url=redis_server.url, namespaces=NamespaceBudgets(budgets))
+        reviewer = await start_gateway(model.url, caller=Caller(ns, "r-a1", "r", f"uid-{ns}-r", "reviewer"),
+                                       redis_url=redis_server.url, namespaces=NamespaceBudgets(budgets))
+        await coder.sdk().messages.create(model=MODEL, max_tokens=50, messages=long_question)  # type: ignore[arg-type]
+        await settled(postgres, [coder], 1, namespace=ns)
+        with pytest.raises(anthropic.APIStatusError) as refused:  # fits 1000 alone, not after the coder's 500
+            await reviewer.sdk().messages.create(model=MODEL, max_tokens=600, messages=HI)  # type: ignore[arg-type]
+        await reviewer.sdk().messages.create(model=MODEL, max_tokens=100, messages=HI)  # type: ignore[arg-type]
+        assert await coder.ledger.flush() and await reviewer.ledger.flush()
+    tokens, _ = await day_total(postgres, ns)
+
+    assert exhausted_budget(refused.value) == "Namespace.maxTokensPerDay"
+    assert re.search(rf"budget maxTokensPerDay 1000 of namespace {ns} for \d{{4}}-\d{{2}}-\d{{2}} \(UTC; ConfigMap "
+                     r"overseer-gateway-budgets\) is exhausted: 50\d tokens spent", refused.value.message), \
+        refused.value.message
+    assert len(model.requests) == 2 and tokens <= 1000
+
+
+async def test_two_replicas_and_twenty_goals_never_spend_past_one_agents_daily_budget(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer) -> None:
+    ns, budget = namespace(), 1_500
+    question = [{"role": "user", "content": "Why does the parser fail on tabs? " * 12}]
+    async with ScriptedModelServer({"conversations": {"default": [{"reply": "x" * 80, "delay": 0.05}]},
+                                    "repeat_last": True}) as model:
+        caller = Caller(ns, "g-a1", "g", f"uid-{ns}", "coder")
+        one, two = [await start_gateway(model.url, caller=caller, agent_budget={"maxTokensPerDay": budget},
+                                        redis_url=redis_server.url, refresh_seconds=3600) for _ in range(2)]
+
+        async def call(i: int) -> str:
+            try:
+                await (one if i % 2 else two).sdk(goal=f"goal-{i}").messages.create(
+                    model=MODEL, max_tokens=20, messages=question)  # type: ignore[arg-type]
+                return "ok"
+            except anthropic.APIStatusError as e:
+                return str(e.status_code)
+
+        outcomes = await asyncio.gather(*[call(i) for i in range(20)])
+        await settled(postgres, [one, two], outcomes.count("ok"), namespace=ns)
+    tokens, _ = await day_total(postgres, ns)
+
+    assert set(outcomes) == {"ok", "402"} and outcomes.count("ok") == len(model.requests)
+    assert budget / 2 < tokens <= budget
+
+
+async def test_a_hold_a_replica_never_settles_lapses_and_leaves_the_running_totals(redis_server: RedisServer) -> None:
+    ns = namespace()
+    client = aioredis.from_url(redis_server.url)
+    counters = RedisCounters(client, hold_seconds=0.3)
+    caller = Caller(ns, "g-a1", "g", f"uid-{ns}", "coder")
+    [goal] = scopes(caller, Target("http://model", "k", MODEL, {"maxTokensPerGoal": 1000}), NamespaceBudgets(), "d")
+    assert await counters.hold(ns, [goal], "req-1", 10, Decimal(0)) == Unknown(0)
+    await counters.load(ns, goal, 100, Decimal(0))
+    assert await counters.hold(ns, [goal], "req-died", 800, Decimal(0)) is None  # its replica dies: never settled
+    refused = await counters.hold(ns, [goal], "req-2", 200, Decimal(0))
+    await asyncio.sleep(0.4)
+    after = await counters.hold(ns, [goal], "req-3", 200, Decimal(0))
+    await counters.settle(ns, [goal], "req-3", 200, Decimal(0), 150, Decimal(0))
+    state = await client.hgetall(RedisCounters.key(ns, goal))
+    await client.aclose()
+
+    assert isinstance(refused, Refused) and (refused.spent_tokens, refused.held_tokens) == (100, 800)
+    assert after is None
+    assert (int(state[b"t"]), int(state[b"ht"])) == (250, 0)
+
+
+async def test_over_an_agents_rate_limit_a_call_gets_429_with_retry_after_and_goes_through_later(
+        start_gateway: Any, redis_server: RedisServer) -> None:
+    limits = GatewaySettings(agent_requests_per_minute=2, rate_limit_window_seconds=2, rate_limit_wait_seconds=0)
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        gateway = await start_gateway(model.url, caller=Caller(namespace(), "g-a1", "g", "uid", "coder"),
+                                      redis_url=redis_server.url, limits=limits)
+        for _ in range(2):
+            await gateway.sdk().messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await gateway.sdk().messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        assert len(model.requests) == 2
+        started = asyncio.get_running_loop().time()
+        # The agent's SDK retries a 429 after retry-after: the same call goes through once the window moved.
+        answer = await gateway.sdk(retries=2).messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        waited = asyncio.get_running_loop().time() - started
+
+    retry_after = float(limited.value.response.headers["retry-after-ms"]) / 1000
+    assert 0 < retry_after <= 2 and limited.value.response.headers["retry-after"] in ("1", "2")
+    assert "rate limit of Agent" in limited.value.message and "2 requests per 2 seconds" in limited.value.message
+    assert answer.content[0].text == "ok" and len(model.requests) == 3 and waited >= 0.2
+
+
+async def test_a_call_over_the_rate_limit_waits_briefly_rather_than_being_refused(start_gateway: Any) -> None:
+    limits = GatewaySettings(requests_per_minute=1, rate_limit_window_seconds=0.5, rate_limit_wait_seconds=3)
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        gateway = await start_gateway(model.url, caller=Caller(namespace(), "g-a1", "g", "uid", "coder"),
+                                      limits=limits)  # no Redis: this replica limits alone
+        client = gateway.sdk()
+        started = asyncio.get_running_loop().time()
+        for _ in range(3):
+            await client.messages.create(model=MODEL, max_tokens=10, messages=HI)  # type: ignore[arg-type]
+        took = asyncio.get_running_loop().time() - started
+
+    assert len(model.requests) == 3 and took >= 0.5  # no 429: each waited for the window to move

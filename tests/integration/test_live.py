@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from overseer.agent.ratelimit import RateLimiter
+from overseer.ratelimit import RateLimiter
 from overseer.live import EventStream, EventType, SteeringPoller, SteeringQueue, SteeringUnavailable, connect
 from tests.support.servers import RedisServer
 

@@ -31,7 +31,7 @@ from .config import AgentSettings
 from .goal_link import GoalLink
 from .health import HealthServer
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
-from .ratelimit import RateLimiter
+from overseer.ratelimit import RateLimiter
 from .tools import default_registry
 from .tools.base import ToolContext, ToolError, ToolRegistry
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved

@@ -1,6 +1,6 @@
 """The Overseer API (overseer.dev/v1alpha1): the only definition of each kind's spec and status."""
 
-from .agent import (Agent, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements,
+from .agent import (Agent, AgentBudget, AgentSpec, AgentStatus, Budget, KnowledgeSpec, ModelSpec, ResourceRequirements,
                     WorkspaceSpec)
 from .capability import Capability, CapabilitySpec, CapabilityStatus, EgressRule
 from .goal import Goal, GoalSpec, GoalStatus, GoalWorkspace, Phase, TokenUsage, WorkspaceSource, queue_key
@@ -11,7 +11,7 @@ KINDS = (Agent, Goal, Capability)
 __all__ = [
     "queue_key",
     "API_VERSION", "GROUP", "KINDS", "VERSION",
-    "Agent", "AgentSpec", "AgentStatus", "Budget", "KnowledgeSpec", "ModelSpec", "ResourceRequirements",
+    "Agent", "AgentBudget", "AgentSpec", "AgentStatus", "Budget", "KnowledgeSpec", "ModelSpec", "ResourceRequirements",
     "WorkspaceSpec", "WorkspaceSource", "GoalWorkspace",
     "Capability", "CapabilitySpec", "CapabilityStatus", "EgressRule",
     "Condition", "Goal", "GoalSpec", "GoalStatus", "Phase", "TokenUsage", "parse_duration",

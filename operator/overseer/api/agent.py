@@ -53,6 +53,17 @@ class Budget(ApiModel):
     fails with BudgetExhausted, priced from the gateway's price table."""
 
 
+class AgentBudget(Budget):
+    """Per-goal limits (a Goal may override them) and what all of the Agent's goals together may spend
+    in a UTC day (a Goal cannot change that)."""
+
+    max_tokens_per_day: int | None = Field(default=None, ge=1)
+    """Tokens all of this agent's goals may use through the model gateway in one UTC day; a call that
+    does not fit fails its goal with BudgetExhausted."""
+    max_cost_per_day: float | None = Field(default=None, ge=0)
+    """US dollars all of this agent's goals may spend through the model gateway in one UTC day."""
+
+
 class AgentCost(ApiModel):
     """What an Agent's goals cost, in US dollars, as the model gateway's spend ledger records it."""
 
@@ -150,8 +161,8 @@ class AgentSpec(ApiModel):
     """Names of Capability objects in the same namespace this agent may use."""
     max_concurrent_goals: int = Field(default=1, ge=1, le=1000)
     """How many of this agent's goals run at once; the rest wait in phase Queued."""
-    budget: Budget = Field(default_factory=Budget)
-    """Default spending limits of each goal; a Goal may override them."""
+    budget: AgentBudget = Field(default_factory=AgentBudget)
+    """Spending limits: per goal (defaults a Goal may override) and per UTC day for the whole agent."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     """Compute resources of each goal pod."""
     quota: dict[str, Quantity] | None = Field(default=None, json_schema_extra={

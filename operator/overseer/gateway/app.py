@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from overseer.kube import Credentials, Kube
+from overseer.prices import PriceTable
 
 from .budget import Meter
 from .counters import RedisCounters
 from .errors import error_response
 from .identity import Identity
 from .ledger import Ledger
-from .prices import PriceTable
 from .proxy import Proxy
+from .ratelimits import RateLimits
+from .scopes import NamespaceBudgets
 from .settings import GatewaySettings
 from .status import CostStatus
 from .upstream import Targets, client_session
@@ -28,11 +31,14 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
     kube = Kube(login, field_manager="overseer-gateway")
     ledger = Ledger(settings.database_url) if settings.database_url else None
     status = CostStatus(kube, ledger, settings.status_interval_seconds) if ledger else None
-    counters = (RedisCounters(settings.redis_url, hold_seconds=settings.upstream_timeout_seconds + 60)
-                if ledger and settings.redis_url else None)
+    redis = aioredis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1) if settings.redis_url else None
+    counters = RedisCounters(redis, hold_seconds=settings.upstream_timeout_seconds + 60) if ledger and redis else None
     meter = Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
-                  on_spend=status.spent if status else None, counters=counters) if ledger else None
-    proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter)
+                  on_spend=status.spent if status else None, counters=counters,
+                  namespaces=NamespaceBudgets(settings.budgets_file)) if ledger else None
+    limits = RateLimits(redis, settings)
+    proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter,
+                  limits=limits if limits.enabled else None)
     add_routes(app, proxy)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
@@ -45,8 +51,8 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
         if ledger is not None and status is not None:
             await status.stop()
             await ledger.close()
-        if counters is not None:
-            await counters.close()
+        if redis is not None:
+            await redis.aclose()
         await kube.close()
 
     app.cleanup_ctx.append(clients)

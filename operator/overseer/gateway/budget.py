@@ -1,22 +1,26 @@
 """Budgets and cost: a call is reserved before it is forwarded and settled from its usage.
 
-A Goal's budget (spec.budget of the Goal over that of its Agent: maxTokensPerGoal,
-maxCostPerGoal) covers all its attempts. Before a call goes out, its worst case is held: the
-input estimated from the request's size plus max_tokens of output, priced as if all input were
-written to the 1-hour cache. A call whose worst case does not fit next to what was spent and
-what calls in flight hold is refused with HTTP 402 (the header in overseer.api.gateway names
-the budget) and the agent ends the goal with reason BudgetExhausted. When the answer is in, the
-hold is released and the real cost (cache-aware, prices.py) is added and written to the ledger.
+A call counts against every budget with a limit (scopes.py): its Goal's (spec.budget of the Goal
+over that of its Agent: maxTokensPerGoal, maxCostPerGoal, across all attempts), its Agent's for the
+UTC day (maxTokensPerDay, maxCostPerDay) and its namespace's for the UTC day (the platform's budget
+file). Before a call goes out, its worst case is held in all of them: the input estimated from the
+request's size plus max_tokens of output, priced as if all input were written to the 1-hour cache.
+A call whose worst case does not fit next to what was spent and what calls in flight hold is
+refused with HTTP 402 (the header in overseer.api.gateway names the budget) and the agent ends the
+goal with reason BudgetExhausted. When the answer is in, the hold is released and the real cost
+(cache-aware, overseer.prices) is added and written to the ledger.
 
-With Redis (counters.py) the spend and the holds of every Goal are shared by all replicas and
-checked in one atomic step. Without it, or while it is down, each replica counts alone: totals
-come from the ledger and are read again every `refresh_seconds`, so the spend of other replicas
-is seen within that time.
+With Redis (counters.py) the spend and the holds of every budget are shared by all replicas and
+checked in one atomic step, so spend passes a budget by at most what calls in flight use beyond
+their holds (nothing, as a call cannot use more than its hold). Without it, or while it is down,
+each replica counts alone: totals come from the ledger and are read again every
+`refresh_seconds`, so a budget may also be passed by what the other replicas spend within that
+time. A budget this replica has not counted yet, with neither Redis nor the ledger answering,
+refuses the call (503, which the SDK retries): the gateway does not spend blind.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,37 +30,32 @@ from typing import Any
 import orjson
 
 from overseer.api.gateway import BUDGET_HEADER
+from overseer.prices import PriceTable
 
 from . import metrics
 from .counters import CountersUnavailable, RedisCounters, Refused
 from .errors import GatewayError
 from .identity import Caller
 from .ledger import Ledger, LedgerUnavailable, Spend
-from .prices import PriceTable
+from .scopes import NamespaceBudgets, Scope, scopes, utc_day
 from .upstream import Target
 
 log = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN = 4  # a request's size over-estimates its input tokens: JSON keys and quoting count too
 MAX_IDLE_ACCOUNTS = 20_000
+FILE_CHECK_SECONDS = 1.0
 
 
 @dataclass
 class Account:
-    """What one Goal spent (from the ledger, plus this replica's calls since) and holds now."""
+    """What one budget spent (from the ledger, plus this replica's calls since) and holds now."""
 
     spent_tokens: int
     spent_usd: Decimal
     read_at: float
     held_tokens: int = 0
     held_usd: Decimal = Decimal(0)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    tokens: int | None
-    usd: Decimal | None
 
 
 @dataclass
@@ -66,15 +65,9 @@ class Reservation:
     request_id: str
     tokens: int
     usd: Decimal
-    account: Account | None  # held in this replica's own account
+    scopes: list[Scope]
+    accounts: list[Account] = field(default_factory=list)  # held in this replica's own accounts
     shared: bool = False  # held in the Redis counters
-
-
-def limits(caller: Caller, target: Target) -> Limits:
-    """The Goal's budget over its Agent's."""
-    merged = {**(target.budget or {}), **{k: v for k, v in (caller.budget or {}).items() if v is not None}}
-    tokens, usd = merged.get("maxTokensPerGoal"), merged.get("maxCostPerGoal")
-    return Limits(int(tokens) if tokens is not None else None, Decimal(str(usd)) if usd is not None else None)
 
 
 def _usd(amount: Decimal) -> str:
@@ -82,17 +75,32 @@ def _usd(amount: Decimal) -> str:
 
 
 class Meter:
-    """The gateway's meter: budgets per Goal, cost of every call into the ledger."""
+    """The gateway's meter: budgets per Goal, Agent and namespace, cost of every call into the ledger."""
 
     def __init__(self, ledger: Ledger, prices: PriceTable, refresh_seconds: float = 5.0,
-                 on_spend: Any = None, counters: RedisCounters | None = None) -> None:
+                 on_spend: Any = None, counters: RedisCounters | None = None,
+                 namespaces: NamespaceBudgets | None = None) -> None:
         self._ledger = ledger
         self._prices = prices
         self._refresh = refresh_seconds
         self._counters = counters
-        self._missed: set[str] = set()  # Goals whose spend did not reach Redis (it was down)
+        self._namespaces = namespaces or NamespaceBudgets()
+        self._missed: set[str] = set()  # budgets whose spend did not reach Redis (it was down)
         self._accounts: dict[str, Account] = {}
         self._on_spend = on_spend  # called with each Spend (cost in status)
+        self._files_checked = 0.0
+
+    def _check_files(self) -> None:
+        """Pick up a changed price table or budget file (mounted ConfigMaps change in place)."""
+        now = time.monotonic()
+        if now - self._files_checked < FILE_CHECK_SECONDS:
+            return
+        self._files_checked = now
+        for table in (self._prices, self._namespaces):
+            try:
+                table.reload()
+            except (ValueError, OSError) as e:  # PriceTableError, BudgetFileError, a file gone
+                log.warning("%s; the last good one stays in use", e)
 
     async def reserve(self, caller: Caller, target: Target, body: bytes, request_id: str) -> Reservation:
         try:
@@ -101,50 +109,60 @@ class Meter:
             max_tokens = int(request.get("max_tokens") or 0)
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             raise GatewayError(400, "request body must be a JSON object with model and max_tokens") from None
+        self._check_files()
         price = self._prices.price(model)
-        budget = limits(caller, target)
-        if budget.usd is not None and price is None:
-            raise GatewayError(400, f"Goal {caller.goal_key} has a money budget (maxCostPerGoal) but model "
-                                    f"{model!r} has no price: add it to the gateway's price table "
-                                    "(ConfigMap overseer-gateway-prices)")
+        budgets = scopes(caller, target, self._namespaces, utc_day())
+        money = next((scope for scope in budgets if scope.limits.usd is not None), None)
+        if money is not None and price is None:
+            raise GatewayError(400, f"{money.owner} has a money budget ({money.usd_budget}) but model {model!r} "
+                                    "has no price: add it to the gateway's price table (ConfigMap "
+                                    f"overseer-gateway-prices, key {model})")
         hold_tokens = len(body) // BYTES_PER_TOKEN + max_tokens
         hold_usd = price.most(len(body) // BYTES_PER_TOKEN, max_tokens) if price else Decimal(0)
-        reservation = Reservation(caller, model, request_id, hold_tokens, hold_usd, None)
-        if budget.tokens is None and budget.usd is None:
+        reservation = Reservation(caller, model, request_id, hold_tokens, hold_usd, budgets)
+        if not budgets:
             return reservation
         if self._counters is not None:
             try:
-                reservation.shared = await self._hold_shared(caller, budget, reservation)
+                reservation.shared = await self._hold_shared(caller, reservation)
             except CountersUnavailable as e:
                 log.warning("budget counters (Redis) unavailable, this replica counts alone: %s", e)
-                self._missed.add(caller.goal_uid)
+                self._missed.update(self._key(caller, scope) for scope in budgets)
         if not reservation.shared:
-            account = reservation.account = await self._account(caller.goal_uid)
-            async with account.lock:  # check and hold in one step: concurrent calls see each other
-                _check(caller, budget, account, hold_tokens, hold_usd)
+            accounts = [await self._account(self._key(caller, scope), scope) for scope in budgets]
+            # Check and hold with no await in between: concurrent calls on this replica see each other.
+            for scope, account in zip(budgets, accounts):
+                _check(caller, scope, account, hold_tokens, hold_usd)
+            for account in accounts:
                 account.held_tokens += hold_tokens
                 account.held_usd += hold_usd
+            reservation.accounts = accounts
         return reservation
 
-    async def _hold_shared(self, caller: Caller, budget: Limits, r: Reservation) -> bool:
+    @staticmethod
+    def _key(caller: Caller, scope: Scope) -> str:
+        return f"{caller.namespace}:{scope.key}"
+
+    async def _hold_shared(self, caller: Caller, r: Reservation) -> bool:
         assert self._counters is not None
-        if caller.goal_uid in self._missed:  # spent while Redis was down: the ledger knows, Redis does not
-            await self._counters.forget(caller.goal_uid)
-            self._missed.discard(caller.goal_uid)
-        for _ in range(2):
-            answer = await self._counters.hold(caller.goal_uid, r.request_id, r.tokens, r.usd, budget.tokens,
-                                               budget.usd)
+        for scope in r.scopes:  # spent while Redis was down: the ledger knows, Redis does not
+            if self._key(caller, scope) in self._missed:
+                await self._counters.forget(caller.namespace, scope)
+                self._missed.discard(self._key(caller, scope))
+        for _ in range(len(r.scopes) + 1):
+            answer = await self._counters.hold(caller.namespace, r.scopes, r.request_id, r.tokens, r.usd)
             if answer is None:
                 return True
+            scope = r.scopes[answer.scope]
             if isinstance(answer, Refused):
-                _check(caller, budget, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
-                                               answer.held_usd), r.tokens, r.usd)
+                _check(caller, scope, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
+                                              answer.held_usd), r.tokens, r.usd)
                 raise AssertionError("Redis refused a hold that fits")  # _check raised: unreachable
             try:
-                total = await self._ledger.goal_total(caller.goal_uid)
+                total = await scope.spent(self._ledger)
             except LedgerUnavailable as e:
-                raise _ledger_unavailable(e) from e
-            await self._counters.load(caller.goal_uid, total.tokens, total.cost_usd)
+                raise _ledger_unavailable(scope, e) from e
+            await self._counters.load(caller.namespace, scope, total.tokens, total.cost_usd)
         return False
 
     async def settle(self, reservation: Reservation, usage: dict[str, Any], model: str) -> None:
@@ -160,13 +178,12 @@ class Meter:
             price.cost(usage) if price else Decimal(0))
         if reservation.shared and self._counters is not None:
             try:
-                await self._counters.settle(caller.goal_uid, reservation.request_id, reservation.tokens,
-                                            reservation.usd, spend.tokens, spend.cost_usd)
-            except CountersUnavailable as e:  # the hold lapses by itself; the ledger has the spend
+                await self._counters.settle(caller.namespace, reservation.scopes, reservation.request_id,
+                                            reservation.tokens, reservation.usd, spend.tokens, spend.cost_usd)
+            except CountersUnavailable as e:  # the holds lapse by themselves; the ledger has the spend
                 log.warning("budget counters (Redis) unavailable when settling %s: %s", reservation.request_id, e)
-                self._missed.add(caller.goal_uid)
-        account = reservation.account
-        if account is not None:
+                self._missed.update(self._key(caller, scope) for scope in reservation.scopes)
+        for account in reservation.accounts:
             account.held_tokens -= reservation.tokens
             account.held_usd -= reservation.usd
             account.spent_tokens += spend.tokens
@@ -177,46 +194,48 @@ class Meter:
             if self._on_spend is not None:
                 self._on_spend(spend)
 
-    async def _account(self, goal_uid: str) -> Account:
-        account = self._accounts.get(goal_uid)
+    async def _account(self, key: str, scope: Scope) -> Account:
+        account = self._accounts.get(key)
         now = time.monotonic()
         if account is not None and now - account.read_at < self._refresh:
             return account
         try:
-            total = await self._ledger.goal_total(goal_uid)
+            total = await scope.spent(self._ledger)
         except LedgerUnavailable as e:
             if account is not None:
                 return account  # keep counting locally until PostgreSQL is back
-            raise _ledger_unavailable(e) from e
+            raise _ledger_unavailable(scope, e) from e
+        account = self._accounts.get(key)  # another call may have made it meanwhile
         if account is None:
             if len(self._accounts) >= MAX_IDLE_ACCOUNTS:
                 self._forget_idle()
-            account = self._accounts.setdefault(goal_uid, Account(total.tokens, total.cost_usd, now))
+            account = self._accounts[key] = Account(total.tokens, total.cost_usd, now)
         # The ledger's total includes this replica's settled calls (written or queued), not the held ones.
         account.spent_tokens, account.spent_usd, account.read_at = total.tokens, total.cost_usd, now
         return account
 
     def _forget_idle(self) -> None:
-        for uid in [uid for uid, a in self._accounts.items() if not a.held_tokens and not a.lock.locked()]:
-            del self._accounts[uid]
+        for key in [key for key, a in self._accounts.items() if not a.held_tokens and not a.held_usd]:
+            del self._accounts[key]
 
 
-def _ledger_unavailable(e: Exception) -> GatewayError:
-    return GatewayError(503, "the gateway cannot check this goal's budget: its spend ledger "
+def _ledger_unavailable(scope: Scope, e: Exception) -> GatewayError:
+    return GatewayError(503, f"the gateway cannot check the budget of {scope.owner}: its spend ledger "
                              f"(PostgreSQL) is unavailable ({e}); try again shortly")
 
 
-def _check(caller: Caller, budget: Limits, account: Account, tokens: int, usd: Decimal) -> None:
-    if budget.usd is not None and account.spent_usd + account.held_usd + usd > budget.usd:
+def _check(caller: Caller, scope: Scope, account: Account, tokens: int, usd: Decimal) -> None:
+    limits = scope.limits
+    if limits.usd is not None and account.spent_usd + account.held_usd + usd > limits.usd:
         raise budget_exhausted(
-            caller, "maxCostPerGoal",
-            f"budget maxCostPerGoal {_usd(budget.usd)} of Goal {caller.goal_key} is exhausted: "
+            caller, scope.kind + scope.usd_budget,
+            f"budget {scope.usd_budget} {_usd(limits.usd)} of {scope.owner} is exhausted: "
             f"{_usd(account.spent_usd)} spent, {_usd(account.held_usd)} held by calls in flight, and this call "
             f"may cost up to {_usd(usd)}")
-    if budget.tokens is not None and account.spent_tokens + account.held_tokens + tokens > budget.tokens:
+    if limits.tokens is not None and account.spent_tokens + account.held_tokens + tokens > limits.tokens:
         raise budget_exhausted(
-            caller, "maxTokensPerGoal",
-            f"budget maxTokensPerGoal {budget.tokens} of Goal {caller.goal_key} is exhausted: "
+            caller, scope.kind + scope.tokens_budget,
+            f"budget {scope.tokens_budget} {limits.tokens} of {scope.owner} is exhausted: "
             f"{account.spent_tokens} tokens spent, {account.held_tokens} held by calls in flight, and this call "
             f"may use up to {tokens} (input estimate + max_tokens)")
 

@@ -1,135 +1,189 @@
 """Budget counters shared by every gateway replica, in Redis.
 
-Per Goal: what it spent (tokens, nano-dollars) and the holds of its calls in flight, each hold a
-member of a sorted set scored by when it lapses, so a replica that dies mid-call cannot hold
-budget forever. Checking the budget and adding a hold is one Lua script: two replicas never
-both take the last of a budget. A Goal whose spend is not in Redis yet is loaded from the ledger
-first (the script answers "unknown" and the caller loads it with SET NX).
+Per budget (a Goal's, an Agent's day, a namespace's day; scopes.py) a hash holds what was spent
+(t tokens, u nano-dollars, loaded from the ledger) and the running total of what calls in flight
+hold (ht, hu). Each hold is also a member of a sorted set scored by when it lapses, so a replica
+that dies mid-call cannot hold budget forever: lapsed holds leave the running totals when the
+next call looks. Checking every budget of a call and holding it in all of them is one Lua script,
+so two replicas never both take the last of a budget, and its cost does not grow with the calls in
+flight. A budget whose spend is not in Redis yet is loaded from the ledger first (the script
+answers "unknown" and the caller loads it with HSETNX).
+
+Keys (every key of a namespace carries its hash tag, so one script's keys share a Redis Cluster slot):
+
+    overseer:gw:{<namespace>}:<scope>          hash t, u, ht, hu
+    overseer:gw:{<namespace>}:<scope>:holds    sorted set of <request id>:<tokens>:<nano-dollars>
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-NANO = Decimal(1_000_000_000)
-KEEP_SECONDS = 7 * 24 * 3600  # spend of a goal idle this long is read from the ledger again
+from .scopes import Scope
 
+NANO = Decimal(1_000_000_000)
+
+# KEYS: per scope its hash and its holds. ARGV: now, lapse time, member, tokens, nano-dollars,
+# then per scope: token limit, nano-dollar limit (-1: none), seconds to keep.
 _RESERVE = """
-local now = tonumber(ARGV[5])
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local spent_t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local spent_u = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
-local held_t, held_u = 0, 0
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local t, u = string.match(m, ':(%d+):(%d+)$')
-  held_t = held_t + tonumber(t)
-  held_u = held_u + tonumber(u)
+local now, lapse, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local want_t, want_u = tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = #KEYS / 2
+for i = 1, n do
+  local spent, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('HEXISTS', spent, 't') == 0 then return {-1, i} end
+  local lapsed = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #lapsed > 0 then
+    local lt, lu = 0, 0
+    for _, m in ipairs(lapsed) do
+      local t, u = string.match(m, ':(%d+):(%d+)$')
+      lt, lu = lt + tonumber(t), lu + tonumber(u)
+    end
+    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+    redis.call('HINCRBY', spent, 'ht', 0 - lt)  -- 0 - x, not -x: Redis reads -0 as no integer
+    redis.call('HINCRBY', spent, 'hu', 0 - lu)
+  end
+  local v = redis.call('HMGET', spent, 't', 'u', 'ht', 'hu')
+  local st, su, ht, hu = tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or '0'), tonumber(v[4] or '0')
+  local limit_t, limit_u = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  if limit_u >= 0 and su + hu + want_u > limit_u then
+    return {0, i, 'u', st, v[2], ht, v[4] or '0'}
+  end
+  if limit_t >= 0 and st + ht + want_t > limit_t then
+    return {0, i, 't', st, v[2], ht, v[4] or '0'}
+  end
 end
-local limit_t, limit_u = tonumber(ARGV[1]), tonumber(ARGV[2])
-local want_t, want_u = tonumber(ARGV[3]), tonumber(ARGV[4])
-if limit_u >= 0 and spent_u + held_u + want_u > limit_u then
-  return {0, 'maxCostPerGoal', spent_t, tostring(spent_u), held_t, tostring(held_u)}
+for i = 1, n do
+  local spent, holds, keep = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[5 + 3 * i])
+  redis.call('ZADD', holds, lapse, member)
+  redis.call('HINCRBY', spent, 'ht', want_t)
+  redis.call('HINCRBY', spent, 'hu', want_u)
+  redis.call('EXPIRE', holds, keep)
+  redis.call('EXPIRE', spent, keep)
 end
-if limit_t >= 0 and spent_t + held_t + want_t > limit_t then
-  return {0, 'maxTokensPerGoal', spent_t, tostring(spent_u), held_t, tostring(held_u)}
-end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[7] .. ':' .. want_t .. ':' .. want_u)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
 return {1}
 """
+# ARGV: member, hold tokens, hold nano-dollars, spent tokens, spent nano-dollars. A hold that
+# lapsed already left the running totals; it is not taken off twice.
 _SETTLE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'u', ARGV[3])
+for i = 1, #KEYS / 2 do
+  local spent, holds = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('ZREM', holds, ARGV[1]) == 1 then
+    redis.call('HINCRBY', spent, 'ht', 0 - tonumber(ARGV[2]))
+    redis.call('HINCRBY', spent, 'hu', 0 - tonumber(ARGV[3]))
+  end
+  if redis.call('HEXISTS', spent, 't') == 1 then
+    redis.call('HINCRBY', spent, 't', ARGV[4])
+    redis.call('HINCRBY', spent, 'u', ARGV[5])
+  end
 end
 return 1
 """
 _LOAD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 't', ARGV[1], 'u', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if redis.call('HSETNX', KEYS[1], 't', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'u', ARGV[2])
 end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The budget a hold did not fit, and the Goal's state when it did not."""
+    """The budget a hold did not fit (index in the scopes, tokens or money), and its state then."""
 
-    budget: str
+    scope: int
+    money: bool
     spent_tokens: int
     spent_usd: Decimal
     held_tokens: int
     held_usd: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A budget whose spend Redis does not hold yet: load it from the ledger and try again."""
+
+    scope: int
+
+
 class CountersUnavailable(Exception):
     """Redis cannot be reached."""
 
 
-def _nano(usd: Decimal) -> int:
+def nano(usd: Decimal) -> int:
     return int((usd * NANO).to_integral_value(rounding="ROUND_CEILING"))
 
 
+def _limit(value: int | Decimal | None, money: bool) -> int:
+    if value is None:
+        return -1
+    return nano(value) if money else int(value)  # type: ignore[arg-type]
+
+
 class RedisCounters:
-    def __init__(self, url: str, hold_seconds: float) -> None:
-        self._redis = aioredis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    def __init__(self, client: aioredis.Redis, hold_seconds: float) -> None:
+        self._redis = client
         self._hold_seconds = hold_seconds
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._load = self._redis.register_script(_LOAD)
 
-    async def close(self) -> None:
-        await self._redis.aclose()
-
     @staticmethod
-    def _keys(goal_uid: str) -> list[str]:
-        # One hash tag per Goal: both keys land on one Redis Cluster slot, as a script needs.
-        return [f"overseer:gw:spent:{{{goal_uid}}}", f"overseer:gw:held:{{{goal_uid}}}"]
+    def key(namespace: str, scope: Scope) -> str:
+        return f"overseer:gw:{{{namespace}}}:{scope.key}"
 
-    async def hold(self, goal_uid: str, request_id: str, tokens: int, usd: Decimal, limit_tokens: int | None,
-                   limit_usd: Decimal | None) -> Refused | None | bool:
-        """None when held; Refused when it does not fit; False when the Goal's spend is not loaded."""
-        args: list[int | float | str] = [-1 if limit_tokens is None else limit_tokens, -1 if limit_usd is None else _nano(limit_usd),
-                tokens, _nano(usd), time.time(), self._hold_seconds, request_id, KEEP_SECONDS]
+    def _keys(self, namespace: str, scopes: Sequence[Scope]) -> list[str]:
+        keys = []
+        for scope in scopes:
+            keys += [self.key(namespace, scope), self.key(namespace, scope) + ":holds"]
+        return keys
+
+    async def hold(self, namespace: str, scopes: Sequence[Scope], request_id: str, tokens: int,
+                   usd: Decimal) -> Refused | Unknown | None:
+        """None when held in every scope; Refused when one does not fit; Unknown when one is not loaded."""
+        now = time.time()
+        args: list[int | float | str] = [now, now + self._hold_seconds, f"{request_id}:{tokens}:{nano(usd)}",
+                                         tokens, nano(usd)]
+        for scope in scopes:
+            args += [_limit(scope.limits.tokens, False), _limit(scope.limits.usd, True), scope.keep_seconds]
         try:
-            answer = await self._reserve(keys=self._keys(goal_uid), args=args)
+            answer = await self._reserve(keys=self._keys(namespace, scopes), args=args)
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e
         if answer[0] == -1:
-            return False
+            return Unknown(int(answer[1]) - 1)
         if answer[0] == 1:
             return None
-        return Refused(answer[1].decode(), int(answer[2]), Decimal(int(answer[3])) / NANO, int(answer[4]),
-                       Decimal(int(answer[5])) / NANO)
+        return Refused(int(answer[1]) - 1, answer[2] == b"u", int(answer[3]), Decimal(int(answer[4])) / NANO,
+                       int(answer[5]), Decimal(int(answer[6])) / NANO)
 
-    async def load(self, goal_uid: str, tokens: int, usd: Decimal) -> None:
-        """Put a Goal's spend from the ledger, unless another replica did first."""
+    async def load(self, namespace: str, scope: Scope, tokens: int, usd: Decimal) -> None:
+        """Put a budget's spend from the ledger, unless another replica did first."""
         try:
-            await self._load(keys=self._keys(goal_uid), args=[tokens, _nano(usd), KEEP_SECONDS])
+            await self._load(keys=[self.key(namespace, scope)], args=[tokens, nano(usd), scope.keep_seconds])
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e
 
-    async def forget(self, goal_uid: str) -> None:
-        """Drop a Goal's spend, so the next call loads it from the ledger again."""
+    async def forget(self, namespace: str, scope: Scope) -> None:
+        """Drop a budget's spend (not the holds), so the next call loads it from the ledger again."""
         try:
-            await self._redis.delete(self._keys(goal_uid)[0])
+            await self._redis.hdel(self.key(namespace, scope), "t", "u")
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e
 
-    async def settle(self, goal_uid: str, request_id: str, hold_tokens: int, hold_usd: Decimal, tokens: int,
-                     usd: Decimal) -> None:
-        member = f"{request_id}:{hold_tokens}:{_nano(hold_usd)}"
+    async def settle(self, namespace: str, scopes: Sequence[Scope], request_id: str, hold_tokens: int,
+                     hold_usd: Decimal, tokens: int, usd: Decimal) -> None:
+        """Release a call's hold in every scope and add what it really spent."""
+        member = f"{request_id}:{hold_tokens}:{nano(hold_usd)}"
         try:
-            await self._settle(keys=self._keys(goal_uid), args=[member, tokens, _nano(usd)])
+            await self._settle(keys=self._keys(namespace, scopes),
+                               args=[member, hold_tokens, nano(hold_usd), tokens, nano(usd)])
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS gateway_spend (
 );
 CREATE INDEX IF NOT EXISTS gateway_spend_goal ON gateway_spend (goal_uid);
 CREATE INDEX IF NOT EXISTS gateway_spend_agent ON gateway_spend (namespace, agent, at);
+CREATE INDEX IF NOT EXISTS gateway_spend_namespace ON gateway_spend (namespace, at);
 """
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 _INSERT = """INSERT INTO gateway_spend (request_id, namespace, agent, goal, goal_uid, pod, model, input_tokens,
@@ -150,7 +152,7 @@ class Ledger:
                 for _ in batch:
                     self._waiting.popleft()
 
-    async def _sum(self, where: str, args: tuple[Any, ...]) -> Total:
+    async def _sum(self, where: str, args: tuple[Any, ...], queued: Callable[[Spend], bool]) -> Total:
         try:
             async with self._pool.connection(timeout=3) as conn:
                 cur = await conn.execute(
@@ -162,23 +164,29 @@ class Ledger:
             return Total(0, Decimal(0), 0)
         except (*_TRANSIENT, PoolTimeout) as e:
             raise LedgerUnavailable(str(e)) from e
-        waiting = [s for s in self._waiting if _matches(s, where, args)]
+        waiting = [s for s in self._waiting if queued(s)]
         return Total(int(tokens) + sum(s.tokens for s in waiting), Decimal(usd) + sum(
             (s.cost_usd for s in waiting), Decimal(0)), int(count) + len(waiting))
 
     async def goal_total(self, goal_uid: str) -> Total:
         """Everything a Goal spent, across its attempts (rows still queued included)."""
-        return await self._sum("goal_uid = %s", (goal_uid,))
+        return await self._sum("goal_uid = %s", (goal_uid,), lambda s: s.goal_uid == goal_uid)
 
     async def agent_totals(self, namespace: str, agent: str) -> tuple[Total, Total]:
         """(today in UTC, all time) of an Agent."""
-        total = await self._sum("namespace = %s AND agent = %s", (namespace, agent))
+        def mine(s: Spend) -> bool:
+            return (s.namespace, s.agent) == (namespace, agent)
+
+        total = await self._sum("namespace = %s AND agent = %s", (namespace, agent), mine)
         today = await self._sum("namespace = %s AND agent = %s AND at >= date_trunc('day', now() AT TIME ZONE 'UTC')"
-                                " AT TIME ZONE 'UTC'", (namespace, agent))
+                                " AT TIME ZONE 'UTC'", (namespace, agent), mine)
         return today, total
 
-
-def _matches(spend: Spend, where: str, args: tuple[Any, ...]) -> bool:
-    if where.startswith("goal_uid"):
-        return spend.goal_uid == args[0]
-    return (spend.namespace, spend.agent) == args[:2]
+    async def day_total(self, namespace: str, day: str, agent: str | None = None) -> Total:
+        """What a namespace (or one Agent of it) spent on a UTC day, e.g. 2026-12-02. Rows still
+        queued count as that day's: they are calls of the last moments."""
+        where = "namespace = %s AND at >= %s::date AT TIME ZONE 'UTC' AND at < (%s::date + 1) AT TIME ZONE 'UTC'"
+        if agent is None:
+            return await self._sum(where, (namespace, day, day), lambda s: s.namespace == namespace)
+        return await self._sum(where + " AND agent = %s", (namespace, day, day, agent),
+                               lambda s: (s.namespace, s.agent) == (namespace, agent))

@@ -16,6 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import metrics
 from .errors import GatewayError, error_response, request_id
 from .identity import Caller, Identity, bearer_token
+from .ratelimits import RateLimits
 from .upstream import Target, Targets
 from .usage import StreamUsage, message_usage
 
@@ -43,11 +44,12 @@ class Metering(Protocol):
 
 class Proxy:
     def __init__(self, identity: Identity, targets: Targets, session: aiohttp.ClientSession | None = None,
-                 meter: Metering | None = None) -> None:
+                 meter: Metering | None = None, limits: RateLimits | None = None) -> None:
         self._identity = identity
         self._targets = targets
         self.session = session  # the pooled upstream client; set before the first request
         self._meter = meter
+        self._limits = limits
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._forward(request, "/v1/messages", metered=True)
@@ -68,9 +70,17 @@ class Proxy:
             target = await self._targets.target(caller.namespace, caller.agent)
             body = await request.read()
             rid = request_id()
-            reservation = None
+            reservation = held = None
+            limits = self._limits if metered else None
+            if limits is not None:
+                held = await limits.acquire(caller, body)
             if metered and self._meter is not None:
-                reservation = await self._meter.reserve(caller, target, body, rid)
+                try:
+                    reservation = await self._meter.reserve(caller, target, body, rid)
+                except GatewayError:
+                    if limits is not None and held is not None:
+                        await limits.release(held)  # not made: its tokens do not count
+                    raise
         except GatewayError as refusal:
             metrics.REFUSALS.labels(str(refusal.status), refusal.error_type).inc()
             return refusal.response()
@@ -103,6 +113,8 @@ class Proxy:
             if reservation is not None:
                 # Shielded: a client that hangs up mid-answer still pays for what it used.
                 await asyncio.shield(self._settle(reservation, tap.usage, tap.model))
+            if limits is not None and held is not None:
+                await asyncio.shield(limits.settle(held, tap.usage))
 
     async def _stream(self, request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str],
                       tap: StreamUsage) -> web.StreamResponse:

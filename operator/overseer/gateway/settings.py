@@ -45,3 +45,21 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = None
     """Redis holding the budget counters all replicas share; without it each replica counts alone
     between reads of the ledger."""
+    budgets_file: str | None = None
+    """The namespaces' daily budgets (YAML, the ConfigMap overseer-gateway-budgets mounted as a file,
+    platform-owned); re-read when it changes. Without it namespaces have no daily budget."""
+    requests_per_minute: int = Field(default=0, ge=0)
+    """Model calls per minute through this gateway, all Agents together (every replica shares it via
+    Redis); 0: no limit."""
+    tokens_per_minute: int = Field(default=0, ge=0)
+    """Tokens (input estimate, then what calls used) per minute, all Agents together; 0: no limit."""
+    agent_requests_per_minute: int = Field(default=0, ge=0)
+    """Model calls per minute of each Agent; 0: no limit."""
+    agent_tokens_per_minute: int = Field(default=0, ge=0)
+    """Tokens per minute of each Agent; 0: no limit."""
+    rate_limit_wait_seconds: float = Field(default=2.0, ge=0)
+    """How long a call over a rate limit waits for room before it is answered 429 with retry-after."""
+    rate_limit_replicas: int = Field(default=2, ge=1)
+    """Gateway replicas; while Redis is down each one limits alone to this share of the limits."""
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0)
+    """The rate limits' window: 60 makes them per minute (a shorter one scales them down, for tests)."""

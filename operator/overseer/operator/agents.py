@@ -16,12 +16,14 @@ from typing import Any
 
 from overseer import modifications
 from overseer.api import Agent, Capability
+from overseer.prices import PriceTableError
 
 from . import agent_resources as render
 from .api_server import SLICES_SOURCE, APIServerEgress
 from .capabilities import needed, not_ready_reason
 from .conditions import condition, same_conditions, set_condition, summarize
 from .modification_store import ModificationStore, describe
+from .pricing import price_condition
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
 
@@ -238,6 +240,18 @@ class AgentReconciler:
         else:
             conds = set_condition(conds, "ModelSupported", True, "ModelCurrent", "", gen)
 
+        if self.rt.settings.gateway_url:
+            try:
+                self.rt.prices.reload()  # the mounted ConfigMap changes in place
+            except (PriceTableError, OSError) as e:
+                logger.warning("price table: %s; the last good one stays", e)
+            priced = price_condition(agent, self.rt.prices)
+            conds = set_condition(conds, "PriceKnown", *priced, gen)
+            if not priced[0]:
+                requeue = self.rt.settings.secret_recheck_seconds  # the price file is not watched, only read
+        else:  # nothing is priced without the gateway
+            conds = [c for c in conds if c.get("type") != "PriceKnown"]
+
         if not caps_ok:
             ready, reason, message = False, caps_reason, caps_msg
         elif not secret_ok:
@@ -262,7 +276,8 @@ class AgentReconciler:
                 before = next((o for o in old_conds if o.get("type") == c["type"]), None)
                 if before is None or (before.get("status"), before.get("reason")) != (c["status"], c["reason"]):
                     if c["status"] != "True" and c["type"] in ("Ready", "ModelSupported", "APIServerEgress", "ModelEgress",
-                                                                 "ServiceEgress", "AdmissionPolicies", "KnowledgeBase"):
+                                                                 "ServiceEgress", "AdmissionPolicies", "KnowledgeBase",
+                                                                 "PriceKnown"):
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from overseer.kube import Kube
+from overseer.prices import PriceTable
 
 from .controller import Operator
 from .events import EventRecorder
@@ -45,7 +46,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
     knowledge = (KnowledgeTenants(config.knowledge_admin_url, kube, recheck_seconds=config.secret_recheck_seconds)
                  if config.knowledge_admin_url else None)
     redis = RedisSecrets(kube, config.agent_redis_url) if config.agent_redis_url else None
-    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge, redis=redis)
+    rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge, redis=redis,
+                 prices=PriceTable(config.gateway_prices_file))
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
     CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])

@@ -103,8 +103,10 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
         for var in cap.spec.command.env if cap.spec.command else []:
             env.append({"name": capability_env(cap.name, var.name), "valueFrom": {"secretKeyRef": {
                 "name": var.secret_key_ref.name, "key": var.secret_key_ref.key, "optional": True}}})
-    for name, value in ((Env.REQUESTS_PER_MINUTE, settings.agent_requests_per_minute or None),
-                        (Env.TOKENS_PER_MINUTE, settings.agent_tokens_per_minute or None),
+    # Behind the gateway the gateway rate-limits; a pod's own limiter serves only direct calls.
+    direct = not settings.gateway_url
+    for name, value in ((Env.REQUESTS_PER_MINUTE, direct and settings.agent_requests_per_minute or None),
+                        (Env.TOKENS_PER_MINUTE, direct and settings.agent_tokens_per_minute or None),
                         (Env.HEALTH_PORT, settings.agent_metrics_port)):
         if value is not None:
             env.append({"name": name, "value": str(value)})

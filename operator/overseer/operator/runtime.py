@@ -11,6 +11,7 @@ from overseer.api import API_VERSION, Phase
 from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
 
 from overseer.kube import Kube, path
+from overseer.prices import PriceTable
 from .api_server import APIServerEgress
 from .admission import PolicyState
 from .dispatch import pod_outcome
@@ -139,6 +140,8 @@ class Runtime:
     decisions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Whether the shipped admission policies are in the cluster (admission.check).
     admission: PolicyState = field(default_factory=PolicyState)
+    # The model gateway's price table (condition PriceKnown), from OVERSEER_GATEWAY_PRICES_FILE.
+    prices: PriceTable = field(default_factory=PriceTable)
 
     def _fresh(self, raw: Raw) -> Raw:
         uid = raw["metadata"].get("uid")

@@ -114,12 +114,16 @@ class Settings(BaseSettings):
     agent_redis_url: str | None = None
     """Redis handed to goal pods (shared rate limit, live events, steering)."""
     agent_requests_per_minute: int = Field(default=0, ge=0)
-    """Model API requests per minute shared by all goal pods of an API key; 0 = no limit."""
+    """Model API requests per minute shared by all goal pods of an API key, when they call the model API
+    themselves (no gateway_url; the gateway has limits of its own); 0 = no limit."""
     agent_tokens_per_minute: int = Field(default=0, ge=0)
-    """Model API tokens per minute shared by all goal pods of an API key; 0 = no limit."""
+    """Model API tokens per minute shared by all goal pods of an API key, without a gateway; 0 = no limit."""
     gateway_url: str | None = Field(default=None, pattern=r"^https?://")
     """The model gateway's Service URL: goal pods call the model through it with a projected token and get
     no API key; unset, they get the Agent's key and call its model endpoint themselves."""
+    gateway_prices_file: str | None = None
+    """The gateway's price table (the ConfigMap overseer-gateway-prices mounted as a file, as in the gateway);
+    an Agent whose model it does not price gets condition PriceKnown=False. Unset: the built-in list prices."""
     gateway_namespace: str = "overseer-system"
     """Namespace of the gateway's pods, which goal pods may reach instead of the model API."""
     gateway_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "overseer-gateway"}

@@ -1,11 +1,13 @@
-"""The model API rate limit every goal pod of an API key shares through Redis.
+"""Model API rate limits (requests and tokens per minute) shared through Redis: by the model
+gateway per Agent and for all Agents, and by goal pods that call the model API without a gateway
+(one limit per API key).
 
 Without Redis, or while it does not answer, `RateLimiter` falls back to an in-process limiter
 with its share of the limits; see overseer.live for what else goal pods keep in Redis.
 
 Keys:
 
-    overseer:ratelimit:{<32 hex digits of the API key's SHA-256>}:requests|tokens|used
+    overseer:ratelimit:{<32 hex digits of the SHA-256 of what is limited>}:requests|tokens|used
 """
 
 from __future__ import annotations
@@ -174,8 +176,17 @@ class _LocalWindow:
             entry[1] = actual
 
 
+class RateLimited(Exception):
+    """No grant within the longest wait the caller accepts; `retry_after` seconds until one fits."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
 class RateLimiter:
-    """Requests and tokens per window for one model API key, shared by every pod using the key.
+    """Requests and tokens per window for one `name` (an API key, an Agent), shared by every process
+    limiting that name.
 
     A sliding-window log kept by one Lua script (see _ACQUIRE): no window of
     `window_seconds`, wherever it starts, holds more grants or tokens than the limits.
@@ -184,13 +195,13 @@ class RateLimiter:
     a shorter window scales the whole limiter down, for tests). While Redis is unavailable
     the limiter grants from an in-process window with the limits divided by
     `expected_peers`, retries Redis every `retry_seconds`, and goes back to the shared
-    window when Redis answers. Only a hash of the API key reaches Redis.
+    window when Redis answers. Only a hash of the name reaches Redis.
     """
 
     def __init__(
         self,
         redis: Redis | None,
-        api_key: str,
+        name: str,
         *,
         requests_per_minute: int,
         tokens_per_minute: int,
@@ -208,7 +219,7 @@ class RateLimiter:
         self.tokens_per_minute = tokens_per_minute
         self.window_seconds = window_seconds
         self.expected_peers = expected_peers
-        self.key_hash = hashlib.sha256(api_key.encode()).hexdigest()[:32]
+        self.key_hash = hashlib.sha256(name.encode()).hexdigest()[:32]
         # The hash tag keeps all three keys in one Redis Cluster slot, as the script needs.
         prefix = f"overseer:ratelimit:{{{self.key_hash}}}"
         self._keys = [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:used"]
@@ -226,13 +237,15 @@ class RateLimiter:
         """'shared' while the limits are kept in Redis, 'local' while kept in this process."""
         return "shared" if self._redis is not None and not self._outage.down else "local"
 
-    async def acquire(self, estimated_tokens: int) -> Grant:
-        """Wait until one more request with about estimated_tokens fits both limits, and record it.
+    async def acquire(self, estimated_tokens: int, max_wait: float | None = None) -> Grant:
+        """Wait until one more request with about estimated_tokens fits both limits, and record it;
+        RateLimited if that would take more than max_wait seconds.
 
         An estimate above the token limit is capped at the limit: such a request waits
         for an empty window instead of forever.
         """
         estimated_tokens = max(0, int(estimated_tokens))
+        deadline = None if max_wait is None else time.monotonic() + max_wait
         while True:
             grant_id = uuid.uuid4().hex
             wait: float | None = None
@@ -262,6 +275,8 @@ class RateLimiter:
                 if self._acquire_script is not None:
                     # Wake up for the next look at Redis rather than sleeping through it.
                     wait = min(wait, max(self._outage.seconds_to_next_try(), 0.001))
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise RateLimited(wait)
             # Waiters wake when the oldest grant leaves the window; a little jitter spreads
             # them so they do not all hit Redis in the same instant.
             await asyncio.sleep(wait + random.random() * min(0.002, wait))
