@@ -308,7 +308,7 @@ async def test_storing_is_idempotent_and_leaves_an_existing_key_alone(make_agent
     assert await store.store(agent_raw(make_agent), [changed, b]) == [b.id]
     assert await store.store(agent_raw(make_agent), [a, b]) == []
 
-    data = await store.data("team-a", "coder")
+    data = kube.objects[store.url("team-a", "coder")]["data"]
     assert json.loads(data[a.id])["lesson"] == "one" and json.loads(data[b.id])["lesson"] == "two"
 
 
@@ -322,7 +322,7 @@ async def test_a_revert_marks_the_record_and_keeps_it(make_agent):
     reverted, missing, data = await store.revert(agent_raw(make_agent), [a.id, "lesson-unknown"])
 
     assert [r["id"] for r in reverted] == [a.id] and missing == ["lesson-unknown"]
-    rec = json.loads((await store.data("team-a", "coder"))[a.id])
+    rec = json.loads(kube.objects[store.url("team-a", "coder")]["data"][a.id])
     assert rec["reverted"] is True and rec["revertedBy"] == "kubectl-annotate" and rec["lesson"] == a.record["lesson"]
     assert modifications.active(data) == []
     again, _, _ = await store.revert(agent_raw(make_agent), [a.id])

@@ -171,9 +171,13 @@ class AgentReconciler:
         """Carry out the revert annotation (`overseer.dev/revert=ID[,ID...]`), if any; return how
         many modifications later goals use."""
         ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
-        ids = modifications.revert_ids(raw["metadata"].get("annotations"))
-        if not ids:
-            return len(modifications.active(await self.modifications.data(ns, name)))
+        cm = self.rt.one("configmaps", (ns, modifications.configmap_name(name)))
+        cached = dict((cm or {}).get("data") or {})
+        ids = [i for i in modifications.revert_ids(raw["metadata"].get("annotations"))
+               if (ns, name, i) not in self._not_found]
+        if all(r.get("reverted") for r in modifications.records({i: cached[i] for i in ids if i in cached})) \
+                and all(i in cached for i in ids):
+            return len(modifications.active(cached))  # nothing left to revert: no read of the server
         reverted, missing, data = await self.modifications.revert(raw, ids)
         for rec in reverted:
             self.rt.events.record(raw, "Normal", "ModificationReverted",
