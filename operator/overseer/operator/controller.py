@@ -165,7 +165,7 @@ class Operator:
                 self.rt.capabilities.add_after((ns, entry.get("name") or ""), 1.0)
         agent = goal_agent(raw)
         if agent:
-            self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second
+            self.rt.agents.add_after((ns, agent), self.agents.counts_delay((ns, agent)))  # its goal counts
             if finished:
                 self.goals.wake_queue(ns, agent)
 
