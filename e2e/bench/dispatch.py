@@ -625,6 +625,27 @@ def render_steady(results: list[Result]) -> list[str]:
     return lines
 
 
+def render_summary(picked: list[tuple[Result, list[Result]]]) -> list[str]:
+    """Overseer (and each variant) against the floor, one row each: the figures to compare."""
+    lines = ["| N | direct | baseline (floor) | overseer | overseer / floor | CPU per goal: overseer (floor) "
+             "| writes per goal: overseer (floor) | peak RSS: overseer (floor) |", "|---|---|---|---|---|---|---|---|"]
+    for n in sorted({r.goals for r, _ in picked}):
+        by = {r.contender: r for r, _ in picked if r.goals == n and not r.note}
+        b, d = by.get("baseline"), by.get("direct")
+        for o in [r for r, _ in picked if r.goals == n and r.contender == "overseer"
+                  and not r.note.startswith("profiled")]:
+            cpu = "—" if o.cpu_s is None else f"{1000 * o.cpu_s / n:.1f} ms"
+            cpu += "" if not (b and b.cpu_s) else f" ({1000 * b.cpu_s / n:.1f})"
+            writes = "—" if o.writes_per_goal is None else f"{o.writes_per_goal:.2f}"
+            writes += "" if not (b and b.writes_per_goal) else f" ({b.writes_per_goal:.2f})"
+            rss = "—" if o.rss_peak_kb is None else f"{o.rss_peak_kb / 1024:.0f} MB"
+            rss += "" if not (b and b.rss_peak_kb) else f" ({b.rss_peak_kb / 1024:.0f})"
+            pods = lambda r: "—" if r is None or r.all_pods_s is None else f"{r.all_pods_s:.1f} s"  # noqa: E731
+            lines.append(f"| {n} | {pods(d)} | {pods(b)} | {pods(o)}{f' ({o.note})' if o.note else ''} | "
+                         f"{_ratio(o.all_pods_s, b.all_pods_s) if b else '—'} | {cpu} | {writes} | {rss} |")
+    return lines + [""]
+
+
 def render(results: list[Result], info: dict[str, Any], command: str) -> str:
     steady = [r for r in results if r.rate]
     results = [r for r in results if not r.rate]
@@ -636,6 +657,7 @@ def render(results: list[Result], info: dict[str, Any], command: str) -> str:
         + ("; where a row had several interleaved runs, the fastest is shown and the range of all in brackets"
            if repeats > 1 else ""),
         "",
+        *render_summary(picked),
         "| N | contender | client's creates done | all pods exist | all Goals Running "
         "| goal→pod p50 / p99, server (1 s res.) | goal→pod p50 / p99, observed | controller writes / goal "
         "| controller CPU, to Running / to idle | CPU / goal | peak RSS | RSS growth / goal | API server + etcd CPU "
