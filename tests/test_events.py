@@ -178,3 +178,11 @@ async def test_goals_dispatched_one_at_a_time_each_keep_their_own_event():
         clock.now += 10  # one goal every ten seconds
     await recorder.stop()
     assert [b["involvedObject"]["name"] for _, _, b in kube.requests] == [f"g-{i}" for i in range(30)]
+
+
+def test_an_event_on_an_object_with_the_longest_name_has_a_valid_name():
+    from overseer.operator.events import event_body
+
+    body = event_body({"kind": "Goal", "metadata": {"name": "g" * 253, "namespace": "team"}}, "Normal", "Dispatched",
+                      "x", "overseer-operator")
+    assert len(body["metadata"]["name"]) == 253 and body["involvedObject"]["name"] == "g" * 253

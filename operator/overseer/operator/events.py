@@ -49,6 +49,13 @@ CACHE_ENTRIES = 4096  # series and buckets remembered (client-go's LRU size)
 Raw = dict[str, Any]
 
 
+def event_name(involved: str) -> str:
+    """Named as client-go names Events (object name, a dot, the time in hex): a later count update
+    needs no answer from the create. Cut to fit the 253 characters of a name."""
+    stamp = f".{time.time_ns():x}"
+    return involved[:253 - len(stamp)] + stamp
+
+
 def event_body(obj: Raw, type_: str, reason: str, message: str, component: str) -> Raw:
     meta = obj.get("metadata", {})
     ts = now_iso()
@@ -56,8 +63,7 @@ def event_body(obj: Raw, type_: str, reason: str, message: str, component: str) 
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        # Named as client-go names them: a later count update needs no answer from the create.
-        "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": meta.get("namespace")},
+        "metadata": {"name": event_name(name), "namespace": meta.get("namespace")},
         "involvedObject": {
             "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": name,
             "namespace": meta.get("namespace"), "uid": meta.get("uid"),
@@ -244,7 +250,7 @@ class EventRecorder:
                     if e.status != 404:
                         raise
                     # Expired (the API server keeps Events an hour): the series goes on in a new one.
-                    body["metadata"]["name"] = f"{body['involvedObject']['name']}.{time.time_ns():x}"
+                    body["metadata"]["name"] = event_name(body["involvedObject"]["name"])
             await self.kube.request("POST", path("v1", "events", ns), body=body)
             series.created = True
         except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as e:
