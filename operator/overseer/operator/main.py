@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's event loop (libuv, and its own TLS transport): about half the operator's CPU per
-    goal of asyncio's own loop in a dispatch burst (docs/performance.md, Dispatch)."""
+    """uvloop's event loop (libuv, and its own TLS transport): less CPU per goal than asyncio's own
+    loop in both dispatch runs measured, by 9% and 47% (docs/performance.md, Dispatch)."""
     import uvloop
 
     return uvloop.new_event_loop
