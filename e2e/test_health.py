@@ -15,7 +15,7 @@ metadata: {{name: limited-operator}}
 rules:
 - {{apiGroups: [overseer.dev], resources: [agents, capabilities, goals], verbs: [get, list, watch]}}
 - {{apiGroups: ["", events.k8s.io], resources: [events], verbs: [create, patch]}}
-- {{apiGroups: [""], resources: [persistentvolumeclaims], verbs: [list, watch]}}
+- {{apiGroups: [""], resources: [persistentvolumeclaims, configmaps], verbs: [list, watch]}}
 {extra}
 ---
 apiVersion: rbac.authorization.k8s.io/v1

@@ -82,3 +82,23 @@ def test_a_full_agent_wakes_nobody_and_the_sweep_visits_only_agents_with_a_queue
     rt.stores["pods"].delete(("team", "run-0"))
     goals.sweep_queues()
     assert queued_keys(rt) == ["q1"]
+
+
+async def test_an_agents_counts_follow_one_goal_within_a_second_and_a_burst_every_few_seconds():
+    import time
+
+    from overseer.operator.agents import COUNTS_INTERVAL
+
+    rt, _ = setup()
+    operator = Operator(rt)
+    goal = rt.stores["goals"].get(("team", "fix-bug"))
+    operator.goal_changed("MODIFIED", goal, None)
+    due, _ = rt.agents._timers[("team", "coder")]
+    assert due - time.monotonic() <= 1.0  # nothing written lately: shown within a second
+    await rt.agents.stop()
+
+    operator.agents._status_written[("team", "coder")] = time.monotonic()  # counts written just now
+    operator.goal_changed("MODIFIED", goal, None)
+    due, _ = rt.agents._timers[("team", "coder")]
+    assert due - time.monotonic() > COUNTS_INTERVAL - 0.5  # the next write waits its turn
+    await rt.agents.stop()

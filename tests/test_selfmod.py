@@ -308,7 +308,7 @@ async def test_storing_is_idempotent_and_leaves_an_existing_key_alone(make_agent
     assert await store.store(agent_raw(make_agent), [changed, b]) == [b.id]
     assert await store.store(agent_raw(make_agent), [a, b]) == []
 
-    data = await store.data("team-a", "coder")
+    data = kube.objects[store.url("team-a", "coder")]["data"]
     assert json.loads(data[a.id])["lesson"] == "one" and json.loads(data[b.id])["lesson"] == "two"
 
 
@@ -322,7 +322,7 @@ async def test_a_revert_marks_the_record_and_keeps_it(make_agent):
     reverted, missing, data = await store.revert(agent_raw(make_agent), [a.id, "lesson-unknown"])
 
     assert [r["id"] for r in reverted] == [a.id] and missing == ["lesson-unknown"]
-    rec = json.loads((await store.data("team-a", "coder"))[a.id])
+    rec = json.loads(kube.objects[store.url("team-a", "coder")]["data"][a.id])
     assert rec["reverted"] is True and rec["revertedBy"] == "kubectl-annotate" and rec["lesson"] == a.record["lesson"]
     assert modifications.active(data) == []
     again, _, _ = await store.revert(agent_raw(make_agent), [a.id])
@@ -408,3 +408,37 @@ async def test_a_script_tools_output_is_capped(tmp_path: Path):
     result = await tool.run({}, ToolContext(workspace=tmp_path, output_limit=1000))
 
     assert not result.is_error and len(result.content) < 1300 and "output truncated" in result.content
+
+
+class CountingKube(FakeKube):
+    """FakeKube that counts the reads an Agent reconcile makes of the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, url: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return await super().get(url)
+
+
+async def test_an_agent_counts_its_modifications_from_the_watched_configmap_without_reading_the_server(make_agent):
+    from overseer.operator.agents import AgentReconciler
+    from overseer.operator.runtime import Runtime
+    from overseer.operator.settings import Settings
+
+    kube = CountingKube()
+    store = ModificationStore(kube)  # type: ignore[arg-type]
+    first, second = lesson_request("one"), lesson_request("two")
+    approved = [approved_requests(goal_with([r], approve=r["id"]))[0][0] for r in (first, second)]
+    await store.store(agent_raw(make_agent), approved)
+    await store.revert(agent_raw(make_agent, {modifications.REVERT: approved[0].id}), [approved[0].id])
+    rt = Runtime(kube=kube, settings=Settings(), events=None)  # type: ignore[arg-type]
+    rt.stores["configmaps"].upsert(kube.objects[store.url("team-a", "coder")])  # as the watch delivers it
+    reconciler = AgentReconciler(rt)
+    kube.reads = 0
+
+    assert await reconciler.sync_modifications(agent_raw(make_agent)) == 1
+    # The revert annotation stays on the Agent after the revert is done: nothing left to read or write.
+    assert await reconciler.sync_modifications(agent_raw(make_agent, {modifications.REVERT: approved[0].id})) == 1
+    assert kube.reads == 0

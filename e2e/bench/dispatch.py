@@ -2,6 +2,7 @@
 
     python -m e2e.bench.dispatch --goals 100,1000 [--agents 4] [--contenders direct,baseline,overseer]
                                  [--repeat 3] [--steady 20:60] [--wait-quiet 300] [--profile]
+                                 [--variant NOTE:NAME=VALUE[,NAME=VALUE...]]
                                  [--docs docs/performance.md]
                                  [--json FILE] [--keep-cluster]
     python -m e2e.bench.dispatch --render .cache/bench/*/results.json [--docs docs/performance.md]
@@ -12,7 +13,10 @@ Secret) and a 16-thread client creating the objects:
 
 - direct:   the client creates N pods itself (no Goals, no controller): the API server's limit;
 - baseline: e2e/bench/baseline_controller.py, a framework-free controller, as a subprocess;
-- overseer: `overseer-operator --namespace NS`, as a subprocess.
+- overseer: `overseer-operator --namespace NS`, as a subprocess;
+- overseer (NOTE): the same with more environment (--variant), e.g. an older checkout on
+  PYTHONPATH, so that a change is measured against what came before on the same machine at the
+  same time (this machine's load moves every figure; the ratios within one run hold).
 
 Measured: time from the first create until all pods exist and until every Goal shows phase
 Running (both as seen by the benchmark's own watches), Goal-to-pod latency (server timestamps,
@@ -413,10 +417,12 @@ class Bench:
         settle_control_plane(self.api)
 
     # -- the run --
-    def run(self, contender: str, n: int, profile: bool = False, rate: float | None = None) -> Result:
+    def run(self, contender: str, n: int, profile: bool = False, rate: float | None = None,
+            variant: tuple[str, dict[str, str]] | None = None) -> Result:
         agents = max(self.agents, math.ceil(n / MAX_AGENT_SLOTS))
         slots = min(MAX_AGENT_SLOTS, n)
-        result = Result(contender, n, agents, note="profiled with py-spy" if profile else "", rate=rate)
+        note, env = variant or ("profiled with py-spy" if profile else "", {})
+        result = Result(contender, n, agents, note=note, rate=rate)
         ns = self.namespace(contender, n)
         log(f"{contender} N={n}: namespace {ns}, {agents} agents")
         agent_names = [f"bench-{i}" for i in range(agents)]
@@ -448,7 +454,8 @@ class Bench:
                     raise RuntimeError(f"baseline controller did not start: {line!r}; see {self.out_dir}")
                 pid = proc.pid
             elif contender == "overseer":
-                operator = harness.OperatorProcess(self.cluster, ns, self.out_dir / f"operator-{ns}.log").start()
+                operator = harness.OperatorProcess(self.cluster, ns, self.out_dir / f"operator-{ns}.log",
+                                                   env=env).start()
                 pid = operator.pid
                 harness.wait_for(lambda: all(
                     any(c["type"] == "Ready" and c["status"] == "True"
@@ -582,7 +589,7 @@ def _s(v: float | None, digits: int = 1) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return "—" if not a or not b else f"{a / b:.1f}×"
+    return "—" if not a or not b else f"{a / b:.2f}×"
 
 
 def best_runs(results: list[Result]) -> list[tuple[Result, list[Result]]]:
@@ -618,6 +625,27 @@ def render_steady(results: list[Result]) -> list[str]:
     return lines
 
 
+def render_summary(picked: list[tuple[Result, list[Result]]]) -> list[str]:
+    """Overseer (and each variant) against the floor, one row each: the figures to compare."""
+    lines = ["| N | direct | baseline (floor) | overseer | overseer / floor | CPU per goal: overseer (floor) "
+             "| writes per goal: overseer (floor) | peak RSS: overseer (floor) |", "|---|---|---|---|---|---|---|---|"]
+    for n in sorted({r.goals for r, _ in picked}):
+        by = {r.contender: r for r, _ in picked if r.goals == n and not r.note}
+        b, d = by.get("baseline"), by.get("direct")
+        for o in [r for r, _ in picked if r.goals == n and r.contender == "overseer"
+                  and not r.note.startswith("profiled")]:
+            cpu = "—" if o.cpu_s is None else f"{1000 * o.cpu_s / n:.1f} ms"
+            cpu += "" if not (b and b.cpu_s) else f" ({1000 * b.cpu_s / n:.1f})"
+            writes = "—" if o.writes_per_goal is None else f"{o.writes_per_goal:.2f}"
+            writes += "" if not (b and b.writes_per_goal) else f" ({b.writes_per_goal:.2f})"
+            rss = "—" if o.rss_peak_kb is None else f"{o.rss_peak_kb / 1024:.0f} MB"
+            rss += "" if not (b and b.rss_peak_kb) else f" ({b.rss_peak_kb / 1024:.0f})"
+            pods = lambda r: "—" if r is None or r.all_pods_s is None else f"{r.all_pods_s:.1f} s"  # noqa: E731
+            lines.append(f"| {n} | {pods(d)} | {pods(b)} | {pods(o)}{f' ({o.note})' if o.note else ''} | "
+                         f"{_ratio(o.all_pods_s, b.all_pods_s) if b else '—'} | {cpu} | {writes} | {rss} |")
+    return lines + [""]
+
+
 def render(results: list[Result], info: dict[str, Any], command: str) -> str:
     steady = [r for r in results if r.rate]
     results = [r for r in results if not r.rate]
@@ -629,6 +657,7 @@ def render(results: list[Result], info: dict[str, Any], command: str) -> str:
         + ("; where a row had several interleaved runs, the fastest is shown and the range of all in brackets"
            if repeats > 1 else ""),
         "",
+        *render_summary(picked),
         "| N | contender | client's creates done | all pods exist | all Goals Running "
         "| goal→pod p50 / p99, server (1 s res.) | goal→pod p50 / p99, observed | controller writes / goal "
         "| controller CPU, to Running / to idle | CPU / goal | peak RSS | RSS growth / goal | API server + etcd CPU "
@@ -661,20 +690,22 @@ def render(results: list[Result], info: dict[str, Any], command: str) -> str:
               "| overseer / direct: pods |", "|---|---|---|---|"]
     for n in sorted({r.goals for r in results}):
         by = {r.contender: r for r, _ in picked if r.goals == n and not r.note}
-        o, b, d = by.get("overseer"), by.get("baseline"), by.get("direct")
-        ob = "—" if not (o and b) else ", ".join([
-            _ratio(o.all_pods_s, b.all_pods_s), _ratio(o.all_running_s, b.all_running_s),
-            _ratio(o.cpu_s, b.cpu_s), _ratio(o.rss_peak_kb, b.rss_peak_kb)])
+        b, d = by.get("baseline"), by.get("direct")
         bd = "—" if not (b and d) else _ratio(b.all_pods_s, d.all_pods_s)
-        od = "—" if not (o and d) else _ratio(o.all_pods_s, d.all_pods_s)
-        lines.append(f"| {n} | {ob} | {bd} | {od} |")
+        for o in [by.get("overseer")] + [r for r, _ in picked if r.goals == n and r.contender == "overseer"
+                                         and r.note and not r.note.startswith("profiled")]:
+            ob = "—" if not (o and b) else ", ".join([
+                _ratio(o.all_pods_s, b.all_pods_s), _ratio(o.all_running_s, b.all_running_s),
+                _ratio(o.cpu_s, b.cpu_s), _ratio(o.rss_peak_kb, b.rss_peak_kb)])
+            od = "—" if not (o and d) else _ratio(o.all_pods_s, d.all_pods_s)
+            lines.append(f"| {n}{f' ({o.note})' if o and o.note else ''} | {ob} | {bd} | {od} |")
     lines += ["", "Requests per goal (verb, resource, code) in the run shown, from `apiserver_request_total`:", ""]
     for r, _ in picked:
-        if r.note:
+        if r.note.startswith("profiled"):
             continue
         writes = ", ".join(f"{k} ×{v / r.goals:.2f}" for k, v in r.writes.items())
         reads = ", ".join(f"{k} ×{v / r.goals:.2f}" for k, v in r.reads.items()) or "none"
-        lines.append(f"- N={r.goals} {r.contender}: writes {writes}; reads {reads}")
+        lines.append(f"- N={r.goals} {r.contender}{f' ({r.note})' if r.note else ''}: writes {writes}; reads {reads}")
     lines += render_steady(steady)
     return "\n".join(lines) + "\n"
 
@@ -766,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", type=Path, nargs="+", metavar="RESULTS_JSON",
                    help="no run: render earlier results.json files (one table) and write --docs")
     p.add_argument("--keep-cluster", action="store_true", help="leave a cluster this run started running")
+    p.add_argument("--variant", action="append", default=[], metavar="NOTE:NAME=VALUE[,NAME=VALUE...]",
+                   help="also run overseer with this environment after each overseer run, shown as 'overseer "
+                        "(NOTE)'; e.g. before:PYTHONPATH=/tmp/old/operator for the operator of an older checkout")
     p.add_argument("--steady", metavar="RATE:SECONDS", help="also create Goals at RATE per second for SECONDS "
                    "(e.g. 20:60) for baseline and overseer, and report goal→pod latency")
     args = p.parse_args(argv)
@@ -778,6 +812,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+    variants: list[tuple[str, dict[str, str]]] = []
+    for text in args.variant:
+        note, _, assignments = text.partition(":")
+        pairs = [a.partition("=") for a in assignments.split(",") if a]
+        if not note or not pairs or any(not name or not eq for name, eq, _ in pairs):
+            p.error(f"--variant {text!r}: expected NOTE:NAME=VALUE[,NAME=VALUE...], e.g. before:PYTHONPATH=/tmp/old")
+        variants.append((note, {name: value for name, _, value in pairs}))
     py_spy = find_py_spy() if args.profile else None
     if args.profile and not py_spy:
         p.error("--profile needs py-spy: pip install py-spy (or set PY_SPY to its path)")
@@ -810,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 for contender in contenders:
                     results.append(bench.run(contender, n))
+                    if contender == "overseer":
+                        results += [bench.run(contender, n, variant=v) for v in variants]
         if args.steady:
             rate, seconds = (float(x) for x in args.steady.split(":"))
             for contender in [c for c in contenders if c != "direct"]:

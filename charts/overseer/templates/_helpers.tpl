@@ -108,12 +108,12 @@ create events.k8s.io Events although it never does.
 - apiGroups: [""]
   resources: [serviceaccounts, resourcequotas]
   verbs: [get, create, patch, delete]
-# An Agent's approved self-modifications (overseer-agent-NAME-modifications): read by name,
-# created on the first approval, patched to add one or mark one reverted. Its goal pods get
-# `get` on theirs, which the operator must hold to grant.
+# An Agent's approved self-modifications (overseer-agent-NAME-modifications): watched (only
+# those labelled as Overseer's), created on the first approval, patched to add one or mark one
+# reverted. Its goal pods get `get` on theirs, which the operator must hold to grant.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create, patch, delete]

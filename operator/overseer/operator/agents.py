@@ -117,13 +117,25 @@ def _collection(obj: dict[str, Any]) -> str:
     return path(obj["apiVersion"], plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
 
 
+# An Agent's goal counts follow its goals' changes after COUNTS_DELAY seconds, and are written at
+# most once per COUNTS_INTERVAL: one goal's change shows within a second, and a burst of a thousand
+# goals costs a count write every few seconds, not one a second for as long as the burst lasts.
+COUNTS_DELAY, COUNTS_INTERVAL = 1.0, 5.0
+
+
 class AgentReconciler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._status_written: dict[Key, float] = {}  # when each Agent's status was last written (monotonic)
         self._applied: dict[Key, str] = {}  # fingerprint of the children last applied
         self._secrets_found: dict[tuple[str, str, str], float] = {}  # when each Secret was last seen
         self.modifications = ModificationStore(rt.kube)
         self._not_found: set[tuple[str, str, str]] = set()  # revert ids already warned about
+
+    def counts_delay(self, key: Key) -> float:
+        """How long a change of this Agent's goals waits before its counts are written."""
+        since = time.monotonic() - self._status_written.get(key, float("-inf"))
+        return max(COUNTS_DELAY, COUNTS_INTERVAL - since)
 
     def forget(self) -> None:
         """Apply every agent's children and read every Secret again on the next reconcile (drift repair)."""
@@ -173,9 +185,13 @@ class AgentReconciler:
         """Carry out the revert annotation (`overseer.dev/revert=ID[,ID...]`), if any; return how
         many modifications later goals use."""
         ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
-        ids = modifications.revert_ids(raw["metadata"].get("annotations"))
-        if not ids:
-            return len(modifications.active(await self.modifications.data(ns, name)))
+        cm = self.rt.one("configmaps", (ns, modifications.configmap_name(name)))
+        cached = dict((cm or {}).get("data") or {})
+        ids = [i for i in modifications.revert_ids(raw["metadata"].get("annotations"))
+               if (ns, name, i) not in self._not_found]
+        if all(r.get("reverted") for r in modifications.records({i: cached[i] for i in ids if i in cached})) \
+                and all(i in cached for i in ids):
+            return len(modifications.active(cached))  # nothing left to revert: no read of the server
         reverted, missing, data = await self.modifications.revert(raw, ids)
         for rec in reverted:
             self.rt.events.record(raw, "Normal", "ModificationReverted",
@@ -195,6 +211,7 @@ class AgentReconciler:
         raw = self.rt.one("agents", key)
         if raw is None:
             self._applied.pop(key, None)
+            self._status_written.pop(key, None)
             if self.rt.knowledge is not None:
                 await self.rt.knowledge.unshare(ns, name)
             return None  # children go with it: they carry owner references
@@ -281,5 +298,6 @@ class AgentReconciler:
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])
-        await self.rt.patch_status(agent_path(ns, name, "status"), raw, changes)
+        if await self.rt.patch_status(agent_path(ns, name, "status"), raw, changes):
+            self._status_written[key] = time.monotonic()
         return requeue

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from overseer.api import API_VERSION
 from overseer.api.capability import with_requirements
-from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
+from overseer.api.meta import LABEL_AGENT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
 
 from . import admission, metrics
 from .agents import AgentReconciler
@@ -57,6 +57,8 @@ class Operator:
             # Only goal pods, filtered by the API server, not every pod of the cluster.
             ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod),
             ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_pod),
+            # Agents' modifications ConfigMaps: read from here, not fetched on every Agent reconcile.
+            ("v1", "configmaps", self.configmap_changed, f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_AGENT}", None),
         ]
         self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
                                    label_selector=selector, accept=accept, transform=transform)
@@ -163,7 +165,7 @@ class Operator:
                 self.rt.capabilities.add_after((ns, entry.get("name") or ""), 1.0)
         agent = goal_agent(raw)
         if agent:
-            self.rt.agents.add_after((ns, agent), 1.0)  # counts; coalesced to one write a second
+            self.rt.agents.add_after((ns, agent), self.agents.counts_delay((ns, agent)))  # its goal counts
             if finished:
                 self.goals.wake_queue(ns, agent)
 
@@ -190,6 +192,12 @@ class Operator:
             return
         labels = raw["metadata"].get("labels") or {}
         self.rt.goals.add((raw["metadata"].get("namespace") or "", labels[LABEL_GOAL]))
+
+    def configmap_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
+        """An Agent's modifications ConfigMap: the Agent shows how many are in use."""
+        agent = (raw["metadata"].get("labels") or {}).get(LABEL_AGENT)
+        if agent:
+            self.rt.agents.add((raw["metadata"].get("namespace") or "", agent))
 
     def agent_changed(self, event: str, raw: Raw, old: Raw | None) -> None:
         self.rt.forget(event, raw)

@@ -49,6 +49,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo,
     rt = Runtime(kube=kube, settings=config, events=EventRecorder(kube), knowledge=knowledge, redis=redis,
                  prices=PriceTable(config.gateway_prices_file))
     rt.events.busy = lambda: len(rt.goals) > 0 or len(rt.agents) > 0
+    rt.events.fold_into = rt.event_owner
     CACHE.goals = rt.stores["goals"].values
     memo.operator = Operator(rt, namespaces=memo.get("namespaces") or [])
     CACHE.leading = lambda: memo.operator.reconciling

@@ -80,11 +80,6 @@ class ModificationStore:
     def url(namespace: str, agent: str) -> str:
         return path("v1", "configmaps", namespace, modifications.configmap_name(agent))
 
-    async def data(self, namespace: str, agent: str) -> dict[str, str]:
-        """The ConfigMap's data; empty if it does not exist yet."""
-        cm = await self.kube.get(self.url(namespace, agent))
-        return dict((cm or {}).get("data") or {})
-
     async def store(self, agent: Raw, approved: list[Approved]) -> list[str]:
         """Add the records whose keys are not there yet; the ids added."""
         model = Agent.model_validate(agent)

@@ -108,6 +108,8 @@ def new_stores() -> dict[str, Store]:
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
         # goals' workspace claims, by name: a goal's own and its workspaceFrom dependency's
         "persistentvolumeclaims": Store(),
+        # Agents' modifications ConfigMaps, by name
+        "configmaps": Store(),
         # the kubernetes Service's, when OVERSEER_API_SERVER_CIDRS does not say where the API server is
         "endpointslices": Store(),
     }
@@ -170,6 +172,11 @@ class Runtime:
 
     def by(self, kind: str, index: str, value: Hashable) -> list[Raw]:
         return [self._fresh(raw) for raw in self.stores[kind].by(index, value)]
+
+    def event_owner(self, raw: Raw) -> Raw | None:
+        """The Agent a burst of a goal's Events folds into (EventRecorder.fold_into)."""
+        agent = goal_agent(raw) if raw.get("kind") == "Goal" else None
+        return self.one("agents", (_ns(raw), agent)) if agent else None
 
     def keys(self, kind: str) -> list[Key]:
         return self.stores[kind].keys()
