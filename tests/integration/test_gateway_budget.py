@@ -22,7 +22,7 @@ from overseer.testing.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
-from overseer.gateway.counters import RedisCounters
+from overseer.gateway.counters import RedisCounters, Refused
 from overseer.gateway.identity import Caller
 from overseer.gateway.ledger import Ledger, Spend
 from overseer.gateway.prices import PriceTable
@@ -278,3 +278,23 @@ async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: A
     shared.close()
     total = await gateway.ledger.goal_total(gateway.caller.goal_uid)
     assert spent == total.tokens and total.requests == 3
+
+
+async def test_a_hold_whose_replica_died_lapses_and_a_late_settle_frees_nothing_twice(
+        redis_server: RedisServer) -> None:
+    counters = RedisCounters(redis_server.url, hold_seconds=0.5)
+    goal = "uid-" + secrets.token_hex(4)
+    try:
+        await counters.load(goal, 0, Decimal(0))
+        assert await counters.hold(goal, "dies", 600, Decimal(0), 1_000, None) is None  # never settled
+        refused = await counters.hold(goal, "waits", 600, Decimal(0), 1_000, None)
+        assert isinstance(refused, Refused) and refused.held_tokens == 600
+        await asyncio.sleep(0.6)
+        assert await counters.hold(goal, "second", 600, Decimal(0), 1_000, None) is None  # the first lapsed
+        await counters.settle(goal, "dies", 600, Decimal(0), 0, Decimal(0))  # its replica was only slow
+        await counters.settle(goal, "second", 600, Decimal(0), 500, Decimal(0))
+        assert await counters.hold(goal, "third", 400, Decimal(0), 1_000, None) is None
+        fourth = await counters.hold(goal, "fourth", 101, Decimal(0), 1_000, None)
+        assert isinstance(fourth, Refused) and (fourth.held_tokens, fourth.spent_tokens) == (400, 500)
+    finally:
+        await counters.close()

@@ -2,8 +2,9 @@
 
 Per Goal: what it spent (tokens, nano-dollars) and the holds of its calls in flight, each hold a
 member of a sorted set scored by when it lapses, so a replica that dies mid-call cannot hold
-budget forever. Checking the budget and adding a hold is one Lua script: two replicas never
-both take the last of a budget. A Goal whose spend is not in Redis yet is loaded from the ledger
+budget forever, and their running sums, so checking a call costs the same however many are in
+flight. Checking the budget and adding a hold is one Lua script: two replicas never both take the
+last of a budget. A Goal whose spend is not in Redis yet is loaded from the ledger
 first (the script answers "unknown" and the caller loads it with SET NX).
 """
 
@@ -22,15 +23,23 @@ KEEP_SECONDS = 7 * 24 * 3600  # spend of a goal idle this long is read from the 
 _RESERVE = """
 local now = tonumber(ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local spent_t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local spent_u = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
-local held_t, held_u = 0, 0
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local t, u = string.match(m, ':(%d+):(%d+)$')
-  held_t = held_t + tonumber(t)
-  held_u = held_u + tonumber(u)
+-- Holds of calls that never settled (their replica died) lapse: take them off the running sums.
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #lapsed > 0 then
+  local gone_t, gone_u = 0, 0
+  for _, m in ipairs(lapsed) do
+    local t, u = string.match(m, ':(%d+):(%d+)$')
+    gone_t, gone_u = gone_t + tonumber(t), gone_u + tonumber(u)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('HINCRBY', KEYS[3], 't', string.format('%d', -gone_t))  -- %d: never '-0' or '1e+15'
+  redis.call('HINCRBY', KEYS[3], 'u', string.format('%d', -gone_u))
 end
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
+local spent = redis.call('HMGET', KEYS[1], 't', 'u')
+local held = redis.call('HMGET', KEYS[3], 't', 'u')
+local spent_t, spent_u = tonumber(spent[1] or '0'), tonumber(spent[2] or '0')
+local held_t, held_u = tonumber(held[1] or '0'), tonumber(held[2] or '0')
 local limit_t, limit_u = tonumber(ARGV[1]), tonumber(ARGV[2])
 local want_t, want_u = tonumber(ARGV[3]), tonumber(ARGV[4])
 if limit_u >= 0 and spent_u + held_u + want_u > limit_u then
@@ -40,12 +49,16 @@ if limit_t >= 0 and spent_t + held_t + want_t > limit_t then
   return {0, 'maxTokensPerGoal', spent_t, tostring(spent_u), held_t, tostring(held_u)}
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[7] .. ':' .. want_t .. ':' .. want_u)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+redis.call('HINCRBY', KEYS[3], 't', ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'u', ARGV[4])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[8])) end
 return {1}
 """
 _SETTLE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then  -- a hold that lapsed was taken off already
+  redis.call('HINCRBY', KEYS[3], 't', ARGV[4])  -- ARGV[4], ARGV[5]: the hold, negated
+  redis.call('HINCRBY', KEYS[3], 'u', ARGV[5])
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 't', ARGV[2])
   redis.call('HINCRBY', KEYS[1], 'u', ARGV[3])
@@ -93,8 +106,10 @@ class RedisCounters:
 
     @staticmethod
     def _keys(goal_uid: str) -> list[str]:
-        # One hash tag per Goal: both keys land on one Redis Cluster slot, as a script needs.
-        return [f"overseer:gw:spent:{{{goal_uid}}}", f"overseer:gw:held:{{{goal_uid}}}"]
+        # One hash tag per Goal: its keys land on one Redis Cluster slot, as a script needs. (A replica
+        # of a version before the running sums keeps its holds in `held`, never mixed into these.)
+        return [f"overseer:gw:spent:{{{goal_uid}}}", f"overseer:gw:holds:{{{goal_uid}}}",
+                f"overseer:gw:holdsum:{{{goal_uid}}}"]
 
     async def hold(self, goal_uid: str, request_id: str, tokens: int, usd: Decimal, limit_tokens: int | None,
                    limit_usd: Decimal | None) -> Refused | None | bool:
@@ -128,8 +143,9 @@ class RedisCounters:
 
     async def settle(self, goal_uid: str, request_id: str, hold_tokens: int, hold_usd: Decimal, tokens: int,
                      usd: Decimal) -> None:
-        member = f"{request_id}:{hold_tokens}:{_nano(hold_usd)}"
+        held_nano = _nano(hold_usd)
+        member = f"{request_id}:{hold_tokens}:{held_nano}"
         try:
-            await self._settle(keys=self._keys(goal_uid), args=[member, tokens, _nano(usd)])
+            await self._settle(keys=self._keys(goal_uid), args=[member, tokens, _nano(usd), -hold_tokens, -held_nano])
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e
