@@ -48,6 +48,7 @@ class Proxy:
         self._targets = targets
         self.session = session  # the pooled upstream client; set before the first request
         self._meter = meter
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._forward(request, "/v1/messages", metered=True)
@@ -101,8 +102,11 @@ class Proxy:
                                        f"{type(e).__name__}: {e}")
         finally:
             if reservation is not None:
-                # Shielded: a client that hangs up mid-answer still pays for what it used.
-                await asyncio.shield(self._settle(reservation, tap.usage, tap.model))
+                # A task of its own, not awaited: the next request on this keep-alive connection would
+                # wait for it, and a client that hangs up mid-answer still pays for what it used.
+                task = asyncio.get_running_loop().create_task(self._settle(reservation, tap.usage, tap.model))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
 
     async def _stream(self, request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str],
                       tap: StreamUsage) -> web.StreamResponse:
@@ -120,6 +124,11 @@ class Proxy:
             return response
         await response.write_eof()
         return response
+
+    async def drain(self) -> None:
+        """Wait until every answered call is settled (on shutdown)."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _settle(self, reservation: Any, usage: dict[str, Any], model: str) -> None:
         assert self._meter is not None
