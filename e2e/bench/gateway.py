@@ -65,6 +65,15 @@ def runqueue_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
+def autogroup_nice() -> int | None:
+    """The nice value of this session's scheduling group: with kernel.sched_autogroup_enabled, CPU is
+    shared between sessions first and a process's own nice acts only inside its session."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS now, peak RSS) in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -188,7 +197,9 @@ def table(r: dict[str, Any]) -> str:
              f"first event after {r['first_token_s']} s, then one every {r['event_interval_s']} s; "
              f"{os.cpu_count()} cores (load average {r['load_average_before']:.1f} at the start, "
              f"{r['load_average']:.1f} at the end); model, gateway and client on one machine, the client and "
-             f"model at nice {r['bench_nice']}, the gateway at nice {r['gateway_nice']}\n",
+             f"model at nice {r['bench_nice']}, the gateway at nice {r['gateway_nice']}"
+             + (f", in a session (autogroup) at nice {r['autogroup_nice']}" if r.get("autogroup_nice") is not None
+                else "") + "\n",
              "| path | p50 | p99 | first byte p50 | first byte p99 |", "|---|---|---|---|---|"]
     for name, v in rows:
         lines.append(f"| {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['ttfb_p50_ms']:.2f} ms | "
@@ -229,7 +240,7 @@ def main() -> None:
         result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, call_seconds))
         result.update(first_token_s=args.first_token, event_interval_s=args.event_interval,
                       gateway_nice=os.getpriority(os.PRIO_PROCESS, 0) if args.gateway_nice is None else args.gateway_nice,
-                      bench_nice=os.getpriority(os.PRIO_PROCESS, 0))
+                      bench_nice=os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice=autogroup_nice())
     finally:
         if gateway is not None:
             gateway.stop()
