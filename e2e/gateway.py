@@ -117,6 +117,7 @@ class Service:
         self.in_flight = [0] * len(backends)
         self.broken = [0] * len(backends)
         self._turn = 0
+        self._open: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="service", daemon=True).start()
         self._server = asyncio.run_coroutine_threadsafe(
@@ -124,12 +125,17 @@ class Service:
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = sides = [writer]
+        task.add_done_callback(self._open.pop)
         while self.ready:
             i = self.ready[self._turn % len(self.ready)]
             self._turn += 1
             host, port = self._backends[i]
             try:
                 up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                sides.append(up_writer)
                 break
             except OSError:
                 if i in self.ready:
@@ -160,13 +166,19 @@ class Service:
                     self.in_flight[i] -= 1
                     self.broken[i] += 1
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-        writer.close()
-        up_writer.close()
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            writer.close()
+            up_writer.close()
 
     def close(self) -> None:
         async def stop() -> None:
             self._server.close()
+            for sides in self._open.values():  # connections clients still keep alive
+                for side in sides:
+                    side.transport.abort()
+            await asyncio.gather(*self._open, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
