@@ -1,11 +1,14 @@
 """`overseer-gateway` as a subprocess on the local control plane, running as its own
 ServiceAccount with the least privilege it needs (e2e/gateway-rbac.yaml, what the chart grants),
-and pod-bound tokens minted the way the kubelet projects them into goal pods."""
+pod-bound tokens minted the way the kubelet projects them into goal pods, and the gateway's
+Service in front of several replicas as kube-proxy makes it."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,3 +97,88 @@ class GatewayProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class Service:
+    """The gateway's Service on loopback, as kube-proxy makes it: each new connection goes to the
+    next ready backend in turn and its bytes pass through untouched, so a client keeps the replica
+    its connection landed on. A backend whose process is gone refuses the connection; that client's
+    connection is reset, as one to a dead pod is, and the backend leaves the rotation, as an
+    endpoint that fails its readiness probe does: the client's retry opens a new connection, to
+    another replica. When a replica dies, its open connections close as its sockets do.
+
+    `.connections[i]` counts the connections backend i took; `.in_flight[i]` the requests sent to
+    it that have no answer byte yet; `.broken[i]` the requests whose connection it closed unanswered."""
+
+    def __init__(self, backends: list[str]) -> None:
+        self._backends = [url.removeprefix("http://").rsplit(":", 1) for url in backends]
+        self.ready = list(range(len(backends)))
+        self.connections = [0] * len(backends)
+        self.in_flight = [0] * len(backends)
+        self.broken = [0] * len(backends)
+        self._turn = 0
+        self._open: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="service", daemon=True).start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop).result(timeout=10)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = sides = [writer]
+        task.add_done_callback(self._open.pop)
+        while self.ready:
+            i = self.ready[self._turn % len(self.ready)]
+            self._turn += 1
+            host, port = self._backends[i]
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                sides.append(up_writer)
+                break
+            except OSError:
+                if i in self.ready:
+                    self.ready.remove(i)
+                writer.transport.abort()
+                return
+        else:
+            writer.transport.abort()
+            return
+        self.connections[i] += 1
+        waiting = [False]  # a request went out and no byte of its answer came back yet
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, request: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if request != waiting[0]:
+                        waiting[0] = request
+                        self.in_flight[i] += 1 if request else -1
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            except OSError:
+                dst.transport.abort()
+            finally:
+                if waiting[0] and not request:  # the backend went away with a request unanswered
+                    waiting[0] = False
+                    self.in_flight[i] -= 1
+                    self.broken[i] += 1
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        finally:
+            writer.close()
+            up_writer.close()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for sides in self._open.values():  # connections clients still keep alive
+                for side in sides:
+                    side.transport.abort()
+            await asyncio.gather(*self._open, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)

@@ -287,3 +287,26 @@ async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
         finally:
             await runner.cleanup()
             await session.close()
+
+
+async def test_the_next_call_on_a_connection_does_not_wait_for_the_last_one_to_be_settled() -> None:
+    meter = HeldSettling()
+    async with ScriptedModelServer({"conversations": {"default": ["Hello."]}, "repeat_last": True}) as model:
+        app = web.Application()
+        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
+        proxy = Proxy(TokenTable(), OneTarget(model.url), session, meter=meter)  # type: ignore[arg-type]
+        add_routes(app, proxy)
+        runner, url = await serve(app)
+        try:
+            client = sdk(url)  # one keep-alive connection, reused by the second call
+            for _ in range(2):
+                async with client.messages.stream(model=MODEL, max_tokens=10,
+                                                  messages=[{"role": "user", "content": "hi"}]) as stream:
+                    await asyncio.wait_for(stream.get_final_message(), timeout=10)
+            assert meter.settled == []
+            meter.go_on.set()
+            await asyncio.wait_for(proxy.drain(), timeout=10)
+            assert len(meter.settled) == 2 and meter.settled[1]["output_tokens"] > 0
+        finally:
+            await runner.cleanup()
+            await session.close()

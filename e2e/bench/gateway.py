@@ -65,6 +65,15 @@ def runqueue_seconds(pid: int) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
+def autogroup_nice() -> int | None:
+    """The nice value of this session's scheduling group: with kernel.sched_autogroup_enabled, CPU is
+    shared between sessions first and a process's own nice acts only inside its session."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS now, peak RSS) in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -162,13 +171,15 @@ async def measure(model_url: str, gateway: GatewayProcess, token: str, requests:
              "gateway": (gateway.url, {"x-api-key": token, "content-type": "application/json"})}
     # warm up: connections, the token review, the caches
     await asyncio.gather(*[batch(url, headers, concurrency, concurrency) for url, headers in paths.values()])
+    load_before = os.getloadavg()[0]
     before, waited_before = cpu_seconds(gateway.proc.pid), runqueue_seconds(gateway.proc.pid)
     runs = await asyncio.gather(*[batch(url, headers, requests, concurrency, call_seconds)
                                   for url, headers in paths.values()])
     cpu = cpu_seconds(gateway.proc.pid) - before
     waited = runqueue_seconds(gateway.proc.pid) - waited_before
     rss, peak = memory_mb(gateway.proc.pid)
-    out: dict[str, Any] = {"requests": requests, "concurrency": concurrency, "load_average": os.getloadavg()[0]}
+    out: dict[str, Any] = {"requests": requests, "concurrency": concurrency, "load_average": os.getloadavg()[0],
+                           "load_average_before": load_before}
     for name, values in zip(paths, runs, strict=True):
         firsts, totals = [v[0] for v in values], [v[1] for v in values]
         out[name] = {"p50_ms": pct(totals, 0.5) * 1000, "p99_ms": pct(totals, 0.99) * 1000,
@@ -184,8 +195,11 @@ def table(r: dict[str, Any]) -> str:
     rows = [("direct", r["direct"]), ("through the gateway", r["gateway"]), ("added by the gateway", r["added"])]
     lines = [f"{r['requests']} streamed calls per path, {r['concurrency']} in flight on each path at once, "
              f"first event after {r['first_token_s']} s, then one every {r['event_interval_s']} s; "
-             f"{os.cpu_count()} cores (load average {r['load_average']:.1f} at the end); model, gateway and "
-             "client on one machine\n",
+             f"{os.cpu_count()} cores (load average {r['load_average_before']:.1f} at the start, "
+             f"{r['load_average']:.1f} at the end); model, gateway and client on one machine, the client and "
+             f"model at nice {r['bench_nice']}, the gateway at nice {r['gateway_nice']}"
+             + (f", in a session (autogroup) at nice {r['autogroup_nice']}" if r.get("autogroup_nice") is not None
+                else "") + "\n",
              "| path | p50 | p99 | first byte p50 | first byte p99 |", "|---|---|---|---|---|"]
     for name, v in rows:
         lines.append(f"| {name} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['ttfb_p50_ms']:.2f} ms | "
@@ -202,6 +216,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--first-token", type=float, default=0.5, help="seconds before the model's first event")
     parser.add_argument("--event-interval", type=float, default=0.25, help="seconds between the model's events")
+    parser.add_argument("--gateway-nice", type=int, help="run the gateway at this nice value (an experiment: how much "
+                        "of what it adds is waiting for a CPU behind other work)")
     parser.add_argument("--docs", type=Path, help="write the table into this file's gateway block")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
@@ -217,10 +233,14 @@ def main() -> None:
         gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gw.kubeconfig"),
                                  workdir / "gateway.log", env={"OVERSEER_GATEWAY_DATABASE_URL": postgres.dsn,
                                                                "OVERSEER_GATEWAY_REDIS_URL": redis.url})
+        if args.gateway_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, gateway.proc.pid, args.gateway_nice)
         log(f"model {model.url}, gateway {gateway.url}: {args.requests} calls per path")
         call_seconds = args.first_token + EVENTS_APART * args.event_interval
         result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, call_seconds))
-        result.update(first_token_s=args.first_token, event_interval_s=args.event_interval)
+        result.update(first_token_s=args.first_token, event_interval_s=args.event_interval,
+                      gateway_nice=os.getpriority(os.PRIO_PROCESS, 0) if args.gateway_nice is None else args.gateway_nice,
+                      bench_nice=os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice=autogroup_nice())
     finally:
         if gateway is not None:
             gateway.stop()

@@ -47,6 +47,7 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
             await ledger.open()
             status.start()
         yield
+        await proxy.drain()
         await proxy.session.close()
         if ledger is not None and status is not None:
             await status.stop()

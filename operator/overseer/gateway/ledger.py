@@ -43,9 +43,13 @@ CREATE INDEX IF NOT EXISTS gateway_spend_agent ON gateway_spend (namespace, agen
 CREATE INDEX IF NOT EXISTS gateway_spend_namespace ON gateway_spend (namespace, at);
 """
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+# A batch of rows is one statement (arrays of columns, unnested), not a statement per row.
 _INSERT = """INSERT INTO gateway_spend (request_id, namespace, agent, goal, goal_uid, pod, model, input_tokens,
     output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_usd)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"""
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::numeric[])
+    ON CONFLICT (request_id) DO NOTHING"""
+LINGER_SECONDS = 0.05  # rows arriving this close together share a statement; totals include queued rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,7 @@ class Ledger:
         migrated, delay = False, 0.2
         while True:
             await self._wake.wait()
+            await asyncio.sleep(LINGER_SECONDS)
             self._wake.clear()
             while self._waiting or not migrated:
                 batch = list(self._waiting)[:500]
@@ -137,8 +142,7 @@ class Ledger:
                         if not migrated:
                             await conn.execute(SCHEMA)
                             migrated = True
-                        async with conn.cursor() as cur:
-                            await cur.executemany(_INSERT, [s.row() for s in batch])
+                        await conn.execute(_INSERT, [list(column) for column in zip(*(s.row() for s in batch))])
                 except _TRANSIENT as e:
                     log.warning("spend ledger: PostgreSQL unavailable (%s); %d rows wait", e, len(self._waiting))
                     await asyncio.sleep(delay)

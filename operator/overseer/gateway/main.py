@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
+import uvloop
 from aiohttp import web
 from prometheus_client import start_http_server
 from pydantic import ValidationError
@@ -35,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     app = build_app(settings, _login)
+    # What startup made (modules, the app) is never scanned by the collector again: its passes over
+    # the young objects of calls in flight stay short, so no stream waits on one.
+    gc.freeze()
+    # uvloop: less CPU per event passed on than asyncio's own loop, so less time queued for a core.
     web.run_app(app, host=settings.host, port=settings.port, access_log=None, shutdown_timeout=30,
+                loop=uvloop.new_event_loop(),
                 print=lambda line: print(line.replace("Running on", "overseer-gateway listening on"), flush=True))
     return 0
 

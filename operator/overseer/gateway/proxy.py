@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import metrics
 from .errors import GatewayError, error_response, request_id
 from .identity import Caller, Identity, bearer_token
-from .ratelimits import RateLimits
+from .ratelimits import Held, RateLimits
 from .upstream import Target, Targets
 from .usage import StreamUsage, message_usage
 
@@ -50,6 +50,7 @@ class Proxy:
         self.session = session  # the pooled upstream client; set before the first request
         self._meter = meter
         self._limits = limits
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._forward(request, "/v1/messages", metered=True)
@@ -110,11 +111,13 @@ class Proxy:
             return error_response(502, f"the model endpoint {target.base_url} did not answer: "
                                        f"{type(e).__name__}: {e}")
         finally:
-            if reservation is not None:
-                # Shielded: a client that hangs up mid-answer still pays for what it used.
-                await asyncio.shield(self._settle(reservation, tap.usage, tap.model))
-            if limits is not None and held is not None:
-                await asyncio.shield(limits.settle(held, tap.usage))
+            if reservation is not None or (limits is not None and held is not None):
+                # A task of its own, not awaited: the next request on this keep-alive connection would
+                # wait for it, and a client that hangs up mid-answer still pays for what it used.
+                task = asyncio.get_running_loop().create_task(
+                    self._settle(reservation, tap.usage, tap.model, limits, held))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
 
     async def _stream(self, request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str],
                       tap: StreamUsage) -> web.StreamResponse:
@@ -133,10 +136,21 @@ class Proxy:
         await response.write_eof()
         return response
 
-    async def _settle(self, reservation: Any, usage: dict[str, Any], model: str) -> None:
-        assert self._meter is not None
+    async def drain(self) -> None:
+        """Wait until every answered call is settled (on shutdown)."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _settle(self, reservation: Any, usage: dict[str, Any], model: str,
+                      limits: RateLimits | None, held: Held | None) -> None:
+        """The budget first, then the rate limits' grants (a call's spend is counted before its
+        tokens per minute are given back to others)."""
         try:
-            await self._meter.settle(reservation, usage, model)
+            if reservation is not None:
+                assert self._meter is not None
+                await self._meter.settle(reservation, usage, model)
+            if limits is not None and held is not None:
+                await limits.settle(held, usage)
         except Exception:
             log.exception("settling a model call failed")
 
