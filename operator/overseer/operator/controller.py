@@ -20,8 +20,9 @@ from .capabilities import CapabilityReconciler, needed
 from .conditions import is_true
 from .dispatch import TERMINAL, pod_outcome
 from .failures import reported
-from .goals import QUEUE_SWEEP_SECONDS, STOPS_SUBGOALS, GoalReconciler
+from .goals import QUEUE_SWEEP_SECONDS, GoalReconciler
 from .informer import Handler, Informer
+from .lifecycle import STOPS_SUBGOALS
 from .runtime import Runtime, goal_agent, slim_goal, slim_pod
 from .store import Raw, key_of
 

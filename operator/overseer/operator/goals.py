@@ -1,5 +1,7 @@
-"""Goal reconciliation: resolve the agent, wait for dependencies, queue, run one pod per
-attempt, retry with backoff, time out, and let the pod's phase drive the goal's.
+"""Goal reconciliation: the I/O around the lifecycle. lifecycle.py decides, from the caches,
+what a goal's next status is and what to do; this module reads the goal and its pods, then
+records events, deletes pods, writes status and starts attempts (workspace claim, a free slot,
+the pod), asking the lifecycle again at each step of a start.
 
 The phase is the operator's: it acts on a phase only as it wrote it (trust.py), and otherwise
 works it out again from the goal's pods, spec and dependencies."""
@@ -8,50 +10,63 @@ from __future__ import annotations
 
 import heapq
 import logging
-from datetime import datetime, timedelta, timezone
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import ValidationError
-
-from overseer.api import Agent, Capability, Goal, Phase, parse_duration, queue_key
-from overseer.approvals import APPROVE, DENY, decision, record_decisions
-from overseer.contract import ExitCode
+from overseer.api import Agent, Capability, Goal, Phase, queue_key
+from overseer.approvals import record_decisions
 from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
-from . import dispatch, subgoals, trust
-from .agent_resources import child_name
+from . import dispatch, lifecycle, trust
 from .capabilities import needed
-from .conditions import condition, is_true, same_conditions, set_condition, summarize_goal
-from .dispatch import TERMINAL
+from .conditions import condition, same_conditions, set_condition, summarize_goal
 from . import metrics
+from .lifecycle import WAITING_FOR_SLOT, Decision
 from .modification_store import ModificationStore, approved_requests, describe
-from overseer.kube import ApiError, now_iso, parse_time, path
+from overseer.kube import ApiError, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
-from .workspace import WorkspaceState, claim_name, render_claim, workspace_state
+from .workspace import claim_name, render_claim
 
 logger = logging.getLogger(__name__)
 
-LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
-# A parent that ended in one of these has nobody left to read its sub-goals' results.
-STOPS_SUBGOALS = {Phase.CANCELLED.value, Phase.FAILED.value}
 QUEUE_SWEEP_SECONDS = 10.0
-WAITING_FOR_SLOT = {"Queued", "QuotaExceeded"}  # Queued reasons that count as queue wait (not a retry's backoff)
-
-
-def running_message(attempt: int, pod: str, agent: str | None) -> str:
-    """The one wording of a running attempt: dispatch and the pod watch must agree on it, or
-    each would rewrite the other's status."""
-    return f"attempt {attempt} running in pod {pod}" + (f" as {child_name(agent)}" if agent else "")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def _iso(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+class CacheView:
+    """lifecycle.Cluster: the runtime's caches, in one namespace."""
+
+    def __init__(self, rt: Runtime, ns: str) -> None:
+        self.rt, self.ns = rt, ns
+
+    def goal(self, name: str) -> Raw | None:
+        return self.rt.one("goals", (self.ns, name))
+
+    def agent(self, name: str) -> Raw | None:
+        return self.rt.one("agents", (self.ns, name))
+
+    def agents(self) -> list[Raw]:
+        return self.rt.by("agents", "namespace", self.ns)
+
+    def live_pods(self, agent: str) -> int:
+        return self.rt.live_pods_of_agent(self.ns, agent)
+
+    def in_flight(self, agent: str) -> Collection[str]:
+        return self.rt.inflight.get((self.ns, agent), ())
+
+    def queued(self, agent: str) -> list[Raw]:
+        return self.rt.by("goals", "queued", (self.ns, agent))
+
+    def subgoals(self, parent: str) -> list[Raw]:
+        return self.rt.by("goals", "parent", (self.ns, parent))
+
+    def claim(self, name: str) -> Raw | None:
+        return self.rt.one("persistentvolumeclaims", (self.ns, name))
 
 
 class GoalReconciler:
@@ -68,30 +83,6 @@ class GoalReconciler:
 
     def pods(self, ns: str, name: str) -> list[Raw]:
         return sorted(self.rt.by("pods", "goal", (ns, name)), key=lambda p: dispatch.attempt_of(p, LABEL_ATTEMPT))
-
-    def resolve_agent(self, goal: Goal, raw: Raw) -> tuple[Raw | None, str]:
-        """The goal's Agent, or None and a message naming the field to fix."""
-        ns = goal.namespace
-        if goal.spec.agent_ref is not None:
-            name = goal.spec.agent_ref.name
-            agent = self.rt.one("agents", (ns, name))
-            if agent is None:
-                return None, (f"Goal {ns}/{goal.name}: spec.agentRef.name {name!r} does not exist in "
-                              f"namespace {ns}; create the Agent or fix the name")
-            return agent, ""
-        selector = goal.spec.agent_selector.to_api() if goal.spec.agent_selector else {}
-        assigned = (raw.get("status") or {}).get("agent")
-        matching = [a for a in self.rt.by("agents", "namespace", ns)
-                    if dispatch.selector_matches(selector, a["metadata"].get("labels") or {})]
-        if not matching:
-            return None, (f"Goal {ns}/{goal.name}: spec.agentSelector matches no Agent in namespace {ns}; "
-                          f"label an Agent or change the selector")
-        for a in matching:
-            if a["metadata"]["name"] == assigned:
-                return a, ""
-        ready = [a for a in matching if is_true((a.get("status") or {}).get("conditions") or [], "Ready")] or matching
-        best = min(ready, key=lambda a: (self.rt.live_pods_of_agent(ns, a["metadata"]["name"]), a["metadata"]["name"]))
-        return best, ""
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -136,12 +127,6 @@ class GoalReconciler:
             await self.rt.patch_status(goal_path(ns, name, "status"), raw,
                                        {"observedGeneration": generation, "conditions": conds})
 
-    async def delete_live_pods(self, pods: list[Raw]) -> None:
-        for pod in pods:
-            if dispatch.pod_outcome(pod).state == "live":
-                meta = pod["metadata"]
-                await self.rt.kube.delete(path("v1", "pods", meta["namespace"], meta["name"]))
-
     async def live_pod_on_server(self, ns: str, name: str) -> bool:
         """Whether the API server (not the cache) has a live pod of this goal. Read only before a
         retry: a first attempt's pod name is enough to make its creation idempotent."""
@@ -156,7 +141,7 @@ class GoalReconciler:
         free = limit - self.rt.live_pods_of_agent(ns, agent)
         if free <= 0:
             return
-        now = _iso(_now())
+        now = lifecycle.iso(_now())
         queued = [g for g in self.rt.by("goals", "queued", (ns, agent))
                   if (g.get("status") or {}).get("phase") == Phase.QUEUED.value
                   and not (g.get("status") or {}).get("retryAt", "") > now]
@@ -178,170 +163,87 @@ class GoalReconciler:
         raw = self.goal(ns, name)
         if raw is None:
             return None
-        try:
-            goal = Goal.model_validate(raw)
-        except ValidationError as e:  # stored before the CRD refused it, or by an older CRD
-            await self.invalid(raw, e)
-            return None
-        status = raw.get("status") or {}
-        phase = trust.trusted_phase(raw)
-        if phase is None:
-            self.phase_ignored(raw)
-            phase = Phase.PENDING.value
-        pods = self.pods(ns, name)
-
-        if phase in TERMINAL:
-            await self.delete_live_pods(pods)  # a cancel or timeout may have died before the delete
-            await self.settle(raw)
-            return None
-
-        if goal.spec.cancel:
-            await self.delete_live_pods(pods)
-            await self.update(raw, Phase.CANCELLED, "Cancelled", "spec.cancel is true; the goal was stopped",
-                              [("Complete", False, "Cancelled", "cancelled by spec.cancel")],
-                              completedAt=now_iso())
-            return None
-        parent = self.goal(ns, goal.spec.parent) if goal.spec.parent else None
-        parent_phase = trust.trusted_phase(parent) if parent else None
-        if parent_phase in STOPS_SUBGOALS:
-            msg = f"parent goal {goal.spec.parent} is {parent_phase}; the sub-goal was stopped"
-            await self.delete_live_pods(pods)
-            await self.update(raw, Phase.CANCELLED, "ParentEnded", msg, [("Complete", False, "ParentEnded", msg)],
-                              completedAt=now_iso())
-            return None
-
+        view = CacheView(self.rt, ns)
         now = _now()
-        next_look: float | None = None
-        if goal.spec.timeout and status.get("startedAt"):
-            deadline = parse_time(status["startedAt"]) + parse_duration(goal.spec.timeout)
-            if now >= deadline:
-                await self.delete_live_pods(pods)
-                msg = f"did not finish within spec.timeout {goal.spec.timeout}"
-                await self.update(raw, Phase.FAILED, "Timeout", msg, [("Complete", False, "Timeout", msg)],
-                                  event_type="Warning", completedAt=now_iso())
-                return None
-            next_look = (deadline - now).total_seconds() + 0.5
+        step = lifecycle.decide(raw, trust.trusted_phase(raw), self.pods(ns, name), view, now, self.rt.settings)
+        return await self.apply(raw, step, view, now)
 
-        attempt = int(status.get("attempt") or 0)
-        latest = pods[-1] if pods else None
-        latest_attempt = dispatch.attempt_of(latest, LABEL_ATTEMPT) if latest else 0
-        agent_name = (latest or {}).get("metadata", {}).get("labels", {}).get("overseer.dev/agent") \
-            or status.get("agent")
-        if latest is not None and latest_attempt >= attempt:
-            outcome = dispatch.pod_outcome(latest)
-            if outcome.state == "live":
-                return await self.running(raw, latest, latest_attempt, agent_name, next_look)
-            if outcome.state == "succeeded":
-                await self.update(raw, Phase.SUCCEEDED, "Succeeded",
-                                  f"attempt {latest_attempt} succeeded",
-                                  [("Complete", True, "Succeeded", f"pod {latest['metadata']['name']} succeeded")],
-                                  agent=agent_name, pod=latest["metadata"]["name"], attempt=latest_attempt,
-                                  lastExitCode=outcome.exit_code, completedAt=now_iso(),
-                                  startedAt=status.get("startedAt") or now_iso())
-                return None
-            if outcome.reason.split(":")[0] in dispatch.STUCK_WAITING and not latest["metadata"].get("deletionTimestamp"):
-                # it would wait for ever, holding a slot of the namespace's quota
-                await self.rt.kube.delete(path("v1", "pods", ns, latest["metadata"]["name"]))
-            if latest_attempt > attempt or phase in LIVE or not self.retryable(goal, latest_attempt, outcome):
-                return await self.attempt_failed(raw, goal, latest_attempt, outcome.reason, outcome.exit_code,
-                                                 latest["metadata"]["name"])
-        elif phase in LIVE and status.get("pod") and status["pod"] not in self.rt.inflight.get((ns, agent_name or ""), ()):
-            return await self.attempt_failed(raw, goal, attempt, "PodLost", None, status["pod"])
+    async def apply(self, raw: Raw, step: Decision, view: CacheView, now: datetime) -> float | None:
+        """Do what the lifecycle decided, in its order; returns when to look again."""
+        for event in step.events:
+            self.say(raw, event)
+        for pod in step.delete:
+            await self.rt.kube.delete(path("v1", "pods", raw["metadata"]["namespace"], pod))
+        if step.settle:
+            await self.settle(raw)
+        if step.status is not None:
+            await self.write(raw, step.status, step.approvals)
+        if step.dispatch is not None:
+            return await self.start(raw, step.dispatch, view, now)
+        return step.requeue
 
-        if goal.spec.parent and attempt == 0:
-            refused = self.subgoal_refusal(raw, parent)
-            if refused is not None:
-                await self.update(raw, Phase.FAILED, refused.reason, refused.message,
-                                  [("Complete", False, refused.reason, refused.message)], event_type="Warning",
-                                  completedAt=now_iso())
-                return None
-        return await self.dispatch(raw, goal, attempt, now, next_look)
-
-    async def invalid(self, raw: Raw, error: ValidationError) -> None:
-        """A goal whose spec the operator cannot read can never run: it fails, naming the fields.
-        (A phase the operator wrote as terminal stays as it is.)"""
-        if trust.trusted_phase(raw) in TERMINAL:
-            return
-        ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
-        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()[:5])
-        msg = f"Goal {ns}/{name}: {fields}; fix the spec and create the goal again"
-        await self.update(raw, Phase.FAILED, "InvalidSpec", msg, [("Complete", False, "InvalidSpec", msg)],
-                          event_type="Warning", completedAt=now_iso())
-
-    def phase_ignored(self, raw: Raw) -> None:
-        """Say once per forged value that status.phase was written by someone else."""
-        status = raw.get("status") or {}
-        mark = (raw["metadata"].get("uid"), status.get("phase"))
-        if mark in self._ignored:
-            return
-        self._ignored.add(mark)
-        writers = ", ".join(sorted(trust.written_by_others(raw, "phase")))
-        self.rt.events.record(raw, "Warning", "PhaseIgnored",
-                              f"status.phase {status.get('phase')} was written by {writers}, not the operator; "
-                              f"ignored: the phase is worked out again from the goal's pods")
-
-    @staticmethod
-    def retryable(goal: Goal, attempt: int, outcome: dispatch.PodOutcome) -> bool:
-        """Whether a failed attempt may be followed by another: read from the pod and the spec,
-        whatever the status says."""
-        return outcome.exit_code != ExitCode.GAVE_UP and attempt <= goal.spec.max_retries
-
-    def subgoal_refusal(self, raw: Raw, parent: Raw | None) -> subgoals.Refusal | None:
-        ns = raw["metadata"]["namespace"]
-        parent_name = (raw.get("spec") or {}).get("parent")
-        siblings = [g for g in self.rt.by("goals", "parent", (ns, parent_name))
-                    if g["metadata"]["name"] != raw["metadata"]["name"]]
-        return subgoals.refusal(raw, parent, lambda agent: self.rt.one("agents", (ns, agent)), siblings,
-                                trust.trusted_phase, subgoals.depth(raw, lambda goal: self.goal(ns, goal)))
-
-    async def running(self, raw: Raw, pod: Raw, attempt: int, agent_name: str | None,
-                      next_look: float | None) -> float | None:
-        """A live pod works on the goal: Running, or AwaitingApproval while the agent waits for a
-        person. Also adopts a pod created just before a crash, before its status was written."""
-        status = raw.get("status") or {}
-        name, pod_name = raw["metadata"]["name"], pod["metadata"]["name"]
-        pending = [p for p in status.get("pendingApprovals") or [] if decision(raw, p["id"]) is None]
-        if pending:
-            first = pending[0]["id"]
-            phase, reason = Phase.AWAITING_APPROVAL, "ApprovalRequested"
-            message = (f"{pending[0].get('summary', first)} -- approve with: kubectl annotate goal/{name} "
-                       f"{APPROVE}={first} (or {DENY}={first})")
-        else:
-            phase, reason = Phase.RUNNING, "Running"
-            message = running_message(attempt, pod_name, agent_name)
-        timeout = self.rt.settings.heartbeat_timeout_seconds
-        beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
-        if timeout and not pending and beat and (_now() - parse_time(beat)).total_seconds() > timeout:
-            msg = f"no heartbeat from pod {pod_name} since {beat}; replacing it"
-            self.rt.events.record(raw, "Warning", "HeartbeatLost", msg)
+    def say(self, raw: Raw, event: lifecycle.Event) -> None:
+        """Record an event the lifecycle asked for; a forged phase is reported once per value."""
+        if event.reason == lifecycle.PHASE_IGNORED:  # once per forged value
+            mark = (raw["metadata"].get("uid"), (raw.get("status") or {}).get("phase"))
+            if mark in self._ignored:
+                return
+            self._ignored.add(mark)
+        elif event.reason == lifecycle.HEARTBEAT_LOST:
             metrics.HEARTBEATS_LOST.inc()
-            await self.delete_live_pods([pod])
-            return 1.0
-        await self.store_modifications(raw, agent_name)
-        extra = self.decisions(raw)
-        conditions = [("Dispatched", True, "PodCreated", pod_name)]
-        agent_raw = self.rt.one("agents", (raw["metadata"]["namespace"], agent_name)) if agent_name else None
-        if agent_raw is not None:
-            ws = self.workspace(Goal.model_validate(raw), Agent.model_validate(agent_raw))
-            conditions += [ws.condition] if ws.condition else []
-            extra.update(self.workspace_fields(raw, ws))
-        await self.update(raw, phase, reason, message, conditions, agent=agent_name, pod=pod_name,
-                          attempt=attempt, startedAt=status.get("startedAt") or now_iso(), **extra)
-        if timeout and not pending:
-            next_look = min(next_look, timeout) if next_look else timeout
-        return next_look
+        self.rt.events.record(raw, event.type, event.reason, event.message)
 
-    def workspace(self, goal: Goal, agent: Agent) -> WorkspaceState:
-        """The goal's workspace as the claim caches show it."""
-        ns = goal.namespace
-        source = goal.spec.workspace_from
-        return workspace_state(goal, agent, self.rt.one("persistentvolumeclaims", (ns, claim_name(goal.name))),
-                               self.rt.one("persistentvolumeclaims", (ns, claim_name(source.goal))) if source else None)
+    async def write(self, raw: Raw, to: lifecycle.Transition, approvals: bool) -> None:
+        """Write the transition; a running goal's also stores approved modifications and records
+        decisions (before them: the agent keeps its request in status until it sees its decision)."""
+        fields = dict(to.fields)
+        if approvals:
+            await self.store_modifications(raw, fields.get("agent"))
+            fields.update(self.decisions(raw))
+        if to.reason == lifecycle.ATTEMPT_FAILED:
+            metrics.RETRIES.inc()
+        await self.update(raw, to.phase, to.reason, to.message, to.conditions,
+                          "Warning" if to.warning else "Normal", **fields)
 
-    @staticmethod
-    def workspace_fields(raw: Raw, ws: WorkspaceState) -> dict[str, Any]:
-        """{"workspace": ...} when status.workspace should change."""
-        return {"workspace": ws.status} if ws.status != (raw.get("status") or {}).get("workspace") else {}
+    async def start(self, raw: Raw, plan: lifecycle.Dispatch, view: CacheView, now: datetime) -> float | None:
+        """Start the plan's attempt: unless a live pod the cache has not shown is there, make sure
+        of the workspace claim, take a free slot of the agent (or queue), create the pod."""
+        goal, agent = plan.goal, plan.agent
+        ns, name = goal.namespace, goal.name
+        if plan.retry and await self.live_pod_on_server(ns, name):
+            return 1.0  # the watch has not shown it yet: never start a second attempt beside it
+        await self.ensure_claim(goal, agent)
+
+        # From counting the free slots to reserving one there is no await, so no other reconcile
+        # can take the same slot: pod creates of one agent still run side by side.
+        free = lifecycle.free_slots(raw, plan, view, now)
+        if not free:
+            return await self.apply(raw, lifecycle.waiting_for_slot(plan), view, now)
+        pod = render_pod(goal, agent, plan.attempt, self.rt.settings,
+                         [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
+                          if c is not None],
+                         source_claim=(plan.workspace.status or {}).get("sourceClaim"))
+        pod_name = pod["metadata"]["name"]
+        self.rt.inflight[(ns, agent.name)].add(pod_name)
+        try:
+            await self.rt.kube.create(path("v1", "pods", ns), pod)
+        except ApiError as e:
+            self.rt.inflight[(ns, agent.name)].discard(pod_name)
+            if e.status == 403 and "exceeded quota" in e.message:
+                return await self.apply(raw, lifecycle.quota_exceeded(plan, pod_name, e.message, self.rt.settings),
+                                        view, now)
+            self.rt.events.record(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
+            raise
+        except Exception:
+            self.rt.inflight[(ns, agent.name)].discard(pod_name)
+            raise
+        if free > 1:
+            self.wake_queue(ns, agent.name)  # slots remain: goals queued behind this one may go too
+        if plan.attempt == 1:
+            metrics.observe_start(raw)
+        metrics.ATTEMPTS.inc()
+        self.queue_wait.dispatched(raw["metadata"].get("uid") or "")
+        return await self.apply(raw, lifecycle.dispatched(raw, plan, pod_name, now, self.rt.settings), view, now)
 
     async def ensure_claim(self, goal: Goal, agent: Agent) -> None:
         """Create the goal's claim before its first pod; one already there (the cache may lag, an
@@ -399,158 +301,6 @@ class GoalReconciler:
                     f"later goals use it (revert: kubectl annotate agent/{agent_name} overseer.dev/revert={item.id})")
         if added:
             self.rt.agents.add((ns, agent_name))  # its count of modifications
-
-    async def attempt_failed(self, raw: Raw, goal: Goal, attempt: int, reason: str, exit_code: int | None,
-                             pod: str) -> float | None:
-        status = raw.get("status") or {}
-        detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
-        if exit_code == ExitCode.GAVE_UP:
-            # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
-            why = trust.failure_reason(status.get("failureReason"), "AgentGaveUp")
-            msg = f"attempt {attempt}: {status.get('result') or why} ({detail}); not retried"
-            await self.update(raw, Phase.FAILED, why, msg, [("Complete", False, why, msg)], event_type="Warning",
-                              attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
-            return None
-        if attempt > goal.spec.max_retries:
-            msg = f"attempt {attempt} failed ({detail}); no retries left (spec.maxRetries {goal.spec.max_retries})"
-            await self.update(raw, Phase.FAILED, "RetriesExhausted", msg,
-                              [("Complete", False, "RetriesExhausted", msg)], event_type="Warning",
-                              attempt=attempt, pod=pod, lastExitCode=exit_code, completedAt=now_iso())
-            return None
-        delay = dispatch.backoff_seconds(attempt, self.rt.settings.retry_backoff_seconds,
-                                         self.rt.settings.retry_backoff_max_seconds)
-        retry_at = _now() + timedelta(seconds=delay)
-        msg = f"attempt {attempt} failed ({detail}); retrying at {_iso(retry_at)}"
-        metrics.RETRIES.inc()
-        await self.update(raw, Phase.QUEUED, "AttemptFailed", msg,
-                          [("Dispatched", False, "RetryBackoff", msg)], event_type="Warning",
-                          attempt=attempt, pod=pod, lastExitCode=exit_code, retryAt=_iso(retry_at),
-                          startedAt=status.get("startedAt") or now_iso())
-        return delay + 0.5
-
-    async def dispatch(self, raw: Raw, goal: Goal, attempt: int, now: datetime,
-                       next_look: float | None) -> float | None:
-        ns, name = goal.namespace, goal.name
-        status = raw.get("status") or {}
-        agent_raw, problem = self.resolve_agent(goal, raw)
-        if agent_raw is None:
-            await self.update(raw, Phase.PENDING, "AgentNotFound", problem,
-                              [("Dispatched", False, "AgentNotFound", problem)], event_type="Warning")
-            return None
-        agent_name = agent_raw["metadata"]["name"]
-        agent_conditions = (agent_raw.get("status") or {}).get("conditions") or []
-        if not is_true(agent_conditions, "Ready"):
-            why = next((c.get("message") for c in agent_conditions if c.get("type") == "Ready"), "") or "not reconciled yet"
-            msg = f"Agent {agent_name} is not Ready: {why}"
-            await self.update(raw, Phase.PENDING, "AgentNotReady", msg,
-                              [("Dispatched", False, "AgentNotReady", msg)], agent=agent_name)
-            return None
-
-        deps = dispatch.check_dependencies(
-            name, goal.spec.depends_on,
-            # A dependency counts as it stands in the operator's own record, never as another wrote it.
-            phase_of=lambda n: (trust.trusted_phase(dep) or Phase.PENDING.value)
-            if (dep := self.goal(ns, n)) is not None else None,
-            depends_on_of=lambda n: ((self.goal(ns, n) or {}).get("spec") or {}).get("dependsOn") or [],
-        )
-        if deps.cycle:
-            msg = "spec.dependsOn forms a cycle: " + dispatch.describe_cycle(deps.cycle)
-            await self.update(raw, Phase.FAILED, "DependencyCycle", msg,
-                              [("DependenciesMet", False, "DependencyCycle", msg), ("Complete", False, "DependencyCycle", msg)],
-                              event_type="Warning", agent=agent_name, completedAt=now_iso())
-            return None
-        if deps.failed:
-            msg = f"dependencies failed: {', '.join(deps.failed)}"
-            await self.update(raw, Phase.FAILED, "DependencyFailed", msg,
-                              [("DependenciesMet", False, "DependencyFailed", msg), ("Complete", False, "DependencyFailed", msg)],
-                              event_type="Warning", agent=agent_name, completedAt=now_iso())
-            return None
-        if deps.waiting:
-            msg = f"waiting for {', '.join(deps.waiting)}"
-            await self.update(raw, Phase.BLOCKED, "Blocked", msg,
-                              [("DependenciesMet", False, "Waiting", msg), ("Dispatched", False, "DependenciesPending", msg)],
-                              agent=agent_name, waitingFor=deps.waiting)
-            return None
-        dep_condition = [("DependenciesMet", True, "Succeeded", "all dependencies succeeded")] if goal.spec.depends_on else []
-        agent = Agent.model_validate(agent_raw)
-        ws = self.workspace(goal, agent)
-        if ws.blocked:
-            await self.update(raw, Phase.FAILED, "SourceClaimMissing", ws.blocked,
-                              [*dep_condition, *([ws.condition] if ws.condition else []),
-                               ("Complete", False, "SourceClaimMissing", ws.blocked)],
-                              event_type="Warning", agent=agent_name, completedAt=now_iso())
-            return None
-
-        if status.get("retryAt") and parse_time(status["retryAt"]) > now:
-            wait = (parse_time(status["retryAt"]) - now).total_seconds() + 0.5
-            return min(wait, next_look) if next_look else wait
-
-        if attempt >= 1 and await self.live_pod_on_server(ns, name):
-            return 1.0  # the watch has not shown it yet: never start a second attempt beside it
-        await self.ensure_claim(goal, agent)
-
-        # From counting the free slots to reserving one there is no await, so no other reconcile
-        # can take the same slot: pod creates of one agent still run side by side.
-        limit = int((agent_raw.get("spec") or {}).get("maxConcurrentGoals", 1))
-        free = limit - self.rt.live_pods_of_agent(ns, agent_name)
-        me = queue_key(raw)
-        ahead = 0
-        if free > 0:
-            for other in self.rt.by("goals", "queued", (ns, agent_name)):
-                ost = other.get("status") or {}
-                if (other["metadata"]["name"] != name and ost.get("phase") == Phase.QUEUED.value
-                        and not (ost.get("retryAt") and parse_time(ost["retryAt"]) > now)
-                        and queue_key(other) < me):
-                    ahead += 1
-                    if ahead >= free:
-                        break
-        if free <= 0 or ahead >= free:
-            msg = f"waiting for a free slot of agent {agent_name} (maxConcurrentGoals {limit})"
-            await self.update(raw, Phase.QUEUED, "Queued", msg,
-                              [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
-                              agent=agent_name, waitingFor=[])
-            return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
-        pod = render_pod(goal, agent, attempt + 1, self.rt.settings,
-                         [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
-                          if c is not None],
-                         source_claim=(ws.status or {}).get("sourceClaim"))
-        pod_name = pod["metadata"]["name"]
-        self.rt.inflight[(ns, agent_name)].add(pod_name)
-        try:
-            await self.rt.kube.create(path("v1", "pods", ns), pod)
-        except ApiError as e:
-            self.rt.inflight[(ns, agent_name)].discard(pod_name)
-            if e.status == 403 and "exceeded quota" in e.message:
-                # The namespace's ResourceQuota is full: wait like any other queued goal.
-                msg = f"pod {pod_name} would exceed a ResourceQuota: {e.message}"
-                await self.update(raw, Phase.QUEUED, "QuotaExceeded", msg,
-                                  [*dep_condition, ("Dispatched", False, "QuotaExceeded", msg)],
-                                  event_type="Warning", agent=agent_name, waitingFor=[])
-                return self.rt.settings.retry_backoff_seconds
-            self.rt.events.record(raw, "Warning", "PodCreateFailed", f"pod {pod_name}: {e}")
-            raise
-        except Exception:
-            self.rt.inflight[(ns, agent_name)].discard(pod_name)
-            raise
-        if free > 1:
-            self.wake_queue(ns, agent_name)  # slots remain: goals queued behind this one may go too
-        if attempt == 0:
-            metrics.observe_start(raw)
-        metrics.ATTEMPTS.inc()
-        self.queue_wait.dispatched(raw["metadata"].get("uid") or "")
-        started = status.get("startedAt") or now_iso()
-        await self.update(raw, Phase.RUNNING, "Dispatched",
-                          running_message(attempt + 1, pod_name, agent_name),
-                          [*dep_condition, *([ws.condition] if ws.condition else []),
-                           ("Dispatched", True, "PodCreated", pod_name)],
-                          agent=agent_name, pod=pod_name, attempt=attempt + 1, startedAt=started,
-                          waitingFor=[], retryAt=None, **self.workspace_fields(raw, ws))
-        # The pod's own ADDED event brings no reconcile (pod_recorded), so this is the next look:
-        # the heartbeat check, or the timeout if that comes first.
-        looks = [self.rt.settings.heartbeat_timeout_seconds] if self.rt.settings.heartbeat_timeout_seconds else []
-        if goal.spec.timeout:
-            looks.append((parse_time(started) + parse_duration(goal.spec.timeout) - now).total_seconds() + 0.5)
-        return min(looks) if looks else None
 
     def pod_recorded(self, pod: Raw) -> bool:
         """Whether a newly seen live pod is the one the goal's status already names, as dispatch
