@@ -29,6 +29,7 @@ from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, now_iso, parse_time, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
+from .warm_pool import WarmPool
 from .workspace import WorkspaceState, claim_name, render_claim, workspace_state
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class GoalReconciler:
         self.modifications = ModificationStore(rt.kube)
         self._ignored: set[tuple[str | None, str | None]] = set()  # (uid, phase) already warned about
         self.queue_wait = metrics.QueueWait()
+        self.pool = WarmPool(rt)
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -510,14 +512,17 @@ class GoalReconciler:
                               [*dep_condition, ("Dispatched", False, "WaitingForSlot", msg)],
                               agent=agent_name, waitingFor=[])
             return next_look  # a freed slot wakes the queue (wake_queue, sweep_queues)
-        pod = render_pod(goal, agent, attempt + 1, self.rt.settings,
-                         [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
-                          if c is not None],
+        caps = [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
+                if c is not None]
+        pod = render_pod(goal, agent, attempt + 1, self.rt.settings, caps,
                          source_claim=(ws.status or {}).get("sourceClaim"))
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent_name)].add(pod_name)
         try:
-            await self.rt.kube.create(path("v1", "pods", ns), pod)
+            claimed = await self.pool.claim(goal, agent, caps, attempt + 1, reserved=pod_name)
+            if claimed is None:
+                await self.rt.kube.create(path("v1", "pods", ns), pod)
+            pod_name = claimed or pod_name
         except ApiError as e:
             self.rt.inflight[(ns, agent_name)].discard(pod_name)
             if e.status == 403 and "exceeded quota" in e.message:

@@ -105,6 +105,8 @@ def new_stores() -> dict[str, Store]:
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
         "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
+        # idle pods of the Agents' warm pools (warm_pool.py); a claimed one moves to "pods"
+        "warmpods": Store(indexers={"agent": _pod_label(LABEL_AGENT)}),
         # goals' workspace claims, by name: a goal's own and its workspaceFrom dependency's
         "persistentvolumeclaims": Store(),
         # the kubernetes Service's, when OVERSEER_API_SERVER_CIDRS does not say where the API server is
@@ -129,6 +131,8 @@ class Runtime:
     # Pods created but not yet seen by the watch, per (namespace, agent): counted as running so
     # a burst of reconciles cannot overshoot maxConcurrentGoals.
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # Warm pods claimed, (namespace, name), until the watch shows them gone from the pool.
+    warm_taken: set[tuple[str, str]] = field(default_factory=set)
     # Our own status writes, by uid: (resourceVersion the write was based on, object it returned).
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.
