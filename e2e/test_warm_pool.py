@@ -139,3 +139,26 @@ spec:
 
     assert refused.returncode != 0
     assert "spec.warmPool" in refused.stderr and "Remove spec.workspace or set spec.warmPool to 0" in refused.stderr
+
+
+def test_an_operator_killed_during_a_burst_of_claims_leaves_one_pod_per_goal(world: World, agents: Any) -> None:
+    names = [f"burst-{i}" for i in range(4)]
+    _, runner = agents({n: [text(f"Done with {n}.")] for n in names}, warm_pool=3)
+    wait_pool(world, runner, 3)
+    for n in names:
+        world.goal(n, description=f"Finish {n}.")
+
+    world.op.kill()  # wherever dispatch was: before, in or after a claim or a create
+    world.op.start()
+
+    for n in names:
+        world.wait_phase(n, "Succeeded", timeout=90)
+    for n in names:
+        pods = world.goal_pods(n)
+        assert [p["metadata"]["name"] for p in pods] == [world.get("goal", n)["status"]["pod"]], n
+    claims: dict[str, list[str]] = {}
+    for p in world.items("pods"):
+        for kind, owner in owners(p):
+            if kind == "Goal":
+                claims.setdefault(p["metadata"]["name"], []).append(owner)
+    assert all(len(goals) == 1 for goals in claims.values()), claims

@@ -100,6 +100,12 @@ def test_the_pool_keeps_its_size_of_current_live_pods(pods, taken, idle, create,
     assert (todo.idle, todo.create, todo.delete) == (idle, create, delete)
 
 
+def test_pods_created_but_not_seen_yet_are_not_created_again() -> None:
+    todo = plan(3, "t1", [warm("a")], set(), starting=1)
+
+    assert (todo.idle, todo.create) == (["a"], 1)
+
+
 def test_size_zero_empties_the_pool() -> None:
     todo = plan(0, "t1", [warm("a"), warm("b")], set())
 

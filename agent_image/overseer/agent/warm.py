@@ -15,6 +15,8 @@ from overseer.kube import Kube, path
 
 logger = logging.getLogger(__name__)
 
+WAITING = "warm pod ready"  # logged once the pod is logged in and waits (the start benchmark reads it)
+
 
 def claimed_by(goal: dict[str, Any], pod: str, agent: str) -> bool:
     """Whether this goal is claimed by this pod of this agent, as the operator wrote it."""
@@ -26,13 +28,16 @@ async def wait_for_goal(kube: Kube, namespace: str, pod: str, agent: str) -> str
     """The name of the goal that claims this pod, once one does."""
     url = path(API_VERSION, "goals", namespace)
     selector = {"fieldSelector": f"status.pod={pod}"}
-    backoff = 0.5
+    backoff, said = 0.5, False
     while True:
         try:
             listed = await kube.get(url, params=selector) or {}
             for goal in listed.get("items") or []:
                 if claimed_by(goal, pod, agent):
                     return str(goal["metadata"]["name"])
+            if not said:
+                logger.info("%s: pod %s is warm, waiting for a goal to claim it", WAITING, pod)
+                said = True
             params = {**selector, "resourceVersion": (listed.get("metadata") or {}).get("resourceVersion") or ""}
             async for event in kube.watch(url, params):
                 goal = event.get("object") or {}

@@ -133,6 +133,8 @@ class Runtime:
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
     # Warm pods claimed, (namespace, name), until the watch shows them gone from the pool.
     warm_taken: set[tuple[str, str]] = field(default_factory=set)
+    # Warm pods created but not seen by the watch yet, per (namespace, agent): name -> when (monotonic).
+    warm_starting: dict[Key, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     # Our own status writes, by uid: (resourceVersion the write was based on, object it returned).
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.

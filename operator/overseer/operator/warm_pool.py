@@ -13,7 +13,7 @@ beforehand could not become the goal's (its name is the goal's, so that dependen
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from .dispatch import pod_outcome
 from .pods import WARM_TEMPLATE, claim_patch, render_warm_pod
 from .runtime import Raw, Runtime
 
-logger = logging.getLogger(__name__)
+STARTING_FOR_AT_MOST_S = 30.0  # a created pod the watch has not shown after this long is not waited for
 
 
 def serves(agent: Agent, goal: Goal) -> bool:
@@ -46,9 +46,11 @@ class Plan:
     delete: list[str]     # pods to remove: ended, from an older spec, or beyond the size
 
 
-def plan(size: int, template: str, pods: Iterable[Mapping[str, Any]], taken: set[tuple[str, str]]) -> Plan:
+def plan(size: int, template: str, pods: Iterable[Mapping[str, Any]], taken: set[tuple[str, str]],
+         starting: int = 0) -> Plan:
     """What the pool should do, from its pods as the cache shows them. `taken`: pods claimed whose
-    change the watch has not shown yet. A pod whose process ended (killed while idle) is replaced."""
+    change the watch has not shown yet; `starting`: pods created that it has not shown yet. A pod
+    whose process ended (killed while idle) is replaced."""
     keep: list[Mapping[str, Any]] = []
     delete: list[str] = []
     for pod in pods:
@@ -63,7 +65,7 @@ def plan(size: int, template: str, pods: Iterable[Mapping[str, Any]], taken: set
                              p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
     delete += [p["metadata"]["name"] for p in keep[size:]]
     idle = [p["metadata"]["name"] for p in keep[:size]]
-    return Plan(idle=idle, create=max(0, size - len(idle)), delete=delete)
+    return Plan(idle=idle, create=max(0, size - len(idle) - starting), delete=delete)
 
 
 class WarmPool:
@@ -75,8 +77,12 @@ class WarmPool:
 
     def _plan(self, agent: Agent, capabilities: list[Capability], size: int) -> tuple[Plan, dict[str, Any]]:
         pod = render_warm_pod(agent, self.rt.settings, capabilities)
+        starting = self.rt.warm_starting[(agent.namespace, agent.name)]
+        for name, since in list(starting.items()):
+            if time.monotonic() - since > STARTING_FOR_AT_MOST_S:  # its event was lost (a relist): the cache says
+                del starting[name]
         return plan(size, pod["metadata"]["annotations"][WARM_TEMPLATE], self.pods(agent.namespace, agent.name),
-                    self.rt.warm_taken), pod
+                    self.rt.warm_taken, len(starting)), pod
 
     async def sync(self, agent: Agent, capabilities: list[Capability], size: int, raw: Raw) -> int:
         """Bring the pool to `size` idle pods of the current spec; return how many are idle now.
@@ -88,7 +94,7 @@ class WarmPool:
             await self.rt.kube.delete(path("v1", "pods", ns, name))
         for _ in range(todo.create):
             try:
-                await self.rt.kube.create(path("v1", "pods", ns), pod)
+                created = await self.rt.kube.create(path("v1", "pods", ns), pod)
             except ApiError as e:
                 if e.status == 403 and "exceeded quota" in e.message:
                     # Idle pods count against the namespace's quota like goal pods: goals come first.
@@ -97,6 +103,8 @@ class WarmPool:
                                           f"(spec.warmPool {size}): {e.message}")
                     break
                 raise
+            if created is not None:  # counted until the watch shows it, so the next sync adds no other
+                self.rt.warm_starting[(ns, agent.name)][created["metadata"]["name"]] = time.monotonic()
         return len(todo.idle)
 
     async def claim(self, goal: Goal, agent: Agent, capabilities: list[Capability], attempt: int,
@@ -131,12 +139,13 @@ class WarmPool:
         """A warm pod came, went (claimed or deleted) or changed phase: its Agent refills its pool
         and shows the count."""
         meta = raw["metadata"]
+        agent = (meta.get("labels") or {}).get(LABEL_AGENT)
+        self.rt.warm_starting.get((meta.get("namespace") or "", agent or ""), {}).pop(meta["name"], None)
         if event == "DELETED":
             self.rt.warm_taken.discard((meta.get("namespace") or "", meta["name"]))  # the watch shows the claim: the cache knows
         elif event == "MODIFIED" and old is not None and pod_outcome(old) == pod_outcome(raw) \
                 and _ready(old) == _ready(raw):
             return
-        agent = (meta.get("labels") or {}).get(LABEL_AGENT)
         if agent:
             self.rt.agents.add((meta.get("namespace") or "", agent))
 
