@@ -131,7 +131,7 @@ class Runtime:
     # Pods created but not yet seen by the watch, per (namespace, agent): counted as running so
     # a burst of reconciles cannot overshoot maxConcurrentGoals.
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
-    # Warm pods claimed, (namespace, name), until the watch shows them gone from the pool.
+    # Warm pods claimed or being deleted, (namespace, name), until the watch shows them leave the pool.
     warm_taken: set[tuple[str, str]] = field(default_factory=set)
     # Warm pods created but not seen by the watch yet, per (namespace, agent): name -> when (monotonic).
     warm_starting: dict[Key, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))

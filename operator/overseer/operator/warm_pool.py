@@ -91,7 +91,16 @@ class WarmPool:
         ns = agent.namespace
         todo, pod = self._plan(agent, capabilities, size)
         for name in todo.delete:
-            await self.rt.kube.delete(path("v1", "pods", ns, name))
+            if (ns, name) in self.rt.warm_taken:  # a claim got to it during an await of this loop
+                continue
+            self.rt.warm_taken.add((ns, name))  # so no claim takes a pod on its way out
+            try:
+                deleted = await self.rt.kube.delete(path("v1", "pods", ns, name))
+            except ApiError:
+                self.rt.warm_taken.discard((ns, name))
+                raise
+            if not deleted:  # already gone: the watch may have said so before this mark
+                self.rt.warm_taken.discard((ns, name))
         for _ in range(todo.create):
             try:
                 created = await self.rt.kube.create(path("v1", "pods", ns), pod)
