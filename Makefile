@@ -29,7 +29,7 @@ help:
 	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
-	@echo "make bench-start   start benchmark into docs/performance.md: apply -> first model request ($(BENCH_START_GOALS) goals)"
+	@echo "make bench-start   start benchmark into docs/performance.md: apply -> first model request ($(BENCH_START_GOALS) goals, fresh and warm pods)"
 	@echo "make bench-knowledge  lessons (and their query plans) and checkpoints with and without row-level"
 	@echo "                   security, 1,000,000 experiences, into docs/performance.md (Knowledge base)"
 	@echo "make bench-gateway what the model gateway adds to 100 concurrent streamed calls, into docs/performance.md"
@@ -143,6 +143,7 @@ bench: venv cluster-build
 	$(BIN)/python -m e2e.bench.knowledge --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --docs docs/performance.md
+	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --warm-pool 1 --docs docs/performance.md
 
 bench-scale: venv cluster-build
 	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
@@ -154,12 +155,14 @@ bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.knowledge --experiences 20000 --queries 50 --goals 5
 	$(BIN)/python -m e2e.bench.gateway --requests 200 --first-token 0.05 --event-interval 0.01
 	$(BIN)/python -m e2e.bench.start --goals 5
+	$(BIN)/python -m e2e.bench.start --goals 3 --warm-pool 1
 
 bench-gateway: venv cluster-build
 	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
 
 bench-start: venv cluster-build
 	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --docs docs/performance.md
+	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --warm-pool 1 --docs docs/performance.md
 
 bench-loop: venv cluster-build
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)

@@ -39,6 +39,7 @@ import yaml
 from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s, free_port, service_account_kubeconfig
 
 LABEL_GOAL = "overseer.dev/goal"
+LABEL_AGENT = "overseer.dev/agent"  # on every agent pod: a goal's, and an idle warm pod's
 # emptyDir folders live under a short root: a Unix socket's path (at most 107 bytes) may be in one,
 # as the tools container's is, and test folders are long.
 EMPTY_DIRS = Path(tempfile.gettempdir()) / "overseer-emptydirs"
@@ -94,7 +95,7 @@ def _reachable_by_others(folder: Path) -> None:
 @dataclass
 class AgentProcess:
     pod: str
-    goal: str
+    goal: str  # "" for a warm pod started before a goal claimed it (goal_of reads the label now)
     proc: subprocess.Popen[bytes]
     log: Path
     port: int = 0  # of its /healthz and /metrics on loopback (0: none)
@@ -117,7 +118,7 @@ class AgentRunner:
     extra_env: dict[str, str] = field(default_factory=dict)
     interval: float = 0.2  # seconds between looks at the pods
     executable: Path | None = None  # overseer-agent of another install (default: this venv's)
-    label_selector: str = LABEL_GOAL  # the pods this runner plays the kubelet for
+    label_selector: str = LABEL_AGENT  # the pods this runner plays the kubelet for
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -156,6 +157,13 @@ class AgentRunner:
     def log(self, pod: str) -> str:
         p = self.processes.get(pod)
         return p.log.read_text(errors="replace") if p and p.log.exists() else ""
+
+    def process_of_goal(self, goal: str) -> AgentProcess | None:
+        """The process working on goal: started for its pod, or for a warm pod the goal claimed."""
+        pods = {p.metadata.name for p in self.k8s.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{LABEL_GOAL}={goal}").items}
+        with self._lock:
+            return next((p for p in self.processes.values() if p.goal == goal or p.pod in pods), None)
 
     def claim_folder(self, claim: str) -> Path:
         """The folder the PersistentVolume of claim stands for (it may be seeded before the claim exists)."""
@@ -240,7 +248,7 @@ class AgentRunner:
 
     def _launch(self, pod: Any) -> None:
         name = pod.metadata.name
-        goal = pod.metadata.labels[LABEL_GOAL]
+        goal = pod.metadata.labels.get(LABEL_GOAL, "")
         containers = {c.name: c for c in pod.spec.containers}
         container = containers.get("agent", pod.spec.containers[0])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_"))}

@@ -196,11 +196,12 @@ def world(namespace: str, kubectl: Kubectl, crds: Any, admission_policies: Any, 
 def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path, agent_executable: Path | None) -> Iterator[Any]:
     """start(scenario_turns, **agent) -> (model server, runner): a scripted model for this
     namespace's goals, an Agent pointing at it, and the kubelet's part for goal pods.
-    workspace: the Agent's spec.workspace (flow style, e.g. "{size: 1Gi}"); none gives emptyDirs."""
+    workspace: the Agent's spec.workspace (flow style, e.g. "{size: 1Gi}"); none gives emptyDirs.
+    warm_pool: the Agent's spec.warmPool (idle pods kept started)."""
     started: list[Any] = []
 
     def start(conversations: dict[str, list[Any]], capabilities: str = "[]", budget: str = "",
-              faults: Any = None, workspace: str | None = None) -> tuple[ModelServer, AgentRunner]:
+              faults: Any = None, workspace: str | None = None, warm_pool: int = 0) -> tuple[ModelServer, AgentRunner]:
         scenario: dict[str, Any] = {"follow_history": True,
                                     "conversations": {f"{world.ns}/{k}": v for k, v in conversations.items()}}
         if faults:
@@ -220,6 +221,7 @@ spec:
   maxConcurrentGoals: 2
 {budget}
 {f"  workspace: {workspace}" if workspace else ""}
+{f"  warmPool: {warm_pool}" if warm_pool else ""}
 """)
         world.wait_condition("agent", "coder", "Ready", "True")
         return model, runner

@@ -112,3 +112,17 @@ def test_start_benchmark_times_every_step_of_a_goal_and_the_operator_start(clust
     assert r["operator_caches_s"] > 0 and r["operator_caches_cpu_s"] > 0 and r["operator_rss_idle_mb"] > 0
     assert set(r["imports_cpu_s"]) == {"pass", "import overseer.agent.main", "import overseer.operator.main"}
     assert "apply → first model request" in table and "caches filled" in table
+
+
+def test_start_benchmark_with_a_warm_pool_times_claimed_goals_and_the_memory_of_an_idle_pod(
+        cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "start-warm.json"
+    table = run_bench(cluster, "e2e.bench.start", "--goals", "3", "--warm-pool", "1", "--json", str(out))
+    r = json.loads(out.read_text())["result"]
+    assert len(r["starts"]) == 3
+    for s in r["starts"]:
+        moments = [s["apply"], s["claimed"], s["loaded"], s["first_request"]]
+        assert s["warm"] and None not in moments and moments == sorted(moments), f"every step, in order: {s}"
+    [(agent_mb, tools_mb)] = r["warm_rss_mb"]
+    assert agent_mb > 10 and tools_mb > 1
+    assert "claimed by the goal" in table and "an idle warm pod holds" in table

@@ -46,7 +46,8 @@ class Env(StrEnum):
     TOOLS_SOCKET)."""
 
     # who it is
-    GOAL_NAME = "OVERSEER_GOAL_NAME"
+    GOAL_NAME = "OVERSEER_GOAL_NAME"  # unset in a warm pod: it waits for the goal that claims it
+    POD_NAME = "OVERSEER_POD_NAME"  # a warm pod's own name: the claiming goal's status.pod names it
     GOAL_NAMESPACE = "OVERSEER_GOAL_NAMESPACE"
     AGENT_NAME = "OVERSEER_AGENT_NAME"
     WORKSPACE = "OVERSEER_WORKSPACE"

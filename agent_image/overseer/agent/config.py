@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from overseer.contract import WORKSPACE, Env
@@ -17,7 +17,10 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(populate_by_name=True)
 
-    goal_name: str = Field(validation_alias=Env.GOAL_NAME.value)
+    goal_name: str | None = Field(default=None, validation_alias=Env.GOAL_NAME.value)
+    """Unset in a warm pod, which learns it from the Goal that claims it (pod_name)."""
+    pod_name: str | None = Field(default=None, validation_alias=Env.POD_NAME.value)
+    """A warm pod's own name: the claiming Goal's status.pod."""
     goal_namespace: str = Field(validation_alias=Env.GOAL_NAMESPACE.value)
     agent_name: str = Field(validation_alias=Env.AGENT_NAME.value)
     workspace: Path = Field(default=Path(WORKSPACE), validation_alias=Env.WORKSPACE.value)
@@ -49,3 +52,10 @@ class AgentSettings(BaseSettings):
     """Model API requests per minute for this API key across all pods; 0 = no limit."""
     tokens_per_minute: int = Field(default=0, ge=0, validation_alias=Env.TOKENS_PER_MINUTE.value)
     """Model API tokens per minute for this API key across all pods; 0 = no limit."""
+
+    @model_validator(mode="after")
+    def _knows_its_goal(self) -> AgentSettings:
+        if not self.goal_name and not self.pod_name:
+            raise ValueError(f"set {Env.GOAL_NAME.value} (the goal to work on) or, in a warm pod, "
+                             f"{Env.POD_NAME.value} (the pod a goal claims)")
+        return self

@@ -23,7 +23,7 @@ from overseer.contract import ExitCode
 from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
-from . import gateway_token, workspace
+from . import gateway_token, warm, workspace
 from .capability_stats import CallStats
 from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
@@ -116,6 +116,13 @@ async def run(settings: AgentSettings) -> int:
         return pod_credentials()
 
     kube = Kube(login, "overseer-agent", pool_size=4)
+    # Made first: in a warm pod, the model client is ready before a goal claims the pod.
+    client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
+    if not settings.goal_name:
+        assert settings.pod_name is not None  # AgentSettings requires one of the two
+        settings.goal_name = await warm.wait_for_goal(kube, settings.goal_namespace, settings.pod_name,
+                                                      settings.agent_name)
+        logger.info("pod %s claimed by goal %s/%s", settings.pod_name, settings.goal_namespace, settings.goal_name)
     servers: list[Any] = []
     link = GoalLink(kube, settings.goal_namespace, settings.goal_name, settings.heartbeat_seconds)
     health = HealthServer(settings.health_port, stale_after=max(60.0, settings.heartbeat_seconds * 6))
@@ -187,7 +194,6 @@ async def run(settings: AgentSettings) -> int:
                 kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
                 await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
-        client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
             system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),

@@ -77,10 +77,11 @@ create events.k8s.io Events although it never does.
 - apiGroups: [overseer.dev]
   resources: [goals]
   verbs: [create]                      # only to grant it: agents create sub-goals
-# One pod per goal attempt; deleted on cancel and timeout.
+# One pod per goal attempt; deleted on cancel and timeout. Patched to claim a warm pod for a goal
+# (its labels and owner, Agent spec.warmPool).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, create, delete]
+  verbs: [list, watch, create, patch, delete]
 # A workspace claim per goal (Agent spec.workspace), owned by the goal: the garbage collector
 # deletes it with the goal, so the operator never does.
 - apiGroups: [""]

@@ -147,8 +147,24 @@ class WorkspaceSpec(ApiModel):
     to inspect the files; by default the claim goes with its goal."""
 
 
+WARM_POOL_MAX = 20
+
+
 class AgentSpec(ApiModel):
     """Desired state of an Agent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{
+                "rule": "!has(self.warmPool) || self.warmPool == 0 || !has(self.workspace)",
+                "message": "spec.warmPool needs an emptyDir workspace: a warm pod is started before its goal is "
+                           "known, and a pod's volumes cannot change later to mount the goal's claim. Remove "
+                           "spec.workspace or set spec.warmPool to 0",
+                "fieldPath": ".warmPool",
+                "reason": "FieldValueForbidden",
+            }]
+        }
+    )
 
     model: ModelSpec
     """The model this agent calls."""
@@ -209,6 +225,11 @@ class AgentSpec(ApiModel):
     """A PersistentVolumeClaim per goal for its workspace, kept across attempts so a replaced pod finds
     the files of the one before. Without it the workspace is an emptyDir: a pod lost mid-goal loses its
     files (the conversation resumes from its checkpoint, and the agent tells the model the files are gone)."""
+    warm_pool: int = Field(default=0, ge=0, le=WARM_POOL_MAX)
+    """Agent pods kept started and idle (imports done, credentials loaded, workspace ready), so a goal
+    is claimed by one in well under a second instead of waiting for a pod and a process to start; the
+    pool refills behind each claim. Idle pods count against the namespace's quota. Only for agents
+    without spec.workspace; goals with spec.workspaceFrom always get a pod of their own."""
 
 
 class AgentStatus(ApiModel):
@@ -233,6 +254,8 @@ class AgentStatus(ApiModel):
     """Tokens used by all of this agent's goals."""
     cost: AgentCost | None = None
     """Spend in US dollars, written by the model gateway."""
+    warm_pods: int = 0
+    """Idle warm pods started and ready to claim a goal (spec.warmPool)."""
     modifications: int = 0
     """Approved self-modifications (lessons, script tools) later goals use, i.e. not reverted; they are
     kept in ConfigMap overseer-agent-NAME-modifications."""
@@ -251,6 +274,7 @@ class Agent(CustomResource):
         PrinterColumn(name="Queued", type="integer", json_path=".status.queuedGoals", priority=1),
         PrinterColumn(name="Succeeded", type="integer", json_path=".status.succeededGoals"),
         PrinterColumn(name="Failed", type="integer", json_path=".status.failedGoals"),
+        PrinterColumn(name="Warm", type="integer", json_path=".status.warmPods", priority=1),
         PrinterColumn(name="Modifications", type="integer", json_path=".status.modifications", priority=1),
         PrinterColumn(name="Cost", type="number", json_path=".status.cost.totalUsd",
                       description="US dollars spent by this agent's goals"),

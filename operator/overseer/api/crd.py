@@ -405,6 +405,8 @@ def render_crd(kind_cls: type[CustomResource]) -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": _printer_columns(kind_cls),
                     "schema": {"openAPIV3Schema": openapi_schema(kind_cls)},
+                    **({"selectableFields": [{"jsonPath": p} for p in kind_cls.selectable_fields]}
+                       if kind_cls.selectable_fields else {}),
                 }
             ],
         },

@@ -269,6 +269,8 @@ class Goal(CustomResource):
     kind_name: ClassVar[str] = "Goal"
     plural: ClassVar[str] = "goals"
     short_names: ClassVar[list[str]] = ["gl"]
+    # A warm pod learns which goal claimed it by watching for the goal whose status.pod names it.
+    selectable_fields: ClassVar[list[str]] = [".status.pod"]
     printer_columns: ClassVar[list[PrinterColumn]] = [
         PrinterColumn(name="Phase", type="string", json_path=".status.phase"),
         PrinterColumn(name="Agent", type="string", json_path=".status.agent"),

@@ -18,6 +18,7 @@ CATEGORY = "overseer"
 LABEL_AGENT = f"{GROUP}/agent"
 LABEL_GOAL = f"{GROUP}/goal"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_WARM = f"{GROUP}/warm"  # an idle pod of an Agent's warm pool, not claimed by a goal yet
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "overseer"
 ANNOTATION_EXIT_CODE = f"{GROUP}/exit-code"
@@ -195,6 +196,7 @@ class CustomResource(ApiModel):
     plural: ClassVar[str]
     short_names: ClassVar[list[str]] = []
     printer_columns: ClassVar[list[PrinterColumn]] = []
+    selectable_fields: ClassVar[list[str]] = []  # JSON paths a list or watch may select on (fieldSelector)
 
     api_version: Literal["overseer.dev/v1alpha1"] = "overseer.dev/v1alpha1"
     metadata: dict[str, Any] = Field(default_factory=dict)

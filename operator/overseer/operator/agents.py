@@ -26,6 +26,7 @@ from .modification_store import ModificationStore, describe
 from .pricing import price_condition
 from overseer.kube import ApiError, path
 from .runtime import Key, Runtime, agent_path
+from .warm_pool import WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class AgentReconciler:
         self._secrets_found: dict[tuple[str, str, str], float] = {}  # when each Secret was last seen
         self.modifications = ModificationStore(rt.kube)
         self._not_found: set[tuple[str, str, str]] = set()  # revert ids already warned about
+        self.pool = WarmPool(rt)
 
     def counts_delay(self, key: Key) -> float:
         """How long a change of this Agent's goals waits before its counts are written."""
@@ -277,6 +279,9 @@ class AgentReconciler:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
         conds = summarize(conds, ready, reason, message, gen)  # not Ready: waiting for a Secret or Capability
         conds = set_condition(conds, "AdmissionPolicies", *self.rt.admission.condition(), gen)
+        # Idle pods only while goals could run: a pod started without its Secret would never start.
+        warm = await self.pool.sync(agent, caps, agent.spec.warm_pool if ready and agent.spec.workspace is None else 0,
+                                    raw)
 
         try:
             active = await self.sync_modifications(raw)
@@ -284,7 +289,7 @@ class AgentReconciler:
             logger.warning("Agent %s/%s: modifications not read: %s", ns, name, e)
             active = int(status.get("modifications") or 0)
         changes: dict[str, Any] = {"observedGeneration": gen, "serviceAccountName": render.child_name(name),
-                                   "modifications": active,
+                                   "modifications": active, "warmPods": warm,
                                    **self.rt.goal_counts(ns, name)}
         old_conds = status.get("conditions") or []
         if not same_conditions(conds, old_conds):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from overseer.api import API_VERSION
 from overseer.api.capability import with_requirements
-from overseer.api.meta import LABEL_AGENT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
+from overseer.api.meta import LABEL_AGENT, LABEL_GOAL, LABEL_MANAGED_BY, LABEL_WARM, MANAGED_BY
 
 from . import admission, metrics
 from .agents import AgentReconciler
@@ -51,19 +51,22 @@ class Operator:
         self.started = False  # fill() was called: informers started
         self.reconciling = False  # run() got past fill(): reconcilers started
         watched, accept = namespace_filter(namespaces or [])
-        kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None]] = [
-            (API_VERSION, "agents", self.agent_changed, None, None),
-            (API_VERSION, "capabilities", self.capability_changed, None, None),
-            (API_VERSION, "goals", self.goal_changed, None, slim_goal),
+        kinds: list[tuple[str, str, Handler, str | None, Callable[[Raw], Raw] | None, str]] = [
+            (API_VERSION, "agents", self.agent_changed, None, None, "agents"),
+            (API_VERSION, "capabilities", self.capability_changed, None, None, "capabilities"),
+            (API_VERSION, "goals", self.goal_changed, None, slim_goal, "goals"),
             # Only goal pods, filtered by the API server, not every pod of the cluster.
-            ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod),
-            ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_pod),
+            ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod, "pods"),
+            # Idle warm pods: a claim takes the warm label off, moving the pod to the watch above.
+            ("v1", "pods", self.goals.pool.pod_changed, LABEL_WARM, slim_pod, "warmpods"),
+            ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_pod, "persistentvolumeclaims"),
             # Agents' modifications ConfigMaps: read from here, not fetched on every Agent reconcile.
-            ("v1", "configmaps", self.configmap_changed, f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_AGENT}", None),
+            ("v1", "configmaps", self.configmap_changed, f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_AGENT}", None,
+             "configmaps"),
         ]
-        self.informers = [Informer(rt.kube, api_version, plural, rt.stores[plural], handler, namespace=ns,
+        self.informers = [Informer(rt.kube, api_version, plural, rt.stores[store], handler, namespace=ns,
                                    label_selector=selector, accept=accept, transform=transform)
-                          for api_version, plural, handler, selector, transform in kinds for ns in watched]
+                          for api_version, plural, handler, selector, transform, store in kinds for ns in watched]
         rt.api_server = api_server_egress(rt.settings, [])
         if rt.api_server is None:  # not configured: follow what the API server publishes
             self.informers.append(Informer(rt.kube, SLICES_API_VERSION, "endpointslices", rt.stores["endpointslices"],

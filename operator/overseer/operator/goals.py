@@ -27,6 +27,7 @@ from .modification_store import ModificationStore, approved_requests, describe
 from overseer.kube import ApiError, path
 from .pods import render_pod
 from .runtime import Key, Raw, Runtime, goal_path
+from .warm_pool import WarmPool
 from .workspace import claim_name, render_claim
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class GoalReconciler:
         self.modifications = ModificationStore(rt.kube)
         self._ignored: set[tuple[str | None, str | None]] = set()  # (uid, phase) already warned about
         self.queue_wait = metrics.QueueWait()
+        self.pool = WarmPool(rt)
 
     # ---- reading the caches -------------------------------------------------------------
 
@@ -219,14 +221,17 @@ class GoalReconciler:
         free = lifecycle.free_slots(raw, plan, view, now)
         if not free:
             return await self.apply(raw, lifecycle.waiting_for_slot(plan), view, now)
-        pod = render_pod(goal, agent, plan.attempt, self.rt.settings,
-                         [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
-                          if c is not None],
+        caps = [Capability.model_validate(c) for _, c in needed(self.rt, ns, agent.spec.capabilities).values()
+                if c is not None]
+        pod = render_pod(goal, agent, plan.attempt, self.rt.settings, caps,
                          source_claim=(plan.workspace.status or {}).get("sourceClaim"))
         pod_name = pod["metadata"]["name"]
         self.rt.inflight[(ns, agent.name)].add(pod_name)
         try:
-            await self.rt.kube.create(path("v1", "pods", ns), pod)
+            claimed = await self.pool.claim(goal, agent, caps, plan.attempt, reserved=pod_name)
+            if claimed is None:
+                await self.rt.kube.create(path("v1", "pods", ns), pod)
+            pod_name = claimed or pod_name
         except ApiError as e:
             self.rt.inflight[(ns, agent.name)].discard(pod_name)
             if e.status == 403 and "exceeded quota" in e.message:

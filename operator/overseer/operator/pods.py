@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from overseer.api import Agent, Capability, Goal, gateway
 from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env, capability_env, secret_env
-from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, MANAGED_BY
+from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, LABEL_WARM, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
 from .knowledge_tenants import SECRET_KEY as KNOWLEDGE_SECRET_KEY
@@ -18,6 +19,9 @@ from .redis_secret import SECRET_NAME as REDIS_SECRET
 from .settings import Settings
 from .workspace import render_volumes
 
+
+WARM_TEMPLATE = "overseer.dev/warm-template"
+"""Annotation of a warm pod: a digest of the spec it was rendered with."""
 
 API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 """Where in-cluster clients look for the ServiceAccount token, CA and namespace."""
@@ -60,11 +64,23 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
     """A pod that runs the agent runtime on this goal, under the agent's ServiceAccount and
     the `restricted` Pod Security level; `capabilities` (the agent's, with what they require)
     bring the Secrets their headers and command env name; source_claim: the dependency's claim of spec.workspaceFrom."""
+    pod = _render(agent, settings, capabilities, render_volumes(goal, agent, source_claim),
+                  [{"name": Env.GOAL_NAME, "value": goal.name}])
+    pod["metadata"].update(name=pod_name(goal.name, attempt), namespace=goal.namespace,
+                           ownerReferences=[owner_reference(goal)])
+    pod["metadata"]["labels"].update({LABEL_GOAL: goal.name, LABEL_ATTEMPT: str(attempt)})
+    return pod
+
+
+def _render(agent: Agent, settings: Settings, capabilities: Iterable[Capability],
+            workspace: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]],
+            identity: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a goal's pod and a warm pod share: all but the name, the owner and who it works for."""
     model = agent.spec.model
     capabilities = list(capabilities)
-    workspace_volumes, workspace_mounts, workspace_env = render_volumes(goal, agent, source_claim)
+    workspace_volumes, workspace_mounts, workspace_env = workspace
     env: list[dict[str, Any]] = [
-        {"name": Env.GOAL_NAME, "value": goal.name},
+        *identity,
         {"name": Env.GOAL_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": Env.AGENT_NAME, "value": agent.name},
         *workspace_env,
@@ -145,13 +161,7 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(goal.name, attempt),
-            "namespace": goal.namespace,
-            "labels": {
-                LABEL_AGENT: agent.name, LABEL_GOAL: goal.name, LABEL_ATTEMPT: str(attempt),
-                LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/name": "overseer-agent",
-            },
-            "ownerReferences": [owner_reference(goal)],
+            "labels": {LABEL_AGENT: agent.name, LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/name": "overseer-agent"},
         },
         "spec": {
             "serviceAccountName": child_name(agent.name),
@@ -168,3 +178,27 @@ def render_pod(goal: Goal, agent: Agent, attempt: int, settings: Settings,
             "volumes": volumes,
         },
     }
+
+
+def render_warm_pod(agent: Agent, settings: Settings, capabilities: Iterable[Capability] = ()) -> dict[str, Any]:
+    """An idle pod of the Agent's warm pool: a goal's pod in all but the goal (an emptyDir workspace,
+    no goal name: it learns its goal from the Goal whose status.pod names it), owned by the Agent
+    until a goal claims it. Its template annotation tells a pool rendered from an older spec."""
+    pod = _render(agent, settings, capabilities, render_volumes(None, agent, None),
+                  [{"name": Env.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])
+    digest = hashlib.sha256(json.dumps(pod["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    pod["metadata"].update(generateName=f"{agent.name[:50].rstrip('.-')}-warm-", namespace=agent.namespace,
+                           ownerReferences=[owner_reference(agent)], annotations={WARM_TEMPLATE: digest})
+    pod["metadata"]["labels"][LABEL_WARM] = "idle"
+    return pod
+
+
+def claim_patch(pod: Mapping[str, Any], goal: Goal, attempt: int) -> dict[str, Any]:
+    """The merge patch that makes an idle warm pod a goal's pod: the labels and owner a fresh pod of
+    that attempt has, no warm label. Its resourceVersion is a precondition: of two claims (or a
+    claim and a deletion) of one pod, only the first succeeds."""
+    return {"metadata": {
+        "resourceVersion": pod["metadata"]["resourceVersion"],
+        "labels": {LABEL_GOAL: goal.name, LABEL_ATTEMPT: str(attempt), LABEL_WARM: None},
+        "ownerReferences": [owner_reference(goal)],
+    }}

@@ -106,6 +106,8 @@ def new_stores() -> dict[str, Store]:
         "capabilities": Store(indexers={"namespace": lambda c: (_ns(c),)}),
         "pods": Store(indexers={"goal": _pod_label(LABEL_GOAL), "agent": _pod_label(LABEL_AGENT),
                                 "live": _pod_label(LABEL_AGENT, live_only=True)}),
+        # idle pods of the Agents' warm pools (warm_pool.py); a claimed one moves to "pods"
+        "warmpods": Store(indexers={"agent": _pod_label(LABEL_AGENT)}),
         # goals' workspace claims, by name: a goal's own and its workspaceFrom dependency's
         "persistentvolumeclaims": Store(),
         # Agents' modifications ConfigMaps, by name
@@ -132,6 +134,10 @@ class Runtime:
     # Pods created but not yet seen by the watch, per (namespace, agent): counted as running so
     # a burst of reconciles cannot overshoot maxConcurrentGoals.
     inflight: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # Warm pods claimed or being deleted, (namespace, name), until the watch shows them leave the pool.
+    warm_taken: set[tuple[str, str]] = field(default_factory=set)
+    # Warm pods created but not seen by the watch yet, per (namespace, agent): name -> when (monotonic).
+    warm_starting: dict[Key, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     # Our own status writes, by uid: (resourceVersion the write was based on, object it returned).
     # Until the watch catches up, a reconcile sees what it wrote, not the stale copy, and so
     # neither writes nor announces the same transition twice.

@@ -44,11 +44,11 @@ def render_claim(goal: Goal, agent: Agent) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": claim_spec}
 
 
-def render_volumes(goal: Goal, agent: Agent, source_claim: str | None) -> tuple[
+def render_volumes(goal: Goal | None, agent: Agent, source_claim: str | None) -> tuple[
         list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts, env) of the workspace and, with spec.workspaceFrom, the dependency's claim
-    mounted read-only (the agent copies from it in mode Copy)."""
-    if agent.spec.workspace is not None:
+    mounted read-only (the agent copies from it in mode Copy). No goal: a warm pod's (an emptyDir)."""
+    if agent.spec.workspace is not None and goal is not None:
         volumes: list[dict[str, Any]] = [{"name": "workspace", "persistentVolumeClaim": {"claimName": claim_name(goal.name)}}]
         kind = "claim"
     else:
@@ -56,7 +56,7 @@ def render_volumes(goal: Goal, agent: Agent, source_claim: str | None) -> tuple[
         kind = "emptyDir"
     mounts: list[dict[str, Any]] = [{"name": "workspace", "mountPath": WORKSPACE}]
     env = [{"name": Env.WORKSPACE, "value": WORKSPACE}, {"name": Env.WORKSPACE_VOLUME, "value": kind}]
-    source = goal.spec.workspace_from
+    source = goal.spec.workspace_from if goal is not None else None
     if source is not None and source_claim is not None:
         where = f"{WORKSPACE_FROM}/{source.goal}"
         volumes.append({"name": "workspace-from",
