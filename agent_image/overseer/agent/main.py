@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .sdk import anthropic
-
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer import live, modifications
 from overseer.contract import ExitCode
 from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
-from . import gateway_token, workspace
+from . import backoff, workspace
 from .capability_stats import CallStats
 from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
@@ -187,7 +185,7 @@ async def run(settings: AgentSettings) -> int:
                 kind = modifications.KIND if tool in (ProposeLesson.name, ProposeScriptTool.name) else "toolCall"
                 await kb.record_decision(uid, approval_id, kind, summary, verdict, by, at, reason)
 
-        client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
+        client = backoff.model_client()
         config = LoopConfig(
             model=agent.spec.model.name, max_tokens=agent.spec.model.max_tokens,
             system=system_prompt(agent, [lesson.text for lesson in lessons], approved.lessons),
