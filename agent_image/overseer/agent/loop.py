@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -318,7 +319,7 @@ class AgentLoop:
                 return {"type": "tool_result", "tool_use_id": use_id, "is_error": True,
                         "content": f"A person denied this call{': ' + reason if reason else ''}. "
                                    f"Do not retry it; choose another way or explain why it is needed."}
-        result = await self.tools.run(name, args, self.ctx)
+        result = await self.tools.run(name, args, dataclasses.replace(self.ctx, call_id=use_id))
         if len(self.actions) < 500:
             self.actions.append((name, ("error: " if result.is_error else "") + (result.summary or "")[:200]))
         await self._emit("tool_result", {"name": name, "summary": result.summary, "is_error": result.is_error,

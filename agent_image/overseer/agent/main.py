@@ -129,9 +129,10 @@ async def run(settings: AgentSettings) -> int:
                     len(capabilities))
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
+        uid = goal.metadata.get("uid") or goal.name
         todos = TodoList()
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), code_execution=agent.spec.code_execution,
-                          tools_socket=settings.tools_socket,
+                          tools_socket=settings.tools_socket, goal_uid=uid,
                           extras={"todos": todos})
         registry = default_registry(todos)
         stats = CallStats(lambda entries: link.report(capabilityCalls=entries))
@@ -141,7 +142,6 @@ async def run(settings: AgentSettings) -> int:
                 registry.register(capability_tool(cap, stats))
         servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry, stats)
 
-        uid = goal.metadata.get("uid") or goal.name
         source = goal.spec.workspace_from
         start = workspace.prepare(settings.workspace, uid, settings.workspace_volume, settings.workspace_from,
                                   settings.workspace_from_mode, source.goal if source else "")
