@@ -404,6 +404,11 @@ class GoalReconciler:
                              pod: str) -> float | None:
         status = raw.get("status") or {}
         detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
+        if exit_code == ExitCode.RETRY and status.get("failureReason"):
+            # The agent ended the attempt itself and said why (a pod killed says nothing, and the
+            # reason in status may then be an earlier attempt's).
+            said = trust.failure_reason(status.get("failureReason"), "")
+            detail = f"{said}: {str(status.get('result') or '')[:300]}; {detail}" if said else detail
         if exit_code == ExitCode.GAVE_UP:
             # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).
             why = trust.failure_reason(status.get("failureReason"), "AgentGaveUp")
