@@ -3,6 +3,8 @@ scenario breaks one part while real goals run, and nothing may be lost or done t
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +17,15 @@ from e2e.harness import Cluster
 
 
 @pytest.fixture
-def ctx(cluster: Cluster, crds: list[str], admission_policies: list[str], tmp_path: Path) -> Iterator[Context]:
-    context = Context(cluster, tmp_path)
+def ctx(cluster: Cluster, crds: list[str], admission_policies: list[str]) -> Iterator[Context]:
+    # Not tmp_path: PostgreSQL runs as its own user and must pass through the folders above its
+    # data (0711: passed through, not listed), which pytest keeps private.
+    workdir = Path(tempfile.mkdtemp(prefix="overseer-chaos-"))
+    workdir.chmod(0o711)
+    context = Context(cluster, workdir)
     yield context
     context.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_an_agent_killed_in_tool_calls_and_checkpoint_writes_resumes_without_repeating_a_call(ctx: Context) -> None:

@@ -42,6 +42,10 @@ if TYPE_CHECKING:  # psycopg is imported only when the knowledge base is configu
 
 logger = logging.getLogger("overseer.agent")
 
+KNOWLEDGE_FLUSH_SECONDS = 300.0
+"""How long a goal that ends while PostgreSQL is away keeps its pod to store its experience, the
+decisions made and its last checkpoint (queued meanwhile): nothing reads its spool after it."""
+
 GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
 the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
 goal of more than a couple of steps and keep it current. When the goal is done, answer with a
@@ -220,17 +224,24 @@ async def run(settings: AgentSettings) -> int:
         await link.flush()
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
-        if kb is not None and outcome.reason != "Cancelled":
-            from .knowledge import Action, Experience
+        if kb is not None:
+            if outcome.reason != "Cancelled":
+                from .knowledge import Action, Experience
 
-            await kb.record_experience(Experience(
-                goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
-                description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],
-                actions=[Action(tool, note) for tool, note in loop.actions], tokens=loop.counters.total,
-                duration_seconds=duration, error=None if outcome.success else outcome.reason))
-            if lessons:
-                await kb.record_lesson_use([lesson.id for lesson in lessons], outcome.success, goal_uid=uid)
-            await kb.flush(timeout=10)
+                await kb.record_experience(Experience(
+                    goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
+                    description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],
+                    actions=[Action(tool, note) for tool, note in loop.actions], tokens=loop.counters.total,
+                    duration_seconds=duration, error=None if outcome.success else outcome.reason))
+                if lessons:
+                    await kb.record_lesson_use([lesson.id for lesson in lessons], outcome.success, goal_uid=uid)
+            if not await kb.flush(timeout=10):
+                # Its spool is not read again once the goal is over: wait for PostgreSQL here.
+                logger.warning("goal %s/%s: %d knowledge-base writes wait for PostgreSQL (up to %.0f s more)",
+                               ns, goal.name, kb.pending_writes, KNOWLEDGE_FLUSH_SECONDS)
+                if not await kb.flush(timeout=KNOWLEDGE_FLUSH_SECONDS):
+                    logger.error("goal %s/%s: %d knowledge-base writes (experience, decisions, checkpoint) were "
+                                 "not stored: PostgreSQL stayed away", ns, goal.name, kb.pending_writes)
             await kb.close()
         return exit_code(outcome)
     finally:
