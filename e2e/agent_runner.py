@@ -20,6 +20,7 @@ folder that stands for the shared emptyDir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -77,6 +78,26 @@ def start_tools_process(exe: Path, env: dict[str, str], workspace: Path, socket:
     return proc
 
 
+def kill_container(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a container's process and every process it started, as a container's end kills all
+    in its PID namespace: a command a tool started (in a session of its own) dies with it, and does
+    not finish afterwards as an orphan no cluster would leave."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, i = [proc.pid], 0
+    while i < len(tree):  # gathered before any is killed: an orphan loses its parent link
+        tree.extend(children.get(tree[i], []))
+        i += 1
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _reachable_by_others(folder: Path) -> None:
     """Let other users pass through (not list) the folders above `folder` and above each link on
     the way to it, as a volume's mount point and the image's files are reachable from both
@@ -105,7 +126,7 @@ class AgentProcess:
 
     def end_tools(self) -> None:
         if self.tools is not None and self.tools.poll() is None:
-            self.tools.kill()
+            kill_container(self.tools)
             self.tools.wait(timeout=10)
 
 
@@ -141,7 +162,7 @@ class AgentRunner:
         with self._lock:
             for p in self.processes.values():
                 if p.proc.poll() is None:
-                    p.proc.kill()
+                    kill_container(p.proc)
                     p.proc.wait(timeout=10)
                 p.end_tools()
                 for folder in p.empty_dirs:  # the pods go with the test's namespace
@@ -152,7 +173,7 @@ class AgentRunner:
         with self._lock:
             p = self.processes[pod]
             p.killed = True
-            p.proc.send_signal(signal.SIGKILL)
+            kill_container(p.proc)
 
     def log(self, pod: str) -> str:
         p = self.processes.get(pod)
@@ -209,7 +230,7 @@ class AgentRunner:
 
     def _pod_gone(self, p: AgentProcess) -> None:
         if p.proc.poll() is None:
-            p.proc.kill()  # the pod is gone: so is its container, and its emptyDir volumes
+            kill_container(p.proc)  # the pod is gone: so is its container, and its emptyDir volumes
             p.proc.wait(timeout=10)
         p.end_tools()
         for folder in p.empty_dirs:

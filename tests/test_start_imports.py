@@ -12,9 +12,11 @@ from overseer.operator.agents import deprecated_models
 
 # Everything a goal pod runs before its first model request: the agent's modules, the client.
 AGENT_START = """
+import os
+os.environ["ANTHROPIC_API_KEY"] = "x"
 import overseer.agent.main
-from overseer.agent.sdk import anthropic
-anthropic.AsyncAnthropic(api_key="x", max_retries=4).messages
+from overseer.agent.backoff import model_client
+model_client().messages
 """
 # Measured when these budgets were set: 1,682 modules in all, 1,064 of them the SDK's (a plain
 # `import anthropic` alone loads 3,606, 3,162 of them the SDK's).

@@ -50,7 +50,7 @@ class CommandCapability(CapabilityTool):
         argv = self.cap.spec.command.run
         outcome = await run_process(argv, cwd=ctx.workspace, env=ctx.env, timeout=self._timeout("5m"),
                                     output_limit=ctx.output_limit, input=json.dumps(dict(input)).encode(),
-                                    sandbox=ctx.tools_socket, extra_env=self.credentials())
+                                    sandbox=ctx.tools_socket, extra_env=self.credentials(), record=ctx.record)
         if outcome.timed_out:
             return ToolResult(f"{' '.join(argv)} timed out", is_error=True, summary=f"{self.name}: timed out")
         return ToolResult(f"exit code {outcome.exit_code}\n{outcome.output}", is_error=outcome.exit_code != 0,

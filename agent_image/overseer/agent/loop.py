@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from .sdk import anthropic
 from overseer import approvals
 from overseer.kube import now_iso
 
-from . import metrics, untrusted
+from . import backoff, metrics, untrusted
 from .checkpoint import Checkpoints
 from .gateway_token import exhausted_budget
 from .tools.base import Assessment, ToolContext, ToolRegistry, cap_output, risk_at_least
@@ -82,7 +83,7 @@ class Link(Protocol):
 
 
 class ModelUnavailable(Exception):
-    """The model API kept failing past the SDK's own retries: the circuit is open."""
+    """The model API kept failing through every attempt the loop makes (see backoff.py)."""
 
 
 @dataclass
@@ -94,8 +95,9 @@ class LoopConfig:
     min_approval_risk: str = "high"
     context_tokens: int = 200_000
     compact_at: float = 0.75
-    breaker_failures: int = 5             # consecutive failed calls before giving up
-    breaker_base_delay: float = 2.0
+    breaker_failures: int = 8             # failed calls in a row before giving up (the only retry layer)
+    breaker_base_delay: float = 1.0       # doubles per failure, with jitter (backoff.delay)
+    breaker_max_delay: float = 60.0       # also caps what a retry-after may ask
     record_timeout: float = 300.0         # how long an approved self-modification waits for the operator
 
 
@@ -317,7 +319,7 @@ class AgentLoop:
                 return {"type": "tool_result", "tool_use_id": use_id, "is_error": True,
                         "content": f"A person denied this call{': ' + reason if reason else ''}. "
                                    f"Do not retry it; choose another way or explain why it is needed."}
-        result = await self.tools.run(name, args, self.ctx)
+        result = await self.tools.run(name, args, dataclasses.replace(self.ctx, call_id=use_id))
         if len(self.actions) < 500:
             self.actions.append((name, ("error: " if result.is_error else "") + (result.summary or "")[:200]))
         await self._emit("tool_result", {"name": name, "summary": result.summary, "is_error": result.is_error,
@@ -447,8 +449,8 @@ class AgentLoop:
                 self._failures += 1
                 if self._failures >= self.config.breaker_failures:
                     raise ModelUnavailable(f"the model API failed {self._failures} times in a row: {e}") from e
-                delay = self.config.breaker_base_delay * 2 ** (self._failures - 1)
-                logger.warning("model call failed (%s); circuit retry in %.1fs", e, delay)
+                delay = backoff.delay(self._failures, e, self.config.breaker_base_delay, self.config.breaker_max_delay)
+                logger.warning("model call failed (%s); retry %d in %.1fs", e, self._failures, delay)
                 await self._emit("model_error", {"error": str(e)[:500], "retry_in": delay})
                 await asyncio.sleep(delay)
                 continue

@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .sdk import anthropic
-
 from overseer.api import API_VERSION, Agent, Budget as BudgetSpec, Capability, Goal, parse_duration
 from overseer import live, modifications
 from overseer.contract import ExitCode
 from overseer.kube import Kube, path
 from overseer.kubeconfig import pod_credentials
 
-from . import gateway_token, warm, workspace
+from . import backoff, warm, workspace
 from .capability_stats import CallStats
 from .capability_tools import capability_tool, resolve_headers
 from .checkpoint_file import FileCheckpoints
@@ -43,6 +41,10 @@ if TYPE_CHECKING:  # psycopg is imported only when the knowledge base is configu
     from .knowledge import KnowledgeBase
 
 logger = logging.getLogger("overseer.agent")
+
+KNOWLEDGE_FLUSH_SECONDS = 300.0
+"""How long a goal that ends while PostgreSQL is away keeps its pod to store its experience, the
+decisions made and its last checkpoint (queued meanwhile): nothing reads its spool after it."""
 
 GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
 the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
@@ -117,7 +119,7 @@ async def run(settings: AgentSettings) -> int:
 
     kube = Kube(login, "overseer-agent", pool_size=4)
     # Made first: in a warm pod, the model client is ready before a goal claims the pod.
-    client = anthropic.AsyncAnthropic(max_retries=4, **gateway_token.client_options())
+    client = backoff.model_client()
     if not settings.goal_name:
         assert settings.pod_name is not None  # AgentSettings requires one of the two
         settings.goal_name = await warm.wait_for_goal(kube, settings.goal_namespace, settings.pod_name,
@@ -138,9 +140,10 @@ async def run(settings: AgentSettings) -> int:
                     len(capabilities))
 
         settings.workspace.mkdir(parents=True, exist_ok=True)
+        uid = goal.metadata.get("uid") or goal.name
         todos = TodoList()
         ctx = ToolContext(workspace=settings.workspace, env=_tool_env(settings), code_execution=agent.spec.code_execution,
-                          tools_socket=settings.tools_socket,
+                          tools_socket=settings.tools_socket, goal_uid=uid,
                           extras={"todos": todos})
         registry = default_registry(todos)
         stats = CallStats(lambda entries: link.report(capabilityCalls=entries))
@@ -150,7 +153,6 @@ async def run(settings: AgentSettings) -> int:
                 registry.register(capability_tool(cap, stats))
         servers = await open_mcp_servers([c for c in capabilities if c.spec.mcp is not None], registry, stats)
 
-        uid = goal.metadata.get("uid") or goal.name
         source = goal.spec.workspace_from
         start = workspace.prepare(settings.workspace, uid, settings.workspace_volume, settings.workspace_from,
                                   settings.workspace_from_mode, source.goal if source else "")
@@ -228,17 +230,24 @@ async def run(settings: AgentSettings) -> int:
         await link.flush()
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
-        if kb is not None and outcome.reason != "Cancelled":
-            from .knowledge import Action, Experience
+        if kb is not None:
+            if outcome.reason != "Cancelled":
+                from .knowledge import Action, Experience
 
-            await kb.record_experience(Experience(
-                goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
-                description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],
-                actions=[Action(tool, note) for tool, note in loop.actions], tokens=loop.counters.total,
-                duration_seconds=duration, error=None if outcome.success else outcome.reason))
-            if lessons:
-                await kb.record_lesson_use([lesson.id for lesson in lessons], outcome.success, goal_uid=uid)
-            await kb.flush(timeout=10)
+                await kb.record_experience(Experience(
+                    goal_uid=uid, goal_name=goal.name, namespace=ns, agent=agent.name,
+                    description=goal.spec.description, success=outcome.success, outcome=outcome.result[:4000],
+                    actions=[Action(tool, note) for tool, note in loop.actions], tokens=loop.counters.total,
+                    duration_seconds=duration, error=None if outcome.success else outcome.reason))
+                if lessons:
+                    await kb.record_lesson_use([lesson.id for lesson in lessons], outcome.success, goal_uid=uid)
+            if not await kb.flush(timeout=10):
+                # Its spool is not read again once the goal is over: wait for PostgreSQL here.
+                logger.warning("goal %s/%s: %d knowledge-base writes wait for PostgreSQL (up to %.0f s more)",
+                               ns, goal.name, kb.pending_writes, KNOWLEDGE_FLUSH_SECONDS)
+                if not await kb.flush(timeout=KNOWLEDGE_FLUSH_SECONDS):
+                    logger.error("goal %s/%s: %d knowledge-base writes (experience, decisions, checkpoint) were "
+                                 "not stored: PostgreSQL stayed away", ns, goal.name, kb.pending_writes)
             await kb.close()
         return exit_code(outcome)
     finally:

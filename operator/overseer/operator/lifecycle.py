@@ -242,6 +242,11 @@ def attempt_failed(goal: Goal, raw: Raw, attempt: int, reason: str, exit_code: i
     """Attempt `attempt` failed: retried after a backoff, unless the agent gave up or no retries are left."""
     status = raw.get("status") or {}
     detail = f"pod {pod} {'exited with code ' + str(exit_code) if exit_code is not None else reason}"
+    if exit_code == ExitCode.RETRY and status.get("failureReason"):
+        # The agent ended the attempt itself and said why (a pod killed says nothing, and the
+        # reason in status may then be an earlier attempt's).
+        said = trust.failure_reason(status.get("failureReason"), "")
+        detail = f"{said}: {str(status.get('result') or '')[:300]}; {detail}" if said else detail
     fields: dict[str, Any] = {"attempt": attempt, "pod": pod, "lastExitCode": exit_code}
     if exit_code == ExitCode.GAVE_UP:
         # The agent stopped for a reason a retry cannot fix (budget spent, refusal, ...).

@@ -76,6 +76,19 @@ class ToolContext:
     """The Agent's spec.codeExecution: whether commands that run code are high risk or medium."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Free room for tools added later."""
+    goal_uid: str = ""
+    call_id: str = ""
+    """The tool call being run (set per call by the loop): with goal_uid, names its record."""
+
+    @property
+    def record(self) -> Path | None:
+        """Where a command of this call records its outcome (shell.journal), so a replaced pod
+        resuming at this call does not run a finished command again."""
+        if not (self.goal_uid and self.call_id):
+            return None
+        from .shell.journal import record_path
+
+        return record_path(self.workspace, self.goal_uid, self.call_id)
 
 
 @dataclass

@@ -49,12 +49,14 @@ class BashTool(Tool):
         if not ctx.workspace.is_dir():
             raise ToolError(f"the workspace {ctx.workspace} does not exist")
         outcome = await run_command(command, cwd=ctx.workspace, env=ctx.env, timeout=ctx.bash_timeout,
-                                    output_limit=ctx.output_limit, sandbox=ctx.tools_socket)
+                                    output_limit=ctx.output_limit, sandbox=ctx.tools_socket, record=ctx.record)
         shown = shorten(command, 80)
         if outcome.timed_out:
             note = f"[timed out after {ctx.bash_timeout:g} s; the command and its child processes were killed]"
             return ToolResult(_join(outcome.output, note), is_error=True, summary=f"$ {shown} (timed out)")
         status = f"[exit code {outcome.exit_code}]"
+        if outcome.replayed:
+            status += " [this call had finished before the agent was restarted: its recorded outcome; not run again]"
         if outcome.stopped_background:
             status += (" [background processes still writing to the output were stopped; "
                        "redirect their output to a file to keep them running]")

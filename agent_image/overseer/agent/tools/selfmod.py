@@ -301,7 +301,7 @@ class ScriptTool(Tool):
         outcome = await run_process(["python3", "-c", self.script], cwd=ctx.workspace, env=ctx.env,
                                     timeout=self.timeout, output_limit=ctx.output_limit,
                                     input=json.dumps(dict(input)).encode(), merge_stderr=False,
-                                    sandbox=ctx.tools_socket)
+                                    sandbox=ctx.tools_socket, record=ctx.record)
         if outcome.timed_out:
             return ToolResult.error(f"{self.name} did not finish within {self.timeout:.0f}s and was stopped",
                                     summary=f"{self.name}: timed out")

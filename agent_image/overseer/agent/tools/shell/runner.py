@@ -33,6 +33,8 @@ class ProcessOutcome:
     stopped_background: bool = False
     """Processes left in the background still held the output after the process exited, and
     were stopped."""
+    replayed: bool = False
+    """Not run now: the outcome recorded when an earlier pod ran the same call (shell.journal)."""
 
 
 class Capture:
@@ -94,16 +96,21 @@ class _Collector(asyncio.SubprocessProtocol):
 
 async def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
                       output_limit: int, input: bytes | None = None, merge_stderr: bool = True,
-                      sandbox: Path | None = None, extra_env: Mapping[str, str] | None = None) -> ProcessOutcome:
+                      sandbox: Path | None = None, extra_env: Mapping[str, str] | None = None,
+                      record: Path | None = None) -> ProcessOutcome:
     """Run argv in the tools container behind the `sandbox` socket, where it gets that container's
-    environment plus extra_env; without a sandbox, here with env plus extra_env."""
+    environment plus extra_env; without a sandbox, here with env plus extra_env. With `record`
+    (shell.journal), a call an earlier pod finished is not run again."""
     if sandbox is not None:
         from .sandbox import run_in_sandbox  # the server side imports this module
 
         return await run_in_sandbox(sandbox, argv, cwd=cwd, extra_env=extra_env or {}, timeout=timeout,
-                                    output_limit=output_limit, input=input, merge_stderr=merge_stderr)
-    return await run_local(argv, cwd=cwd, env={**env, **(extra_env or {})}, timeout=timeout,
-                           output_limit=output_limit, input=input, merge_stderr=merge_stderr)
+                                    output_limit=output_limit, input=input, merge_stderr=merge_stderr,
+                                    record=record)
+    from .journal import once  # it imports this module
+
+    return await once(record, lambda: run_local(argv, cwd=cwd, env={**env, **(extra_env or {})}, timeout=timeout,
+                                                 output_limit=output_limit, input=input, merge_stderr=merge_stderr))
 
 
 async def run_local(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
@@ -153,10 +160,10 @@ async def run_local(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], t
 
 
 async def run_command(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float,
-                      output_limit: int, sandbox: Path | None = None) -> ProcessOutcome:
+                      output_limit: int, sandbox: Path | None = None, record: Path | None = None) -> ProcessOutcome:
     """`bash -c command`, as run_process runs it."""
     return await run_process(["bash", "-c", command], cwd=cwd, env=env, timeout=timeout, output_limit=output_limit,
-                             sandbox=sandbox)
+                             sandbox=sandbox, record=record)
 
 
 def _kill_group(pgid: int) -> None:

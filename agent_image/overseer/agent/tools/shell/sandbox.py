@@ -6,8 +6,9 @@ workspace volume and a folder holding this server's Unix socket: not the token (
 none by default; the agent container mounts its own), not the environment, not the process
 namespace. So `cat /proc/$PPID/environ` or `env` in a bash call shows the tools container's own
 harmless environment. The agent sends one request per connection (a JSON line: argv, cwd,
-timeout, output limit, stdin, and the extra environment of that one command, e.g. a command
-Capability's credential) and reads back the outcome (a JSON line).
+timeout, output limit, stdin, the extra environment of that one command, e.g. a command
+Capability's credential, and where its outcome is recorded, see journal.py) and reads back the
+outcome (a JSON line). The outcome is recorded even when the agent is gone before it is read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from overseer.contract import TOOLS_SOCKET, Env
 
+from . import journal
 from .runner import ProcessOutcome, run_local
 
 logger = logging.getLogger("overseer.tools")
@@ -44,10 +46,11 @@ class SandboxUnavailable(RuntimeError):
 
 async def run_in_sandbox(socket: Path, argv: Sequence[str], *, cwd: Path, extra_env: Mapping[str, str],
                          timeout: float, output_limit: int, input: bytes | None,
-                         merge_stderr: bool) -> ProcessOutcome:
+                         merge_stderr: bool, record: Path | None = None) -> ProcessOutcome:
     """Run argv in the tools container behind socket, as run_local would run it there."""
     request = {"argv": list(argv), "cwd": str(cwd), "env": dict(extra_env), "timeout": timeout,
                "outputLimit": output_limit, "mergeStderr": merge_stderr,
+               "record": None if record is None else str(record),
                "input": None if input is None else base64.b64encode(input).decode()}
     try:
         reader, writer = await asyncio.open_unix_connection(str(socket), limit=REQUEST_LIMIT)
@@ -83,11 +86,15 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wo
         request: dict[str, Any] = json.loads(await reader.readline())
         extra = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
         stdin = request.get("input")
-        outcome = await run_local(
+        record = Path(request["record"]) if request.get("record") else None
+        if record is not None and not journal.within(record, workspace):
+            raise ValueError(f"record {record} is not a call record under {workspace / journal.FOLDER}")
+        # Run to the end and recorded even when the agent's connection is gone by then.
+        outcome = await journal.once(record, lambda: run_local(
             [str(a) for a in request["argv"]], cwd=Path(request["cwd"]),
             env=tool_environment(os.environ, workspace, extra), timeout=float(request["timeout"]),
             output_limit=int(request["outputLimit"]), input=None if stdin is None else base64.b64decode(stdin),
-            merge_stderr=bool(request.get("mergeStderr", True)))
+            merge_stderr=bool(request.get("mergeStderr", True))))
         answer: dict[str, Any] = asdict(outcome)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         logger.warning("bad request: %s: %s", type(exc).__name__, exc)

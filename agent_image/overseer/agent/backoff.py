@@ -1,0 +1,46 @@
+"""How long the loop waits before asking the model again: the one retry layer of a goal pod.
+
+The SDK retries nothing (`max_retries=0`, see `model_client`): were both to retry, the SDK's
+attempts times the loop's would multiply (4 x 5 gave 25 calls per outage). The loop owns it:
+the model's `retry-after` (or `retry-after-ms`) when it sends one, else exponential backoff with
+jitter, so the goal pods an outage hit at once do not come back in step.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .sdk import anthropic
+
+from . import gateway_token
+
+
+def model_client() -> anthropic.AsyncAnthropic:
+    """The goal pod's model client: retries are the loop's (see the module docstring)."""
+    return anthropic.AsyncAnthropic(max_retries=0, **gateway_token.client_options())
+
+
+def retry_after(error: Any) -> float | None:
+    """Seconds the API asked to wait in an error response's headers, or None."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            value = float(response.headers.get(header, ""))
+        except ValueError:
+            continue  # absent, or an HTTP date: fall back to our own backoff
+        if value >= 0:
+            return value * scale
+    return None
+
+
+def delay(failures: int, error: Any, base: float, cap: float) -> float:
+    """The wait after the `failures`-th failed call in a row: what the API asked for (at most cap),
+    else base * 2^(failures-1), at most cap, of which the upper half is random ("equal jitter")."""
+    asked = retry_after(error)
+    if asked is not None:
+        return min(asked, cap)
+    ceiling = min(cap, base * 2 ** (failures - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
