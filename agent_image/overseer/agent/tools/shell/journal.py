@@ -56,7 +56,8 @@ async def once(record: Path | None, run: Callable[[], Awaitable[ProcessOutcome]]
         # A thread, not the event loop, waits for a lock another process holds.
         await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
-            return dataclasses.replace(ProcessOutcome(**json.loads(record.read_text())), replayed=True)
+            return dataclasses.replace(ProcessOutcome(**json.loads(await asyncio.to_thread(record.read_text))),
+                                       replayed=True)
         outcome = await run()
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(outcome)))
