@@ -184,7 +184,7 @@ def leader_kill(ctx: Context, full: bool) -> Row:
     world = ctx.world(ns, replicas[0])
     agents = start_agents(ctx, world, 4, 5)
     names = [f"g-{i:04d}" for i in range(n)]
-    plan = plans(names, rng, hold=(1.0, 4.0))
+    plan = plans(names, rng, hold=(0.5, 2.5))
     ledger = PodLedger(ctx.k8s, ns).start()
     ctx.on_close(ledger.stop)
     kubelet = StandInKubelet(ctx.cluster, ctx.k8s, ns, plan).start()
