@@ -7,7 +7,7 @@ CLUSTER := e2e/cluster
 HELM := .cache/tools/bin/helm
 export KUBECONFIG ?= $(CURDIR)/.cache/control-plane/run/admin.kubeconfig
 
-.PHONY: help venv lint prerequisites test test-full unit e2e fuzz demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
+.PHONY: help venv lint prerequisites test test-full unit e2e fuzz chaos chaos-smoke demo cluster cluster-build cluster-down crds chart-crds manifests helm-build clean tools-build
 
 help:
 	@echo "make demo          local cluster + operator + sample Agent/Capability/Goal, end to end"
@@ -17,6 +17,8 @@ help:
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
 	@echo "make fuzz          e2e/test_fuzz.py at length: generated and broken Agents, Goals, Capabilities ($(FUZZ_EXAMPLES) per kind)"
+	@echo "make chaos         the fault table at full size (python -m e2e.chaos --full) into docs/reliability.md"
+	@echo "make chaos-smoke   every fault scenario reduced (a few minutes), printed only"
 	@echo "make crds          regenerate crds/ from the API models"
 	@echo "make install-check operator/install-wheel.sh (what the images run) into a clean folder; both commands from it"
 	@echo "make images        build $(OPERATOR_IMAGE):$(IMAGE_TAG) and $(AGENT_IMAGE):$(IMAGE_TAG) (docker, podman or buildah)"
@@ -64,6 +66,14 @@ prerequisites:
 FUZZ_EXAMPLES ?= 1000
 fuzz: venv cluster-build
 	OVERSEER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -s e2e/test_fuzz.py
+
+# The fault table: operator, leader, kube-apiserver and etcd killed or restarted under load, and the
+# rest of e2e/chaos; exits non-zero when a goal was lost or run twice. e2e/test_chaos.py runs it reduced.
+chaos: venv cluster-build
+	$(BIN)/python -m e2e.chaos --full --docs docs/reliability.md
+
+chaos-smoke: venv cluster-build
+	$(BIN)/python -m e2e.chaos --reduced
 
 test: prerequisites venv cluster-build helm-build tools-build
 	$(BIN)/pytest tests e2e -m "not slow"

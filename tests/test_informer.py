@@ -143,3 +143,18 @@ async def test_progress_is_recorded_for_lists_events_and_failures_alike():
     error, failed_at, synced = seen["error"]
     assert (error, synced) == ("403 Forbidden", False) and failed_at > 0
     assert informer.synced.is_set() and informer.last_error == "" and informer.last_progress > failed_at
+
+
+def test_reconnect_delays_double_and_are_spread_so_watchers_do_not_return_in_step() -> None:
+    from overseer.kube import Backoff
+
+    firsts = []
+    for _ in range(200):  # 200 goal pods whose watch broke at the same moment
+        b = Backoff(first=0.5, cap=4)
+        delays = [b.next() for _ in range(6)]
+        firsts.append(delays[0])
+        assert [0.25 <= delays[0] <= 0.5, 0.5 <= delays[1] <= 1, 1 <= delays[2] <= 2] == [True] * 3
+        assert all(2 <= d <= 4 for d in delays[3:]), delays  # capped
+        b.reset()
+        assert b.next() <= 0.5
+    assert len({round(f, 3) for f in firsts}) > 100, "the first retries spread over the interval"

@@ -10,6 +10,7 @@ with the standard library's json. The official client is used only to find crede
 from __future__ import annotations
 
 import base64
+import random
 import ssl
 import tempfile
 import time
@@ -164,6 +165,24 @@ def _to_file(data: str | bytes) -> str:
     f.write(raw)
     f.close()
     return f.name
+
+
+class Backoff:
+    """Delays between tries to reach the API server again: doubling up to `cap`, each drawn at random
+    from its upper half. When an API server restarts, every informer and every goal pod loses its watch
+    at the same instant; without the draw they would all come back in step, again and again."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.current = first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    def next(self) -> float:
+        delay = random.uniform(self.current / 2, self.current)
+        self.current = min(self.cap, self.current * 2)
+        return delay
 
 
 class Kube:

@@ -19,7 +19,7 @@ from typing import Any
 
 from overseer import approvals
 from overseer.api import API_VERSION
-from overseer.kube import ApiError, Kube, now_iso, path
+from overseer.kube import ApiError, Backoff, Kube, now_iso, path
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class GoalLink:
         return await asyncio.wait_for(waiting(), timeout)
 
     async def _follow(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(cap=10)
         while True:
             try:
                 rv = (self.goal.get("metadata") or {}).get("resourceVersion")
@@ -123,13 +123,12 @@ class GoalLink:
                     elif event.get("type") == "ERROR":  # resourceVersion too old: read afresh
                         await self.load()
                         self.changed.set()
-                backoff = 0.5
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the watch is re-established
                 logger.debug("goal watch ended: %s", e)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
+                await asyncio.sleep(backoff.next())
                 with contextlib.suppress(Exception):
                     await self.load()
                     self.changed.set()
@@ -168,7 +167,7 @@ class GoalLink:
             self._flushing -= 1
 
     async def _writer(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(cap=10)
         while True:
             await self._dirty.wait()
             pause = self._last_write + self._min_write_interval - time.monotonic()
@@ -185,11 +184,10 @@ class GoalLink:
                 raise
             except Exception as e:  # noqa: BLE001 - written again after a pause
                 logger.warning("status not written (retrying): %s", e)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
+                await asyncio.sleep(backoff.next())
                 self._dirty.set()
                 continue
-            backoff = 0.5
+            backoff.reset()
             self._last_write = time.monotonic()
             async with self._progress:
                 self._applied = version

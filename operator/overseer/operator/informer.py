@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from overseer.kube import ApiError, Kube, path
+from overseer.kube import ApiError, Backoff, Kube, path
 
 from .metrics import RELISTS, WATCH_ERRORS
 from .store import Key, Raw, Store, key_of
@@ -71,22 +71,21 @@ class Informer:
 
     async def run(self) -> None:
         """List and watch until cancelled; errors are logged and retried with backoff."""
-        backoff = 0.5
+        backoff = Backoff(cap=MAX_BACKOFF)
         while True:
             try:
                 await self.relist()
-                backoff = 0.5
+                backoff.reset()
                 while True:
                     try:
                         await self.watch()
                         self._progress()
-                        backoff = 0.5
+                        backoff.reset()
                     except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
                         self._progress(f"watch interrupted: {e or type(e).__name__}")
                         self._errors.inc()
                         logger.info("%s: watch interrupted (%s); resuming from %s", self, e, self.version)
-                        await asyncio.sleep(backoff)
-                        backoff = min(MAX_BACKOFF, backoff * 2)
+                        await asyncio.sleep(backoff.next())
             except Expired:
                 self._progress()
                 logger.info("%s: resourceVersion expired; listing again", self)
@@ -95,9 +94,9 @@ class Informer:
             except Exception as e:  # noqa: BLE001 - keep the cache alive through any API trouble
                 self._progress(str(e))
                 self._errors.inc()
-                logger.warning("%s: %s; listing again in %.1fs", self, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                delay = backoff.next()
+                logger.warning("%s: %s; listing again in %.1fs", self, e, delay)
+                await asyncio.sleep(delay)
 
     async def relist(self) -> None:
         """Read the whole collection into the store and report what changed."""
