@@ -51,8 +51,6 @@ def test_a_postgresql_outage_loses_no_knowledge_base_row(ctx: Context) -> None:
     assert row.ok and row.finished == row.goals_in, row
 
 
-@pytest.mark.xfail(strict=True, reason="goals go on (3/3) but no goal's stream held its end event after Redis "
-                   "came back (0/3); whether the stream or this check is at fault is not known yet")
 def test_goals_go_on_without_redis_and_their_event_stream_resumes(ctx: Context) -> None:
     row = SCENARIOS["redis-outage"](ctx, False)
     print(markdown([row]))

@@ -153,6 +153,8 @@ class EventStream:
     (older ones are dropped and counted in `dropped`) and delivers them, in order, on the
     first publish or flush after Redis answers again. Redis is retried at most every
     `retry_seconds`, so publishing never waits on a dead server more than once per period.
+    A goal that ends calls `drain`, which keeps retrying for a while: its last events (the
+    `end` above all) would otherwise die with the process when Redis was away at that moment.
     """
 
     def __init__(
@@ -216,6 +218,21 @@ class EventStream:
         """Deliver buffered events unless Redis is known to be down; True when none are left."""
         if self._redis is None or not self._outage.may_try():
             return not self._buffer
+        return await self._deliver()
+
+    async def drain(self, timeout: float, interval: float = 1.0) -> bool:
+        """Deliver buffered events, trying Redis every `interval` seconds (not `retry_seconds`:
+        nothing else waits now) for up to `timeout` seconds; True when none are left."""
+        deadline = time.monotonic() + timeout
+        while self._redis is not None and not await self._deliver():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(interval, left))
+        return True
+
+    async def _deliver(self) -> bool:
+        assert self._redis is not None
         async with self._lock:
             try:
                 while self._buffer:

@@ -357,6 +357,46 @@ async def test_events_published_while_redis_is_down_are_delivered_when_it_return
         await redis.aclose()
 
 
+async def test_a_goal_that_ends_around_a_redis_outage_still_delivers_its_end_event(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    goal = unique("fix-ci")
+    stream = EventStream(redis, "team-a", goal)  # the agent's retry period: 5 s
+    steering = SteeringQueue(redis, "team-a", goal)
+    try:
+        # Two pooled connections, as the publisher and the steering poller leave them.
+        await asyncio.gather(stream.publish({"type": EventType.TURN, "data": {"turn": 0}}), steering.drain())
+        with redis_down(redis_server):
+            await stream.publish({"type": EventType.TOOL_CALL, "data": {"turn": 1}})
+            redis_server.start()
+            # The goal ends right after Redis is back, inside the period in which publish does not
+            # try Redis again: the end waits in memory, where the agent's exit would lose it.
+            await stream.publish({"type": EventType.END, "data": {"success": True}})
+            assert stream.buffered == 2
+            started = time.monotonic()
+            assert await stream.drain(timeout=10)
+            assert time.monotonic() - started < 2.5  # retried every second, past a stale pooled connection
+        delivered = [event async for event in stream.follow(from_start=True)]
+        assert [(e["type"], e["data"].get("turn")) for e in delivered] == [("tool_call", 1), ("end", None)]
+        assert await redis.ttl(stream.key) > 0  # an ended goal's stream expires
+    finally:
+        await redis.aclose()
+
+
+async def test_draining_while_redis_stays_away_gives_up_after_its_timeout(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    stream = EventStream(redis, "team-a", unique("fix-ci"))
+    try:
+        with redis_down(redis_server):
+            await stream.publish({"type": EventType.END, "data": {}})
+            started = time.monotonic()
+            assert not await stream.drain(timeout=1.5, interval=0.5)
+            assert 1.4 < time.monotonic() - started < 2.5
+            assert stream.buffered == 1
+    finally:
+        await redis.aclose()
+
+
 async def test_events_published_while_one_is_in_flight_keep_the_newest_and_lose_none_unsaid(
         redis_server: RedisServer) -> None:
     gate = asyncio.Event()

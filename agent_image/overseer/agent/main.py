@@ -46,6 +46,10 @@ KNOWLEDGE_FLUSH_SECONDS = 300.0
 """How long a goal that ends while PostgreSQL is away keeps its pod to store its experience, the
 decisions made and its last checkpoint (queued meanwhile): nothing reads its spool after it."""
 
+EVENTS_FLUSH_SECONDS = 60.0
+"""How long a goal that ends while Redis is away keeps its pod to deliver its last live events, its
+`end` among them (buffered meanwhile): they are in this process's memory only."""
+
 GUIDANCE = """You work autonomously on one goal inside a Kubernetes pod. Your working directory is
 the goal's workspace; file tools and bash run there. Keep a TODO list with the todo tool for any
 goal of more than a couple of steps and keep it current. When the goal is done, answer with a
@@ -230,6 +234,8 @@ async def run(settings: AgentSettings) -> int:
         await link.flush()
         await loop.flush_events()
         await publish("end", {"success": outcome.success, "result": outcome.result[:2000]})
+        # Alongside the knowledge-base writes: with both stores away the pod waits the longer time, not the sum.
+        delivered = asyncio.create_task(events.drain(EVENTS_FLUSH_SECONDS), name="events-drain")
         if kb is not None:
             if outcome.reason != "Cancelled":
                 from .knowledge import Action, Experience
@@ -249,6 +255,9 @@ async def run(settings: AgentSettings) -> int:
                     logger.error("goal %s/%s: %d knowledge-base writes (experience, decisions, checkpoint) were "
                                  "not stored: PostgreSQL stayed away", ns, goal.name, kb.pending_writes)
             await kb.close()
+        if not await delivered:
+            logger.error("goal %s/%s: %d live events, its end among them, were not delivered: Redis stayed away",
+                         ns, goal.name, events.buffered)
         return exit_code(outcome)
     finally:
         for server in servers:
