@@ -237,6 +237,34 @@ def test_goals_an_agent_creates_are_sub_goals_of_its_own_within_its_limits(world
         f"allows (spec.maxSubgoalsPerGoal 2)")
 
 
+def test_a_sub_goal_created_while_the_operator_was_down_before_recording_its_parent_runs(
+        world: World, k8s: K8s, cluster: Cluster, tmp_path: Path) -> None:
+    """The operator killed between creating a goal's pod and writing the goal Running: the pod's
+    agent creates a sub-goal before anything records the parent as running. The restarted operator
+    adopts the parent's pod, and the sub-goal runs instead of failing NotOwnGoal."""
+    two_agents(world)
+    world.goal("build", agent="coder", extra="  approvalPolicy: {minRisk: low}")
+    coder = agent_identity(world, k8s, cluster, tmp_path, "coder", "build")
+    pod = world.running_pod("build")
+    world.op.kill()
+    # What the crash leaves: the pod, and a parent whose status the operator never wrote.
+    cleared = world.kubectl("patch", "goal", "build", "-n", world.ns, "--subresource=status", "--type=merge",
+                            "-p", json.dumps({"status": None}))
+    assert cleared.returncode == 0, cleared.stderr
+    assert not (world.get("goal", "build") or {}).get("status")
+    # Named to come before its parent in the restarted operator's first reconciles.
+    created = coder.create(sub_goal("a-part", world.get("goal", "build"), approvalPolicy={"minRisk": "low"}))
+    assert created.returncode == 0, created.stderr
+    world.op.start()
+
+    part = wait_for(lambda: (g := world.get("goal", "a-part")) and (g.get("status") or {}).get("phase") in
+                    ("Running", "Failed") and g, timeout=60, description="sub-goal a-part running or failed")
+    assert part["status"]["phase"] == "Running" and part["status"]["agent"] == "coder", part["status"]["message"]
+    build = world.get("goal", "build")
+    assert build["status"]["phase"] == "Running" and build["status"]["pod"] == pod, build["status"]
+    assert [p["metadata"]["name"] for p in world.goal_pods("build")] == [pod], "the parent's pod was adopted"
+
+
 # ---- approvals by permission and identity ---------------------------------------------------------
 
 EDIT_GOALS = """

@@ -82,6 +82,7 @@ class World:
     live: dict[str, int] = field(default_factory=dict)
     flight: dict[str, set[str]] = field(default_factory=dict)
     claims: dict[str, Raw] = field(default_factory=dict)
+    pods_: dict[str, list[Raw]] = field(default_factory=dict)  # by goal
 
     def goal(self, name: str) -> Raw | None:
         return next((g for g in self.goals if g["metadata"]["name"] == name), None)
@@ -104,6 +105,9 @@ class World:
     def subgoals(self, parent: str) -> list[Raw]:
         return [g for g in self.goals if g["spec"].get("parent") == parent]
 
+    def pods(self, goal: str) -> list[Raw]:
+        return self.pods_.get(goal, [])
+
     def claim(self, name: str) -> Raw | None:
         return self.claims.get(name)
 
@@ -122,6 +126,23 @@ def summary(d: Decision) -> tuple[Any, ...]:
 
 def failed(reason: str, delete: tuple[str, ...] = ()) -> tuple[Any, ...]:
     return ("Failed", reason, delete, (), None, None)
+
+
+BY_CODER = {"overseer.dev/created-by": f"system:serviceaccount:{NS}:overseer-agent-coder"}
+
+
+def spawned(**spec: Any) -> Raw:
+    """A sub-goal of "lead" as the agent coder's pod creates it (the API server stamps the creator)."""
+    return goal(spec={"parent": "lead", "budget": {"maxTokensPerGoal": 1000}, **spec}, annotations=BY_CODER, created=5)
+
+
+def lead_pod(agent_name: str = "coder", owner: str = "uid-lead", phase: str = "Running") -> Raw:
+    """The pod the operator created for the parent "lead" (owned by it), maybe never recorded in its status."""
+    p = pod(goal_name="lead", created=20, phase=phase, exit_code={"Succeeded": 0, "Failed": 1}.get(phase))
+    p["metadata"]["labels"]["overseer.dev/agent"] = agent_name
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "overseer.dev/v1alpha1", "kind": "Goal", "name": "lead",
+                                         "uid": owner, "controller": True}]
+    return p
 
 
 REQUEST = {"id": "a-1", "kind": "toolCall", "summary": "kubectl delete ns prod", "requestedAt": at(30)}
@@ -231,6 +252,26 @@ TRANSITIONS: list[tuple[str, Raw, list[Raw], World, tuple[Any, ...]]] = [
     ("sub-goal within its parent's budget", goal(spec={"parent": "lead", "budget": {"maxTokensPerGoal": 5000}}),
      [], World(goals=[goal("lead", phase="Running", spec={"budget": {"maxTokensPerGoal": 5000}}, agent="coder")]),
      DISPATCH_FIRST),
+    # The operator killed between creating the parent's pod and writing the parent Running: the
+    # parent's agent already creates sub-goals, which wait for the pod to be recorded.
+    ("sub-goal of a parent whose pod is not recorded yet: waits", spawned(), [],
+     World(goals=[goal("lead")], pods_={"lead": [lead_pod()]}), ("Pending", "ParentStarting", (), (), 2.0, None)),
+    ("sub-goal of a retried parent whose new pod is not recorded yet: waits", spawned(), [],
+     World(goals=[goal("lead", phase="Queued", attempt=1, agent="coder")],
+           pods_={"lead": [lead_pod(phase="Failed"), {**lead_pod(), "metadata": {
+               **lead_pod()["metadata"], "name": "lead-a2",
+               "labels": {**lead_pod()["metadata"]["labels"], "overseer.dev/attempt": "2"}}}]}),
+     ("Pending", "ParentStarting", (), (), 2.0, None)),
+    ("sub-goal once its parent's pod is recorded: runs", spawned(), [],
+     World(goals=[goal("lead", phase="Running", attempt=1, pod="lead-a1", agent="coder")],
+           pods_={"lead": [lead_pod()]}), DISPATCH_FIRST),
+    ("sub-goal of a parent whose unrecorded pod works for another agent: refused", spawned(), [],
+     World(goals=[goal("lead")], pods_={"lead": [lead_pod(agent_name="admin")]}), failed("NotOwnGoal")),
+    ("sub-goal of a parent with a pod it does not own: refused", spawned(), [],
+     World(goals=[goal("lead")], pods_={"lead": [lead_pod(owner="uid-old-lead")]}), failed("NotOwnGoal")),
+    ("sub-goal of a queued parent whose pod has ended: refused", spawned(), [],
+     World(goals=[goal("lead", phase="Queued", attempt=1, agent="coder")], pods_={"lead": [lead_pod(phase="Failed")]}),
+     failed("ParentNotRunning")),
     ("workspaceFrom a goal without a claim",
      goal(spec={"dependsOn": ["build"], "workspaceFrom": {"goal": "build"}}), [],
      World(goals=[goal("build", phase="Succeeded")]), failed("SourceClaimMissing")),

@@ -211,7 +211,7 @@ class GoalStatus(ApiModel):
     while the goal is under way (Pending to AwaitingApproval). Stalled: True once Failed or
     Cancelled. (Ready, Reconciling and Stalled are what kstatus, Flux and `kubectl wait` read.)
     Dispatched: whether a pod runs the current attempt, or why not yet (AgentNotFound,
-    AgentNotReady, DependenciesPending, WaitingForSlot, QuotaExceeded, RetryBackoff).
+    AgentNotReady, ParentStarting, DependenciesPending, WaitingForSlot, QuotaExceeded, RetryBackoff).
     DependenciesMet: only with spec.dependsOn. WorkspaceReady: only with a claim (the Agent's
     spec.workspace), False while the claim is not Bound (ClaimPending, ClaimLost) or the
     dependency of spec.workspaceFrom has none (SourceClaimMissing). Complete: set when the goal ends, True if it

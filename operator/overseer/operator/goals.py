@@ -66,6 +66,9 @@ class CacheView:
     def subgoals(self, parent: str) -> list[Raw]:
         return self.rt.by("goals", "parent", (self.ns, parent))
 
+    def pods(self, goal: str) -> list[Raw]:
+        return self.rt.by("pods", "goal", (self.ns, goal))
+
     def claim(self, name: str) -> Raw | None:
         return self.rt.one("persistentvolumeclaims", (self.ns, name))
 

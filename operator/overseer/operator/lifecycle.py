@@ -42,6 +42,8 @@ WAITING_FOR_SLOT = {"Queued", "QuotaExceeded"}  # Queued reasons that count as q
 ATTEMPT_FAILED = "AttemptFailed"  # the reason of a failed attempt that will be retried
 HEARTBEAT_LOST = "HeartbeatLost"
 PHASE_IGNORED = "PhaseIgnored"
+PARENT_STARTING = "ParentStarting"
+PARENT_LOOK_SECONDS = 2.0  # until the parent's own reconcile has recorded the pod it runs in
 
 
 class Cluster(Protocol):
@@ -63,6 +65,9 @@ class Cluster(Protocol):
         """The goals whose status says they wait in the agent's queue."""
 
     def subgoals(self, parent: str) -> list[Raw]: ...
+
+    def pods(self, goal: str) -> list[Raw]:
+        """The goal's pods."""
 
     def claim(self, name: str) -> Raw | None: ...
 
@@ -225,6 +230,13 @@ def _decide(goal: Goal, raw: Raw, phase: str, pods: Sequence[Raw], cluster: Clus
         return attempt_failed(goal, raw, attempt, "PodLost", None, status["pod"], now, settings)
 
     if goal.spec.parent and attempt == 0:
+        if parent is not None and (parent_pod := subgoals.parent_pod_unrecorded(
+                raw, parent, cluster.pods(goal.spec.parent), trust.trusted_phase)):
+            msg = (f"parent goal {goal.spec.parent} runs in pod {parent_pod}, which its status does not name yet; "
+                   f"the sub-goal checks wait for the operator to record it")
+            return Decision(status=Transition(Phase.PENDING, PARENT_STARTING, msg,
+                                              (("Dispatched", False, PARENT_STARTING, msg),)),
+                            requeue=PARENT_LOOK_SECONDS)
         refused = subgoal_refusal(raw, parent, cluster)
         if refused is not None:
             return Decision(status=_ended(Phase.FAILED, refused.reason, refused.message, now))

@@ -7,7 +7,8 @@ budget. What needs other objects is checked here, from the caches: the parent
 is one of the creating agent's goals and ran when the sub-goal was created, the sub-goal's
 approval policy is no weaker, its priority and budget no larger than the parent's, and the parent
 has no more unfinished sub-goals than its Agent's spec.maxSubgoalsPerGoal. A goal that fails a
-check fails for good, with the reason in its status.
+check fails for good, with the reason in its status; one whose parent's pod already runs as its
+creator before the parent's status says so waits (parent_pod_unrecorded).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from overseer.api import Phase
-from overseer.api.meta import RISK_ORDER
+from overseer.api.meta import LABEL_AGENT, RISK_ORDER
 from overseer.approvals import CREATED_BY
 
-from .dispatch import TERMINAL
+from .dispatch import TERMINAL, pod_outcome
 
 Raw = dict[str, Any]
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
@@ -70,6 +71,29 @@ def depth(goal: Raw, goal_of: Callable[[str], Raw | None]) -> int:
         seen.add(parent_name)
         current = parent
     return level
+
+
+def parent_pod_unrecorded(goal: Raw, parent: Raw, parent_pods: list[Raw],
+                          phase_of: Callable[[Raw], str | None]) -> str | None:
+    """The name of the parent's live pod that works as the agent who created goal while the
+    parent's status does not say so yet, else None. The operator writes a goal Running right after
+    creating its pod: killed in between (or with its cache of the parent behind), it finds the
+    parent still Pending or Queued while the parent's agent already creates sub-goals. Those wait
+    for the parent's next reconcile, which adopts the pod, rather than fail for good. Only the
+    operator creates pods (agents may not), and the pod must be owned by this very parent, so an
+    agent still gets no sub-goal of a goal it does not work on."""
+    creator = creator_agent(goal)
+    phase, pstatus = phase_of(parent), parent.get("status") or {}
+    if creator is None or phase in TERMINAL or (phase in LIVE and pstatus.get("agent") == creator):
+        return None
+    uid = parent["metadata"].get("uid")
+    for pod in parent_pods:
+        meta = pod["metadata"]
+        if ((meta.get("labels") or {}).get(LABEL_AGENT) == creator and uid
+                and any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or [])
+                and pod_outcome(pod).state == "live"):
+            return str(meta["name"])
+    return None
 
 
 def refusal(goal: Raw, parent: Raw | None, agent_of: Callable[[str], Raw | None], siblings: list[Raw],
