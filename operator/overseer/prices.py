@@ -13,14 +13,13 @@ rate or an Anthropic-compatible endpoint with prices of its own::
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
+from overseer.mounted_file import MountedYaml
 
 MILLION = Decimal(1_000_000)
 CACHE_WRITE_5M, CACHE_WRITE_1H, CACHE_READ = Decimal("1.25"), Decimal(2), Decimal("0.1")
@@ -105,8 +104,7 @@ class PriceTable:
     (a mounted ConfigMap is updated in place)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._path = Path(path) if path else None
-        self._stamp: float | None = None
+        self._file = MountedYaml(path, PriceTableError)
         self._prices = self._build({})
         self.reload()
 
@@ -117,18 +115,10 @@ class PriceTable:
 
     def reload(self) -> None:
         """Read the file again if it changed; a broken file keeps the last good table and raises."""
-        if self._path is None:
+        if (data := self._file.changed()) is None:
             return
-        stamp = os.stat(self._path).st_mtime
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            data = yaml.safe_load(self._path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise PriceTableError(f"{self._path}: not YAML: {e}") from e
         if not isinstance(data, dict):
-            raise PriceTableError(f"{self._path}: expected a mapping of model name to price")
+            raise PriceTableError(f"{self._file.path}: expected a mapping of model name to price")
         self._prices = self._build(data)
 
     def price(self, model: str) -> Price | None:

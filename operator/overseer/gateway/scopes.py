@@ -15,7 +15,6 @@ write, such as an annotation on their namespace::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import yaml
+from overseer.mounted_file import MountedYaml
 
 from .identity import Caller
 from .ledger import Ledger, Total
@@ -84,31 +83,22 @@ class NamespaceBudgets:
     """Namespace -> daily Limits from the platform's budget file, re-read when it changes."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._path = Path(path) if path else None
-        self._stamp: float | None = None
+        self._file = MountedYaml(path, BudgetFileError)
         self._default = Limits(None, None)
         self._namespaces: dict[str, Limits] = {}
         self.reload()
 
     def reload(self) -> None:
         """Read the file again if it changed; a broken file keeps the last good budgets and raises."""
-        if self._path is None:
+        if (data := self._file.changed()) is None:
             return
-        stamp = os.stat(self._path).st_mtime
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            data = yaml.safe_load(self._path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise BudgetFileError(f"{self._path}: not YAML: {e}") from e
         if not isinstance(data, dict) or set(data) - {"default", "namespaces"}:
-            raise BudgetFileError(f"{self._path}: expected a mapping with `default` and/or `namespaces`")
-        default = _limits(data.get("default") or {}, f"{self._path}: default")
+            raise BudgetFileError(f"{self._file.path}: expected a mapping with `default` and/or `namespaces`")
+        default = _limits(data.get("default") or {}, f"{self._file.path}: default")
         rows = data.get("namespaces") or {}
         if not isinstance(rows, dict):
-            raise BudgetFileError(f"{self._path}: namespaces: expected a mapping of namespace to budget")
-        self._namespaces = {str(ns): _limits(row, f"{self._path}: namespaces.{ns}") for ns, row in rows.items()}
+            raise BudgetFileError(f"{self._file.path}: namespaces: expected a mapping of namespace to budget")
+        self._namespaces = {str(ns): _limits(row, f"{self._file.path}: namespaces.{ns}") for ns, row in rows.items()}
         self._default = default
 
     def limits(self, namespace: str) -> Limits:
