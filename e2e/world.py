@@ -94,8 +94,11 @@ class World:
         return ((obj or {}).get("status") or {}).get("phase")
 
     def wait_phase(self, goal: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_for(lambda: (g := self.get("goal", goal)) and (g.get("status") or {}).get("phase") == phase and g,
-                        timeout=timeout, description=f"goal {goal} in phase {phase} (now {self.phase(goal)})")
+        try:
+            return wait_for(lambda: (g := self.get("goal", goal)) and (g.get("status") or {}).get("phase") == phase and g,
+                            timeout=timeout, description=f"goal {goal} in phase {phase}")
+        except AssertionError as e:  # the phase when the wait gave up, not when it began
+            raise AssertionError(f"{e} (now {self.phase(goal)})") from None
 
     def condition(self, kind: str, name: str, ctype: str) -> dict[str, Any] | None:
         obj = self.get(kind, name) or {}
