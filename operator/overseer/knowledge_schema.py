@@ -400,11 +400,120 @@ DROP FUNCTION IF EXISTS overseer_seed_experiences(integer, text, timestamptz, in
 DROP FUNCTION IF EXISTS overseer_seed_experiences(integer, text, timestamptz, interval);
 """
 
+# The lessons lookup, run by the owner for the caller's own namespace. Under row-level security
+# PostgreSQL may not use the text-search index: `@@` (ts_match_vq) is not leakproof, so it must not
+# see a row before the policy has admitted it, and a rare word's search walked a million rows of
+# created_at order (1.5 s) where the index takes milliseconds. This function reads as the tables'
+# owner (no policies) and applies them itself: the tenant comes from the login (overseer_tenant(),
+# session_user), never from an argument, and the rows are the policies' own and shared ones for
+# experiences and patterns. The arguments only choose what to look for and how many; a login that
+# maps to no namespace gets nothing. search_path pinned with pg_temp last as for overseer_tenant();
+# plan_cache_mode: each call planned with its terms and tenant, since which index pays off depends
+# on how common the terms are and how big the namespace is.
+_SCHEMA_V5 = r"""
+DO $do$ BEGIN
+EXECUTE format($f$
+CREATE OR REPLACE FUNCTION overseer_lessons(terms tsquery, for_agent text, result_limit integer,
+                                            candidate_limit integer)
+RETURNS TABLE (id bigint, kind text, task text, detail text, outcome text, success_count bigint,
+               failure_count bigint, usage_count integer, score double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = %I, pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $body$
+#variable_conflict use_column
+DECLARE
+    tenant text := overseer_tenant();
+BEGIN
+    IF tenant IS NULL THEN
+        RETURN;
+    END IF;
+    -- Lessons come from the most recent experiences that share terms with the new goal, grouped
+    -- by the pattern each followed (its tool sequence, its error), plus patterns whose own text
+    -- matches; the work is bounded by candidate_limit, whatever the size of the table. Common terms
+    -- walk experiences_namespace_created backwards and stop after candidate_limit matches; rare
+    -- ones take a bitmap scan of experiences_search.
+    RETURN QUERY
+    WITH shared AS (   -- the policy `shared`: agents of other namespaces that share with this one
+        SELECT DISTINCT s.namespace, s.agent FROM knowledge_shares s
+        WHERE s.reader IN (tenant, '*') AND s.namespace <> tenant
+    ), hits AS (
+        (SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
+                e.error, e.search, e.created_at
+         FROM experiences e
+         WHERE e.namespace = tenant AND e.search @@ terms
+         ORDER BY e.created_at DESC
+         LIMIT candidate_limit)
+        UNION ALL
+        (SELECT h.* FROM shared CROSS JOIN LATERAL (
+             SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome,
+                    e.actions, e.error, e.search, e.created_at
+             FROM experiences e
+             WHERE e.namespace = shared.namespace AND e.agent = shared.agent AND e.search @@ terms
+             ORDER BY e.created_at DESC
+             LIMIT candidate_limit) h)
+        ORDER BY created_at DESC
+        LIMIT candidate_limit
+    ), ranked AS (
+        SELECT h.*, ts_rank(h.search, terms) / (1.0 + extract(epoch FROM now() - h.created_at) / 2592000.0)
+                    AS relevance
+        FROM hits h
+    ), found AS (
+        SELECT 0 AS source, 'success' AS kind, namespace, agent, approach AS key, sum(relevance) AS relevance,
+               count(*) FILTER (WHERE success) AS succeeded, count(*) AS seen,
+               (array_agg(description ORDER BY success DESC, relevance DESC))[1] AS task,
+               overseer_steps((array_agg(actions ORDER BY success DESC, relevance DESC))[1]) AS detail,
+               (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1] AS outcome
+        FROM ranked WHERE approach IS NOT NULL GROUP BY namespace, agent, approach
+        UNION ALL
+        SELECT 0, 'error', namespace, agent, error_key, sum(relevance), count(*) FILTER (WHERE success),
+               count(*), (array_agg(description ORDER BY relevance DESC))[1],
+               (array_agg(left(error, 300) ORDER BY relevance DESC))[1],
+               (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1]
+        FROM ranked WHERE error_key IS NOT NULL GROUP BY namespace, agent, error_key
+        UNION ALL
+        SELECT 1, kind, namespace, agent, key, relevance, success_count, success_count + failure_count, task,
+               detail, outcome
+        FROM (SELECT p.*, ts_rank(p.search, terms) / (1.0 + extract(epoch FROM now() - p.last_seen) / 2592000.0)
+                          AS relevance
+              FROM patterns p
+              WHERE p.search @@ terms
+                AND (p.namespace = tenant OR (p.namespace, p.agent) IN (SELECT namespace, agent FROM shared))
+              ORDER BY p.last_seen DESC LIMIT 20) own_text
+    ), merged AS (
+        -- a pattern found both ways keeps the counts among the similar goals
+        SELECT kind, namespace, agent, key, sum(relevance) AS relevance,
+               (array_agg(succeeded ORDER BY source))[1] AS succeeded, (array_agg(seen ORDER BY source))[1] AS seen,
+               (array_agg(task ORDER BY source))[1] AS task, (array_agg(detail ORDER BY source))[1] AS detail,
+               (array_agg(outcome ORDER BY source))[1] AS outcome
+        FROM found GROUP BY kind, namespace, agent, key
+    )
+    SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded::bigint, (m.seen - m.succeeded)::bigint,
+           p.usage_count,
+           (m.relevance
+            * CASE WHEN m.kind = 'success'
+                   THEN (m.succeeded + p.usage_success_count + 1.0) / (m.seen + p.usage_count + 2.0)
+                   ELSE 0.5 + 0.5 * m.succeeded / greatest(m.seen, 1.0) END
+            * CASE WHEN m.namespace = tenant AND m.agent = for_agent THEN 1.0 ELSE 0.5 END)::float8
+    FROM merged m JOIN patterns p ON p.namespace = m.namespace AND p.kind = m.kind AND p.agent = m.agent
+                                 AND p.key = m.key
+    ORDER BY 9 DESC, p.id
+    LIMIT result_limit;
+END
+$body$
+$f$, current_schema());
+EXECUTE format('REVOKE ALL ON FUNCTION overseer_lessons(tsquery, text, integer, integer) FROM PUBLIC');
+EXECUTE format('GRANT EXECUTE ON FUNCTION overseer_lessons(tsquery, text, integer, integer) TO %I',
+               overseer_role_name('overseer_agents'));
+END $do$;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "checkpoints, experiences, patterns, lessons, decisions", _SCHEMA_V1),
     (2, "benchmark seed function (now in the benchmarks)", _SCHEMA_V2),
     (3, "tenants: a namespace per row, a login per namespace, row-level security", _SCHEMA_V3),
     (4, "no benchmark seed function in the product's schema", _SCHEMA_V4),
+    (5, "lessons looked up by the owner for the caller's own namespace (the text-search index usable)", _SCHEMA_V5),
 ]
 """Versioned, append-only: a new one is added for each change. A released migration is edited
 only to take out what a later one removes anyway (migration 2)."""

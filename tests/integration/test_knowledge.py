@@ -20,6 +20,7 @@ from e2e.bench.knowledge import seed_experiences
 from overseer.agent.knowledge import Action, Experience, KnowledgeBase
 from overseer import knowledge_schema
 from overseer.knowledge_schema import MIGRATIONS, migrate
+from overseer.operator.knowledge_tenants import provision_login
 from tests.support.servers import PostgresServer
 
 
@@ -36,7 +37,10 @@ def dsn(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 async def kb(dsn: str, tmp_path: Path) -> AsyncIterator[KnowledgeBase]:
-    base = KnowledgeBase(dsn, namespace="team-a", spool=tmp_path / "knowledge.spool", retry_delay=0.1, max_retry_delay=0.5)
+    """Namespace team-a's knowledge base, opened with its own login as its goal pods open it (lessons
+    are only found for the namespace of the login: the owner, with none, gets none)."""
+    login = await provision_login(dsn, "team-a")
+    base = KnowledgeBase(login, namespace="team-a", spool=tmp_path / "knowledge.spool", retry_delay=0.1, max_retry_delay=0.5)
     assert await base.open()
     yield base
     await base.close()

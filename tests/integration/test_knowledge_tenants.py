@@ -433,3 +433,143 @@ async def test_an_unreachable_database_is_reported_and_not_retried_on_every_reco
     assert await tenants.ensure("team-a") == access
     assert len(secrets.calls) == calls and SECRET not in secrets.objects
     await tenants.close()
+
+
+# ---- the lessons lookup (overseer_lessons, run as the owner for the caller's namespace) ------------
+
+
+def lessons_of(conn: psycopg.Connection[Any], terms: str | None, agent: str = "coder", limit: int = 1000,
+               candidates: int = 100_000) -> list[tuple[Any, ...]]:
+    """What a login gets calling the function itself, with arguments of its choosing."""
+    return conn.execute("SELECT id, task, detail, outcome FROM overseer_lessons(%s::tsquery, %s, %s, %s)",
+                        (terms, agent, limit, candidates)).fetchall()
+
+
+def namespaces_of(admin: str, ids: list[int]) -> set[str]:
+    with connect(admin) as owner:
+        return {ns for (ns,) in owner.execute("SELECT namespace FROM patterns WHERE id = ANY(%s)", (ids,))}
+
+
+async def test_the_lessons_function_returns_only_the_callers_namespace_whatever_its_arguments(
+        kbs: dict[str, KnowledgeBase], logins: dict[str, str], admin: str) -> None:
+    await plant(kbs, "team-b")
+    await kbs["team-a"].record_experience(experience("team-a", "done in team-a"))
+    assert await kbs["team-a"].flush(5)
+    with connect(logins["team-a"]) as conn:
+        for terms in ("upload", "fix & parser", "fix | parser | upload | done | kube | billing",
+                      "!nothingatall", "upload:* | fix:*"):
+            for agent in ("coder", "anyone", "team-b", ""):
+                found = lessons_of(conn, terms, agent)
+                assert not any(PLANTED in str(row) for row in found), (terms, agent)
+                assert namespaces_of(admin, [row[0] for row in found]) <= {"team-a"}, (terms, agent)
+        assert lessons_of(conn, "fix & parser")  # its own are found
+        assert lessons_of(conn, None) == []
+        with pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):
+            lessons_of(conn, "upload", limit=-1)
+    with connect(logins["team-b"]) as conn:  # the plant is found where it was made
+        assert any(PLANTED in str(row) for row in lessons_of(conn, "upload"))
+
+
+async def test_the_lessons_function_cannot_be_turned_to_another_namespace(
+        kbs: dict[str, KnowledgeBase], logins: dict[str, str], admin: str) -> None:
+    await plant(kbs, "team-b")
+    other = psycopg.conninfo.conninfo_to_dict(logins["team-b"])["user"]
+    with connect(logins["team-a"]) as conn:
+        group = conn.execute("SELECT overseer_role_name('overseer_agents')").fetchone()[0]
+        # The group role maps to no namespace; the tenant is still the login's.
+        conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(group)))
+        assert lessons_of(conn, "upload") == []
+        conn.execute("RESET ROLE")
+        # Stand-ins for the share table, the tenant map and the experiences in its own temporary schema.
+        conn.execute("CREATE TEMPORARY TABLE knowledge_shares (namespace text, agent text, reader text)")
+        conn.execute("INSERT INTO knowledge_shares VALUES ('team-b', 'coder', 'team-a'), ('team-b', 'coder', '*')")
+        conn.execute("CREATE TEMPORARY TABLE knowledge_tenants (namespace text, role name)")
+        conn.execute("INSERT INTO knowledge_tenants VALUES ('team-b', session_user)")
+        conn.execute("SET search_path = pg_temp, public")
+        assert lessons_of(conn, "upload") == []
+        conn.execute("RESET search_path")
+        # Nor can it change the function, call it as someone else, or give the job to a function of its own.
+        for attack in ("CREATE OR REPLACE FUNCTION overseer_tenant() RETURNS text LANGUAGE sql AS $$SELECT 'team-b'$$",
+                       "CREATE OR REPLACE FUNCTION overseer_lessons(tsquery, text, integer, integer) RETURNS SETOF "
+                       "patterns LANGUAGE sql AS $$SELECT * FROM patterns$$",
+                       "ALTER FUNCTION overseer_lessons(tsquery, text, integer, integer) SECURITY INVOKER",
+                       "ALTER FUNCTION overseer_lessons(tsquery, text, integer, integer) SET search_path = pg_temp",
+                       psycopg.sql.SQL("SET SESSION AUTHORIZATION {}").format(psycopg.sql.Identifier(other))):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(attack)
+        assert lessons_of(conn, "upload") == []
+        # Reading the table directly is still under the policies.
+        assert conn.execute("SELECT count(*) FROM experiences WHERE search @@ 'upload'::tsquery"
+                            ).fetchone()[0] == 0
+    # A login that is not a tenant's may not call it at all; the owner, who maps to no namespace, gets nothing.
+    with connect(admin) as owner:
+        outsider_role = f"outsider_{uuid.uuid4().hex[:8]}"
+        owner.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'outsider'").format(
+            psycopg.sql.Identifier(outsider_role)))
+        assert lessons_of(owner, "upload") == []
+    outsider = psycopg.conninfo.make_conninfo(admin, user=outsider_role, password="outsider")
+    try:
+        with connect(outsider) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                                      match="permission denied for function overseer_lessons"):
+            lessons_of(conn, "upload")
+    finally:
+        with connect(admin) as owner:
+            owner.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(outsider_role)))
+
+
+async def test_a_share_reaches_the_named_agent_and_not_its_namespaces_others(
+        kbs: dict[str, KnowledgeBase], admin: str) -> None:
+    await plant(kbs, "team-a")  # by agent coder
+    for _ in range(2):
+        await kbs["team-a"].record_experience(experience("team-a", "the reviewer's private notes", agent="reviewer"))
+    assert await kbs["team-a"].flush(5)
+    tenants = KnowledgeTenants(admin, kube=None)  # type: ignore[arg-type] - sharing needs no Kubernetes
+    try:
+        assert await tenants.share("team-a", "coder", ["team-b"]) is None
+        texts = " ".join(lesson.text for lesson in await kbs["team-b"].lessons(DESCRIPTION, "coder", limit=20))
+        assert PLANTED in texts and "private notes" not in texts
+        own = " ".join(lesson.text for lesson in await kbs["team-a"].lessons(DESCRIPTION, "coder", limit=20))
+        assert "private notes" in own
+    finally:
+        await tenants.close()
+
+
+async def test_the_text_search_match_stays_not_leakproof_and_the_function_runs_as_the_owner(admin: str,
+                                                                                         logins: dict[str, str]) -> None:
+    with connect(admin) as owner:
+        assert owner.execute("SELECT bool_or(proleakproof) FROM pg_proc WHERE proname = 'ts_match_vq'"
+                             ).fetchone()[0] is False
+        definer, config, table_owner, fn_owner = owner.execute(
+            "SELECT p.prosecdef, p.proconfig, t.tableowner, pg_get_userbyid(p.proowner) FROM pg_proc p, pg_tables t "
+            "WHERE p.proname = 'overseer_lessons' AND t.tablename = 'experiences'").fetchone()
+    assert definer and fn_owner == table_owner
+    assert any(c.startswith("search_path=") and c.endswith("pg_temp") for c in config)
+
+
+# ---- migration 5 on a database of the previous version --------------------------------------------
+
+
+async def test_migration_5_gives_a_database_at_version_4_the_lessons_function(
+        admin: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        monkeypatch.setattr(knowledge_schema, "MIGRATIONS", knowledge_schema.MIGRATIONS[:4])
+        await migrate(conn)
+        role, password = await provision(conn, "team-a")
+        login = tenant_url(admin, role, password)
+        async with await psycopg.AsyncConnection.connect(login, autocommit=True) as tenant:
+            await tenant.execute(
+                "INSERT INTO experiences (id, goal_uid, goal_name, namespace, agent, description, actions, success, "
+                "outcome) VALUES (gen_random_uuid(), 'g', 'g', 'team-a', 'coder', %s, "
+                "'[{\"tool\": \"bash\"}]', true, 'fixed at version 4')", (DESCRIPTION,))
+        monkeypatch.undo()
+
+        assert await migrate(conn) == [5]
+        assert await migrate(conn) == []
+        # The migration's SQL itself may run again (a retried rollout), with the same result.
+        [(_, _, sql)] = [m for m in knowledge_schema.MIGRATIONS if m[0] == 5]
+        await conn.execute(sql.encode())
+    async with KnowledgeBase(login, namespace="team-a", spool=tmp_path / "s") as kb:
+        found = await kb.lessons(DESCRIPTION, "coder")
+    assert [lesson.text for lesson in found if "fixed at version 4" in lesson.text]
+    with connect(login) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 5

@@ -39,12 +39,12 @@ async def search_query(conn: psycopg.AsyncConnection[Any], description: str,
     return match_query([row[0] for row in await cur.fetchall()], frequencies)
 
 
-async def find_lessons(conn: psycopg.AsyncConnection[Any], query: str, namespace: str, agent: str, limit: int,
+async def find_lessons(conn: psycopg.AsyncConnection[Any], query: str, agent: str, limit: int,
                        candidates: int) -> list[Lesson]:
-    params = {"query": query, "namespace": namespace, "agent": agent, "limit": limit, "candidates": candidates}
+    """Lessons from the login's own namespace and those sharing with it (see LESSONS)."""
+    params = {"query": query, "agent": agent, "limit": limit, "candidates": candidates}
     async with conn.cursor(row_factory=dict_row) as cur:
-        # Never a generic plan: which index pays off depends on how common the terms are.
-        await cur.execute(LESSONS, params, prepare=False)
+        await cur.execute(LESSONS, params)
         rows = await cur.fetchall()
     return [Lesson(id=r["id"], kind=r["kind"], text=lesson_text(r), score=float(r["score"]),
                    success_count=r["success_count"], failure_count=r["failure_count"],
@@ -122,78 +122,13 @@ FROM (SELECT greatest(count(*), 1) AS total
 WHERE t.total >= %(least)s AND f.ndoc >= %(common)s * t.total
 """
 
-# Lessons come from the most recent experiences that share terms with the new goal, grouped
-# by the pattern each followed (its tool sequence, its error), plus patterns whose own text
-# matches. The work is bounded by `candidates`, whatever the size of the table; the text rank
-# is only computed for those. The query is planned with its terms (never a generic plan): at
-# a million experiences, common terms walk experiences_namespace_created backwards with the tsquery as
-# a filter and stop after `candidates` matches (a few thousand rows read); rare terms take a
-# bitmap scan of experiences_search. Either way a few milliseconds.
-# Row-level security decides what is readable; the search still names its own namespace (with
-# its statistics, the planner walks experiences_namespace_created for a small namespace beside a
-# big one instead of reading through the big one's rows), and then each namespace sharing with it.
+# Lessons are found by the schema's overseer_lessons() (knowledge_schema, migration 5): it reads as
+# the tables' owner for the namespace of the login that calls it, so the text-search index stays
+# usable under row-level security. The namespace is not an argument: a login reads its own and
+# what is shared with it, whatever it asks for.
 LESSONS = """
-WITH hits AS (
-    (SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
-            e.error, e.search, e.created_at
-     FROM experiences e
-     WHERE e.namespace = %(namespace)s AND e.search @@ %(query)s::tsquery
-     ORDER BY e.created_at DESC
-     LIMIT %(candidates)s)
-    UNION ALL
-    (SELECT h.* FROM (SELECT DISTINCT s.namespace FROM knowledge_shares s
-                      WHERE s.reader IN (%(namespace)s, '*') AND s.namespace <> %(namespace)s) sharing
-     CROSS JOIN LATERAL (
-         SELECT e.namespace, e.agent, e.approach, e.error_key, e.success, e.description, e.outcome, e.actions,
-                e.error, e.search, e.created_at
-         FROM experiences e
-         WHERE e.namespace = sharing.namespace AND e.search @@ %(query)s::tsquery
-         ORDER BY e.created_at DESC
-         LIMIT %(candidates)s) h)
-    ORDER BY created_at DESC
-    LIMIT %(candidates)s
-), ranked AS (
-    SELECT h.*, ts_rank(h.search, %(query)s::tsquery)
-                / (1.0 + extract(epoch FROM now() - h.created_at) / 2592000.0) AS relevance
-    FROM hits h
-), found AS (
-    SELECT 0 AS source, 'success' AS kind, namespace, agent, approach AS key, sum(relevance) AS relevance,
-           count(*) FILTER (WHERE success) AS succeeded, count(*) AS seen,
-           (array_agg(description ORDER BY success DESC, relevance DESC))[1] AS task,
-           overseer_steps((array_agg(actions ORDER BY success DESC, relevance DESC))[1]) AS detail,
-           (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1] AS outcome
-    FROM ranked WHERE approach IS NOT NULL GROUP BY namespace, agent, approach
-    UNION ALL
-    SELECT 0, 'error', namespace, agent, error_key, sum(relevance), count(*) FILTER (WHERE success), count(*),
-           (array_agg(description ORDER BY relevance DESC))[1],
-           (array_agg(left(error, 300) ORDER BY relevance DESC))[1],
-           (array_agg(outcome ORDER BY relevance DESC) FILTER (WHERE success))[1]
-    FROM ranked WHERE error_key IS NOT NULL GROUP BY namespace, agent, error_key
-    UNION ALL
-    SELECT 1, kind, namespace, agent, key, relevance, success_count, success_count + failure_count, task, detail, outcome
-    FROM (SELECT p.*, ts_rank(p.search, %(query)s::tsquery)
-                      / (1.0 + extract(epoch FROM now() - p.last_seen) / 2592000.0) AS relevance
-          FROM patterns p WHERE p.search @@ %(query)s::tsquery
-          ORDER BY p.last_seen DESC LIMIT 20) own_text
-), merged AS (
-    -- a pattern found both ways keeps the counts among the similar goals
-    SELECT kind, namespace, agent, key, sum(relevance) AS relevance,
-           (array_agg(succeeded ORDER BY source))[1] AS succeeded, (array_agg(seen ORDER BY source))[1] AS seen,
-           (array_agg(task ORDER BY source))[1] AS task, (array_agg(detail ORDER BY source))[1] AS detail,
-           (array_agg(outcome ORDER BY source))[1] AS outcome
-    FROM found GROUP BY kind, namespace, agent, key
-)
-SELECT p.id, m.kind, m.task, m.detail, m.outcome, m.succeeded AS success_count,
-       m.seen - m.succeeded AS failure_count, p.usage_count,
-       m.relevance
-       * CASE WHEN m.kind = 'success'
-              THEN (m.succeeded + p.usage_success_count + 1.0) / (m.seen + p.usage_count + 2.0)
-              ELSE 0.5 + 0.5 * m.succeeded / greatest(m.seen, 1.0) END
-       * CASE WHEN m.namespace = %(namespace)s AND m.agent = %(agent)s THEN 1.0 ELSE 0.5 END AS score
-FROM merged m JOIN patterns p ON p.namespace = m.namespace AND p.kind = m.kind AND p.agent = m.agent
-                             AND p.key = m.key
-ORDER BY score DESC, p.id
-LIMIT %(limit)s
+SELECT id, kind, task, detail, outcome, success_count, failure_count, usage_count, score
+FROM overseer_lessons(%(query)s::tsquery, %(agent)s, %(limit)s, %(candidates)s)
 """
 
 INSERT_EXPERIENCE = """

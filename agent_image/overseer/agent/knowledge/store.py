@@ -236,7 +236,7 @@ class KnowledgeBase:
             query = await search_query(conn, description, await self._frequencies(conn))
             if query is None:
                 return []
-            return await find_lessons(conn, query, self.namespace, agent, limit, self.lesson_candidates)
+            return await find_lessons(conn, query, agent, limit, self.lesson_candidates)
 
         found = await self._read(search)
         return [] if found is _UNREACHABLE else found
