@@ -32,8 +32,8 @@ help:
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 	@echo "make bench-start   start benchmark into docs/performance.md: apply -> first model request ($(BENCH_START_GOALS) goals, fresh and warm pods)"
-	@echo "make bench-knowledge  lessons (and their query plans) and checkpoints with and without row-level"
-	@echo "                   security, 1,000,000 experiences, into docs/performance.md (Knowledge base)"
+	@echo "make bench-knowledge  lessons by namespaces' logins (and their query plans), checkpoints with and without"
+	@echo "                   row-level security, 1,000,000 experiences, into docs/performance.md (Knowledge base)"
 	@echo "make bench-gateway what the model gateway adds to 100 concurrent streamed calls, into docs/performance.md"
 
 $(BIN)/.installed: pyproject.toml

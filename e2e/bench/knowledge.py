@@ -1,6 +1,6 @@
-"""What keeping tenants apart costs the knowledge base: lessons lookups and checkpoint saves with a
-namespace's own login (row-level security on) against the same calls by the tables' owner (row-level
-security bypassed, as in the single pool before).
+"""The knowledge base's two hot paths under tenancy: lessons lookups by namespaces' own logins (row-level
+security on tables, overseer_lessons() for the lookup), and checkpoint saves by a login against the
+same saves by the tables' owner (row-level security bypassed, as in the single pool before).
 
     python -m e2e.bench.knowledge [--experiences 1000000] [--queries 200] [--docs docs/performance.md]
                                   [--json PATH]
@@ -9,14 +9,13 @@ PostgreSQL runs here (fsync and synchronous commit on) in a throwaway folder. `e
 synthetic experiences are seeded into namespace `bench` (one every 30 s, the newest now), and 1% as
 many into namespace `small`, spread over the same time: a small team beside a big one. Then, in
 interleaved rounds, the same goal descriptions (drawn from the seed's vocabulary) are looked up:
-- by the owner, for `bench` (row-level security bypassed: the same query, without the policies),
-- by `bench`'s login (row-level security: its own rows only),
+- by `bench`'s login (its own rows only),
 - by `small`'s login (its 1% among everyone's rows).
 Each knowledge base's first lookup also counts its lexeme frequencies (once per process, i.e. per
-goal pod); it is reported apart. Then the plans of the lessons query (EXPLAIN (ANALYZE, BUFFERS), by
-`bench`'s login) for a description of common words and one of rare words. Last, checkpoint saves
-(the three of a round of calls with side effects, 100 turns stored) by the owner and by a
-namespace's login.
+goal pod); it is reported apart. Then the plans of the lessons query inside overseer_lessons()
+(auto_explain with ANALYZE and BUFFERS, as `bench`'s and `small`'s logins call it) for a description
+of common words and one of rare words. Last, checkpoint saves (the three of a round of calls with
+side effects, 100 turns stored) by the owner and by a namespace's login.
 
 The synthetic experiences (seed_experiences) are the benchmarks' own: the product's schema has no
 way to make them.
@@ -175,24 +174,44 @@ async def lookups(variants: dict[str, tuple[str, str]], queries: list[str]) -> d
     return out
 
 
-async def plans(login: str, namespace: str) -> dict[str, dict[str, str]]:
-    """The lessons query's plan for each of PLANS, as the agent sends it (its terms inlined, never a
-    generic plan), run once before to warm the cache as a goal pod's earlier lookups do."""
+# EXPLAIN of a call shows only a Function Scan: auto_explain logs the statement inside the function,
+# sent back to this session at level LOG.
+AUTO_EXPLAIN = ["LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
+                "SET auto_explain.log_buffers = on", "SET auto_explain.log_nested_statements = on",
+                "SET client_min_messages = log"]
+
+
+async def plans(admin: str, login: str, namespace: str) -> dict[str, dict[str, str]]:
+    """The plan of the lessons query inside overseer_lessons() for each of PLANS, as `login` calls
+    it, run once before to warm the cache as a goal pod's earlier lookups do. The owner (a superuser
+    here) loads auto_explain, then takes the login's session authorization: the function finds its
+    tenant from session_user, as for the login itself."""
     out = {}
-    async with await psycopg.AsyncConnection.connect(login, autocommit=True) as conn:
+    role = psycopg.conninfo.conninfo_to_dict(login)["user"]
+    logged: list[str] = []
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        conn.add_notice_handler(lambda notice: logged.append(notice.message_primary or ""))
+        for statement in AUTO_EXPLAIN:
+            await conn.execute(statement)
+        await conn.execute(psycopg.sql.SQL("SET SESSION AUTHORIZATION {}").format(psycopg.sql.Identifier(role)))
         frequencies = await lexeme_frequencies(conn, namespace)
         for case, description in PLANS.items():
             query = await search_query(conn, description, frequencies)
             assert query is not None, description
-            params = {"query": query, "namespace": namespace, "agent": "coder", "limit": 5, "candidates": 50}
-            await conn.execute(LESSONS, params, prepare=False)
-            cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + LESSONS, params, prepare=False)
-            out[case] = {"description": description, "query": query,
-                         "plan": "\n".join(row[0] for row in await cur.fetchall())}
+            params = {"query": query, "agent": "coder", "limit": 5, "candidates": 50}
+            await conn.execute(LESSONS, params)
+            logged.clear()
+            await conn.execute(LESSONS, params)
+            [message] = [m for m in logged if " on experiences e " in m]
+            duration = re.match(r"duration: (\S+ ms)", message)
+            lines = message.splitlines()
+            top = next(i for i, line in enumerate(lines) if re.match(r"\S.*\(cost=", line))
+            out[case] = {"description": description, "query": query, "plan": "\n".join(lines[top:]),
+                         "time": duration.group(1) if duration else "?"}
     return out
 
 
-def plan_summary(plan: str) -> dict[str, str]:
+def plan_summary(plan: str, time: str) -> dict[str, str]:
     """How a plan reaches the namespace's own experiences (the scan under `e`, and the index of a
     bitmap scan), the buffers of the whole execution and its time."""
     lines = [line.strip() for line in plan.splitlines()]
@@ -207,7 +226,7 @@ def plan_summary(plan: str) -> dict[str, str]:
     returned = re.search(r"actual time=\S+ rows=(\d+)", lines[at])
     return {"scan": scan, "rows": returned.group(1) if returned else "0", "removed": removed,
             "buffers": next(line.removeprefix("Buffers: ") for line in lines if line.startswith("Buffers:")),
-            "time": next(line.removeprefix("Execution Time: ") for line in lines if line.startswith("Execution Time"))}
+            "time": time}
 
 
 async def checkpoints(variants: dict[str, tuple[str, str]], goals: int) -> dict[str, list[float]]:
@@ -232,18 +251,14 @@ def render(info: dict[str, Any], command: str, result: dict[str, Any]) -> str:
         f"PostgreSQL {result['postgres']} (fsync on); "
         f"`{command}`", "",
         f"Lessons for a new goal with {n:,} experiences in namespace `bench` and {max(1, n // 100):,} in `small` "
-        f"(spread over the same {n * 30 / 86400:.0f} days), {result['queries']} goal descriptions, interleaved. "
-        "The owner's login bypasses row-level security: the same query without the policies, so the difference "
-        "is what they cost.", "",
+        f"(spread over the same {n * 30 / 86400:.0f} days), {result['queries']} goal descriptions, interleaved, "
+        "each by the namespace's own login (`overseer_lessons()`).", "",
         "| who looks up | rows it may read | median | p95 | max | first lookup of a process (with lexeme frequencies) "
         "| lookups with lessons |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows_of = {"owner": f"all {n + max(1, n // 100):,}", "bench": f"{n:,} (its own)",
-               "small": f"{max(1, n // 100):,} (its own)"}
-    for name, label in (("owner", "the owner (no row-level security), for `bench`"),
-                        ("bench", "`bench`'s login (row-level security)"),
-                        ("small", "`small`'s login (row-level security)")):
+    rows_of = {"bench": f"{n:,} (its own)", "small": f"{max(1, n // 100):,} (its own)"}
+    for name, label in (("bench", "`bench`'s login"), ("small", "`small`'s login")):
         r = result["lessons"][name]
         s = stats_ms(r["times"])
         lines.append(f"| {label} | {rows_of[name]} | {s['median']:.2f} ms | {s['p95']:.2f} ms | {s['max']:.1f} ms "
@@ -254,19 +269,21 @@ def render(info: dict[str, Any], command: str, result: dict[str, Any]) -> str:
     for name, label in (("owner", "the owner (no row-level security)"), ("bench", "`bench`'s login (row-level security)")):
         s = stats_ms(result["checkpoints"][name])
         lines.append(f"| {label} | {s['n']} | {s['median']:.2f} ms | {s['p95']:.2f} ms | {s['max']:.1f} ms |")
-    lines += ["", f"The lessons query's plans for `bench` at {n:,} experiences, the second run of each "
-              "(`EXPLAIN (ANALYZE, BUFFERS)`; buffers are 8 kB pages, `hit` in PostgreSQL's cache, `read` from the "
-              "file system):", "",
-              "| words | who | how it reaches `bench`'s experiences | rows it returns (filtered out) | buffers | time |",
+    lines += ["", f"The plans of the lessons query inside `overseer_lessons()` at {n:,} experiences, the second call "
+              "of each (auto_explain with ANALYZE and BUFFERS; buffers are 8 kB pages, `hit` in PostgreSQL's cache, "
+              "`read` from the file system):", "",
+              "| words | whose login | how it reaches the namespace's experiences | rows it returns (filtered out) "
+              "| buffers | time |",
               "|---|---|---|---|---|---|"]
     for case in PLANS:
-        for who, label in (("owner", "the owner (no row-level security)"), ("bench", "`bench`'s login")):
-            x = plan_summary(result["plans"][who][case]["plan"])
-            lines.append(f"| {case} | {label} | {x['scan']} | {x['rows']} ({x['removed']}) | {x['buffers']} "
+        for who in ("bench", "small"):
+            p = result["plans"][who][case]
+            x = plan_summary(p["plan"], p["time"])
+            lines.append(f"| {case} | `{who}`'s | {x['scan']} | {x['rows']} ({x['removed']}) | {x['buffers']} "
                          f"| {x['time']} |")
     for case in PLANS:
         p = result["plans"]["bench"][case]
-        lines += ["", f"<details><summary>The {case} words' plan by `bench`'s login: \"{p['description']}\", "
+        lines += ["", f"<details><summary>The {case} words' plan for `bench`'s login: \"{p['description']}\", "
                   f"searched as <code>{p['query']}</code></summary>", "", "```text", p["plan"], "```", "", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -277,11 +294,11 @@ async def run(admin: str, args: argparse.Namespace) -> dict[str, Any]:
     with psycopg.connect(admin) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
     queries = descriptions(args.queries + 1)
-    variants = {"owner": (admin, "bench"), "bench": (logins["bench"], "bench"), "small": (logins["small"], "small")}
-    log(f"looking up lessons for {args.queries} descriptions, three ways")
+    variants = {"bench": (logins["bench"], "bench"), "small": (logins["small"], "small")}
+    log(f"looking up lessons for {args.queries} descriptions, two logins")
     lessons = await lookups(variants, queries)
     log("explaining the lessons query: common and rare words")
-    explained = {"owner": await plans(admin, "bench"), "bench": await plans(logins["bench"], "bench")}
+    explained = {ns: await plans(admin, logins[ns], ns) for ns in ("bench", "small")}
     log("saving checkpoints, two ways")
     saves = await checkpoints({"owner": (admin, "bench"), "bench": (logins["bench"], "bench")}, args.goals)
     return {"experiences": args.experiences, "queries": args.queries, "goals": args.goals, "seeded_seconds": took,

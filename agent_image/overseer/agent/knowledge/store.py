@@ -228,7 +228,9 @@ class KnowledgeBase:
     async def lessons(self, description: str, agent: str, limit: int = 5) -> list[Lesson]:
         """The patterns most relevant to a new goal, best first: full-text rank of similar past
         goals, weighted by their recency and by how often the pattern worked (patterns of
-        other agents count half). Success and failure counts are among the similar goals."""
+        other agents count half). Success and failure counts are among the similar goals. They
+        come from the namespace of the login, whatever `self.namespace` says: the owner's login,
+        which maps to none, gets none."""
         if not description.strip() or limit <= 0:
             return []
 
