@@ -240,8 +240,7 @@ class EventStream:
                     # meanwhile drops the oldest event waiting, not this one.
                     fields = self._buffer.popleft()
                     try:
-                        entry: dict[Any, Any] = fields  # redis-py types the fields invariantly
-                        await self._redis.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
+                        await self._xadd(fields)
                     except BaseException:
                         self._buffer.appendleft(fields)
                         self._trim()
@@ -256,6 +255,22 @@ class EventStream:
             if self._outage.recovered():
                 logger.info("Goal %s/%s: event stream delivered its buffered events", self.namespace, self.goal)
             return True
+
+    async def _xadd(self, fields: dict[str, str]) -> None:
+        """XADD, once more on a new connection when the pooled one was closed by Redis (a restart
+        leaves every idle pooled connection so, and each would otherwise cost a retry period).
+        Safe to redo: a server that closed the connection did not answer, and at worst a follower
+        sees one event twice. Timeouts are not redone (the event may be in), nor is anything else
+        on this client (the steering queue's drain must not run twice)."""
+        from redis.exceptions import ConnectionError as ConnectionClosed
+
+        assert self._redis is not None
+        entry: dict[Any, Any] = fields  # redis-py types the fields invariantly
+        try:
+            await self._redis.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
+        except ConnectionClosed:
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            await self._redis.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
 
     async def follow(self, from_start: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Yield events (id, type, ts, data) as they arrive, from the first one or only new ones.

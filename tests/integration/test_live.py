@@ -511,3 +511,29 @@ async def test_the_poller_takes_steering_off_redis_in_the_background(redis_serve
     finally:
         await poller.stop()
         await redis.aclose()
+
+
+async def test_after_a_redis_restart_a_publish_on_stale_pooled_connections_goes_through_at_once(
+        redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url)
+    goal = unique("fix-ci")
+    stream = EventStream(redis, "team-a", goal)  # the agent's retry period: 5 s
+    steering = SteeringQueue(redis, "team-a", goal)
+    try:
+        # Pooled connections, as the publisher and the steering poller leave them.
+        await asyncio.gather(*(stream.publish({"type": EventType.TURN, "data": {"turn": 0}}) for _ in range(3)),
+                             steering.drain(), steering.drain())
+        assert len(redis.connection_pool._available_connections) >= 2  # what the restart leaves stale
+        redis_server.stop()
+        redis_server.start()  # every pooled connection now leads to the old, dead server
+
+        started = time.monotonic()
+        for turn in range(1, 6):
+            await stream.publish({"type": EventType.TURN, "data": {"turn": turn}})
+            assert stream.buffered == 0, f"turn {turn} waits in memory"
+        await stream.publish({"type": EventType.END, "data": {}})
+        assert time.monotonic() - started < 1.0
+        delivered = [event async for event in stream.follow(from_start=True)]
+        assert [e["data"].get("turn") for e in delivered] == [1, 2, 3, 4, 5, None]
+    finally:
+        await redis.aclose()
