@@ -61,5 +61,6 @@ def test_goals_go_on_without_redis_and_their_event_stream_resumes(ctx: Context) 
 def test_a_full_workspace_disk_fails_with_a_reason_and_leaves_a_readable_checkpoint(ctx: Context) -> None:
     row = SCENARIOS["disk-full"](ctx, False)
     print(markdown([row]))
-    assert row.ok and row.lost == 0, row
-    assert row.finished + row.failed == row.goals_in, row
+    assert row.ok and (row.finished, row.reasons) == (1, {"WorkspaceFull": 1}), row
+    # the reason names the workspace and the space left, not only an exit code
+    assert "fills-checkpoint: attempt 1: the workspace " in row.notes and "bytes free of" in row.notes, row.notes

@@ -399,7 +399,8 @@ def small_disk(folder: Path, size: str) -> Iterator[None]:
 
 def disk_full(ctx: Context, full: bool) -> Row:
     """A goal whose workspace (a 2 MiB disk) fills up: the tool call fails and the model is told, and
-    a checkpoint that cannot be written fails the goal with a reason, never a corrupt checkpoint."""
+    a checkpoint that cannot be written fails the goal WorkspaceFull (the agent's reason, with the
+    workspace and the bytes free), never a corrupt checkpoint."""
     started = time.monotonic()
     ns = ctx.namespace("disk-full")
     world = ctx.world(ns, ctx.operator(ns))
@@ -425,7 +426,7 @@ def disk_full(ctx: Context, full: bool) -> Row:
             folder = runner.claim_folder(claim_name(name)) / ".overseer" / "checkpoints" / uid
             if (folder / "state.json").exists() and not _checkpoint_readable(folder):
                 unreadable.append(name)
-    messages = {g: ((world.get("goal", g) or {}).get("status") or {}).get("message", "")[:120] for g in goals}
+    messages = {g: ((world.get("goal", g) or {}).get("status") or {}).get("message", "")[:240] for g in goals}
     row.duplicate_pods = len(watch.duplicates)
     row.kb_rows_lost = len(unreadable)
     row.seconds = time.monotonic() - started
