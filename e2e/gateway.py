@@ -73,7 +73,7 @@ class GatewayProcess:
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([str(exe)], env=environment, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded machine takes its time to import the gateway
         while not http_ok(f"{self.url}/healthz"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()

@@ -3,6 +3,7 @@ scenario breaks one part while real goals run, and nothing may be lost or done t
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -45,10 +46,13 @@ def test_model_errors_slow_answers_and_cut_streams_are_retried_once_each_and_goa
     assert "outage: attempt 1 failed (ModelUnavailable: the model API failed 8 times in a row" in row.notes, row.notes
 
 
-def test_a_postgresql_outage_loses_no_knowledge_base_row(ctx: Context) -> None:
+def test_a_postgresql_outage_loses_no_knowledge_base_row_and_no_spend_row(ctx: Context) -> None:
     row = SCENARIOS["postgres-outage"](ctx, False)
     print(markdown([row]))
     assert row.ok and row.finished == row.goals_in, row
+    # the gateway's rows of the calls answered meanwhile waited in its memory, and were written once
+    during = re.search(r"(\d+) model calls answered while PostgreSQL was down", row.notes)
+    assert during and int(during[1]) > 0 and "(doubled 0;" in row.notes, row.notes
 
 
 def test_goals_go_on_without_redis_and_their_event_stream_resumes(ctx: Context) -> None:
@@ -61,5 +65,27 @@ def test_goals_go_on_without_redis_and_their_event_stream_resumes(ctx: Context) 
 def test_a_full_workspace_disk_fails_with_a_reason_and_leaves_a_readable_checkpoint(ctx: Context) -> None:
     row = SCENARIOS["disk-full"](ctx, False)
     print(markdown([row]))
-    assert row.ok and row.lost == 0, row
-    assert row.finished + row.failed == row.goals_in, row
+    assert row.ok and (row.finished, row.reasons) == (1, {"WorkspaceFull": 1}), row
+    # the reason names the workspace and the space left, not only an exit code
+    assert "fills-checkpoint: attempt 1: the workspace " in row.notes and "bytes free of" in row.notes, row.notes
+
+
+def test_goals_finish_when_a_gateway_replica_is_killed_and_every_answered_call_has_one_spend_row(
+        ctx: Context) -> None:
+    row = SCENARIOS["gateway-kill"](ctx, False)
+    print(markdown([row]))
+    assert row.ok and row.finished == row.goals_in, row
+    cut = re.search(r"calls cut by the kills (\d+)", row.notes)
+    assert cut and int(cut[1]) >= 2, row.notes  # the kill caught calls in flight...
+    # ...asked again on the other replica, and each call an agent got is in the ledger once
+    assert "(missing 0, doubled 0)" in row.notes and "over their $0.5 budget 0" in row.notes, row.notes
+    assert "tracebacks in the surviving gateway 0" in row.notes, row.notes
+
+
+def test_postgresql_out_of_disk_refuses_writes_and_once_space_is_freed_every_queued_row_is_written(
+        ctx: Context) -> None:
+    row = SCENARIOS["postgres-disk-full"](ctx, False)
+    print(markdown([row]))
+    assert row.ok and row.finished == row.goals_in, row
+    during = re.search(r"(\d+) model calls answered while the disk was full", row.notes)
+    assert during and int(during[1]) > 0 and "amcheck: indexes whole" in row.notes, row.notes

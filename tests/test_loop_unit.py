@@ -292,6 +292,32 @@ async def test_a_store_out_of_step_gets_the_whole_conversation_and_nothing_is_lo
     assert saved.iteration == loop.counters.iteration
 
 
+class FillsTheDisk(Noop):
+    """Noop whose second call leaves no space for the checkpoint's next write (/dev/full where the
+    store writes its state: every write there fails with ENOSPC)."""
+
+    async def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        result = await super().run(input, ctx)
+        if len(self.calls) == 2:
+            (ctx.workspace / ".overseer" / "checkpoints" / "uid-1" / "state.tmp").symlink_to("/dev/full")
+        return result
+
+
+async def test_a_checkpoint_that_finds_the_workspace_full_ends_the_goal_for_good_with_workspace_full(
+        tmp_path: Path) -> None:
+    tool, link = FillsTheDisk(), MemoryLink()
+    async with model(Scenario.tool_loop(turns=5, tool="noop", input={"n": 1})) as (server, client):
+        outcome = await make_loop(client, tmp_path, tool=tool, link=link).run(TASK)
+    assert (outcome.success, outcome.reason, outcome.retryable) == (False, "WorkspaceFull", False)
+    assert outcome.result.startswith(f"the workspace {tmp_path} is full (")
+    assert "checkpoint of iteration 2 could not be written" in outcome.result
+    assert len(tool.calls) == 2 and len(messages_requests(server)) == 2  # it stopped there
+    # The last save before, whole: up to the answer that asked for the second call (saved before it ran).
+    saved = await FileCheckpoints(tmp_path, "uid-1").load()
+    assert saved is not None and saved.iteration == 2 and len(saved.messages) == 1 + 2 + 1
+    assert saved.messages[-1]["role"] == "assistant"
+
+
 async def test_a_model_outage_ends_retryable_with_model_unavailable(tmp_path: Path) -> None:
     scenario = {"conversations": {"default": ["never sent"]}, "faults": {"every": 1, "status": 529}}
     async with model(scenario, max_retries=0) as (server, client):

@@ -4,8 +4,9 @@ A scenario is `def scenario(ctx: Context, full: bool) -> Row`. It takes a fresh 
 `ctx.namespace(...)`, starts the operator (`ctx.operator(...)`), and, when its goals need a real
 agent process, a scripted model and the kubelet's part (`ctx.agents(...)`); PostgreSQL and Redis
 are started on first use and can be stopped and started again by the scenario (`ctx.postgres`,
-`ctx.redis`). Everything started through the context is stopped by `ctx.close()`, so a scenario
-that fails half way leaves nothing running.
+`ctx.redis`); model gateways go in front of the model with `ctx.gateways(n)`. Everything started
+through the context is stopped by `ctx.close()`, so a scenario that fails half way leaves nothing
+running.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
+from e2e.gateway import GatewayProcess, Service, gateway_kubeconfig
 from e2e.harness import Cluster, K8s, Kubectl, OperatorProcess
 from e2e.world import FAST, World
 from tests.support.servers import PostgresServer, RedisServer
@@ -120,6 +122,23 @@ spec:
 """)
         world.wait_condition("agent", agent, "Ready", "True", timeout=60)
         return model, runner
+
+    def gateways(self, replicas: int) -> tuple[Service, list[GatewayProcess]]:
+        """`replicas` model gateways behind one Service, as the chart runs them: their spend ledger
+        in the context's PostgreSQL, their budget counters in its Redis. Hand `service.url` to the
+        operator as OVERSEER_GATEWAY_URL and goal pods call the model through it."""
+        kubeconfig = gateway_kubeconfig(self.cluster, self.kubectl, self.k8s, self.workdir / "gateway.kubeconfig")
+        env = {"OVERSEER_GATEWAY_DATABASE_URL": self.postgres.dsn, "OVERSEER_GATEWAY_REDIS_URL": self.redis.url,
+               "OVERSEER_GATEWAY_STATUS_INTERVAL_SECONDS": "0.5"}
+        count = len(list(self.workdir.glob("gateway-*.log")))
+        started = []
+        for n in range(count + 1, count + 1 + replicas):
+            gateway = GatewayProcess(self.cluster, kubeconfig, self.workdir / f"gateway-{n}.log", env=env)
+            self._stoppers.append(gateway.stop)
+            started.append(gateway)
+        service = Service([gateway.url for gateway in started])
+        self._stoppers.append(service.close)
+        return service, started
 
     def on_close(self, stop: Callable[[], Any]) -> None:
         """Run stop() at close (before the namespaces go), for things a scenario starts itself."""

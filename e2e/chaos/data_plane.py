@@ -283,17 +283,111 @@ def model_faults(ctx: Context, full: bool) -> Row:
     return row
 
 
+# ---- the model gateway killed -------------------------------------------------------------------
+
+GOAL_BUDGET = 0.5
+"""Dollars a goal of gateway-kill may spend (spec.budget.maxCostPerGoal): room for several calls'
+worst case (4,096 output tokens, about $0.06 each) held at once. A budget that holds only one
+fails the goal BudgetExhausted when a replica dies holding its call: the dead replica's hold
+stays until it lapses (the upstream timeout and a minute), see docs/reliability.md."""
+
+
+def spend(ctx: Context, uids: dict[str, str]) -> dict[str, tuple[int, float]]:
+    """goal -> (rows, dollars) in the gateway's spend ledger."""
+    with psycopg.connect(ctx.postgres.dsn) as db:
+        exists = db.execute("SELECT to_regclass('gateway_spend') IS NOT NULL").fetchone()
+        found = {} if not exists or not exists[0] else {r[0]: (int(r[1]), float(r[2])) for r in db.execute(
+            "SELECT goal_uid, count(*), coalesce(sum(cost_usd), 0) FROM gateway_spend WHERE goal_uid = ANY(%s) "
+            "GROUP BY goal_uid", (list(uids.values()),))}
+    return {g: found.get(uid, (0, 0.0)) for g, uid in uids.items()}
+
+
+def answered_calls(model: Any, goals: list[str]) -> dict[str, int]:
+    """Calls the model answered per goal (a call asked twice, once per replica, counts twice)."""
+    calls = {g: 0 for g in goals}
+    for r in model.requests():
+        if r.get("path", "/v1/messages") == "/v1/messages":
+            goal = r["conversation"].split("/", 1)[-1]
+            if goal in calls:
+                calls[goal] += 1
+    return calls
+
+
+def settle_spend(ctx: Context, uids: dict[str, str], expected: dict[str, int], timeout: float = 30
+                 ) -> dict[str, tuple[int, float]]:
+    """The ledger once it holds the expected rows per goal (or after timeout: what it holds then)."""
+    try:
+        return wait_for(lambda: (rows := spend(ctx, uids)) and all(rows[g][0] >= n for g, n in expected.items())
+                        and rows, timeout=timeout, interval=0.5, description="the spend rows of every answered call")
+    except AssertionError:
+        return spend(ctx, uids)
+
+
+def gateway_kill(ctx: Context, full: bool) -> Row:
+    """Goals call the model through gateway replicas behind one Service; a replica is SIGKILLed
+    while it holds calls. The agents retry onto another; every call answered to an agent has exactly
+    one spend row, and no goal spends past its budget."""
+    goals_n, steps, kills = (10, 6, 3) if full else (5, 3, 1)
+    started = time.monotonic()
+    ns = ctx.namespace("gateway-kill")
+    service, replicas = ctx.gateways(kills + 1)
+    world = ctx.world(ns, ctx.operator(ns, env={"OVERSEER_GATEWAY_URL": service.url}))
+    # The first answer takes 10 s and each other 3 s: the calls of agents that start seconds apart
+    # (more on a loaded machine) are held by a replica at once.
+    slow = [{**step(i), "delay": 10 if i == 1 else 3} for i in range(1, steps + 1)] + [{**text("Done."), "delay": 3}]
+    conversations = {f"work-{g}": slow for g in range(goals_n)}
+    model, runner = ctx.agents(world, conversations, max_goals=goals_n)
+    goals = list(conversations)
+    for name in goals:
+        world.goal(name, retries=1, extra=f"  budget: {{maxCostPerGoal: {GOAL_BUDGET}}}")
+    cut = 0
+    with PodWatch(ctx, ns) as watch:
+        for victim in range(kills):  # replicas die in turn; the last one serves to the end
+            wait_for(lambda: service.in_flight[victim] >= 2, timeout=300, interval=0.02,
+                     description=f"two calls in flight on gateway replica {victim + 1}")
+            replicas[victim].proc.kill()
+            replicas[victim].proc.wait(timeout=10)
+            wait_for(lambda: service.in_flight[victim] == 0, timeout=10, interval=0.05,
+                     description=f"the calls of replica {victim + 1} cut")
+            cut += service.broken[victim]
+        wait_ended(world, goals, timeout=300 if full else 180)
+    row = tally(Row(f"model gateway SIGKILL x{kills}",
+                    f"{len(goals)} goals through {kills + 1} gateway replicas behind one Service; a replica "
+                    f"SIGKILLed with calls in flight, {kills} time{'s' if kills > 1 else ''}"), world, goals)
+    uids = {g: world.get("goal", g)["metadata"]["uid"] for g in goals}
+    answers = sum(answered_calls(model, goals).values())
+    # A goal that finished was answered once per scripted turn (a call cut by a kill was asked again).
+    got = {g: len(conversations[g]) for g in goals if world.phase(g) == "Succeeded"}
+    rows = settle_spend(ctx, uids, got)
+    missing = sum(max(0, n - rows[g][0]) for g, n in got.items())
+    doubled = sum(max(0, rows[g][0] - n) for g, n in got.items())
+    over = {g: round(rows[g][1], 4) for g in goals if rows[g][1] > GOAL_BUDGET}
+    row.kb_rows_lost = missing + doubled
+    row.lost += len(over) if row.lost == 0 else 0
+    row.duplicate_pods = len(watch.duplicates)
+    row.seconds = time.monotonic() - started
+    row.notes = (f"calls cut by the kills {cut}, asked again on another replica; spend rows "
+                 f"{sum(rows[g][0] for g in got)} for the {sum(got.values())} calls answered to the goals that "
+                 f"finished (missing {missing}, doubled {doubled}); the model answered {answers} calls in all; "
+                 f"goals over their ${GOAL_BUDGET} budget {len(over)}{' ' + str(over) if over else ''}, most spent "
+                 f"${max(r[1] for r in rows.values()):.4f}; tracebacks in the surviving gateway "
+                 f"{replicas[kills].log_text().count('Traceback')}")
+    return row
+
+
 # ---- PostgreSQL down ---------------------------------------------------------------------------
 
 
 def postgres_outage(ctx: Context, full: bool) -> Row:
-    """Goals checkpoint, record an approval and their experiences while the knowledge base's
-    PostgreSQL is stopped; once it is back every row they wrote must be there."""
+    """Goals checkpoint, record an approval and their experiences while PostgreSQL is stopped, and
+    call the model through the gateway, whose spend ledger is in the same PostgreSQL (rows queue in
+    its memory meanwhile); once it is back every row they wrote must be there, once."""
     outage = 60 if full else 15
     goals_n = 6 if full else 3
     started = time.monotonic()
     ns = ctx.namespace("postgres-outage")
-    world = ctx.world(ns, ctx.operator(ns, knowledge=True))
+    service, _ = ctx.gateways(1)
+    world = ctx.world(ns, ctx.operator(ns, knowledge=True, env={"OVERSEER_GATEWAY_URL": service.url}))
     world.apply("""
 apiVersion: overseer.dev/v1alpha1
 kind: Capability
@@ -312,16 +406,17 @@ spec: {description: "Deploy", risk: high, command: {run: ["cat"]},
         world.goal(name, retries=2)
     with PodWatch(ctx, ns) as watch:
         wait_for(lambda: all((((world.get("goal", g) or {}).get("status") or {}).get("iteration") or 0) >= 1
-                             for g in goals), timeout=90, description="every goal past its first call")
+                             for g in goals), timeout=240, description="every goal past its first call")
         ctx.postgres.stop()
-        down_at = time.monotonic()
+        down_at, calls_before = time.monotonic(), len(model.requests())
         request = world.wait_phase("approved", "AwaitingApproval", timeout=60)["status"]["pendingApprovals"][0]
         world.kubectl("annotate", "goal", "approved", "-n", ns, f"overseer.dev/approve={request['id']}")
         time.sleep(max(0.0, outage - (time.monotonic() - down_at)))
+        spent_during = len(model.requests()) - calls_before
         ctx.postgres.start()
         wait_ended(world, goals, timeout=240)
-    row = tally(Row("PostgreSQL stopped", f"the knowledge base down {outage} s while {len(goals)} goals ran "
-                    "(one approved during the outage)"), world, goals)
+    row = tally(Row("PostgreSQL stopped", f"the knowledge base and the spend ledger down {outage} s while "
+                    f"{len(goals)} goals ran (one approved during the outage)"), world, goals)
     uids = {g: world.get("goal", g)["metadata"]["uid"] for g in goals}
     ended = [g for g in goals if world.phase(g) in ENDED]
     with psycopg.connect(ctx.postgres.dsn) as db:
@@ -333,13 +428,149 @@ spec: {description: "Deploy", risk: high, command: {run: ["cat"]},
     # Each goal's conversation: the task, then a call and its result per step, then the answer.
     conversation = {g: 1 + 2 * (len(conversations[g]) - 1) + 1 for g in goals}
     lost_messages = sum(max(0, conversation[g] - stored.get(uids[g], 0)) for g in ended)
-    row.kb_rows_lost = len(lost_experiences) + (1 - min(decisions, 1)) + lost_messages
+    # One spend row per model call a goal that finished was answered: one per scripted turn.
+    calls = {g: len(conversations[g]) for g in goals if world.phase(g) == "Succeeded"}
+    rows = settle_spend(ctx, uids, calls)
+    lost_spend = sum(max(0, n - rows[g][0]) for g, n in calls.items())
+    doubled_spend = sum(max(0, rows[g][0] - n) for g, n in calls.items())
+    row.kb_rows_lost = len(lost_experiences) + (1 - min(decisions, 1)) + lost_messages + lost_spend + doubled_spend
     row.duplicate_pods = len(watch.duplicates)
     row.seconds = time.monotonic() - started
     row.notes = (f"experiences {len(ended) - len(lost_experiences)}/{len(ended)}, approval records {decisions}/1, "
-                 f"checkpoint messages {sum(stored.values())}/{sum(conversation[g] for g in ended)}; "
-                 "spend rows: not in this scenario (no gateway)")
+                 f"checkpoint messages {sum(stored.values())}/{sum(conversation[g] for g in ended)}, "
+                 f"spend rows {sum(rows[g][0] for g in calls)}/{sum(calls.values())} (doubled {doubled_spend}; "
+                 f"{spent_during} model calls answered while PostgreSQL was down)")
     return row
+
+
+# ---- PostgreSQL's disk full ----------------------------------------------------------------------
+
+KB_TABLES = ("checkpoints", "checkpoint_messages", "experiences", "decisions", "gateway_spend")
+
+
+def _fill_tablespace(dsn: str, folder: Path) -> int:
+    """Move the written tables onto a tablespace on `folder` (a small disk) and fill it with a table
+    of its own until PostgreSQL refuses (disk_full); returns the bytes the filler took."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute(f"CREATE TABLESPACE small LOCATION '{folder}'")
+        for table in KB_TABLES:
+            db.execute(f"ALTER TABLE {table} SET TABLESPACE small")
+        db.execute("CREATE TABLE filler (x text) TABLESPACE small")
+        db.execute("ALTER TABLE filler ALTER COLUMN x SET STORAGE PLAIN")  # in its pages, not compressed
+        while True:  # 50 rows of about 2 KB a statement
+            try:
+                db.execute("INSERT INTO filler SELECT (SELECT string_agg(md5(random()::text || n || r), '') "
+                           "FROM generate_series(1, 60) n) FROM generate_series(1, 50) r")
+            except psycopg.errors.DiskFull:
+                break
+        # The ledger's last page has room for the rows of minutes: fill it too (rows of no goal), so the
+        # gateway's next row needs a page the disk cannot give.
+        while True:
+            try:
+                db.execute("INSERT INTO gateway_spend (request_id, namespace, agent, goal, goal_uid, pod, model, "
+                           "input_tokens, output_tokens, cache_read_tokens, cache_write_5m_tokens, "
+                           "cache_write_1h_tokens, cost_usd) SELECT 'filler-' || gen_random_uuid(), 'filler', '', "
+                           "'', 'filler', '', '', 0, 0, 0, 0, 0, 0 FROM generate_series(1, 10)")
+            except psycopg.errors.DiskFull:
+                break
+        found = db.execute("SELECT pg_total_relation_size('filler')").fetchone()
+    return int(found[0]) if found else 0
+
+
+def _intact(dsn: str) -> list[str]:
+    """The written tables' B-tree indexes that amcheck finds broken (with what it says, the heap checked
+    against each), and tables that cannot be read through."""
+    broken = []
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        for table in KB_TABLES:
+            for (index,) in db.execute(
+                    "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'btree'",
+                    (table,)).fetchall():
+                try:
+                    db.execute("SELECT bt_index_check(%s::regclass, true)", (index,))
+                except psycopg.Error as e:
+                    broken.append(f"{index}: {str(e).strip()[:120]}")
+            try:
+                db.execute(f"SELECT count(*) FROM {table}")
+            except psycopg.Error as e:
+                broken.append(f"{table}: {str(e).strip()[:120]}")
+    return broken
+
+
+def postgres_disk_full(ctx: Context, full: bool) -> Row:
+    """PostgreSQL's disk fills while goals write checkpoints, experiences and spend rows: the tables
+    they write are moved onto a tablespace on a small tmpfs, which a filler table then fills until
+    PostgreSQL answers disk_full. Writes fail, reads work; after the filler is dropped every queued
+    row must be there once, and amcheck must find the indexes whole."""
+    held = 60 if full else 15
+    goals_n = 4 if full else 2
+    started = time.monotonic()
+    ns = ctx.namespace("postgres-disk-full")
+    service, _ = ctx.gateways(1)
+    world = ctx.world(ns, ctx.operator(ns, knowledge=True, env={"OVERSEER_GATEWAY_URL": service.url}))
+    steps = [step(i, seconds=1.0) for i in range(1, 9)]
+    conversations = {f"work-{g}": [*steps, text("Done.")] for g in range(goals_n)}
+    model, runner = ctx.agents(world, conversations, max_goals=goals_n, spec=WORKSPACE)
+    goals = list(conversations)
+    for name in goals:
+        world.goal(name, retries=1)
+    disk = ctx.workdir / "pg-small"
+    with PodWatch(ctx, ns) as watch:
+        wait_for(lambda: all((((world.get("goal", g) or {}).get("status") or {}).get("iteration") or 0) >= 1
+                             for g in goals), timeout=240, description="every goal past its first call")
+        settle_spend(ctx, {g: world.get("goal", g)["metadata"]["uid"] for g in goals}, {g: 1 for g in goals})
+        with small_disk(disk, "4m"):
+            subprocess.run(["chown", "postgres:postgres", str(disk)], check=True)
+            disk.chmod(0o700)
+            filled = _fill_tablespace(ctx.postgres.dsn, disk)
+            calls_before = len(model.requests())
+            time.sleep(held)
+            spent_during = len(model.requests()) - calls_before
+            refused = _log_lines(ctx, "No space left on device")
+            with psycopg.connect(ctx.postgres.dsn, autocommit=True) as db:
+                db.execute("DROP TABLE filler")
+                db.execute("DELETE FROM gateway_spend WHERE namespace = 'filler'")
+            wait_ended(world, goals, timeout=240)
+            uids = {g: world.get("goal", g)["metadata"]["uid"] for g in goals}
+            calls = {g: len(conversations[g]) for g in goals if world.phase(g) == "Succeeded"}
+            rows = settle_spend(ctx, uids, calls)
+            with psycopg.connect(ctx.postgres.dsn, autocommit=True) as db:
+                experiences = {r[0] for r in db.execute("SELECT goal_uid FROM experiences WHERE namespace = %s",
+                                                        (ns,))}
+                stored = dict(db.execute("SELECT goal_uid, count(*) FROM checkpoint_messages "
+                                         "WHERE goal_uid = ANY(%s) GROUP BY goal_uid", (list(uids.values()),)))
+                for table in KB_TABLES:  # back off the small disk before it goes
+                    db.execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
+                db.execute("DROP TABLESPACE small")
+            broken = _intact(ctx.postgres.dsn)
+    row = tally(Row("PostgreSQL's disk full", f"the tables goals write moved onto a 4 MiB disk, filled until "
+                    f"PostgreSQL answered disk_full, for {held} s while {len(goals)} goals ran; then space "
+                    "freed"), world, goals)
+    ended = [g for g in goals if world.phase(g) in ENDED]
+    conversation = {g: 1 + 2 * (len(conversations[g]) - 1) + 1 for g in goals}
+    lost_experiences = [g for g in ended if uids[g] not in experiences]
+    lost_messages = sum(max(0, conversation[g] - stored.get(uids[g], 0)) for g in ended)
+    lost_spend = sum(max(0, n - rows[g][0]) for g, n in calls.items())
+    doubled_spend = sum(max(0, rows[g][0] - n) for g, n in calls.items())
+    row.kb_rows_lost = len(lost_experiences) + lost_messages + lost_spend + doubled_spend + len(broken)
+    row.duplicate_pods = len(watch.duplicates)
+    row.seconds = time.monotonic() - started
+    row.notes = (f"filler {filled // 1024} KiB; {spent_during} model calls answered while the disk was full; "
+                 f"log lines naming the full disk: {refused}; experiences {len(ended) - len(lost_experiences)}/"
+                 f"{len(ended)}, checkpoint messages {sum(stored.values())}/{sum(conversation[g] for g in ended)}, "
+                 f"spend rows {sum(rows[g][0] for g in calls)}/{sum(calls.values())} (doubled {doubled_spend}); "
+                 f"amcheck: {'; '.join(broken) if broken else 'indexes whole'}")
+    return row
+
+
+def _log_lines(ctx: Context, needle: str) -> str:
+    """How many lines of the agents', the gateways' and the operators' logs hold needle, per kind."""
+    kinds = {"agents": "agents-*/agent-*.log", "gateway": "gateway-*.log", "operator": "operator-*.log"}
+    counts = {kind: sum(f.read_text(errors="replace").count(needle) for f in ctx.workdir.glob(pattern))
+              for kind, pattern in kinds.items()}
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items())
 
 
 # ---- Redis down --------------------------------------------------------------------------------
@@ -399,7 +630,8 @@ def small_disk(folder: Path, size: str) -> Iterator[None]:
 
 def disk_full(ctx: Context, full: bool) -> Row:
     """A goal whose workspace (a 2 MiB disk) fills up: the tool call fails and the model is told, and
-    a checkpoint that cannot be written fails the goal with a reason, never a corrupt checkpoint."""
+    a checkpoint that cannot be written fails the goal WorkspaceFull (the agent's reason, with the
+    workspace and the bytes free), never a corrupt checkpoint."""
     started = time.monotonic()
     ns = ctx.namespace("disk-full")
     world = ctx.world(ns, ctx.operator(ns))
@@ -425,7 +657,7 @@ def disk_full(ctx: Context, full: bool) -> Row:
             folder = runner.claim_folder(claim_name(name)) / ".overseer" / "checkpoints" / uid
             if (folder / "state.json").exists() and not _checkpoint_readable(folder):
                 unreadable.append(name)
-    messages = {g: ((world.get("goal", g) or {}).get("status") or {}).get("message", "")[:120] for g in goals}
+    messages = {g: ((world.get("goal", g) or {}).get("status") or {}).get("message", "")[:240] for g in goals}
     row.duplicate_pods = len(watch.duplicates)
     row.kb_rows_lost = len(unreadable)
     row.seconds = time.monotonic() - started
@@ -436,7 +668,9 @@ def disk_full(ctx: Context, full: bool) -> Row:
 SCENARIOS: dict[str, Callable[[Context, bool], Row]] = {
     "agent-kills": agent_kills,
     "model-faults": model_faults,
+    "gateway-kill": gateway_kill,
     "postgres-outage": postgres_outage,
+    "postgres-disk-full": postgres_disk_full,
     "redis-outage": redis_outage,
     "disk-full": disk_full,
 }

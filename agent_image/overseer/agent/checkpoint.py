@@ -25,6 +25,11 @@ class Checkpoint:
     """When it was saved, where the store knows (the knowledge base does)."""
 
 
+class WorkspaceFull(Exception):
+    """A checkpoint could not be written for want of space in the goal's workspace. The store
+    leaves its last checkpoint as it was; the message names the workspace and the bytes free."""
+
+
 class Checkpoints(Protocol):
     """A goal's checkpoint store, as the loop uses it."""
 

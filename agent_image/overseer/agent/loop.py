@@ -20,7 +20,7 @@ from overseer import approvals
 from overseer.kube import now_iso
 
 from . import backoff, metrics, untrusted
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, WorkspaceFull
 from .gateway_token import exhausted_budget
 from .tools.base import Assessment, ToolContext, ToolRegistry, cap_output, risk_at_least
 from .tools.todo import TodoList
@@ -207,6 +207,13 @@ class AgentLoop:
     # ---- the loop -------------------------------------------------------------------------
 
     async def run(self, task: str) -> Outcome:
+        try:
+            return await self._run(task)
+        except WorkspaceFull as e:
+            # Not retried: the next attempt finds the same workspace, as full.
+            return Outcome(False, str(e), "WorkspaceFull")
+
+    async def _run(self, task: str) -> Outcome:
         await self.resume_or_start(task)
         self._started = time.monotonic()
         while True:
