@@ -82,9 +82,10 @@ def workload(names: list[str], agents: list[str], rng: random.Random, plan: dict
     return bodies
 
 
-def all_goal_names(ctx: Context, ns: str, names: list[str], plan: dict[str, GoalPlan]) -> list[str]:
-    """The goals applied and the sub-goals that were created."""
-    present = goals(ctx.k8s, ns)
+def all_goal_names(ctx: Context, ns: str, names: list[str], plan: dict[str, GoalPlan],
+                   present: dict[str, Any] | None = None) -> list[str]:
+    """The goals applied and the sub-goals that were created (of `present`, when already listed)."""
+    present = goals(ctx.k8s, ns) if present is None else present
     return names + [p.subgoal for p in plan.values() if p.subgoal and p.subgoal in present]
 
 
@@ -260,7 +261,7 @@ def load(ctx: Context, full: bool) -> Row:
             present = goals(ctx.k8s, ns)
         except Exception:  # noqa: BLE001 - count again on the next round
             continue
-        everything = all_goal_names(ctx, ns, names, plan)
+        everything = all_goal_names(ctx, ns, names, plan, present)  # one list per round: thousands of goals
         done = ended(present, everything)
         log(f"load: {len(present)} goals present, {done}/{len(everything)} ended, {ledger.pods_seen} pods, "
             f"operator killed {killed}x, peak RSS {memory.peak_mb:.0f} MB")
