@@ -158,3 +158,29 @@ def test_reconnect_delays_double_and_are_spread_so_watchers_do_not_return_in_ste
         b.reset()
         assert b.next() <= 0.5
     assert len({round(f, 3) for f in firsts}) > 100, "the first retries spread over the interval"
+
+
+@pytest.mark.asyncio
+async def test_a_watch_refused_by_a_busy_api_server_is_tried_again_when_it_asks_without_listing(monkeypatch):
+    from overseer.kube import ApiError
+
+    slept = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds):
+        if seconds != 0.01:  # run_until's own polling
+            slept.append(seconds)
+        await real_sleep(0)
+    monkeypatch.setattr("overseer.operator.informer.asyncio.sleep", sleep)
+    busy = ApiError(429, "TooManyRequests", "too many requests", "WATCH", "/api/v1/pods", retry_after=1.0)
+    starting = ApiError(503, "ServiceUnavailable", "not ready", "WATCH", "/api/v1/pods")
+    kube = FakeKube(lists=[page([obj("a", 5)], 10)],
+                    watches=[[busy], [starting], [{"type": "MODIFIED", "object": obj("a", 12)}]])
+    seen = []
+    informer = Informer(kube, "v1", "pods", Store(), lambda e, raw, old: seen.append(raw["metadata"]["resourceVersion"]))
+    await run_until(informer, kube, lambda: len(seen) == 2)
+    assert seen == ["5", "12"]
+    assert sum(1 for a in kube.asked if a[0] == "LIST") == 1  # no relist for each refusal
+    assert [a[2]["resourceVersion"] for a in kube.asked if a[0] == "WATCH"][:3] == ["10", "10", "10"]
+    assert slept[0] >= 1.0  # the Retry-After of the 429
+    assert 0 < slept[1] <= 1.0  # the backoff's own delay when the server names none

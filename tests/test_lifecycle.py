@@ -47,8 +47,16 @@ def goal(name: str = "fix-ci", phase: str | None = None, spec: dict[str, Any] | 
 
 
 def pod(attempt: int = 1, phase: str = "Running", exit_code: int | None = None, goal_name: str = "fix-ci",
-        created: float = 10, waiting: str | None = None, deleting: bool = False) -> Raw:
+        created: float = 10, waiting: str | None = None, deleting: bool = False,
+        started: float | None = None) -> Raw:
+    """A goal pod; `started`: seconds since its agent container started running (default: at creation
+    when the pod is Running, never when it is Pending)."""
     status: dict[str, Any] = {"phase": phase}
+    if started is None and phase == "Running":
+        started = created
+    if started is not None:
+        status["containerStatuses"] = [{"name": "tools", "state": {"running": {"startedAt": at(created)}}},
+                                       {"name": "agent", "state": {"running": {"startedAt": at(started)}}}]
     if exit_code is not None:
         status["containerStatuses"] = [{"state": {"terminated": {"exitCode": exit_code}}}]
     if waiting is not None:
@@ -145,6 +153,12 @@ def lead_pod(agent_name: str = "coder", owner: str = "uid-lead", phase: str = "R
     return p
 
 
+def dispatched_at(seconds_ago: float) -> Raw:
+    """The condition the operator writes when the goal takes its current pod."""
+    return {"type": "Dispatched", "status": "True", "reason": "PodCreated", "message": "fix-ci-a1",
+            "lastTransitionTime": at(seconds_ago)}
+
+
 REQUEST = {"id": "a-1", "kind": "toolCall", "summary": "kubectl delete ns prod", "requestedAt": at(30)}
 DISPATCH_FIRST = (None, None, (), (), None, 1)
 ANOTHER = goal("other", phase="Running", spec={}, agent="coder")
@@ -213,9 +227,22 @@ TRANSITIONS: list[tuple[str, Raw, list[Raw], World, tuple[Any, ...]]] = [
     ("no heartbeat for longer than the timeout: pod replaced",
      goal(phase="Running", attempt=1, pod="fix-ci-a1", heartbeat=at(301)), [pod(created=900)], World(),
      (None, None, ("fix-ci-a1",), ("HeartbeatLost",), 1.0, None)),
-    ("pod never reported: its creation counts as the last beat",
+    ("pod never reported: its agent's start counts as the last beat",
      goal(phase="Running", attempt=1, pod="fix-ci-a1"), [pod(created=400)], World(),
      (None, None, ("fix-ci-a1",), ("HeartbeatLost",), 1.0, None)),
+    ("pod waited for the scheduler longer than the timeout: its agent has not started, nothing hung",
+     goal(phase="Running", attempt=1, pod="fix-ci-a1"), [pod(phase="Pending", created=900)], World(),
+     ("Running", "Running", (), (), 300, None)),
+    ("agent started recently after a long wait for the scheduler: not replaced",
+     goal(phase="Running", attempt=1, pod="fix-ci-a1"), [pod(created=900, started=30)], World(),
+     ("Running", "Running", (), (), 300, None)),
+    ("agent started long ago, silent since: replaced",
+     goal(phase="Running", attempt=1, pod="fix-ci-a1"), [pod(created=900, started=301)], World(),
+     (None, None, ("fix-ci-a1",), ("HeartbeatLost",), 1.0, None)),
+    ("warm pod's agent idled long before the claim: counted from the claim",
+     goal(phase="Running", attempt=1, pod="fix-ci-a1", conditions=[dispatched_at(20)]),
+     [pod(created=3600, started=3600)], World(),
+     ("Running", "Running", (), (), 300, None)),
     ("recent heartbeat", goal(phase="Running", attempt=1, pod="fix-ci-a1", heartbeat=at(5)), [pod(created=900)], World(),
      ("Running", "Running", (), (), 300, None)),
     ("waiting for a person beats no heartbeat",

@@ -12,17 +12,21 @@ import random
 import re
 import signal
 import subprocess
+import sys
+import threading
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.bench.dispatch import memory_kb
 from e2e.chaos.context import Context
 from e2e.chaos.kubelet import GoalPlan, StandInKubelet, plans
-from e2e.chaos.ledger import PodLedger, goals, tally, wait_ended
+from e2e.chaos.ledger import TERMINAL, PodLedger, goals, tally, wait_ended
 from e2e.chaos.table import Row
 from e2e.harness import OperatorProcess, free_port, http_get, policies_configured, wait_for
 from e2e.world import World
@@ -34,6 +38,10 @@ QUIET = 10  # seconds after a restart in which the API server's LIST calls are c
 
 
 # ---- shared steps ----------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def start_agents(ctx: Context, world: World, count: int, slots: int) -> list[str]:
@@ -74,9 +82,10 @@ def workload(names: list[str], agents: list[str], rng: random.Random, plan: dict
     return bodies
 
 
-def all_goal_names(ctx: Context, ns: str, names: list[str], plan: dict[str, GoalPlan]) -> list[str]:
-    """The goals applied and the sub-goals that were created."""
-    present = goals(ctx.k8s, ns)
+def all_goal_names(ctx: Context, ns: str, names: list[str], plan: dict[str, GoalPlan],
+                   present: dict[str, Any] | None = None) -> list[str]:
+    """The goals applied and the sub-goals that were created (of `present`, when already listed)."""
+    present = goals(ctx.k8s, ns) if present is None else present
     return names + [p.subgoal for p in plan.values() if p.subgoal and p.subgoal in present]
 
 
@@ -151,6 +160,130 @@ def operator_sigkill(ctx: Context, full: bool) -> Row:
                     f"{n} goals (priorities, dependencies, sub-goals, retries) on {agent_count} Agents; the operator "
                     f"SIGKILLed {kills} times at random moments (1-5 s apart) and started again",
                     everything, ledger, started, notes)
+
+
+# ---- 10,000 goals across 100 Agents, the operator SIGKILLed throughout --------------------------------
+
+
+RSS_TARGET_MB = 300
+
+
+class PeakMemory:
+    """The operator's peak resident memory across its restarts: VmHWM of each process, read every
+    second (a SIGKILLed process takes its figure along, so the last second before a kill is the gap)."""
+
+    def __init__(self, op: OperatorProcess, every: float = 1.0):
+        self.op, self.every = op, every
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="operator-rss", daemon=True)
+
+    def start(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def read(self) -> None:
+        pid = self.op.pid
+        try:
+            hwm = memory_kb(pid)["VmHWM"] / 1024 if pid and self.op.running else 0.0
+        except (OSError, KeyError):  # exited between the check and the read
+            return
+        self.peak_mb = max(self.peak_mb, hwm)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.read()
+
+
+def ended(present: dict[str, dict[str, Any]], names: list[str]) -> int:
+    return sum(1 for n in names if ((present.get(n) or {}).get("status") or {}).get("phase") in TERMINAL)
+
+
+def load(ctx: Context, full: bool) -> Row:
+    """Many goals at once (priorities, dependencies, sub-goals, retries) while the operator is
+    SIGKILLed again and again: every goal ends, and the operator's memory stays under the target.
+    Each kill comes 10-40 s after the operator is ready again (its caches filled): with ten thousand
+    goals a restart takes tens of seconds, and a kill during it would only test the restart."""
+    n, agent_count, slots, kills = (10_000, 100, 10, 10) if full else (300, 10, 5, 3)
+    rng = random.Random(2105)
+    started = time.monotonic()
+    ns = ctx.namespace("load")
+    op = ctx.operator(ns)
+    world = ctx.world(ns, op)
+    agents = start_agents(ctx, world, agent_count, slots)
+    names = [f"g-{i:05d}" for i in range(n)]
+    plan = plans(names, rng, subgoal_share=0.01, hold=(0.2, 1.0))
+    ledger = PodLedger(ctx.k8s, ns).start()
+    ctx.on_close(ledger.stop)
+    kubelet = StandInKubelet(ctx.cluster, ctx.k8s, ns, plan).start()
+    ctx.on_close(kubelet.stop)
+    memory = PeakMemory(op).start()
+    ctx.on_close(memory.stop)
+    bodies = workload(names, agents, rng, plan)
+    log(f"load: {agent_count} Agents Ready; creating {n} goals")
+
+    stop_creating = threading.Event()
+    ctx.on_close(stop_creating.set)  # a scenario that fails half way stops creating goals
+
+    def create_all() -> None:
+        for i in range(0, n, 500):
+            if stop_creating.is_set():
+                return
+            create_goals(ctx, ns, bodies[i:i + 500], threads=16)
+    creating = ThreadPoolExecutor(1)
+    created = creating.submit(create_all)
+    downtime, killed, ready_again = 0.0, 0, []
+    next_kill = time.monotonic() + rng.uniform(10, 40)
+    deadline = time.monotonic() + max(600.0, n * 0.6)
+    done, everything, next_count = 0, names, 0.0
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        if killed < kills and time.monotonic() >= next_kill:
+            memory.read()
+            op.kill()
+            down = time.monotonic()
+            time.sleep(rng.uniform(0.0, 1.0))
+            op.start()
+            wait_for(lambda: op.probe("/readyz")[0] == 200, timeout=600, interval=0.5,
+                     description="the restarted operator ready (caches filled)")
+            ready_again.append(time.monotonic() - down)
+            downtime += ready_again[-1]
+            killed += 1
+            next_kill = time.monotonic() + rng.uniform(10, 40)
+        if time.monotonic() < next_count:
+            continue
+        next_count = time.monotonic() + (30 if full else 5)  # a list of every goal costs the API server too
+        try:
+            present = goals(ctx.k8s, ns)
+        except Exception:  # noqa: BLE001 - count again on the next round
+            continue
+        everything = all_goal_names(ctx, ns, names, plan, present)  # one list per round: thousands of goals
+        done = ended(present, everything)
+        log(f"load: {len(present)} goals present, {done}/{len(everything)} ended, {ledger.pods_seen} pods, "
+            f"operator killed {killed}x, peak RSS {memory.peak_mb:.0f} MB")
+        if created.done() and done == len(everything) and killed >= min(kills, 1):
+            break
+    created.result()
+    creating.shutdown()
+    memory.read()
+    memory.stop()
+    notes = [f"{agent_count} Agents x {slots} slots; {len(everything) - n} sub-goals; "
+             f"{sum(1 for b in bodies if b['spec']['dependsOn'])} goals with dependencies; "
+             f"{expected_failures(names, plan)} planned to fail for good; {ledger.pods_seen} pods; operator "
+             f"SIGKILLed {killed} times, ready again {min(ready_again, default=0):.0f}-{max(ready_again, default=0):.0f} s "
+             f"after a kill, down {downtime:.0f} s in all; operator peak RSS {memory.peak_mb:.0f} MB "
+             f"(target {RSS_TARGET_MB} MB)"]
+    row = row_from(ctx, ns, f"load {n:,} goals, operator SIGKILL x{killed}",
+                   f"{n:,} goals (priorities, dependencies, sub-goals, retries) on {agent_count} Agents, created at "
+                   f"once; the operator SIGKILLed {killed} times, each 10-40 s after it was ready again, and started again",
+                   everything, ledger, started, notes)
+    if memory.peak_mb >= RSS_TARGET_MB:
+        raise ScenarioFailed(replace(row, notes=row.notes + f"; RSS over the {RSS_TARGET_MB} MB target"))
+    return row
 
 
 # ---- the leader killed -------------------------------------------------------------------------------
@@ -407,5 +540,6 @@ SCENARIOS: dict[str, Callable[[Context, bool], Row]] = {
     "deadlines": deadlines,
     "leader-kill": leader_kill,
     "etcd-restart": etcd_restart,
+    "load-10k": load,
     "apiserver-restart": apiserver_restart,  # last: the admission policies fail closed for a while after it
 }

@@ -12,6 +12,7 @@ import random
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s
 LABEL_GOAL = "overseer.dev/goal"
 LABEL_ATTEMPT = "overseer.dev/attempt"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+SUBGOAL_LOOK = 1.0  # seconds between reads of a waiting parent's sub-goal
 
 
 @dataclass
@@ -35,46 +37,91 @@ class GoalPlan:
 
 
 class StandInKubelet:
-    """Plays the containers of a namespace's goal pods from plans (goal name -> GoalPlan) until stop()."""
+    """Plays the containers of a namespace's goal pods from plans (goal name -> GoalPlan) until stop().
+
+    It follows the pods with a watch of its own (listing thousands of pods every tick would cost
+    more than the operator under test) and sends the exit-code patches from a small pool, so ten
+    thousand goals end at the pace the operator and kwok set, not this loop's."""
 
     def __init__(self, cluster: Cluster, k8s: K8s, namespace: str, plans: dict[str, GoalPlan],
-                 interval: float = 0.3):
+                 interval: float = 0.3, writers: int = 4):
         self.cluster, self.k8s, self.namespace, self.plans = cluster, k8s, namespace, plans
         self.interval = interval
+        self.pods: dict[str, Any] = {}             # uid -> the latest Running goal pod not yet exited
         self.running_since: dict[str, float] = {}  # pod uid -> when first seen Running
         self.exited: set[str] = set()              # pod uids annotated with their exit code
         self.spawned: set[str] = set()             # goals whose sub-goal was created
+        self.look_again: dict[str, float] = {}     # parent goal -> when to read its sub-goal's phase again
         self.errors = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"stand-in-kubelet-{namespace}", daemon=True)
+        self._lock = threading.Lock()
+        self._writers = ThreadPoolExecutor(writers, thread_name_prefix=f"stand-in-kubelet-{namespace}")
+        self._threads = [threading.Thread(target=self._watch, name=f"stand-in-kubelet-watch-{namespace}", daemon=True),
+                         threading.Thread(target=self._loop, name=f"stand-in-kubelet-{namespace}", daemon=True)]
 
     def start(self) -> "StandInKubelet":
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=15)
+        for t in self._threads:
+            t.join(timeout=15)
+        self._writers.shutdown(wait=True, cancel_futures=True)
+
+    def _error(self, e: Exception) -> None:
+        self.errors += 1
+        if self.errors % 50 == 1:
+            print(f"stand-in kubelet {self.namespace}: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def _see(self, pod: Any, deleted: bool = False) -> None:
+        uid = pod.metadata.uid
+        with self._lock:
+            if deleted or pod.status.phase != "Running" or pod.metadata.deletion_timestamp or uid in self.exited \
+                    or EXIT_CODE_ANNOTATION in (pod.metadata.annotations or {}):
+                self.pods.pop(uid, None)
+            else:
+                self.pods[uid] = pod
+
+    def _watch(self) -> None:
+        from kubernetes import watch
+
+        core = self.k8s.core
+        while not self._stop.is_set():
+            try:
+                listed = core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL)
+                present = {p.metadata.uid for p in listed.items}
+                with self._lock:  # deleted while the watch was down
+                    self.pods = {u: p for u, p in self.pods.items() if u in present}
+                for pod in listed.items:
+                    self._see(pod)
+                w = watch.Watch()
+                for event in w.stream(core.list_namespaced_pod, self.namespace, label_selector=LABEL_GOAL,
+                                      resource_version=listed.metadata.resource_version, timeout_seconds=30,
+                                      _request_timeout=40):
+                    self._see(event["object"], deleted=event["type"] == "DELETED")
+                    if self._stop.is_set():
+                        w.stop()
+                        break
+            except Exception as e:  # noqa: BLE001 - the API server may be restarting; list again
+                self._error(e)
+                self._stop.wait(0.5)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self._tick()
             except Exception as e:  # noqa: BLE001 - the API server may be restarting; keep going
-                self.errors += 1
-                if self.errors % 50 == 1:
-                    print(f"stand-in kubelet {self.namespace}: {type(e).__name__}: {e}", file=sys.stderr)
+                self._error(e)
             self._stop.wait(self.interval)
 
     def _tick(self) -> None:
-        pods = self.k8s.core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL).items
-        goals: dict[str, Any] | None = None
         now = time.monotonic()
+        with self._lock:
+            pods = list(self.pods.values())
         for pod in pods:
             uid, goal = pod.metadata.uid, pod.metadata.labels[LABEL_GOAL]
-            if pod.status.phase != "Running" or pod.metadata.deletion_timestamp or uid in self.exited \
-                    or EXIT_CODE_ANNOTATION in (pod.metadata.annotations or {}):
-                continue
             plan = self.plans.get(goal, GoalPlan())
             since = self.running_since.setdefault(uid, now)
             if plan.subgoal:
@@ -82,17 +129,48 @@ class StandInKubelet:
                     self._spawn(pod, goal, plan.subgoal)
                     self.spawned.add(goal)
                     continue
-                if goals is None:
-                    goals = {g["metadata"]["name"]: g for g in self.k8s.custom.list_namespaced_custom_object(
-                        "overseer.dev", "v1alpha1", self.namespace, "goals")["items"]}
-                if ((goals.get(plan.subgoal) or {}).get("status") or {}).get("phase") not in TERMINAL:
+                if now < self.look_again.get(goal, 0.0):
+                    continue
+                self.look_again[goal] = now + SUBGOAL_LOOK
+                if self._phase(plan.subgoal) not in TERMINAL:
                     continue  # the parent waits for its sub-goal, as spawn_subgoal's caller does
             elif now - since < plan.hold:
                 continue
             code = plan.exit_code(int(pod.metadata.labels.get(LABEL_ATTEMPT, "1")))
-            self.k8s.core.patch_namespaced_pod(pod.metadata.name, self.namespace,
+            with self._lock:
+                self.exited.add(uid)
+                self.pods.pop(uid, None)
+            self._writers.submit(self._exit, pod.metadata.name, uid, code)
+
+    def _exit(self, name: str, uid: str, code: int) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.k8s.core.patch_namespaced_pod(name, self.namespace,
                                                {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: str(code)}}})
-            self.exited.add(uid)
+        except ApiException as e:
+            if e.status == 404:  # deleted meanwhile
+                return
+            self._retry(uid, e)
+        except Exception as e:  # noqa: BLE001 - the API server may be restarting
+            self._retry(uid, e)
+
+    def _retry(self, uid: str, e: Exception) -> None:
+        """The patch failed: play the pod again on its next watch event or tick."""
+        self._error(e)
+        with self._lock:
+            self.exited.discard(uid)
+
+    def _phase(self, goal: str) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            g = self.k8s.custom.get_namespaced_custom_object("overseer.dev", "v1alpha1", self.namespace, "goals", goal)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return (g.get("status") or {}).get("phase")
 
     def _spawn(self, pod: Any, parent: str, name: str) -> None:
         """Create the sub-goal as the parent's agent would: with a token of the pod's ServiceAccount."""

@@ -14,6 +14,9 @@ from enum import IntEnum, StrEnum
 COMMAND = "overseer-agent"
 """The agent image's entry point."""
 
+AGENT_CONTAINER = "agent"
+"""The goal pod's container that runs COMMAND; the heartbeat timeout counts from its start."""
+
 TOOLS_COMMAND = "overseer-tools"
 """The entry point of the goal pod's tools container (same image): it runs the tools' processes."""
 

@@ -14,7 +14,7 @@ import random
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -93,11 +93,21 @@ def load_credentials() -> StaticCredentials:
 class ApiError(Exception):
     """A non-2xx answer from the API server, with its status and message."""
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds the server asked to wait (429, 503), if it said
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """A Retry-After header in seconds (the API server sends whole seconds with 429 and 503)."""
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
 
 
 def path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
@@ -236,7 +246,7 @@ class Kube:
                         reason, message = status.get("reason", ""), status.get("message", text)
                     except (ValueError, AttributeError):
                         reason, message = resp.reason or "", text
-                    raise ApiError(resp.status, reason, message, method, url_path)
+                    raise ApiError(resp.status, reason, message, method, url_path, retry_after(resp.headers))
                 return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")
 
@@ -292,7 +302,8 @@ class Kube:
         async with session.get(self._server + url_path, params=query,
                                timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_READ_SECONDS)) as resp:
             if resp.status >= 300:
-                raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path)
+                raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path,
+                               retry_after(resp.headers))
             async for line in resp.content:
                 if line.strip():
                     yield orjson.loads(line)

@@ -29,6 +29,7 @@ Handler = Callable[[str, Raw, "Raw | None"], None]
 PAGE_SIZE = 500
 WATCH_SECONDS = (240, 300)  # the server ends each watch in this range: spread the reconnects
 MAX_BACKOFF = 30.0
+COME_BACK_LATER = {429, 503}  # statuses of an API server starting up or shedding load
 
 
 class Expired(Exception):
@@ -86,6 +87,17 @@ class Informer:
                         self._errors.inc()
                         logger.info("%s: watch interrupted (%s); resuming from %s", self, e, self.version)
                         await asyncio.sleep(backoff.next())
+                    except ApiError as e:
+                        if e.status not in COME_BACK_LATER:
+                            raise
+                        # A starting or overloaded API server: watch again from the same version when
+                        # it asks; listing again would be the heaviest request it could get now.
+                        self._progress(str(e))
+                        self._errors.inc()
+                        delay = max(backoff.next(), e.retry_after or 0.0)
+                        logger.info("%s: watch refused (%s %s); watching again in %.1fs", self, e.status, e.reason,
+                                    delay)
+                        await asyncio.sleep(delay)
             except Expired:
                 self._progress()
                 logger.info("%s: resourceVersion expired; listing again", self)
@@ -94,7 +106,7 @@ class Informer:
             except Exception as e:  # noqa: BLE001 - keep the cache alive through any API trouble
                 self._progress(str(e))
                 self._errors.inc()
-                delay = backoff.next()
+                delay = max(backoff.next(), getattr(e, "retry_after", None) or 0.0)
                 logger.warning("%s: %s; listing again in %.1fs", self, e, delay)
                 await asyncio.sleep(delay)
 

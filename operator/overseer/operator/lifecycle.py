@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from overseer.api import Agent, Goal, Phase, parse_duration, queue_key
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT
 from overseer.approvals import APPROVE, DENY, decision
-from overseer.contract import ExitCode
+from overseer.contract import AGENT_CONTAINER, ExitCode
 from overseer.kube import parse_time
 
 from . import dispatch, subgoals, trust
@@ -292,7 +292,7 @@ def running(goal: Goal, raw: Raw, pod: Raw, attempt: int, agent_name: str | None
         phase, reason = Phase.RUNNING, "Running"
         message = running_message(attempt, pod_name, agent_name)
     timeout = settings.heartbeat_timeout_seconds
-    beat = status.get("heartbeat") or pod["metadata"].get("creationTimestamp")
+    beat = status.get("heartbeat") or agent_started(raw, pod)
     if timeout and not pending and beat and (now - parse_time(beat)).total_seconds() > timeout:
         return Decision(events=(Event("Warning", HEARTBEAT_LOST,
                                       f"no heartbeat from pod {pod_name} since {beat}; replacing it"),),
@@ -309,6 +309,20 @@ def running(goal: Goal, raw: Raw, pod: Raw, attempt: int, agent_name: str | None
         next_look = min(next_look, timeout) if next_look else timeout
     return Decision(status=Transition(phase, reason, message, tuple(conditions), fields=fields), approvals=True,
                     requeue=next_look)
+
+
+def agent_started(raw: Raw, pod: Raw) -> str | None:
+    """When the pod's agent could first have beaten: its container's start, or when the goal took
+    the pod if that came later (a warm pod's agent idles before its claim). None while the container
+    has not started: a pod waiting for the scheduler or its image has no agent to be hung."""
+    started = next(((cs.get("state") or {}).get("running", {}).get("startedAt")
+                    for cs in (pod.get("status") or {}).get("containerStatuses") or []
+                    if cs.get("name") == AGENT_CONTAINER), None)
+    if not started:
+        return None
+    taken = next((c.get("lastTransitionTime") for c in (raw.get("status") or {}).get("conditions") or []
+                  if c.get("type") == "Dispatched" and c.get("status") == "True"), None)
+    return str(max(started, taken, key=parse_time) if taken else started)
 
 
 def resolve_agent(goal: Goal, raw: Raw, cluster: Cluster) -> tuple[Raw | None, str]:

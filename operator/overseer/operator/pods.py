@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from overseer.api import Agent, Capability, Goal, gateway
-from overseer.contract import AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env, capability_env, secret_env
+from overseer.contract import AGENT_CONTAINER, AGENT_UID, COMMAND, TOOLS_COMMAND, TOOLS_SOCKET, WORKSPACE, Env, capability_env, secret_env
 from overseer.api.meta import LABEL_AGENT, LABEL_ATTEMPT, LABEL_GOAL, LABEL_MANAGED_BY, LABEL_WARM, MANAGED_BY
 
 from .agent_resources import child_name, owner_reference
@@ -146,7 +146,7 @@ def _render(agent: Agent, settings: Settings, capabilities: Iterable[Capability]
         "volumeMounts": [*workspace_mounts, {"name": "tools-tmp", "mountPath": "/tmp"}, socket_mount],
     }
     container = {
-        "name": "agent",
+        "name": AGENT_CONTAINER,
         "image": agent.spec.image or settings.agent_image,
         "command": [COMMAND],
         "env": env,

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
     """Upper bound of the retry delay."""
     heartbeat_timeout_seconds: float = Field(default=300.0, ge=0)
-    """A running goal whose agent has not reported for this long gets its pod replaced; 0 = never."""
+    """A running goal whose agent has not reported for this long, counted from the agent container's
+    start, gets its pod replaced; 0 = never."""
     secret_recheck_seconds: float = Field(default=30.0, gt=0)
     """How soon an Agent whose API key Secret is missing is checked again (Secrets are not watched)."""
     mcp_probe_timeout_seconds: float = Field(default=10.0, gt=0)
