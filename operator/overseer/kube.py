@@ -98,6 +98,8 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+        self.method = method
+        self.path = path
 
 
 def path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
