@@ -69,3 +69,18 @@ spec: {hard: {count/networkpolicies.networking.k8s.io: "1"}}
     world.kubectl("delete", "resourcequota", "team-limits", "-n", world.ns)
     world.wait_condition("agent", "reviewer", "Ready", "True", timeout=90)
     world.running_pod("blocked")
+
+
+def test_a_capability_quoting_a_megabyte_of_its_spec_still_gets_its_condition(world: World) -> None:
+    """spec.inputSchema is free-form, so the API server takes a megabyte string in it. The
+    operator's message quoted the bad value whole, in Ready and in Stalled: the status write
+    came to 3 MB, etcd refused every one, and the Capability never showed why it was unusable."""
+    big = "x" * 1_000_000
+    world.kubectl("create", "-n", world.ns, "-f", "-", input=json.dumps({
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Capability", "metadata": {"name": "huge"},
+        "spec": {"description": "Run the tests", "command": {"run": ["pytest"]},
+                 "inputSchema": {"type": "object", "properties": {"path": {"type": big}}}}}))
+    ready = world.wait_condition("capability", "huge", "Ready", "False", "InvalidInputSchema", timeout=60)
+    assert ready["message"].startswith("spec.inputSchema is not a valid JSON Schema: 'xxx")
+    assert "characters left out" in ready["message"] and len(ready["message"]) <= 1024
+    assert not [e for e in world.events("huge") if e["reason"] == "ReconcileFailed"]
