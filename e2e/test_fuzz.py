@@ -309,6 +309,7 @@ def healthy(obj: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
 
 
+@pytest.mark.timeout(max(600, BATCHES * (6 * LIVE_EXAMPLES + SETTLE_S + QUIET_S + 3 * CANARY_S)))
 def test_fuzzed_objects_created_with_the_operator_running_are_reported_and_stall_nothing(
     cluster: Any, crds: list[str], admission_policies: list[str], k8s: Any, kubectl: Any, operator: Any
 ) -> None:
@@ -327,6 +328,7 @@ def test_fuzzed_objects_created_with_the_operator_running_are_reported_and_stall
     counts: Counter[str] = Counter()
     problems: list[str] = []
     created: list[str] = []
+    canary_s: list[float] = []
 
     def namespace(suffix: str) -> str:
         ns = harness.create_namespace(k8s, f"{base}-{suffix}")
@@ -353,6 +355,7 @@ def test_fuzzed_objects_created_with_the_operator_running_are_reported_and_stall
         harness.wait_for(lambda: healthy(k8s.custom.get_namespaced_custom_object(
             "overseer.dev", "v1alpha1", canary_ns, "agents", "canary")), timeout=60, description="canary Agent Ready")
         idle = run_canary(canary_ns, "canary-idle")
+        canary_s.append(idle)
 
         for batch in range(BATCHES):
             ns = namespace(f"b{batch}")
@@ -378,6 +381,7 @@ def test_fuzzed_objects_created_with_the_operator_running_are_reported_and_stall
 
                 one()
             took = run_canary(canary_ns, f"canary-{batch}")
+            canary_s.append(took)
             assert took < CANARY_S, f"canary goal took {took:.0f} s beside batch {batch} (idle: {idle:.0f} s)"
 
             def get(plural: str, name: str) -> dict[str, Any]:
@@ -423,6 +427,7 @@ def test_fuzzed_objects_created_with_the_operator_running_are_reported_and_stall
             harness.delete_namespace(k8s, ns)
         print(f"\nbad input stored with the operator running: tried {counts['tried']}, rejected {counts['rejected']}, "
               f"accepted {counts['accepted']}, reported {counts['reported']}, crashed {len(problems)}; "
+              f"canary goal {', '.join(f'{t:.1f}' for t in canary_s)} s (idle first); "
               f"most writes to one object {max(writes.counts.values(), default=0)}; reconciles "
               f"{reconciles(metrics_port) if op.running else 'operator down'}")
     hot = [f"{key}: {n} writes" for key, n in writes.counts.items() if n > WRITES_PER_OBJECT and key[1] != canary_ns]
