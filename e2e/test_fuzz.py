@@ -103,9 +103,11 @@ def tally() -> Any:
 NOT_CHECKED = "some validation rules were not checked"
 
 
-def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any], tries: int = 3,
-                   store: bool = False) -> tuple[bool, dict[str, Any]]:
+def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any], tries: int = 5,
+                   store: bool = False, timed_out: bool = False) -> tuple[bool, dict[str, Any]]:
     """(accepted, the API server's answer) for a create that stores nothing (or, with store, does)."""
+    import time
+
     from kubernetes.client.rest import ApiException
 
     try:
@@ -121,7 +123,11 @@ def dry_run_create(k8s: Any, namespace: str, obj: dict[str, Any], tries: int = 3
         return True, answer
     except ApiException as e:
         if e.status == 504 and tries > 1:  # a megabyte manifest on a busy 2-core machine
-            return dry_run_create(k8s, namespace, obj, tries - 1, store)
+            time.sleep(2)
+            return dry_run_create(k8s, namespace, obj, tries - 1, store, timed_out=True)
+        if e.status == 409 and store and timed_out:  # the create that timed out was stored after all
+            return True, k8s.custom.get_namespaced_custom_object(
+                "overseer.dev", "v1alpha1", namespace, PLURALS[obj["kind"]], obj["metadata"]["name"])
         if e.status not in (400, 422):
             raise
         return False, json.loads(e.body) if e.body else {}
