@@ -16,7 +16,7 @@ help:
 	@echo "make lint          ruff, mypy and the import contracts (pyproject.toml); CI runs it before the tests"
 	@echo "make cluster       build (first time ~8 min) and start the local control plane"
 	@echo "make cluster-down  stop it; nothing keeps running"
-	@echo "make fuzz          e2e/test_fuzz.py at length: generated and broken Agents, Goals, Capabilities ($(FUZZ_EXAMPLES) per kind)"
+	@echo "make fuzz          e2e/test_fuzz.py at length: generated and broken Agents, Goals, Capabilities ($(FUZZ_EXAMPLES) per kind dry-run; $(FUZZ_BATCHES) batches of $(FUZZ_LIVE_EXAMPLES) per kind stored with the operator running)"
 	@echo "make chaos         the fault table at full size (python -m e2e.chaos --full) into docs/reliability.md"
 	@echo "make chaos-smoke   every fault scenario reduced (a few minutes), printed only"
 	@echo "make crds          regenerate crds/ from the API models"
@@ -62,10 +62,14 @@ e2e: venv cluster-build helm-build tools-build
 prerequisites:
 	@tests/prerequisites.sh
 
-# Bad input at length: e2e/test_fuzz.py with 1,000 examples per kind instead of the suite's few.
+# Bad input at length: e2e/test_fuzz.py with 1,000 examples per kind instead of the suite's few,
+# and 10 namespaces of 50 per kind stored for real with the operator running instead of 2 of 8.
 FUZZ_EXAMPLES ?= 1000
+FUZZ_BATCHES ?= 10
+FUZZ_LIVE_EXAMPLES ?= 50
 fuzz: venv cluster-build
-	OVERSEER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -s e2e/test_fuzz.py
+	OVERSEER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) OVERSEER_FUZZ_BATCHES=$(FUZZ_BATCHES) \
+	OVERSEER_FUZZ_LIVE_EXAMPLES=$(FUZZ_LIVE_EXAMPLES) $(BIN)/pytest -s e2e/test_fuzz.py
 
 # The fault table: operator, leader, kube-apiserver and etcd killed or restarted under load, and the
 # rest of e2e/chaos; exits non-zero when a goal was lost or run twice. e2e/test_chaos.py runs it reduced.

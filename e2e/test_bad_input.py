@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+from e2e.harness import wait_for
 from e2e.world import World
 
 
@@ -29,3 +30,57 @@ def test_status_times_with_fractions_and_offsets_do_not_stop_a_goal(world: World
     world.finish("canary", 0)
     world.wait_phase("canary", "Succeeded")
     assert not [e for e in world.events("slow") if e["reason"] == "ReconcileFailed"]
+
+
+def test_a_quota_that_leaves_no_room_for_an_agents_objects_is_reported_with_the_fix(world: World) -> None:
+    """A ResourceQuota the user set refuses the NetworkPolicy the operator makes for a new Agent:
+    every reconcile of that Agent fails the same way. After three, a Warning Event ReconcileFailed
+    on the Agent names it, the object refused and the quota to change; goals of the other Agent go on,
+    and once the quota is gone the Agent becomes Ready."""
+    world.agent("coder")
+    world.wait_condition("agent", "coder", "Ready", "True")
+    world.apply("""
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: team-limits}
+spec: {hard: {count/networkpolicies.networking.k8s.io: "1"}}
+""")
+    # the quota controller has counted coder's NetworkPolicy: from now on a second one is refused
+    wait_for(lambda: ((world.get("resourcequota", "team-limits") or {}).get("status") or {}).get("used"),
+             timeout=60, description="ResourceQuota team-limits counted")
+    world.agent("reviewer")
+    world.goal("blocked", agent="reviewer")
+
+    def reported() -> dict | None:
+        return next((e for e in world.events("reviewer") if e["reason"] == "ReconcileFailed"), None)
+    event = wait_for(reported, timeout=60, description="a ReconcileFailed Event on Agent reviewer")
+    assert event["type"] == "Warning"
+    message = event["message"]
+    assert message.startswith(f"Agent {world.ns}/reviewer: reconcile failed 3 times in a row"), message
+    assert "networkpolicies/overseer-agent-reviewer" in message and "exceeded quota: team-limits" in message
+    assert f"to fix it, raise or remove ResourceQuota team-limits in namespace {world.ns}" in message
+    assert not [e for e in world.events("coder") if e["reason"] == "ReconcileFailed"]
+
+    world.goal("canary")
+    world.finish("canary", 0)
+    world.wait_phase("canary", "Succeeded")
+    assert world.phase("blocked") == "Pending"
+
+    world.kubectl("delete", "resourcequota", "team-limits", "-n", world.ns)
+    world.wait_condition("agent", "reviewer", "Ready", "True", timeout=90)
+    world.running_pod("blocked")
+
+
+def test_a_capability_quoting_a_megabyte_of_its_spec_still_gets_its_condition(world: World) -> None:
+    """spec.inputSchema is free-form, so the API server takes a megabyte string in it. The
+    operator's message quoted the bad value whole, in Ready and in Stalled: the status write
+    came to 3 MB, etcd refused every one, and the Capability never showed why it was unusable."""
+    big = "x" * 1_000_000
+    world.kubectl("create", "-n", world.ns, "-f", "-", input=json.dumps({
+        "apiVersion": "overseer.dev/v1alpha1", "kind": "Capability", "metadata": {"name": "huge"},
+        "spec": {"description": "Run the tests", "command": {"run": ["pytest"]},
+                 "inputSchema": {"type": "object", "properties": {"path": {"type": big}}}}}))
+    ready = world.wait_condition("capability", "huge", "Ready", "False", "InvalidInputSchema", timeout=60)
+    assert ready["message"].startswith("spec.inputSchema is not a valid JSON Schema: 'xxx")
+    assert "characters left out" in ready["message"] and len(ready["message"]) <= 1024
+    assert not [e for e in world.events("huge") if e["reason"] == "ReconcileFailed"]

@@ -14,8 +14,8 @@ from overseer.agent.tools.selfmod import ProposeLesson, ProposeScriptTool
 from overseer.agent.tools.subgoal import SpawnSubgoal
 from overseer.api import parse_duration
 from overseer.contract import BUILTIN_TOOLS
-from overseer.kube import parse_time
-from overseer.operator.failures import REASON, REPEATS_BEFORE_EVENT, reported
+from overseer.kube import ApiError, parse_time
+from overseer.operator.failures import REASON, REPEATS_BEFORE_EVENT, describe, reported
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -167,3 +167,57 @@ def test_a_loop_of_parents_ends_the_depth_count() -> None:
     goals = {"a": {"metadata": {"name": "a"}, "spec": {"parent": "b"}},
              "b": {"metadata": {"name": "b"}, "spec": {"parent": "a"}}}
     assert subgoals.depth(goals["a"], goals.get) == 2
+
+
+def failing_write(message: str, status: int = 403) -> ApiError:
+    return ApiError(status, "Forbidden", message, "PATCH",
+                    "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/overseer-agent-coder"
+                    "?fieldManager=overseer-operator&force=true")
+
+
+AGENT_RAW = {"kind": "Agent", "metadata": {"name": "coder", "namespace": "team-a"}}
+
+
+@pytest.mark.parametrize("message,fix", [
+    ('networkpolicies.networking.k8s.io "overseer-agent-coder" is forbidden: exceeded quota: team-limits, requested: '
+     'count/networkpolicies.networking.k8s.io=1, used: count/networkpolicies.networking.k8s.io=1, limited: '
+     'count/networkpolicies.networking.k8s.io=1',
+     "raise or remove ResourceQuota team-limits in namespace team-a"),
+    ("networkpolicies.networking.k8s.io \"overseer-agent-coder\" is forbidden: ValidatingAdmissionPolicy "
+     "'no-egress' with binding 'no-egress-team-a' denied request: egress is not allowed",
+     "change ValidatingAdmissionPolicy no-egress (binding no-egress-team-a)"),
+    ('admission webhook "policy.example.com" denied the request: nope',
+     "change admission webhook policy.example.com"),
+    ('networkpolicies.networking.k8s.io "overseer-agent-coder" is forbidden: User '
+     '"system:serviceaccount:overseer-system:overseer" cannot patch resource "networkpolicies"',
+     "grant the operator's ServiceAccount (User \"system:serviceaccount:overseer-system:overseer\")"),
+])
+def test_a_refused_write_is_described_with_its_object_and_the_fix(message: str, fix: str) -> None:
+    text = describe(failing_write(message), AGENT_RAW)
+    assert text.startswith("the API server refused to write networkpolicies/overseer-agent-coder (403 Forbidden): ")
+    assert message in text and f"to fix it, {fix}" in text
+
+
+def test_a_refusal_with_no_known_fix_carries_the_servers_words() -> None:
+    text = describe(failing_write('spec.egress[0].to[0].ipBlock.cidr: Invalid value: "x"', 422), AGENT_RAW)
+    assert "ipBlock.cidr: Invalid value" in text and "to fix it" not in text
+    assert describe(OverflowError("date value out of range"), AGENT_RAW) == "OverflowError: date value out of range"
+
+
+def test_the_event_names_the_object_and_what_failed() -> None:
+    recorder = Recorder()
+
+    async def reconcile(key: str) -> float | None:
+        raise failing_write("forbidden: exceeded quota: team-limits, requested: count/networkpolicies=1")
+
+    run = reported(reconcile, lambda key: AGENT_RAW, recorder)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for _ in range(REPEATS_BEFORE_EVENT):
+            with pytest.raises(ApiError):
+                await run("coder")
+
+    asyncio.run(main())
+    [(type_, reason, message)] = recorder.events
+    assert message.startswith("Agent team-a/coder: reconcile failed 3 times in a row")
+    assert "networkpolicies/overseer-agent-coder" in message and "ResourceQuota team-limits" in message

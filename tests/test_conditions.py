@@ -57,3 +57,24 @@ def test_a_spec_error_stalls_and_readiness_clears_both() -> None:
     stalled = summarize([], False, "InvalidInputSchema", "spec.inputSchema is not valid", 2, stalled=True)
     assert kinds(stalled) == {"Ready": ("False", "InvalidInputSchema"), "Stalled": ("True", "InvalidInputSchema")}
     assert kinds(summarize(stalled, True, "Valid", "ok", 3)) == {"Ready": ("True", "Valid")}
+
+
+def test_a_message_quoting_a_megabyte_field_is_cut_to_a_status_that_fits() -> None:
+    """A Capability whose inputSchema holds a megabyte string: the validator's message quotes it, and
+    in Ready and Stalled it took the object past etcd's limit, so no status write ever went through."""
+    from overseer.api import Capability
+    from overseer.operator.capabilities import validate
+    from overseer.operator.conditions import MESSAGE_MAX
+
+    cap = Capability.model_validate({"metadata": {"name": "pytest", "namespace": "team-a"}, "spec": {
+        "description": "Run the tests", "command": {"run": ["pytest"]},
+        "inputSchema": {"type": "object", "properties": {"path": {"type": "x" * 1_000_000}}}}})
+    ready, reason, message = validate(cap, exists=lambda n: True, requires_of=lambda n: [])
+    assert (ready, reason) == (False, "InvalidInputSchema")
+    conds = summarize([], ready, reason, message, 1, stalled=True)
+    assert {c["type"] for c in conds} == {"Ready", "Stalled"}
+    for c in conds:
+        assert len(c["message"]) <= MESSAGE_MAX
+        assert c["message"].startswith("spec.inputSchema is not a valid JSON Schema: 'xxx")
+        assert c["message"].endswith(f"... ({len(message) - (MESSAGE_MAX - 40):,} characters left out)")
+    assert summarize([], False, "Short", "a short message", 1)[0]["message"] == "a short message"

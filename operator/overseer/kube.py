@@ -99,6 +99,8 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+        self.method = method
+        self.path = path
         self.retry_after = retry_after  # seconds the server asked to wait (429, 503), if it said
 
 

@@ -8,9 +8,24 @@ from overseer.api import Phase
 from overseer.kube import now_iso
 
 
+# A message quotes what it found wrong, and a spec may hold a megabyte in a free-form field
+# (spec.inputSchema): quoted whole, in three conditions, it would take the object past etcd's
+# 2 MiB and every status write after it would fail.
+MESSAGE_MAX = 1024
+
+
+def shorten(message: str, limit: int = MESSAGE_MAX) -> str:
+    """The message, cut to `limit` characters saying how many were left out."""
+    if len(message) <= limit:
+        return message
+    kept = limit - 40  # room for the note
+    return f"{message[:kept]}... ({len(message) - kept:,} characters left out)"
+
+
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | str, reason: str,
                   message: str = "", generation: int | None = None) -> list[dict[str, Any]]:
     """A new conditions list with type_ set; lastTransitionTime moves only when status changes."""
+    message = shorten(message)
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     old = next((c for c in conditions if c.get("type") == type_), None)
     changed = old is None or old.get("status") != status_text

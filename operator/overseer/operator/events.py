@@ -33,6 +33,8 @@ from prometheus_client import Counter
 
 from overseer.kube import ApiError, Kube, now_iso, path
 
+from .conditions import shorten
+
 logger = logging.getLogger(__name__)
 
 DROPPED = Counter("overseer_events_dropped_total", "Events not posted because too many were waiting")
@@ -68,7 +70,7 @@ def event_body(obj: Raw, type_: str, reason: str, message: str, component: str) 
             "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": name,
             "namespace": meta.get("namespace"), "uid": meta.get("uid"),
         },
-        "type": type_, "reason": reason, "message": message[:1024],
+        "type": type_, "reason": reason, "message": shorten(message),
         "source": {"component": component},
         "reportingComponent": component, "reportingInstance": component,
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,

@@ -20,7 +20,7 @@ from overseer.api.meta import LABEL_ATTEMPT, LABEL_GOAL
 
 from . import dispatch, lifecycle, trust
 from .capabilities import needed
-from .conditions import condition, same_conditions, set_condition, summarize_goal
+from .conditions import condition, same_conditions, set_condition, shorten, summarize_goal
 from . import metrics
 from .lifecycle import WAITING_FOR_SLOT, Decision
 from .modification_store import ModificationStore, approved_requests, describe
@@ -95,6 +95,7 @@ class GoalReconciler:
                      conditions: Sequence[tuple[str, bool, str, str]] = (), event_type: str = "Normal",
                      **fields: Any) -> None:
         """Write the goal's status (only what changed) and an Event when the phase moves."""
+        message = shorten(message)  # as stored, so that an unchanged message compares equal
         status = raw.get("status") or {}
         ns, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
         generation = raw["metadata"].get("generation")
