@@ -60,6 +60,8 @@ def test_goals_go_on_without_redis_and_their_event_stream_resumes(ctx: Context) 
     print(markdown([row]))
     assert row.ok and row.finished == row.goals_in, row
     assert "during the outage 3/3" in row.notes, row.notes
+    carried = re.search(r"the goal's end after Redis returned (\d+)/(\d+)", row.notes)
+    assert carried and int(carried[2]) >= 1 and carried[1] == carried[2], row.notes
 
 
 def test_a_full_workspace_disk_fails_with_a_reason_and_leaves_a_readable_checkpoint(ctx: Context) -> None:
