@@ -778,6 +778,15 @@ def find_py_spy() -> str | None:
 
 # ---- main --------------------------------------------------------------------------------------
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """--variant NOTE:NAME=VALUE[,NAME=VALUE...] as (note, environment)."""
+    note, _, assignments = text.partition(":")
+    pairs = [a.partition("=") for a in assignments.split(",") if a]
+    if not note or not pairs or any(not name or not eq for name, eq, _ in pairs):
+        raise ValueError(f"--variant {text!r}: expected NOTE:NAME=VALUE[,NAME=VALUE...], e.g. before:PYTHONPATH=/tmp/old")
+    return note, {name: value for name, _, value in pairs}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m e2e.bench.dispatch", description=__doc__.splitlines()[0])
@@ -812,13 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
-    variants: list[tuple[str, dict[str, str]]] = []
-    for text in args.variant:
-        note, _, assignments = text.partition(":")
-        pairs = [a.partition("=") for a in assignments.split(",") if a]
-        if not note or not pairs or any(not name or not eq for name, eq, _ in pairs):
-            p.error(f"--variant {text!r}: expected NOTE:NAME=VALUE[,NAME=VALUE...], e.g. before:PYTHONPATH=/tmp/old")
-        variants.append((note, {name: value for name, _, value in pairs}))
+    try:
+        variants = [parse_variant(text) for text in args.variant]
+    except ValueError as e:
+        p.error(str(e))
     py_spy = find_py_spy() if args.profile else None
     if args.profile and not py_spy:
         p.error("--profile needs py-spy: pip install py-spy (or set PY_SPY to its path)")

@@ -2,6 +2,7 @@
 operator's own start.
 
     python -m e2e.bench.start [--goals 50] [--warm-pool N] [--docs docs/performance.md] [--json PATH] [--keep-cluster]
+                              [--variant NOTE:NAME=VALUE[,NAME=VALUE...]]
 
 On the local control plane (started if needed): one namespace, an API key Secret and an Agent
 whose model is a scripted Messages API server in this process (it answers every request at once
@@ -23,6 +24,12 @@ With --warm-pool N the Agent keeps N warm pods (spec.warmPool): each goal is app
 warm pod's agent has logged that it waits, and its moments are apply -> claimed (the agent's log
 line naming its goal) -> Goal/Agent loaded -> first model request. The resident memory of each
 idle warm pod (its agent process and its tools process) is read from /proc before the goals.
+
+With --variant (fresh pods only) the same number of goals runs again with agent processes given
+more environment, e.g. before:PYTHONPATH=<tree of an older checkout>/operator (with its
+agent_image/overseer/agent copied into operator/overseer/): goals alternate between the plain run
+and each variant, so the machine's load weighs on all alike, and the imports alone are measured
+for each. A table compares them.
 
 The machine is shared: start costs are CPU seconds, which other processes inflate far less than
 wall time; the load average and the share of the machine others kept busy are reported with them.
@@ -49,7 +56,8 @@ from typing import Any
 from e2e import harness
 from e2e.agent_runner import AgentRunner
 from e2e.bench.baseline_controller import AGENTS, GOALS, PODS
-from e2e.bench.dispatch import Bench, Watcher, busy_seconds, cpu_seconds, log, machine, memory_kb, percentile, settle
+from e2e.bench.dispatch import (Bench, Watcher, busy_seconds, cpu_seconds, log, machine, memory_kb, parse_variant,
+                                percentile, settle)
 from e2e.bench.docs import write_section
 from overseer.testing.scripted_model import ScriptedModelServer
 
@@ -80,6 +88,7 @@ class GoalStart:
     claimed: float | None = None         # a warm pod's agent saw the goal that claimed it
     warm: bool = False
     idle_cpu_s: float | None = None      # a warm pod's agent process CPU seconds as the goal was applied
+    variant: str = ""                    # the --variant its agent process ran with ("": none)
 
     def moments(self) -> list[float | None]:
         if self.warm:
@@ -101,6 +110,8 @@ class StartResult:
     others_busy: float | None = None            # share of all cores busy with anything but the agent processes
     warm_pool: int = 0                          # the Agent's spec.warmPool
     warm_rss_mb: list[tuple[float, float]] = field(default_factory=list)  # per idle warm pod: (agent, tools) RSS
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)      # note -> environment
+    variant_imports_cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # note -> code -> CPU
 
 
 # ---- the model server ------------------------------------------------------------------------------
@@ -175,12 +186,12 @@ class TimedRunner(AgentRunner):
 
 # ---- measuring ---------------------------------------------------------------------------------------
 
-def import_cpu(code: str, runs: int = 5) -> float:
+def import_cpu(code: str, runs: int = 5, env: dict[str, str] | None = None) -> float:
     """Median CPU seconds (user + system) of `python -c CODE`, interpreter start included."""
     samples = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=harness.REPO)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=harness.REPO, env={**os.environ, **(env or {})})
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         samples.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return statistics.median(samples)
@@ -223,7 +234,7 @@ def operator_start(bench: Bench, ns: str, out_dir: Path, r: StartResult) -> harn
 
 
 def one_goal(bench: Bench, ns: str, i: int, model: StampedModelServer, runner: TimedRunner, pods: Watcher,
-             offset: float, warm: bool = False) -> GoalStart:
+             offset: float, warm: bool = False, variant: str = "") -> GoalStart:
     """Apply goal i, wait for its first model request and for its agent process to exit; its moments.
     warm: an idle warm pod is waiting (the goal should be claimed by it)."""
     name = f"start-{i:03d}"
@@ -232,7 +243,7 @@ def one_goal(bench: Bench, ns: str, i: int, model: StampedModelServer, runner: T
             "spec": {"description": f"Start benchmark goal {i}: answer at once.", "agentRef": {"name": AGENT}}}
     idle = runner.idle_warm_pods() if warm else []
     idle_cpu = cpu_seconds(runner.processes[idle[0]].proc.pid) if len(idle) == 1 else None
-    g = GoalStart(name, time.time(), warm=warm, idle_cpu_s=idle_cpu)
+    g = GoalStart(name, time.time(), warm=warm, idle_cpu_s=idle_cpu, variant=variant)
     bench.api.request("POST", GOALS.format(ns=ns), body)
     harness.wait_for(lambda: key in model.first, timeout=GOAL_TIMEOUT_S, interval=0.02,
                      description=f"the first model request of goal {name}")
@@ -256,8 +267,10 @@ def one_goal(bench: Bench, ns: str, i: int, model: StampedModelServer, runner: T
     return g
 
 
-def run(bench: Bench, n: int, out_dir: Path, warm_pool: int = 0) -> StartResult:
-    r = StartResult(n, warm_pool=warm_pool)
+def run(bench: Bench, n: int, out_dir: Path, warm_pool: int = 0,
+        variants: dict[str, dict[str, str]] | None = None) -> StartResult:
+    r = StartResult(n, warm_pool=warm_pool, variants=variants or {})
+    configs = [("", {}), *r.variants.items()]  # goal i runs with configs[i % len(configs)]
     r.loadavg = (list(os.getloadavg()), [])
     ns = bench.namespace("start", n)
     k8s = harness.K8s(bench.cluster)
@@ -298,18 +311,19 @@ def run(bench: Bench, n: int, out_dir: Path, warm_pool: int = 0) -> StartResult:
             settle(runner.processes[idle[0]].proc.pid, quiet=1.0, limit=30)
             r.warm_rss_mb = [_warm_rss(runner, pod) for pod in idle]
         busy0, wall0, children0 = busy_seconds(), time.monotonic(), _children_cpu()
-        for i in range(n):
+        for i in range(n * len(configs)):
+            note, runner.extra_env = configs[i % len(configs)]
             try:
                 if warm_pool:  # every goal finds a warm pod waiting: the pool refilled behind the last
                     harness.wait_for(runner.idle_warm_pods, timeout=GOAL_TIMEOUT_S, interval=0.05,
                                      description="an idle warm pod")
-                r.starts.append(one_goal(bench, ns, i, model, runner, pods, offset, warm=bool(warm_pool)))
+                r.starts.append(one_goal(bench, ns, i, model, runner, pods, offset, warm=bool(warm_pool), variant=note))
             except AssertionError as e:  # a machine too loaded to finish: keep what was measured
                 log(f"start: stopping after {i} goals: {e}")
                 break
             g = r.starts[-1]
-            if (i + 1) % 10 == 0 or i + 1 == n:
-                log(f"start: {i + 1}/{n} goals; last apply -> first request {g.first_request - g.apply:.2f} s, "
+            if (i + 1) % 10 == 0 or i + 1 == n * len(configs):
+                log(f"start: {i + 1}/{n * len(configs)} goals; last apply -> first request {g.first_request - g.apply:.2f} s, "
                     f"agent CPU {g.agent_cpu_s or 0:.2f} s")
         wall = time.monotonic() - wall0
         # What else kept the machine busy while goals started: all busy CPU but the agents' own
@@ -362,13 +376,13 @@ def _p(values: list[float], q: float) -> str:
 
 def render(r: StartResult, info: dict[str, Any], command: str) -> str:
     rows = []
-    starts = [s for s in r.starts if None not in s.moments()]
+    starts = [s for s in r.starts if None not in s.moments() and not s.variant]
     names = ["apply", *(WARM_STEPS if r.warm_pool else STEPS)]
     for i in range(1, len(names)):
         spans = [s.moments()[i] - s.moments()[i - 1] for s in starts]  # type: ignore[operator]
         rows.append(f"| {names[i - 1]} → {names[i]} | {_p(spans, 0.5)} | {_p(spans, 0.95)} |")
     total = [s.first_request - s.apply for s in starts]  # type: ignore[operator]
-    cpu = [s.agent_cpu_s for s in r.starts if s.agent_cpu_s is not None]
+    cpu = [s.agent_cpu_s for s in r.starts if s.agent_cpu_s is not None and not s.variant]
     p50 = percentile(total, 0.5)
     target = TARGET_FIRST_REQUEST_S if r.warm_pool else 2.0
     verdict = "—" if p50 is None else ("meets" if p50 < target else "**misses**")
@@ -426,7 +440,27 @@ def render(r: StartResult, info: dict[str, Any], command: str) -> str:
         "|---|---|",
         *[f"| `{code}` | {sec:.2f} s |" for code, sec in r.imports_cpu_s.items()],
     ]
+    if r.variants:
+        lines += ["", *render_variants(r)]
     return "\n".join(lines) + "\n"
+
+
+def render_variants(r: StartResult) -> list[str]:
+    """The plain run beside each --variant, goals interleaved in one run."""
+    code = IMPORTS[1]
+    lines = [f"**The same run with each variant** (goals alternating; CPU seconds; `{code}` median of {r.import_runs}):",
+             "", f"| agent processes | goals | apply → first model request p50 | agent CPU before its first request "
+             f"p50 / p95 | `{code}` |", "|---|---|---|---|---|"]
+    for note in ["", *r.variants]:
+        mine = [s for s in r.starts if s.variant == note]
+        waits = [s.first_request - s.apply for s in mine if s.first_request is not None]
+        cpu = [s.agent_cpu_s for s in mine if s.agent_cpu_s is not None]
+        imports = r.imports_cpu_s if not note else r.variant_imports_cpu_s.get(note, {})
+        name = "this tree" if not note else f"{note} (" + ", ".join(f"{k}={v}" for k, v in r.variants[note].items()) + ")"
+        lines.append(f"| {name} | {len(waits)} | {_p(waits, 0.5)} | "
+                     f"{_p(cpu, 0.5)} / {_p(cpu, 0.95)} | "
+                     + (f"{imports[code]:.2f} s |" if code in imports else "— |"))
+    return lines
 
 
 IMPORTS = ("pass", "import overseer.agent.main", "import overseer.operator.main")
@@ -442,7 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-cluster", action="store_true", help="leave a cluster this run started running")
     p.add_argument("--warm-pool", type=int, default=0,
                    help="the Agent's spec.warmPool: measure goals claiming idle warm pods (default 0: fresh pods)")
+    p.add_argument("--variant", action="append", default=[], metavar="NOTE:NAME=VALUE[,NAME=VALUE...]",
+                   help="also start as many goals with agent processes given this environment, alternating with "
+                        "the plain ones; e.g. before:PYTHONPATH=/tmp/old/operator (fresh pods only)")
     args = p.parse_args(argv)
+    try:
+        variants = dict(parse_variant(text) for text in args.variant)
+    except ValueError as e:
+        p.error(str(e))
+    if variants and args.warm_pool:
+        p.error("--variant measures fresh pods: leave out --warm-pool")
     command = "python -m e2e.bench.start " + " ".join(argv)
     info = machine()
     out_dir = harness.cache_dir() / "bench" / ("start-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -452,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(cluster, 1, out_dir)
     try:
         harness.install_crds(bench.kubectl)
-        result = run(bench, args.goals, out_dir, args.warm_pool)
+        result = run(bench, args.goals, out_dir, args.warm_pool, variants)
     finally:
         if cluster.started_here and not args.keep_cluster:
             log("stopping the control plane this run started")
@@ -460,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.warm_pool:  # the warm table is the goals' alone
         result.import_runs = args.import_runs
         result.imports_cpu_s = {code: import_cpu(code, args.import_runs) for code in IMPORTS}
+        result.variant_imports_cpu_s = {note: {code: import_cpu(code, args.import_runs, env) for code in IMPORTS}
+                                        for note, env in variants.items()}
     table = render(result, info, command)
     print(table)
     (out_dir / "result.json").write_text(json.dumps({"machine": info, "command": command,
@@ -471,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section(args.docs, "Start", begin, end, table)
         log(f"wrote the tables into {args.docs}")
     complete = [s for s in result.starts if None not in s.moments()]
-    return 0 if len(complete) == args.goals and result.operator_caches_s is not None else 1
+    return 0 if len(complete) == args.goals * (1 + len(variants)) and result.operator_caches_s is not None else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ jitter, so the goal pods an outage hit at once do not come back in step.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -17,8 +18,12 @@ from . import gateway_token
 
 
 def model_client() -> anthropic.AsyncAnthropic:
-    """The goal pod's model client: retries are the loop's (see the module docstring)."""
-    return anthropic.AsyncAnthropic(max_retries=0, **gateway_token.client_options())
+    """The goal pod's model client: retries are the loop's (see the module docstring). Without a
+    tracer provider named by the environment, OpenTelemetry's spans would neither record nor
+    propagate: the client has none, and the SDK's tracing modules stay unloaded (sdk.DEFERRED)."""
+    traced = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+    return anthropic.AsyncAnthropic(max_retries=0, open_telemetry=None if traced else {"traces": False},
+                                    **gateway_token.client_options())
 
 
 def retry_after(error: Any) -> float | None:
