@@ -1,12 +1,15 @@
 """The Helm chart (charts/overseer) on the local control plane: the real Helm CLI (built from
 its Go module by e2e/tools/helm/build.sh), the kustomize manifests rendered from the chart, and
-the kubelet's part for the operator's own pods.
+the kubelet's part for the chart's own pods.
 
 kwok runs no containers, so `OperatorPods` runs `overseer-operator` (the image's entrypoint)
 locally for each Running pod of the chart's Deployment, with exactly that pod's args and
 environment as read back from the API server and a token of its ServiceAccount (TokenRequest,
-bound to the pod). The one rewrite: the ports it listens on (--health-port,
---metrics-port) become free loopback ports, since two replicas share one machine here.
+bound to the pod); `GatewayPods` does the same for the gateway Deployment's pods (their command,
+`overseer-gateway`) and plays the Services in front of them on loopback. The rewrites: the ports
+they listen on (--health-port and --metrics-port; the gateway's OVERSEER_GATEWAY_PORT and
+OVERSEER_GATEWAY_METRICS_PORT) become free loopback ports, since replicas share one machine here,
+and a path inside a mounted ConfigMap becomes the local folder that holds its keys.
 
 `python -m e2e.chart manifests` (make manifests) writes the kustomize manifests from the chart.
 """
@@ -363,8 +366,7 @@ class GatewayPods(ChartPods):
     def _launch(self, pod: Any) -> None:
         container = pod.spec.containers[0]
         assert container.command == ["overseer-gateway"], container.command
-        folders = {**self._volumes(pod, container), **self._config_maps(pod, container)}
-        pod_env = self._pod_env(pod, container, folders)
+        pod_env = self._pod_env(pod, container, self._config_maps(pod, container))
         declared = {p.name: p.container_port for p in container.ports or []}
         env, ports = {**_base_env(), **pod_env}, {}
         for var, port_name in GATEWAY_LISTEN_ENV.items():
