@@ -138,7 +138,7 @@ helm-build:
 manifests: venv helm-build
 	$(BIN)/python -m e2e.chart manifests
 
-demo: venv cluster helm-build
+demo: prerequisites venv cluster helm-build
 	$(BIN)/python -m e2e.demo
 
 BENCH_GOALS ?= 100,1000,5000

@@ -140,6 +140,9 @@ class AgentRunner:
     interval: float = 0.2  # seconds between looks at the pods
     executable: Path | None = None  # overseer-agent of another install (default: this venv's)
     label_selector: str = LABEL_AGENT  # the pods this runner plays the kubelet for
+    # Cluster DNS and kube-proxy for the pods' environment: a Service's in-cluster URL
+    # (http://NAME.NAMESPACE.svc:PORT) -> the loopback URL that reaches its pods (GatewayPods.service_urls)
+    cluster_dns: dict[str, str] = field(default_factory=dict)
     processes: dict[str, AgentProcess] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
@@ -278,7 +281,7 @@ class AgentRunner:
         for var in container.env or []:
             value = self._value(pod, var)
             if value is not None:
-                env[var.name] = _local_path(value, folders)
+                env[var.name] = _resolve(_local_path(value, folders), self.cluster_dns)
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         port = free_port()  # pods have the same port each; processes on one machine need their own
         env["OVERSEER_HEALTH_PORT"] = str(port)
@@ -407,6 +410,14 @@ def _local_path(value: str, folders: dict[str, Path]) -> str:
     for mount_path, folder in folders.items():
         if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
             return str(folder) + value[len(mount_path.rstrip("/")):]
+    return value
+
+
+def _resolve(value: str, cluster_dns: dict[str, str]) -> str:
+    """A URL naming a Service the harness routes, as the loopback URL that reaches its pods."""
+    for url, local in cluster_dns.items():
+        if value == url or value.startswith(url + "/"):
+            return local + value[len(url):]
     return value
 
 

@@ -1,12 +1,15 @@
 """The Helm chart (charts/overseer) on the local control plane: the real Helm CLI (built from
 its Go module by e2e/tools/helm/build.sh), the kustomize manifests rendered from the chart, and
-the kubelet's part for the operator's own pods.
+the kubelet's part for the chart's own pods.
 
 kwok runs no containers, so `OperatorPods` runs `overseer-operator` (the image's entrypoint)
 locally for each Running pod of the chart's Deployment, with exactly that pod's args and
 environment as read back from the API server and a token of its ServiceAccount (TokenRequest,
-bound to the pod). The one rewrite: the ports it listens on (--health-port,
---metrics-port) become free loopback ports, since two replicas share one machine here.
+bound to the pod); `GatewayPods` does the same for the gateway Deployment's pods (their command,
+`overseer-gateway`) and plays the Services in front of them on loopback. The rewrites: the ports
+they listen on (--health-port and --metrics-port; the gateway's OVERSEER_GATEWAY_PORT and
+OVERSEER_GATEWAY_METRICS_PORT) become free loopback ports, since replicas share one machine here,
+and a path inside a mounted ConfigMap becomes the local folder that holds its keys.
 
 `python -m e2e.chart manifests` (make manifests) writes the kustomize manifests from the chart.
 """
@@ -26,8 +29,9 @@ from typing import Any
 
 import yaml
 
-from e2e.agent_runner import AgentProcess, AgentRunner
-from e2e.harness import REPO, _no_proxy_env, cache_dir, control_plane_dir, free_port, operator_executable
+from e2e.agent_runner import AgentProcess, AgentRunner, _local_path
+from e2e.gateway import Service
+from e2e.harness import REPO, _no_proxy_env, cache_dir, control_plane_dir, free_port, http_ok, operator_executable, wait_for
 
 CHART = REPO / "charts" / "overseer"
 MANIFESTS = REPO / "manifests"
@@ -213,9 +217,13 @@ def loopback_ports(args: list[str]) -> tuple[list[str], dict[str, int]]:
     return out, ports
 
 
+CONFIG_MAP_SYNC_SECONDS = 5  # the kubelet's is about a minute; tests that change a ConfigMap wait less
+
+
 @dataclass
-class OperatorPods(AgentRunner):
-    """The kubelet's part for the pods of the chart's operator Deployment (release `release`)."""
+class ChartPods(AgentRunner):
+    """The kubelet's part for the pods of one of the chart's Deployments (release `release`):
+    SIGTERM when a pod is deleted and SIGKILL after its grace period, and its ConfigMap volumes."""
 
     release: str = RELEASE
     grace_seconds: float = 30  # terminationGracePeriodSeconds: SIGTERM, then SIGKILL
@@ -223,13 +231,17 @@ class OperatorPods(AgentRunner):
     commands: dict[str, list[str]] = field(default_factory=dict)
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
     _terminating: dict[str, float] = field(default_factory=dict)
+    _mounted: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # pod -> (pod, container) with ConfigMaps
+    _synced_at: float = 0.0
+
+    name_label: str = OPERATOR_NAME_LABEL
 
     def __post_init__(self) -> None:
-        self.label_selector = f"{OPERATOR_NAME_LABEL},app.kubernetes.io/instance={self.release}"
+        self.label_selector = f"{self.name_label},app.kubernetes.io/instance={self.release}"
         super().__post_init__()
 
     def running(self) -> list[str]:
-        """Pods whose operator process runs."""
+        """Pods whose process runs."""
         with self._lock:
             return sorted(n for n, p in self.processes.items() if p.proc.poll() is None)
 
@@ -238,6 +250,7 @@ class OperatorPods(AgentRunner):
 
     def _pod_gone(self, p: AgentProcess) -> None:
         # a deleted pod's container gets SIGTERM, and SIGKILL once its grace period is over
+        self._mounted.pop(p.pod, None)
         first = self._terminating.get(p.pod)
         if first is None:
             self._terminating[p.pod] = time.monotonic()
@@ -245,20 +258,53 @@ class OperatorPods(AgentRunner):
         elif time.monotonic() - first > self.grace_seconds:
             p.proc.kill()
 
-    def _launch(self, pod: Any) -> None:
+    def _tick(self) -> None:
+        super()._tick()
+        if time.monotonic() - self._synced_at > CONFIG_MAP_SYNC_SECONDS:  # the kubelet's sync of ConfigMap volumes
+            self._synced_at = time.monotonic()
+            for pod, container in list(self._mounted.values()):
+                self._config_maps(pod, container)
+
+    def _config_maps(self, pod: Any, container: Any) -> dict[str, Path]:
+        """Each mounted configMap volume, and projected volume of configMap sources, as a local folder
+        holding the keys as files; a file is written again only when its ConfigMap changed (those
+        who read it look at its modification time)."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        folders: dict[str, Path] = {}
+        for mount in container.volume_mounts or []:
+            volume = volumes.get(mount.name)
+            if volume is None:
+                continue
+            if volume.config_map is not None:
+                sources = [volume.config_map]
+            elif volume.projected is not None and not any(s.service_account_token for s in volume.projected.sources or []):
+                # (the ServiceAccount's API access volume: the process gets its kubeconfig instead)
+                sources = [s.config_map for s in volume.projected.sources or [] if s.config_map is not None]
+            else:
+                continue
+            if not sources:
+                continue
+            folder = self.workdir / f"configmaps-{pod.metadata.name}-{mount.name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for source in sources:
+                data = self.k8s.core.read_namespaced_config_map(source.name, pod.metadata.namespace).data or {}
+                items = {i.key: i.path for i in source.items} if source.items else {k: k for k in data}
+                for key, name in items.items():
+                    file = folder / name
+                    if not file.exists() or file.read_text() != data.get(key, ""):
+                        file.write_text(data.get(key, ""))
+            folders[mount.mount_path] = folder
+        if folders:
+            self._mounted[pod.metadata.name] = (pod, container)
+        return folders
+
+    def _start(self, pod: Any, cmd: list[str], env: dict[str, str], pod_env: dict[str, str],
+               ports: dict[str, int], what: str) -> None:
         name = pod.metadata.name
-        container = pod.spec.containers[0]
-        assert not container.command, "the chart relies on the image's entrypoint (overseer-operator)"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_", "POD_", "KUBECONFIG"))}
-        pod_env = {var.name: self._value(pod, var) for var in container.env or []}
-        env.update(pod_env)
         env["KUBECONFIG"] = str(self._kubeconfig(pod))
         env["PYTHONUNBUFFERED"] = "1"
         _no_proxy_env(env)
-        args, ports = loopback_ports(list(container.args or []))
-        cmd = [str(operator_executable()), *args]
-        log = self.workdir / f"operator-{name}.log"
+        log = self.workdir / f"{what}-{name}.log"
         with open(log, "ab") as out:
             out.write(f"===== {' '.join(cmd)}\n".encode())
             out.flush()
@@ -267,6 +313,125 @@ class OperatorPods(AgentRunner):
         with self._lock:
             self.processes[name] = AgentProcess(name, "", proc, log)
             self.ports[name], self.commands[name], self.environments[name] = ports, cmd, pod_env
+
+    def _pod_env(self, pod: Any, container: Any, folders: dict[str, Path]) -> dict[str, str]:
+        """The container's environment as the kubelet sets it; a path in a mounted ConfigMap becomes
+        the local folder that stands for the mount."""
+        values = {var.name: self._value(pod, var) for var in container.env or []}
+        return {k: _local_path(v, folders) for k, v in values.items() if v is not None}
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("OVERSEER_", "ANTHROPIC_", "KUBERNETES_", "POD_", "KUBECONFIG"))}
+
+
+@dataclass
+class OperatorPods(ChartPods):
+    """The kubelet's part for the pods of the chart's operator Deployment."""
+
+    def _launch(self, pod: Any) -> None:
+        container = pod.spec.containers[0]
+        assert not container.command, "the chart relies on the image's entrypoint (overseer-operator)"
+        pod_env = self._pod_env(pod, container, self._config_maps(pod, container))
+        args, ports = loopback_ports(list(container.args or []))
+        self._start(pod, [str(operator_executable()), *args], {**_base_env(), **pod_env}, pod_env, ports, "operator")
+
+
+GATEWAY_NAME_LABEL = "app.kubernetes.io/name=overseer-gateway"
+# The variables overseer-gateway listens by, and the container port each must equal.
+GATEWAY_LISTEN_ENV = {"OVERSEER_GATEWAY_PORT": "http", "OVERSEER_GATEWAY_METRICS_PORT": "metrics"}
+
+
+@dataclass
+class GatewayPods(ChartPods):
+    """The kubelet's part for the pods of the chart's gateway Deployment, and the Services in front
+    of them: `overseer-gateway` (the container's command) with the pod's environment, Secrets
+    included, its ConfigMap volumes and a token of its ServiceAccount. The rewrites: the ports it
+    listens on (OVERSEER_GATEWAY_PORT, OVERSEER_GATEWAY_METRICS_PORT, checked against the pod's
+    containerPorts) become free loopback ports and it listens on 127.0.0.1, where a pod has an
+    address of its own.
+
+    Each Service of the namespace that selects these pods gets a loopback front per port
+    (e2e.gateway.Service, kube-proxy's part) whose backends are the ready pods' processes on the
+    Service's targetPort; a pod is ready once its readinessProbe's path answers 200, and leaves the
+    endpoints when its process ends or its pod is deleted. `service_urls()` maps the URLs a cluster
+    would resolve (http://NAME.NAMESPACE.svc:PORT) to those fronts, for the goal pods' runner."""
+
+    name_label: str = GATEWAY_NAME_LABEL
+    fronts: dict[tuple[str, int], Service] = field(default_factory=dict)  # (Service, port) -> its loopback front
+    ready: set[str] = field(default_factory=set)
+    _pods: dict[str, Any] = field(default_factory=dict)
+
+    def _launch(self, pod: Any) -> None:
+        container = pod.spec.containers[0]
+        assert container.command == ["overseer-gateway"], container.command
+        pod_env = self._pod_env(pod, container, self._config_maps(pod, container))
+        declared = {p.name: p.container_port for p in container.ports or []}
+        env, ports = {**_base_env(), **pod_env}, {}
+        for var, port_name in GATEWAY_LISTEN_ENV.items():
+            assert env.get(var) == str(declared.get(port_name)), \
+                f"{var}={env.get(var)} but the pod's containerPort {port_name} is {declared.get(port_name)}"
+            ports[port_name] = free_port()
+            env[var] = str(ports[port_name])
+        env["OVERSEER_GATEWAY_HOST"] = "127.0.0.1"
+        self._pods[pod.metadata.name] = pod
+        self._start(pod, [str(Path(sys.executable).parent / container.command[0])], env, pod_env, ports, "gateway")
+
+    def _pod_gone(self, p: AgentProcess) -> None:
+        self.ready.discard(p.pod)
+        super()._pod_gone(p)
+
+    def _tick(self) -> None:
+        super()._tick()
+        self._route()
+
+    def _route(self) -> None:
+        """The endpoints controller's and kube-proxy's part for the Services selecting these pods."""
+        with self._lock:
+            live = {n: p for n, p in self.processes.items() if p.proc.poll() is None and n in self._pods}
+        for name in set(live) - self.ready:
+            probe = self._pods[name].spec.containers[0].readiness_probe
+            path = probe.http_get.path if probe is not None and probe.http_get is not None else "/"
+            if http_ok(f"http://127.0.0.1:{self.ports[name]['http']}{path}"):
+                self.ready.add(name)
+        self.ready &= set(live)
+        for service in self.k8s.core.list_namespaced_service(self.namespace).items:
+            selector = (service.spec.selector or {}).items()
+
+            def selects(pod: Any) -> bool:
+                return bool(selector) and selector <= (pod.metadata.labels or {}).items()
+
+            if not any(selects(pod) for pod in self._pods.values()):
+                continue
+            chosen = [n for n in sorted(self.ready) if selects(self._pods[n])]
+            for port in service.spec.ports:
+                backends = [f"http://127.0.0.1:{self._local_port(n, port.target_port)}" for n in chosen]
+                front = self.fronts.get((service.metadata.name, port.port))
+                if front is None:
+                    front = self.fronts[(service.metadata.name, port.port)] = Service(backends)
+                else:
+                    front.set_backends(backends)
+
+    def _local_port(self, pod: str, target: Any) -> int:
+        """The loopback port of a pod's process for a Service's targetPort (a port name or number)."""
+        declared = {p.name: p.container_port for p in self._pods[pod].spec.containers[0].ports or []}
+        number = declared[target] if isinstance(target, str) and not target.isdigit() else int(target)
+        name = next(n for n, p in declared.items() if p == number)
+        return self.ports[pod][name]
+
+    def service_urls(self, ready: int = 1, timeout: float = 60) -> dict[str, str]:
+        """{in-cluster URL of each Service port in front of these pods: its loopback front's URL},
+        once `ready` pods are behind them."""
+        wait_for(lambda: self.fronts and all(len(f.ready) >= ready for f in self.fronts.values()), timeout=timeout,
+                 description=f"{ready} ready gateway pods behind their Service")
+        return {f"http://{service}.{self.namespace}.svc:{port}": front.url
+                for (service, port), front in self.fronts.items()}
+
+    def stop(self) -> None:
+        super().stop()
+        for front in self.fronts.values():
+            front.close()
 
 
 def leader_identity(log: str) -> str | None:

@@ -111,11 +111,12 @@ class Service:
     it that have no answer byte yet; `.broken[i]` the requests whose connection it closed unanswered."""
 
     def __init__(self, backends: list[str]) -> None:
-        self._backends = [url.removeprefix("http://").rsplit(":", 1) for url in backends]
-        self.ready = list(range(len(backends)))
-        self.connections = [0] * len(backends)
-        self.in_flight = [0] * len(backends)
-        self.broken = [0] * len(backends)
+        self._backends: list[list[str]] = []
+        self.ready: list[int] = []
+        self.connections: list[int] = []
+        self.in_flight: list[int] = []
+        self.broken: list[int] = []
+        self.set_backends(backends)
         self._turn = 0
         self._open: dict[asyncio.Task[None], list[asyncio.StreamWriter]] = {}
         self._loop = asyncio.new_event_loop()
@@ -123,6 +124,17 @@ class Service:
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop).result(timeout=10)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def set_backends(self, backends: list[str]) -> None:
+        """The ready endpoints now, as the endpoints controller sees them: a new one joins the
+        rotation, one no longer listed leaves it (connections it holds stay until they close)."""
+        wanted = [url.removeprefix("http://").rsplit(":", 1) for url in backends]
+        for backend in wanted:
+            if backend not in self._backends:
+                self._backends.append(backend)
+                for counts in (self.connections, self.in_flight, self.broken):
+                    counts.append(0)
+        self.ready = [i for i, backend in enumerate(self._backends) if backend in wanted]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

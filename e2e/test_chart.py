@@ -1,6 +1,7 @@
 """The Helm chart with the real Helm on the real API server: lint, schema errors, install,
 upgrade and uninstall in cluster-wide and namespace-scoped mode, with the operator's replicas
-running exactly as the Deployment says, as the chart's ServiceAccount (e2e/chart.py)."""
+running exactly as the Deployment says, as the chart's ServiceAccount (e2e/chart.py), and goal pods calling
+the model through the gateway the chart runs."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import psycopg
 import pytest
 import yaml
 
 from e2e import harness
 from e2e.agent_runner import AgentRunner, ModelServer
-from e2e.chart import (CHART, OperatorPods, adopt_cluster_objects, exists, helm, helm_path, key, leader_identity, loopback_ports,
+from e2e.chart import (CHART, GatewayPods, OperatorPods, adopt_cluster_objects, exists, helm, helm_path, key, leader_identity, loopback_ports,
                        objects)
 from e2e.harness import wait_for
 from e2e.world import World
@@ -476,3 +478,66 @@ def test_in_namespaced_mode_the_gateway_reviews_tokens_cluster_wide_and_reads_on
     assert all(cluster_role["rules"] + rules == tested for rules in roles.values())
     bindings = {o["metadata"]["namespace"] for o in out if o["kind"] == "RoleBinding" and o["metadata"]["name"] == GATEWAY}
     assert bindings == {"team-a", "team-b"}
+
+
+def test_goal_pods_reach_the_model_only_through_the_gateway_the_chart_runs(
+        cluster: harness.Cluster, kubectl: harness.Kubectl, k8s: harness.K8s, kube_helm: Any, release_ns: str,
+        namespace: str, tmp_path: Path, ledger_db: Any) -> None:
+    kubectl("create", "secret", "generic", "gw-db", "-n", release_ns, f"--from-literal=url={ledger_db.dsn}")
+    takeover = ["--force-conflicts"] if adopt_cluster_objects(kubectl, RELEASE, release_ns) else []
+    kube_helm("install", RELEASE, str(CHART), "-n", release_ns, *FAST, *takeover, "--set", "gateway.enabled=true",
+              "--set", "gateway.database.existingSecret=gw-db", "--wait", "--timeout", "120s")
+    gateways = GatewayPods(cluster, k8s, release_ns, tmp_path, release=RELEASE).start()
+    operators = OperatorPods(cluster, k8s, release_ns, tmp_path, release=RELEASE).start()
+    model = ModelServer({"follow_history": True, "conversations": {f"{namespace}/hello": [
+        {"reply": [{"tool_use": {"name": "write_file", "input": {"path": "hello.txt", "content": "done\n"}}}]},
+        {"reply": [{"text": "Wrote hello.txt."}]}]}}, tmp_path)
+    agents = None
+    try:
+        service = f"http://{GATEWAY}.{release_ns}.svc:8080"
+        dns = gateways.service_urls(ready=2)
+        assert service in dns, dns
+        agents = AgentRunner(cluster, k8s, namespace, tmp_path, cluster_dns=dns).start()
+        world = World(namespace, kubectl, None, lambda *a, **k: None)
+        world.secret()  # api-key: test-key, which only the gateway may read
+        world.apply(f"""
+apiVersion: overseer.dev/v1alpha1
+kind: Agent
+metadata: {{name: coder}}
+spec:
+  role: Python engineer
+  model: {{name: claude-sonnet-5-5, maxTokens: 4096, baseURL: "{model.url}",
+           apiKeySecretRef: {{name: anthropic, key: api-key}}}}
+""")
+        world.wait_condition("agent", "coder", "Ready", "True", timeout=60)
+        world.goal("hello")
+        goal = world.wait_phase("hello", "Succeeded", timeout=180)
+        pod = world.get("pod", "hello-a1")
+        uid = goal["metadata"]["uid"]
+        goal = wait_for(lambda: (g := world.get("goal", "hello"))["status"].get("cost") and g, timeout=30,
+                        description="the gateway writing the goal's cost")
+        with psycopg.connect(ledger_db.dsn) as conn:
+            rows, usd = conn.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM gateway_spend WHERE goal_uid = %s",
+                                     (uid,)).fetchone()
+        gateway_env = [proc_view(gateways.processes[p].proc.pid)[1] for p in gateways.running()]
+        front = gateways.fronts[(GATEWAY, 8080)]
+    finally:
+        for thing in (agents, operators, gateways):
+            if thing is not None:
+                thing.stop()
+        model.stop()
+
+    # The goal pod holds no key and is sent to the chart's gateway Service ...
+    agent = next(c for c in pod["spec"]["containers"] if c["name"] == "agent")
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["ANTHROPIC_BASE_URL"]["value"] == service
+    assert "test-key" not in json.dumps(pod) and '"anthropic"' not in json.dumps(pod)
+    # ... whose pods read their ledger's URL from the Secret the chart names, as deployed ...
+    assert len(gateway_env) == 2 and all(e["OVERSEER_GATEWAY_DATABASE_URL"] == ledger_db.dsn for e in gateway_env)
+    assert sum(front.connections) >= 1
+    # ... and every call the model answered came through it: with the Agent's key, a ledger row each,
+    # the cost in the goal's status.
+    calls = [r for r in model.requests() if r["conversation"] == f"{namespace}/hello"]
+    assert len(calls) == 2 and {r["api_key"] for r in calls} == {"test-key"}
+    assert rows == len(calls)
+    assert goal["status"]["cost"]["requests"] == rows and goal["status"]["cost"]["usd"] == round(float(usd), 6) > 0

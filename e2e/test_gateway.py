@@ -15,7 +15,9 @@ import pytest
 from e2e.agent_runner import ModelServer
 from e2e.gateway import GatewayProcess, gateway_kubeconfig, pod_token
 from e2e.harness import Cluster, K8s, Kubectl, restricted_pod, wait_for
+from e2e.test_agent_runtime import tool
 from e2e.world import World
+from overseer.agent.tools.subgoal import child_name
 from tests.support.servers import PostgresServer
 
 MODEL = "claude-sonnet-5-5"
@@ -172,6 +174,32 @@ def test_a_goal_over_its_money_budget_fails_with_budget_exhausted_and_the_amount
     estimate = re.search(r"this call may cost up to \$(\d+\.\d+)", goal["status"]["message"])
     assert estimate and float(estimate.group(1)) >= 4096 * 10 / 1e6, goal["status"]["message"]
     assert model.requests() == []
+
+
+def test_a_parent_whose_sub_goal_spent_its_budget_fails_with_budget_exhausted_and_its_cost_includes_it(
+        world: World, agents: Any, ledger_db: PostgresServer) -> None:
+    # Each call holds its prompt (~2,400 tokens) + maxTokens 4,096. The parent's first call and the
+    # sub-goal's one call fit the parent's 12,000 tokens; the sub-goal's long answer (~5,000 tokens)
+    # leaves too little for the parent's next call, which its own spend alone (~2,500) would allow.
+    child = child_name("release", "Write the release notes.", "coder")
+    model, runner = agents({
+        "release": [tool("spawn_subgoal", description="Write the release notes.", max_tokens=8000),
+                    text("never sent")],
+        child: [text("Release notes: " + "the parser handles tabs now. " * 700)],
+    })
+    world.goal("release", description="Release the parser fix.", extra="  budget: {maxTokensPerGoal: 12000}")
+    parent = world.wait_phase("release", "Failed", timeout=120)
+    sub = world.get("goal", child)
+
+    assert sub["status"]["phase"] == "Succeeded"
+    assert parent["status"]["failureReason"] == "BudgetExhausted"
+    assert f"budget maxTokensPerGoal 12000 of Goal {world.ns}/release is exhausted" in parent["status"]["message"]
+    assert [r["conversation"] for r in model.requests()] == [f"{world.ns}/release", f"{world.ns}/{child}"]
+    usd, calls, _ = ledger(ledger_db, parent["metadata"]["uid"])  # the parent's own row
+    sub_usd, _, _ = ledger(ledger_db, sub["metadata"]["uid"])
+    cost = wait_for(lambda: ((c := (world.get("goal", "release") or {}).get("status", {}).get("cost") or {})
+                             .get("requests") == 2 and c), timeout=60, description="the parent's cost with its sub-goal's")
+    assert calls == 1 and (cost["ownUsd"], cost["usd"]) == (round(usd, 6), round(usd + sub_usd, 6))
 
 
 def test_a_goal_over_its_agents_daily_budget_fails_with_budget_exhausted_and_the_amount(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What `make test` needs from the machine, checked before anything is installed or built:
-# the integration tests start real PostgreSQL and Redis servers, the end-to-end tests build
+# What `make test` and `make demo` need from the machine, checked before anything is installed or built:
+# the integration tests and the demo start real PostgreSQL and Redis servers, the end-to-end tests build
 # and start a control plane (Go, curl, openssl). Names everything missing at once, with the
 # command that installs it, and exits 1; prints nothing and exits 0 when all is there.
 set -u
@@ -25,7 +25,7 @@ fi
 
 [ ${#missing[@]} = 0 ] && exit 0
 {
-  echo "make test: missing prerequisites:"
+  echo "make test / make demo: missing prerequisites:"
   printf '  - %s\n' "${missing[@]}"
   if [ ${#debian[@]} -gt 0 ]; then
     echo "On Debian/Ubuntu, as root: apt-get install -y ${debian[*]}"

@@ -171,10 +171,14 @@ def test_status_of_a_finished_goal_shows_who_decided_and_the_result() -> None:
 
 
 def test_status_shows_what_the_goal_cost_when_the_gateway_priced_it() -> None:
-    priced = cli.format_status(goal(phase="Running", cost={"usd": 0.012345, "tokens": 9000, "requests": 4}), now=NOW)
+    priced = cli.format_status(goal(phase="Running", cost={"usd": 0.012345, "tokens": 9000, "requests": 4,
+                                                           "ownUsd": 0.012345}), now=NOW)
+    parent = cli.format_status(goal(phase="Running", cost={"usd": 0.5, "tokens": 9000, "requests": 40,
+                                                           "ownUsd": 0.125}), now=NOW)
     unpriced = cli.format_status(goal(phase="Running"), now=NOW)
 
-    assert "Cost:        $0.0123 in 4 model calls (model gateway)" in priced
+    assert "Cost:        $0.0123 in 4 model calls (model gateway)" in priced.splitlines()
+    assert "Cost:        $0.5000 in 40 model calls (model gateway), $0.3750 of it by sub-goals" in parent.splitlines()
     assert "Cost:" not in unpriced
 
 

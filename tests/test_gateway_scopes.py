@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from overseer.api import Agent
-from overseer.gateway.identity import Caller
+from overseer.gateway.identity import Ancestor, Caller, Identity
 from overseer.gateway.scopes import BudgetFileError, Limits, NamespaceBudgets, scopes
 from overseer.gateway.upstream import Target
 from overseer.operator.pricing import price_condition
@@ -99,3 +99,69 @@ def test_a_dated_model_name_or_one_the_configmap_adds_is_priced(tmp_path: Path) 
     assert price_condition(agent("claude-haiku-4-5-20251001"), PriceTable())[:2] == (True, "PriceListed")
     assert price_condition(agent("my-proxy-model"), PriceTable(path)) == (
         True, "PriceListed", "my-proxy-model costs $1.5 input and $6 output per million tokens")
+
+
+def test_a_sub_goals_call_also_counts_against_each_ancestors_per_goal_budget(tmp_path: Path) -> None:
+    sub = Caller("team-a", "lint-a1", "lint", "uid-lint", "coder", {"maxTokensPerGoal": 300}, (
+        Ancestor("fix-ci", "uid-fix", {"maxTokensPerGoal": 1000, "maxCostPerGoal": 2}),
+        Ancestor("release", "uid-rel", {}),  # no per-goal budget: nothing to count against
+        Ancestor("quarter", "uid-q", {"maxCostPerGoal": 9})))
+    found = scopes(sub, Target("http://model", "k", "m", {}), budgets(tmp_path, "{}\n"), "2026-12-02")
+
+    assert [(s.key, s.kind + s.usd_budget, s.owner, s.limits) for s in found] == [
+        ("goal:uid-lint", "maxCostPerGoal", "Goal team-a/lint", Limits(300, None)),
+        ("goal:uid-fix", "Parent.maxCostPerGoal", "Goal team-a/fix-ci (with its sub-goals, among them lint)",
+         Limits(1000, Decimal(2))),
+        ("goal:uid-q", "Parent.maxCostPerGoal", "Goal team-a/quarter (with its sub-goals, among them lint)",
+         Limits(None, Decimal(9))),
+    ]
+
+
+class ChainOfGoals:
+    """The API a gateway sees for a pod of goal g12, whose spec.parent chain runs g11, g10 ... g0."""
+
+    def __init__(self, goals: dict[str, dict[str, Any]], agents: dict[str, dict[str, Any]]) -> None:
+        self.goals, self.agents, self.reads = goals, agents, 0
+
+    async def request(self, method: str, url: str, body: Any = None) -> Any:
+        return {"status": {"authenticated": True, "audiences": ["overseer-gateway"], "user": {
+            "username": "system:serviceaccount:team-a:overseer-agent-coder",
+            "extra": {"authentication.kubernetes.io/pod-name": ["pod"], "authentication.kubernetes.io/pod-uid": ["p"]}}}}
+
+    async def get(self, url: str) -> Any:
+        self.reads += 1
+        kind, name = url.rstrip("/").split("/")[-2:]
+        if kind == "pods":
+            return {"metadata": {"uid": "p", "labels": {"overseer.dev/goal": "g12", "overseer.dev/agent": "coder"},
+                                 "ownerReferences": [{"controller": True, "kind": "Goal", "apiVersion": "overseer.dev/v1alpha1",
+                                                      "name": "g12", "uid": "uid-g12"}]},
+                    "spec": {"serviceAccountName": "overseer-agent-coder"}}
+        return (self.goals if kind == "goals" else self.agents).get(name)
+
+
+def goal(name: str, parent: str | None, budget: dict[str, Any] | None = None, agent: str = "coder") -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": {"parent": parent, "budget": budget},
+            "status": {"agent": agent}}
+
+
+async def test_the_gateway_reads_at_most_ten_ancestors_each_with_its_agents_per_goal_budget() -> None:
+    goals = {f"g{n}": goal(f"g{n}", f"g{n - 1}" if n else None) for n in range(13)}
+    goals["g11"] = goal("g11", "g10", {"maxCostPerGoal": 1})
+    goals["g10"] = goal("g10", "g9", {"maxTokensPerGoal": None}, agent="reviewer")
+    kube = ChainOfGoals(goals, {"coder": {"spec": {"budget": {"maxTokensPerGoal": 500}}},
+                                "reviewer": {"spec": {"budget": {"maxTokensPerGoal": 700, "maxCostPerDay": 3}}}})
+    caller = await Identity(kube, cache_seconds=0).caller("token")  # type: ignore[arg-type]
+
+    assert [a.goal for a in caller.ancestors] == [f"g{n}" for n in range(11, 1, -1)]  # ten, parent first
+    assert caller.ancestors[0].budget == {"maxTokensPerGoal": 500, "maxCostPerGoal": 1}  # its own over its Agent's
+    assert caller.ancestors[1].budget == {"maxTokensPerGoal": 700, "maxCostPerDay": 3}  # another Agent's; None kept out
+
+
+async def test_a_loop_or_a_missing_parent_ends_the_walk() -> None:
+    loop = {"g12": goal("g12", "a"), "a": goal("a", "b"), "b": goal("b", "a")}
+    caller = await Identity(ChainOfGoals(loop, {}), cache_seconds=0).caller("token")  # type: ignore[arg-type]
+    assert [a.goal for a in caller.ancestors] == ["a", "b"]
+
+    gone = {"g12": goal("g12", "a"), "a": goal("a", "deleted")}
+    caller = await Identity(ChainOfGoals(gone, {}), cache_seconds=0).caller("token")  # type: ignore[arg-type]
+    assert [a.goal for a in caller.ancestors] == ["a"]

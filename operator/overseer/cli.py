@@ -297,7 +297,9 @@ def format_status(goal: Mapping[str, Any], now: datetime | None = None,
     rows.append(("Tokens", format_tokens(st.get("tokens"))))
     if st.get("cost"):
         cost = st["cost"]
-        rows.append(("Cost", f"${cost.get('usd', 0):.4f} in {cost.get('requests', 0)} model calls (model gateway)"))
+        usd, own = float(cost.get("usd") or 0), float(cost.get("ownUsd") or 0)
+        subgoals = f", ${usd - own:.4f} of it by sub-goals" if usd - own >= 0.00005 else ""
+        rows.append(("Cost", f"${usd:.4f} in {cost.get('requests', 0)} model calls (model gateway){subgoals}"))
     if st.get("progress"):
         rows.append(("Progress", st["progress"]))
     if st.get("lastTool"):

@@ -25,7 +25,8 @@ from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
 from overseer.gateway.counters import RedisCounters, Refused, Unknown
-from overseer.gateway.identity import Caller
+from overseer.gateway.status import CostStatus
+from overseer.gateway.identity import Ancestor, Caller
 from overseer.gateway.ledger import Ledger, Spend
 from overseer.prices import PriceTable
 from overseer.gateway.proxy import Proxy
@@ -462,3 +463,80 @@ async def test_a_call_over_the_rate_limit_waits_briefly_rather_than_being_refuse
         took = asyncio.get_running_loop().time() - started
 
     assert len(model.requests) == 3 and took >= 0.5  # no 429: each waited for the window to move
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["ledger", "redis"])
+async def test_sub_goals_spend_their_parents_budget_and_then_the_parent_is_refused_naming_it(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer, shared: bool) -> None:
+    ns = namespace()
+    parent_uid = f"uid-{ns}-parent"  # what the fixture's token "parent" is charged to
+    budget = {"maxCostPerGoal": 0.021}
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        # The sub-goal has no per-goal budget of its own; each call with max_tokens 1000 may cost ~$0.01.
+        gateway = await start_gateway(model.url, budget, redis_url=redis_server.url if shared else None, caller=Caller(
+            ns, "sub-a1", "sub", f"uid-{ns}-sub", "coder", None, (Ancestor("parent", parent_uid, budget),)))
+        sub = gateway.sdk()
+        for _ in range(2):
+            await sub.messages.create(model=MODEL, max_tokens=1000, messages=HI)  # type: ignore[arg-type]
+        await settled(postgres, [gateway], 2, namespace=ns)
+        await asyncio.sleep(0.6)  # past the ledger refresh of a replica counting alone
+        calls_before = len(model.requests)
+        with pytest.raises(anthropic.APIStatusError) as sub_refused:
+            await sub.messages.create(model=MODEL, max_tokens=3000, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError) as parent_refused:  # the parent's own call, same budget
+            await gateway.sdk(goal="parent").messages.create(model=MODEL, max_tokens=3000, messages=HI)  # type: ignore[arg-type]
+        assert len(model.requests) == calls_before
+    total, own = await gateway.ledger.goal_total(parent_uid), await gateway.ledger.goal_own_total(parent_uid)
+
+    assert exhausted_budget(sub_refused.value) == "Parent.maxCostPerGoal"
+    assert re.search(rf"budget maxCostPerGoal \$0\.0210 of Goal {ns}/parent \(with its sub-goals, among them sub\) "
+                     r"is exhausted: \$0\.000\d spent", sub_refused.value.message), sub_refused.value.message
+    assert exhausted_budget(parent_refused.value) == "maxCostPerGoal"  # the parent ends BudgetExhausted
+    assert f"of Goal {ns}/parent is exhausted: ${total.cost_usd:.4f} spent" in parent_refused.value.message
+    assert total.requests == 2 and total.cost_usd > 0 and own.requests == 0
+
+
+async def test_a_call_ten_sub_goals_deep_counts_toward_every_ancestors_budget_in_one_hold(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer) -> None:
+    ns = namespace()
+    chain = tuple(Ancestor(f"level-{n}", f"uid-{ns}-level-{n}", {"maxTokensPerGoal": 100_000 - n})
+                  for n in range(9, -1, -1))  # parent first, the top-level goal last
+    async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
+        gateway = await start_gateway(model.url, redis_url=redis_server.url, caller=Caller(
+            ns, "deep-a1", "deep", f"uid-{ns}-deep", "coder", {"maxTokensPerGoal": 50_000}, chain))
+        await gateway.sdk().messages.create(model=MODEL, max_tokens=100, messages=HI)  # type: ignore[arg-type]
+        await settled(postgres, [gateway], 1, namespace=ns)
+    shared = redis.Redis.from_url(redis_server.url)
+    counted = [shared.hget(f"overseer:gw:{{{ns}}}:goal:{a.goal_uid}", "t") for a in chain]
+    shared.close()
+    spent = (await gateway.ledger.goal_total(gateway.caller.goal_uid)).tokens
+
+    assert spent > 0
+    assert [int(t) for t in counted] == [spent] * 10  # type: ignore[arg-type]
+    assert [(await gateway.ledger.goal_total(a.goal_uid)).tokens for a in chain] == [spent] * 10
+
+
+async def test_a_parents_cost_in_status_includes_its_sub_goals_and_says_its_own(postgres: PostgresServer) -> None:
+    ns = namespace()
+
+    class Kube:
+        patches: dict[str, Any] = {}
+
+        async def merge_patch(self, url: str, body: Any) -> None:
+            self.patches[url.rsplit("/", 2)[-2]] = body["status"]["cost"]
+
+    ledger = Ledger(postgres.dsn)
+    await ledger.open()
+    kube = Kube()
+    status = CostStatus(kube, ledger)  # type: ignore[arg-type]
+    for n, (goal, ancestors) in enumerate([("parent", ()), ("child", ("parent",)), ("grandchild", ("child", "parent"))]):
+        spend = Spend(f"req-{ns}-{n}", ns, "coder", goal, f"uid-{ns}-{goal}", f"{goal}-a1", MODEL, 100, 10, 0, 0, 0,
+                      Decimal(n + 1) / 1000, tuple(f"uid-{ns}-{a}" for a in ancestors), ancestors)
+        ledger.record(spend)
+        status.spent(spend)
+    await status.write()
+    await ledger.close()
+
+    assert kube.patches["parent"] == {"usd": 0.006, "tokens": 330, "requests": 3, "ownUsd": 0.001}
+    assert kube.patches["child"] == {"usd": 0.005, "tokens": 220, "requests": 2, "ownUsd": 0.002}
+    assert kube.patches["grandchild"] == {"usd": 0.003, "tokens": 110, "requests": 1, "ownUsd": 0.003}

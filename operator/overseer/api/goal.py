@@ -136,11 +136,14 @@ class GoalCost(ApiModel):
     """What a goal cost, as the model gateway's spend ledger records it."""
 
     usd: float = 0
-    """US dollars spent on model calls, across attempts."""
+    """US dollars spent on model calls, across attempts and sub-goals (at any depth): what
+    spec.budget.maxCostPerGoal counts."""
     tokens: int = 0
     """Tokens of those calls, all kinds."""
     requests: int = 0
     """Model calls priced."""
+    own_usd: float = 0
+    """US dollars of this goal's own attempts' calls, without its sub-goals."""
 
 
 class PendingApproval(ApiModel):

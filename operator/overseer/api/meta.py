@@ -20,6 +20,9 @@ LABEL_GOAL = f"{GROUP}/goal"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_WARM = f"{GROUP}/warm"  # an idle pod of an Agent's warm pool, not claimed by a goal yet
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MAX_SUBGOAL_DEPTH = 10
+"""The deepest sub-goal that runs (the operator fails deeper ones TooDeep; the gateway charges a call to
+at most this many ancestors): a chain of sub-goals each waiting for the next holds a pod per level."""
 MANAGED_BY = "overseer"
 ANNOTATION_EXIT_CODE = f"{GROUP}/exit-code"
 

@@ -1,9 +1,10 @@
 """Budgets and cost: a call is reserved before it is forwarded and settled from its usage.
 
 A call counts against every budget with a limit (scopes.py): its Goal's (spec.budget of the Goal
-over that of its Agent: maxTokensPerGoal, maxCostPerGoal, across all attempts), its Agent's for the
-UTC day (maxTokensPerDay, maxCostPerDay) and its namespace's for the UTC day (the platform's budget
-file). Before a call goes out, its worst case is held in all of them: the input estimated from the
+over that of its Agent: maxTokensPerGoal, maxCostPerGoal, across all attempts and sub-goals), each
+ancestor goal's in the same way (a sub-goal's call counts toward its parent's budget, and that
+one's parent's), its Agent's for the UTC day (maxTokensPerDay, maxCostPerDay) and its namespace's
+for the UTC day (the platform's budget file). Before a call goes out, its worst case is held in all of them: the input estimated from the
 request's size plus max_tokens of output, priced as if all input were written to the 1-hour cache.
 A call whose worst case does not fit next to what was spent and what calls in flight hold is
 refused with HTTP 402 (the header in overseer.api.gateway names the budget) and the agent ends the
@@ -175,7 +176,8 @@ class Meter:
             int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
             int(usage.get("cache_read_input_tokens") or 0),
             int(usage.get("cache_creation_input_tokens") or 0) - hour, hour,
-            price.cost(usage) if price else Decimal(0))
+            price.cost(usage) if price else Decimal(0), tuple(a.goal_uid for a in caller.ancestors),
+            tuple(a.goal for a in caller.ancestors))
         if reservation.shared and self._counters is not None:
             try:
                 await self._counters.settle(caller.namespace, reservation.scopes, reservation.request_id,

@@ -3,7 +3,9 @@
 The API server reviews each new token (TokenReview, audience overseer-gateway) and names the
 pod it is bound to; the pod's labels and its controlling owner reference name the Goal. The
 Goal is never taken from anything the caller sends, so a token of one goal's pod cannot spend
-another goal's budget. Answers, refusals included, are cached for a short while.
+another goal's budget. A sub-goal's call also counts against the per-goal budget of each goal
+above it (spec.parent, up to MAX_SUBGOAL_DEPTH levels), so those are read too, with their Agents'
+budgets. Answers, refusals included, are cached for a short while.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from async_lru import alru_cache
 
 from overseer.api import API_VERSION
 from overseer.api.gateway import AUDIENCE
-from overseer.api.meta import LABEL_AGENT, LABEL_GOAL
+from overseer.api.meta import LABEL_AGENT, LABEL_GOAL, MAX_SUBGOAL_DEPTH
 from overseer.kube import ApiError, Kube, path
 
 from .errors import GatewayError
@@ -23,6 +25,15 @@ from .errors import GatewayError
 POD_NAME = "authentication.kubernetes.io/pod-name"
 POD_UID = "authentication.kubernetes.io/pod-uid"
 SA_PREFIX = "system:serviceaccount:"
+
+
+@dataclass(frozen=True, slots=True)
+class Ancestor:
+    """A goal above the caller's (its parent, the parent's parent...): its calls' spend includes the caller's."""
+
+    goal: str
+    goal_uid: str
+    budget: dict[str, Any]  # its per-goal budget: its own spec.budget over its Agent's
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,7 @@ class Caller:
     goal_uid: str
     agent: str
     budget: dict[str, Any] | None = None  # the Goal's spec.budget
+    ancestors: tuple[Ancestor, ...] = ()  # parent first
 
     @property
     def goal_key(self) -> str:
@@ -117,7 +129,28 @@ class Identity:
             raise _forbidden(f"Goal {namespace}/{goal_name} is assigned to Agent {assigned}, "
                              f"not to {agent_name} of pod {pod_name}")
         return Caller(namespace, pod_name, goal_name, goal["metadata"]["uid"], agent_name,
-                      (goal.get("spec") or {}).get("budget"))
+                      (goal.get("spec") or {}).get("budget"), await self._ancestors(namespace, goal))
+
+    async def _ancestors(self, namespace: str, goal: dict[str, Any]) -> tuple[Ancestor, ...]:
+        """The goals above goal by spec.parent, parent first; the walk stops at a parent that is gone
+        (the operator fails such a sub-goal ParentNotFound), at a loop, and past MAX_SUBGOAL_DEPTH."""
+        found: list[Ancestor] = []
+        seen = {goal["metadata"]["uid"]}
+        agents: dict[str, dict[str, Any]] = {}
+        while len(found) < MAX_SUBGOAL_DEPTH and (parent_name := (goal.get("spec") or {}).get("parent")):
+            parent = await self._kube.get(path(API_VERSION, "goals", namespace, parent_name))
+            if parent is None or parent["metadata"]["uid"] in seen:
+                break
+            seen.add(parent["metadata"]["uid"])
+            agent_name = (parent.get("status") or {}).get("agent") or ""
+            if agent_name and agent_name not in agents:
+                agent = await self._kube.get(path(API_VERSION, "agents", namespace, agent_name))
+                agents[agent_name] = ((agent or {}).get("spec") or {}).get("budget") or {}
+            own = (parent.get("spec") or {}).get("budget") or {}
+            merged = {**agents.get(agent_name, {}), **{k: v for k, v in own.items() if v is not None}}
+            found.append(Ancestor(parent_name, parent["metadata"]["uid"], merged))
+            goal = parent
+        return tuple(found)
 
 
 def _goal_owner(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -38,16 +38,22 @@ CREATE TABLE IF NOT EXISTS gateway_spend (
     cache_write_1h_tokens bigint NOT NULL,
     cost_usd        numeric(20, 10) NOT NULL
 );
+-- the goals above the call's goal (spec.parent, parent first): a goal's spend includes its sub-goals'
+ALTER TABLE gateway_spend ADD COLUMN IF NOT EXISTS ancestor_uids text[] NOT NULL DEFAULT '{}';
+CREATE INDEX IF NOT EXISTS gateway_spend_ancestors ON gateway_spend USING gin (ancestor_uids);
 CREATE INDEX IF NOT EXISTS gateway_spend_goal ON gateway_spend (goal_uid);
 CREATE INDEX IF NOT EXISTS gateway_spend_agent ON gateway_spend (namespace, agent, at);
 CREATE INDEX IF NOT EXISTS gateway_spend_namespace ON gateway_spend (namespace, at);
 """
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 # A batch of rows is one statement (arrays of columns, unnested), not a statement per row.
+# Ancestors travel as one comma-joined text per row: unnest() would flatten an array of arrays.
 _INSERT = """INSERT INTO gateway_spend (request_id, namespace, agent, goal, goal_uid, pod, model, input_tokens,
-    output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_usd)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::numeric[])
+    output_tokens, cache_read_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cost_usd, ancestor_uids)
+    SELECT r, n, a, g, gu, p, m, i, o, cr, c5, c1, c, string_to_array(anc, ',')
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+        %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::numeric[], %s::text[])
+        AS t(r, n, a, g, gu, p, m, i, o, cr, c5, c1, c, anc)
     ON CONFLICT (request_id) DO NOTHING"""
 LINGER_SECONDS = 0.05  # rows arriving this close together share a statement; totals include queued rows
 
@@ -69,6 +75,8 @@ class Spend:
     cache_write_5m_tokens: int
     cache_write_1h_tokens: int
     cost_usd: Decimal
+    ancestor_uids: tuple[str, ...] = ()  # of the goals above goal_uid, parent first
+    ancestors: tuple[str, ...] = ()  # their names (for their status; the ledger keeps the uids)
 
     @property
     def tokens(self) -> int:
@@ -78,7 +86,7 @@ class Spend:
     def row(self) -> tuple[Any, ...]:
         return (self.request_id, self.namespace, self.agent, self.goal, self.goal_uid, self.pod, self.model,
                 self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_5m_tokens,
-                self.cache_write_1h_tokens, self.cost_usd)
+                self.cache_write_1h_tokens, self.cost_usd, ",".join(self.ancestor_uids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +181,13 @@ class Ledger:
             (s.cost_usd for s in waiting), Decimal(0)), int(count) + len(waiting))
 
     async def goal_total(self, goal_uid: str) -> Total:
-        """Everything a Goal spent, across its attempts (rows still queued included)."""
+        """Everything a Goal spent, across its attempts and its sub-goals at any depth (rows still
+        queued included): what its per-goal budget counts."""
+        return await self._sum("(goal_uid = %s OR ancestor_uids @> ARRAY[%s::text])", (goal_uid, goal_uid),
+                               lambda s: s.goal_uid == goal_uid or goal_uid in s.ancestor_uids)
+
+    async def goal_own_total(self, goal_uid: str) -> Total:
+        """What a Goal's own attempts spent, without its sub-goals."""
         return await self._sum("goal_uid = %s", (goal_uid,), lambda s: s.goal_uid == goal_uid)
 
     async def agent_totals(self, namespace: str, agent: str) -> tuple[Total, Total]:

@@ -1,8 +1,10 @@
-"""The budgets one call counts against: its Goal's, its Agent's for the UTC day, its namespace's for
-the UTC day.
+"""The budgets one call counts against: its Goal's, each of its ancestors' (the goals above it by
+spec.parent: a goal's budget covers its sub-goals), its Agent's for the UTC day, its namespace's
+for the UTC day.
 
 The Goal's and the Agent's limits come from their specs (a Goal may override the per-goal limits
-of its Agent, never the Agent's daily ones). A namespace's daily limits are the platform team's:
+of its Agent, never the Agent's daily ones); an ancestor's are its own over its Agent's. A Goal's
+budget key is the same whether the call is its own or a sub-goal's, so both count in one total. A namespace's daily limits are the platform team's:
 they live in the file OVERSEER_GATEWAY_BUDGETS_FILE (the ConfigMap overseer-gateway-budgets in the
 operator's namespace, mounted into the gateway), never in anything a namespace's own editors can
 write, such as an annotation on their namespace::
@@ -49,7 +51,8 @@ class Scope:
 
     key: str  # in Redis and in a replica's own accounts; all of a namespace's keys share its hash tag
     owner: str  # "Goal team-a/fix-ci", "Agent team-a/coder for 2026-12-02 (UTC)", ...
-    kind: str  # "" (a Goal's), "Agent." or "Namespace.": with the budget's name, the budget header's value
+    kind: str  # "" (a Goal's), "Parent." (an ancestor's), "Agent." or "Namespace.": with the budget's name,
+    # the budget header's value
     tokens_budget: str  # the field that sets the limit, named in refusals
     usd_budget: str
     limits: Limits
@@ -113,19 +116,29 @@ def _number(value: Any, kind: type) -> Any:
     return None if value is None else kind(str(value)) if kind is Decimal else kind(value)
 
 
+def _goal_limits(budget: dict[str, Any]) -> Limits:
+    return Limits(_number(budget.get("maxTokensPerGoal"), int), _number(budget.get("maxCostPerGoal"), Decimal))
+
+
 def goal_limits(caller: Caller, target: Target) -> Limits:
     """The Goal's per-goal budget over its Agent's."""
-    merged = {**(target.budget or {}), **{k: v for k, v in (caller.budget or {}).items() if v is not None}}
-    return Limits(_number(merged.get("maxTokensPerGoal"), int), _number(merged.get("maxCostPerGoal"), Decimal))
+    return _goal_limits({**(target.budget or {}), **{k: v for k, v in (caller.budget or {}).items() if v is not None}})
+
+
+def _goal_scope(uid: str, owner: str, kind: str, limits: Limits) -> Scope:
+    return Scope(f"goal:{uid}", owner, kind, "maxTokensPerGoal", "maxCostPerGoal", limits, GOAL_KEEP_SECONDS,
+                 lambda ledger: ledger.goal_total(uid))
 
 
 def scopes(caller: Caller, target: Target, namespaces: NamespaceBudgets, day: str) -> list[Scope]:
-    """Every budget with a limit that this call counts against, the Goal's first."""
+    """Every budget with a limit that this call counts against, the Goal's first, then its ancestors'
+    (at most MAX_SUBGOAL_DEPTH), its Agent's and its namespace's."""
     agent = target.budget or {}
     ns, name = caller.namespace, caller.agent
     found = [
-        Scope(f"goal:{caller.goal_uid}", f"Goal {caller.goal_key}", "", "maxTokensPerGoal", "maxCostPerGoal",
-              goal_limits(caller, target), GOAL_KEEP_SECONDS, lambda ledger: ledger.goal_total(caller.goal_uid)),
+        _goal_scope(caller.goal_uid, f"Goal {caller.goal_key}", "", goal_limits(caller, target)),
+        *(_goal_scope(a.goal_uid, f"Goal {ns}/{a.goal} (with its sub-goals, among them {caller.goal})", "Parent.",
+                      _goal_limits(a.budget)) for a in caller.ancestors),
         Scope(f"agent:{name}:{day}", f"Agent {ns}/{name} for {day} (UTC)", "Agent.", "maxTokensPerDay",
               "maxCostPerDay",
               Limits(_number(agent.get("maxTokensPerDay"), int), _number(agent.get("maxCostPerDay"), Decimal)),

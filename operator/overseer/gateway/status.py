@@ -1,8 +1,11 @@
 """Cost in status: Goal.status.cost and Agent.status.cost, from the spend ledger.
 
-Each call marks its Goal and Agent; every `interval` seconds the marked ones get their totals
+Each call marks its Goal, the goals above it and its Agent; every `interval` seconds the marked
+ones get their totals
 from the ledger (not from this replica's counters, so two replicas write the same numbers) and
-a merge patch of status.cost alone, under the field manager overseer-gateway.
+a merge patch of status.cost alone, under the field manager overseer-gateway. A Goal's usd,
+tokens and requests include its sub-goals' (what its per-goal budget counts); ownUsd is what its
+own attempts spent.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class CostStatus:
 
     def spent(self, spend: Spend) -> None:
         self._goals[spend.goal_uid] = (spend.namespace, spend.goal)
+        for uid, name in zip(spend.ancestor_uids, spend.ancestors):
+            self._goals[uid] = (spend.namespace, name)
         self._agents.add((spend.namespace, spend.agent))
 
     def start(self) -> None:
@@ -52,10 +57,10 @@ class CostStatus:
         agents, self._agents = self._agents, set()
         try:
             for uid, (namespace, name) in goals.items():
-                total = await self._ledger.goal_total(uid)
+                total, own = await self._ledger.goal_total(uid), await self._ledger.goal_own_total(uid)
                 await self._kube.merge_patch(path(API_VERSION, "goals", namespace, name, "status"), {"status": {
                     "cost": {"usd": round(float(total.cost_usd), 6), "tokens": total.tokens,
-                             "requests": total.requests}}})
+                             "requests": total.requests, "ownUsd": round(float(own.cost_usd), 6)}}})
             for namespace, name in agents:
                 today, total = await self._ledger.agent_totals(namespace, name)
                 await self._kube.merge_patch(path(API_VERSION, "agents", namespace, name, "status"), {"status": {

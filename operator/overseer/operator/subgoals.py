@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overseer.api import Phase
-from overseer.api.meta import LABEL_AGENT, RISK_ORDER
+from overseer.api.meta import LABEL_AGENT, MAX_SUBGOAL_DEPTH as MAX_DEPTH, RISK_ORDER
 from overseer.approvals import CREATED_BY
 
 from .dispatch import TERMINAL, pod_outcome
@@ -26,8 +26,6 @@ from .dispatch import TERMINAL, pod_outcome
 Raw = dict[str, Any]
 LIVE = {Phase.RUNNING.value, Phase.AWAITING_APPROVAL.value}
 AGENT_PREFIX = "overseer-agent-"
-MAX_DEPTH = 10
-"""The deepest sub-goal that runs: a chain of sub-goals each waiting for the next holds a pod per level."""
 
 
 @dataclass(frozen=True)

@@ -565,7 +565,8 @@ class ScriptedModelServer:
         if self._record_to is not None and record is not None:
             with open(self._record_to, "a") as f:
                 f.write(json.dumps({"path": record.path, "conversation": record.conversation, "body": record.body,
-                                    "status": record.status, "turn": record.turn}) + "\n")
+                                    "status": record.status, "turn": record.turn,
+                                    "api_key": record.api_key}) + "\n")  # whose key: the gateway's or a pod's
         return response
 
     async def close(self) -> None:
