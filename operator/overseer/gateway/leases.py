@@ -90,7 +90,7 @@ class Leases:
         self._lapse = max(lapse_seconds, seconds * 2)
         self._on_lost = on_lost  # Redis did not take a lease's spend: the meter reloads those budgets
         self._active: dict[LeaseKey, Lease] = {}
-        self._taking: dict[LeaseKey, asyncio.Future[None]] = {}  # a lease on its way from Redis
+        self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: a lease came
         self._retiring: set[Lease] = set()
 
     def draw(self, key: LeaseKey, tokens: int, nanos: int) -> Lease | None:
@@ -111,13 +111,19 @@ class Leases:
             await asyncio.wait([pending])
             if (lease := self.draw(key, tokens, nanos)) is not None:
                 return lease
-        mine = self._taking[key] = asyncio.get_running_loop().create_future()  # calls meanwhile wait for it
+            if not _leased(pending):  # near a limit: each call holds its own, side by side
+                break
+        mine = None
+        if key not in self._taking:  # calls meanwhile wait for this one
+            mine = self._taking[key] = asyncio.get_running_loop().create_future()
+        units: int | Refused | Unknown = 0
         try:
             units = await self._counters.lease(key[0], scopes, request_id, tokens, nanos, self.units, self._share,
                                                self._lapse)
         finally:
-            del self._taking[key]
-            mine.set_result(None)
+            if mine is not None:
+                del self._taking[key]
+                mine.set_result(isinstance(units, int) and units > 1)
         if not isinstance(units, int):
             return units
         lease = Lease(key[0], scopes, request_id, units * tokens, units * nanos, (tokens, nanos))
@@ -167,7 +173,8 @@ class Leases:
                 self._renew(key, lease)  # busy budgets: calls meanwhile wait for it rather than ask Redis
 
     def _renew(self, key: LeaseKey, lease: Lease) -> None:
-        async def renew() -> None:
+        async def renew() -> bool:
+            units: int | Refused | Unknown = 0
             try:
                 tokens, nanos = lease.unit
                 rid = request_id()
@@ -179,6 +186,7 @@ class Leases:
                 log.warning("budget lease not renewed, Redis unavailable: %s", e)
             finally:
                 self._taking.pop(key, None)
+            return isinstance(units, int) and units > 1
 
         if key not in self._taking:
             self._taking[key] = asyncio.get_running_loop().create_task(renew())
@@ -221,3 +229,7 @@ class Leases:
             lease.flushing = None
         if keep is None:
             self._retiring.discard(lease)
+
+
+def _leased(taking: asyncio.Future[bool]) -> bool:
+    return taking.done() and not taking.cancelled() and taking.exception() is None and taking.result()
