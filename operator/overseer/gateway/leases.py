@@ -90,7 +90,7 @@ class Leases:
         self._lapse = max(lapse_seconds, seconds * 2)
         self._on_lost = on_lost  # Redis did not take a lease's spend: the meter reloads those budgets
         self._active: dict[LeaseKey, Lease] = {}
-        self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: a lease came
+        self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: worth waiting for
         self._retiring: set[Lease] = set()
 
     def draw(self, key: LeaseKey, tokens: int, nanos: int) -> Lease | None:
@@ -111,7 +111,7 @@ class Leases:
             await asyncio.wait([pending])
             if (lease := self.draw(key, tokens, nanos)) is not None:
                 return lease
-            if not _leased(pending):  # near a limit: each call holds its own, side by side
+            if not _worth_waiting(pending):  # near a limit: each call holds its own, side by side
                 break
         mine = None
         if key not in self._taking:  # calls meanwhile wait for this one
@@ -123,7 +123,8 @@ class Leases:
         finally:
             if mine is not None:
                 del self._taking[key]
-                mine.set_result(isinstance(units, int) and units > 1)
+                # worth waiting for: a lease came, or the budgets were loaded and the next one may
+                mine.set_result(isinstance(units, Unknown) or isinstance(units, int) and units > 1)
         if not isinstance(units, int):
             return units
         lease = Lease(key[0], scopes, request_id, units * tokens, units * nanos, (tokens, nanos))
@@ -231,5 +232,5 @@ class Leases:
             self._retiring.discard(lease)
 
 
-def _leased(taking: asyncio.Future[bool]) -> bool:
+def _worth_waiting(taking: asyncio.Future[bool]) -> bool:
     return taking.done() and not taking.cancelled() and taking.exception() is None and taking.result()
