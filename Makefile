@@ -171,8 +171,9 @@ bench-smoke: venv cluster-build
 	$(BIN)/python -m e2e.bench.start --goals 5
 	$(BIN)/python -m e2e.bench.start --goals 3 --warm-pool 1
 
+BENCH_GATEWAY_ARGS ?=  # e.g. --variant before:PYTHONPATH=/tmp/old/operator (an older checkout beside this one)
 bench-gateway: venv cluster-build
-	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md
+	$(BIN)/python -m e2e.bench.gateway --docs docs/performance.md $(BENCH_GATEWAY_ARGS)
 
 bench-start: venv cluster-build
 	$(BIN)/python -m e2e.bench.start --goals $(BENCH_START_GOALS) --docs docs/performance.md

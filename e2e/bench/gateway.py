@@ -11,8 +11,13 @@ over one call's length, so calls arrive steadily, not in bursts. For each path: 
 the last byte and to the first byte, p50 and p99; for the gateway its CPU seconds per request and
 its memory.
 
+`--variant NOTE:NAME=VALUE[,...]` runs one more gateway with that environment (e.g. an older
+checkout on PYTHONPATH) as one more path at the same time, with its own `--concurrency` streams,
+so a change is measured against what came before on the same machine at the same moments.
+
     python -m e2e.bench.gateway [--requests 1000] [--concurrency 100] [--first-token 0.5]
-                                [--event-interval 0.25] [--docs FILE] [--json FILE]
+                                [--event-interval 0.25] [--variant NOTE:NAME=VALUE[,...]]
+                                [--docs FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -165,34 +170,46 @@ async def batch(url: str, headers: dict[str, str], requests: int, concurrency: i
     return results
 
 
-async def measure(model_url: str, gateway: GatewayProcess, token: str, requests: int, concurrency: int,
+def gateway_figures(proc: GatewayProcess, cpu: float, waited: float, requests: int) -> dict[str, float]:
+    rss, peak = memory_mb(proc.proc.pid)
+    return {"cpu_ms_per_request": cpu / requests * 1000, "cpu_wait_ms_per_request": waited / requests * 1000,
+            "rss_mb": rss, "rss_peak_mb": peak}
+
+
+async def measure(model_url: str, gateways: dict[str, GatewayProcess], token: str, requests: int, concurrency: int,
                   call_seconds: float) -> dict[str, Any]:
-    paths = {"direct": (model_url, {"x-api-key": "bench-key", "content-type": "application/json"}),
-             "gateway": (gateway.url, {"x-api-key": token, "content-type": "application/json"})}
+    """`gateways`: "gateway" (this checkout) and one per variant, each its own path beside the direct one."""
+    paths = {"direct": (model_url, {"x-api-key": "bench-key", "content-type": "application/json"})}
+    paths |= {name: (g.url, {"x-api-key": token, "content-type": "application/json"}) for name, g in gateways.items()}
     # warm up: connections, the token review, the caches
     await asyncio.gather(*[batch(url, headers, concurrency, concurrency) for url, headers in paths.values()])
     load_before = os.getloadavg()[0]
-    before, waited_before = cpu_seconds(gateway.proc.pid), runqueue_seconds(gateway.proc.pid)
+    before = {name: (cpu_seconds(g.proc.pid), runqueue_seconds(g.proc.pid)) for name, g in gateways.items()}
     runs = await asyncio.gather(*[batch(url, headers, requests, concurrency, call_seconds)
                                   for url, headers in paths.values()])
-    cpu = cpu_seconds(gateway.proc.pid) - before
-    waited = runqueue_seconds(gateway.proc.pid) - waited_before
-    rss, peak = memory_mb(gateway.proc.pid)
+    used = {name: (cpu_seconds(g.proc.pid) - before[name][0], runqueue_seconds(g.proc.pid) - before[name][1])
+            for name, g in gateways.items()}
     out: dict[str, Any] = {"requests": requests, "concurrency": concurrency, "load_average": os.getloadavg()[0],
-                           "load_average_before": load_before}
+                           "load_average_before": load_before, "variants": [n for n in gateways if n != "gateway"]}
     for name, values in zip(paths, runs, strict=True):
         firsts, totals = [v[0] for v in values], [v[1] for v in values]
         out[name] = {"p50_ms": pct(totals, 0.5) * 1000, "p99_ms": pct(totals, 0.99) * 1000,
                      "ttfb_p50_ms": pct(firsts, 0.5) * 1000, "ttfb_p99_ms": pct(firsts, 0.99) * 1000}
-    out["added"] = {k: out["gateway"][k] - out["direct"][k] for k in out["direct"]}
-    out["gateway_cpu_ms_per_request"] = cpu / requests * 1000
-    out["gateway_cpu_wait_ms_per_request"] = waited / requests * 1000
-    out["gateway_rss_mb"], out["gateway_rss_peak_mb"] = rss, peak
+    for name, g in gateways.items():
+        added = {k: out[name][k] - out["direct"][k] for k in out["direct"]}
+        figures = gateway_figures(g, *used[name], requests)
+        if name == "gateway":
+            out["added"] = added
+            out.update({f"gateway_{k}": v for k, v in figures.items()})
+        else:
+            out[name] |= {"added": added, **figures}
     return out
 
 
 def table(r: dict[str, Any]) -> str:
     rows = [("direct", r["direct"]), ("through the gateway", r["gateway"]), ("added by the gateway", r["added"])]
+    for note in r.get("variants", []):
+        rows += [(f"through the gateway ({note})", r[note]), (f"added by the gateway ({note})", r[note]["added"])]
     lines = [f"{r['requests']} streamed calls per path, {r['concurrency']} in flight on each path at once, "
              f"first event after {r['first_token_s']} s, then one every {r['event_interval_s']} s; "
              f"{os.cpu_count()} cores (load average {r['load_average_before']:.1f} at the start, "
@@ -206,8 +223,21 @@ def table(r: dict[str, Any]) -> str:
                      f"{v['ttfb_p99_ms']:.2f} ms |")
     lines.append(f"\ngateway CPU per call: {r['gateway_cpu_ms_per_request']:.3f} ms; time it waited for a CPU "
                  f"(other work on the machine) per call: {r['gateway_cpu_wait_ms_per_request']:.3f} ms; "
-                 f"gateway memory: {r['gateway_rss_mb']:.0f} MB RSS (peak {r['gateway_rss_peak_mb']:.0f} MB)\n")
-    return "\n".join(lines)
+                 f"gateway memory: {r['gateway_rss_mb']:.0f} MB RSS (peak {r['gateway_rss_peak_mb']:.0f} MB)")
+    for note in r.get("variants", []):
+        v = r[note]
+        lines.append(f"gateway ({note}): CPU per call {v['cpu_ms_per_request']:.3f} ms, waited for a CPU "
+                     f"{v['cpu_wait_ms_per_request']:.3f} ms per call, {v['rss_mb']:.0f} MB RSS")
+    return "\n".join(lines) + "\n"
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    note, _, assignments = text.partition(":")
+    pairs = [a.partition("=") for a in assignments.split(",") if a]
+    if not note or not pairs or any(not name or not eq for name, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NOTE:NAME=VALUE[,NAME=VALUE...], "
+                                         "e.g. before:PYTHONPATH=/tmp/old/operator")
+    return note, {name: value for name, _, value in pairs}
 
 
 def main() -> None:
@@ -218,31 +248,39 @@ def main() -> None:
     parser.add_argument("--event-interval", type=float, default=0.25, help="seconds between the model's events")
     parser.add_argument("--gateway-nice", type=int, help="run the gateway at this nice value (an experiment: how much "
                         "of what it adds is waiting for a CPU behind other work)")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[],
+                        metavar="NOTE:NAME=VALUE[,NAME=VALUE...]",
+                        help="also run a gateway with this environment as a path of its own at the same time, "
+                             "e.g. before:PYTHONPATH=/tmp/old/operator for the gateway of an older checkout")
     parser.add_argument("--docs", type=Path, help="write the table into this file's gateway block")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     cluster = harness.start_cluster()
     kubectl, k8s = harness.Kubectl(cluster), harness.K8s(cluster)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    model = gateway = postgres = redis = None
+    model = postgres = redis = None
+    gateways: dict[str, GatewayProcess] = {}
     try:
         harness.install_crds(kubectl)
         postgres, redis = PostgresServer(workdir).init(), RedisServer(workdir).start()
         model = Model(workdir, args.first_token, args.event_interval)
         token = goal_pod(kubectl, k8s, model.url)
-        gateway = GatewayProcess(cluster, gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gw.kubeconfig"),
-                                 workdir / "gateway.log", env={"OVERSEER_GATEWAY_DATABASE_URL": postgres.dsn,
-                                                               "OVERSEER_GATEWAY_REDIS_URL": redis.url})
-        if args.gateway_nice is not None:
-            os.setpriority(os.PRIO_PROCESS, gateway.proc.pid, args.gateway_nice)
-        log(f"model {model.url}, gateway {gateway.url}: {args.requests} calls per path")
+        kubeconfig = gateway_kubeconfig(cluster, kubectl, k8s, workdir / "gw.kubeconfig")
+        env = {"OVERSEER_GATEWAY_DATABASE_URL": postgres.dsn, "OVERSEER_GATEWAY_REDIS_URL": redis.url}
+        for note, extra in [("gateway", {}), *args.variant]:
+            gateways[note] = GatewayProcess(cluster, kubeconfig, workdir / f"gateway-{len(gateways)}.log",
+                                            env=env | extra)
+            if args.gateway_nice is not None:
+                os.setpriority(os.PRIO_PROCESS, gateways[note].proc.pid, args.gateway_nice)
+        log(f"model {model.url}, gateways {', '.join(g.url for g in gateways.values())}: "
+            f"{args.requests} calls per path")
         call_seconds = args.first_token + EVENTS_APART * args.event_interval
-        result = asyncio.run(measure(model.url, gateway, token, args.requests, args.concurrency, call_seconds))
+        result = asyncio.run(measure(model.url, gateways, token, args.requests, args.concurrency, call_seconds))
         result.update(first_token_s=args.first_token, event_interval_s=args.event_interval,
                       gateway_nice=os.getpriority(os.PRIO_PROCESS, 0) if args.gateway_nice is None else args.gateway_nice,
                       bench_nice=os.getpriority(os.PRIO_PROCESS, 0), autogroup_nice=autogroup_nice())
     finally:
-        if gateway is not None:
+        for gateway in gateways.values():
             gateway.stop()
         if model is not None:
             model.stop()
@@ -262,7 +300,8 @@ def main() -> None:
     if args.docs:
         command = (f"make bench-gateway (python -m e2e.bench.gateway --requests {args.requests} "
                    f"--concurrency {args.concurrency} --first-token {args.first_token} "
-                   f"--event-interval {args.event_interval})")
+                   f"--event-interval {args.event_interval}"
+                   + "".join(f" --variant {note}:..." for note, _ in args.variant) + ")")
         write_section(args.docs, "Model gateway", BEGIN, END, f"`{command}`\n\n{text}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -56,12 +57,13 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
     async def start(upstream: str, goal_budget: dict[str, Any] | None = None, redis_url: str | None = None,
                     caller: Caller | None = None, refresh_seconds: float = 0.5,
                     agent_budget: dict[str, Any] | None = None, namespaces: NamespaceBudgets | None = None,
-                    limits: GatewaySettings | None = None) -> Gateway:
+                    limits: GatewaySettings | None = None, lease_calls: int = 1) -> Gateway:
         ledger = Ledger(postgres.dsn)
         await ledger.open()
         client = aioredis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1) if redis_url else None
         counters = RedisCounters(client, hold_seconds=60) if client else None
-        meter = Meter(ledger, PriceTable(), refresh_seconds=refresh_seconds, counters=counters, namespaces=namespaces)
+        meter = Meter(ledger, PriceTable(), refresh_seconds=refresh_seconds, counters=counters, namespaces=namespaces,
+                      lease_calls=lease_calls)
         caller = caller or Caller("team-a", "g-a1", "g", "uid-" + secrets.token_hex(4), "coder", goal_budget)
         if client is not None:
             cleanup.append(client.aclose)
@@ -285,6 +287,72 @@ async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gate
     shared.close()
 
 
+def evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # type: ignore[union-attr]
+
+
+async def two_leasing_replicas(start_gateway: Any, model_url: str, redis_url: str, budget: int) -> list[Gateway]:
+    one = await start_gateway(model_url, {"maxTokensPerGoal": budget}, redis_url, refresh_seconds=3600,
+                              lease_calls=128)
+    two = await start_gateway(model_url, redis_url=redis_url, caller=one.caller, refresh_seconds=3600, lease_calls=128)
+    return [one, two]
+
+
+async def forty_calls(clients: list[anthropic.AsyncAnthropic]) -> list[str]:
+    """40 calls at once, half on each replica, each holding ~145 tokens and spending close to that."""
+    question = [{"role": "user", "content": "Why does the parser fail on tabs? " * 12}]
+
+    async def call(client: anthropic.AsyncAnthropic) -> str:
+        try:
+            await client.messages.create(model=MODEL, max_tokens=20, messages=question)  # type: ignore[arg-type]
+            return "ok"
+        except anthropic.APIStatusError as e:
+            return str(e.status_code)
+
+    return await asyncio.gather(*[call(clients[i % 2]) for i in range(40)])
+
+
+async def test_far_from_a_limit_two_replicas_lease_it_and_most_calls_skip_redis(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer) -> None:
+    shared = redis.Redis.from_url(redis_server.url)
+    async with ScriptedModelServer({"conversations": {"default": [{"reply": "x" * 80, "delay": 0.02}]},
+                                    "repeat_last": True}) as model:
+        gateways = await two_leasing_replicas(start_gateway, model.url, redis_server.url, 10_000_000)
+        round_trips = evalsha_calls(shared)
+        clients = [gateway.sdk() for gateway in gateways]
+        outcomes = [o for _ in range(5) for o in await forty_calls(clients)]
+        round_trips = evalsha_calls(shared) - round_trips
+        await settled(postgres, gateways, 200, goal_uid=gateways[0].caller.goal_uid)  # type: ignore[attr-defined]
+        for gateway in gateways:
+            await gateway.meter.close()
+    spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, gateways[0].caller.goal_uid)]  # type: ignore[attr-defined]
+    key = f"overseer:gw:{{team-a}}:goal:{gateways[0].caller.goal_uid}"  # type: ignore[attr-defined]
+    redis_spent, redis_held = int(shared.hget(key, "t")), int(shared.hget(key, "ht"))  # type: ignore[arg-type]
+    shared.close()
+
+    assert outcomes == ["ok"] * 200
+    assert round_trips < 200 / 4, round_trips  # each call alone: 2 scripts (hold, settle)
+    assert (redis_spent, redis_held) == (sum(spent), 0)  # every lease gave back what its calls did not use
+
+
+async def test_two_replicas_leasing_one_budget_never_spend_past_it(
+        start_gateway: Any, postgres: PostgresServer, redis_server: RedisServer) -> None:
+    # 20,000 tokens: ~137 calls' worst cases; far from the limit each replica leases up to a 16th of
+    # what is free, near it each call holds its own.
+    budget = 20_000
+    async with ScriptedModelServer({"conversations": {"default": [{"reply": "x" * 80, "delay": 0.02}]},
+                                    "repeat_last": True}) as model:
+        gateways = await two_leasing_replicas(start_gateway, model.url, redis_server.url, budget)
+        clients, outcomes = [gateway.sdk() for gateway in gateways], []
+        while "402" not in outcomes[-40:]:
+            outcomes += await forty_calls(clients)
+        await settled(postgres, gateways, outcomes.count("ok"), goal_uid=gateways[0].caller.goal_uid)  # type: ignore[attr-defined]
+    spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, gateways[0].caller.goal_uid)]  # type: ignore[attr-defined]
+
+    assert set(outcomes) == {"ok", "402"}
+    assert budget / 2 < sum(spent) <= budget, sum(spent)
+
+
 async def test_without_redis_a_replica_counts_alone_and_goes_on(start_gateway: Any, redis_server: RedisServer) -> None:
     async with ScriptedModelServer({"conversations": {"default": ["ok"]}, "repeat_last": True}) as model:
         gateway = await start_gateway(model.url, {"maxTokensPerGoal": 1_000}, redis_server.url)
@@ -427,6 +495,27 @@ async def test_a_hold_a_replica_never_settles_lapses_and_a_late_settle_frees_not
     assert isinstance(refused, Refused) and (refused.spent_tokens, refused.held_tokens) == (100, 800)
     assert after is None
     assert (int(state[b"t"]), int(state[b"ht"])) == (250, 0)  # not -800 held: the lapsed hold left once
+
+
+async def test_a_lease_is_at_most_a_sixteenth_of_what_is_free_and_a_dead_replicas_lease_lapses_soon(
+        redis_server: RedisServer) -> None:
+    ns = namespace()
+    client = aioredis.from_url(redis_server.url)
+    counters = RedisCounters(client, hold_seconds=60)
+    caller = Caller(ns, "g-a1", "g", f"uid-{ns}", "coder")
+    [goal] = scopes(caller, Target("http://model", "k", MODEL, {"maxTokensPerGoal": 10_000}), NamespaceBudgets(), "d")
+    await counters.load(ns, goal, 0, Decimal(0))
+    units = await counters.lease(ns, [goal], "lease-1", 100, 0, 128, 16, lease_seconds=0.3)  # its replica dies
+    held = int(await client.hget(RedisCounters.key(ns, goal), "ht"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.4)
+    near = await counters.lease(ns, [goal], "req-2", 1_000, 0, 128, 16, lease_seconds=0.3)  # 9,900 free: 1/16 < 1 call
+    state = await client.hgetall(RedisCounters.key(ns, goal))
+    lapse = await client.zscore(RedisCounters.key(ns, goal) + ":holds", "req-2:1000:0")
+    await client.aclose()
+
+    assert (units, held) == (6, 600)  # 10,000 free / 100 per call / 16
+    assert near == 1 and int(state[b"ht"]) == 1_000  # the lapsed lease left; the call holds only its own
+    assert lapse is not None and lapse > time.time() + 50  # a call's own hold lapses as any call's
 
 
 async def test_over_an_agents_rate_limit_a_call_gets_429_with_retry_after_and_goes_through_later(

@@ -35,7 +35,8 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
     counters = RedisCounters(redis, hold_seconds=settings.upstream_timeout_seconds + 60) if ledger and redis else None
     meter = Meter(ledger, PriceTable(settings.prices_file), settings.budget_refresh_seconds,
                   on_spend=status.spent if status else None, counters=counters,
-                  namespaces=NamespaceBudgets(settings.budgets_file)) if ledger else None
+                  namespaces=NamespaceBudgets(settings.budgets_file), lease_calls=settings.budget_lease_calls,
+                  lease_seconds=settings.budget_lease_seconds) if ledger else None
     limits = RateLimits(redis, settings)
     proxy = Proxy(Identity(kube, settings.token_cache_seconds), Targets(kube, settings), meter=meter,
                   limits=limits if limits.enabled else None)
@@ -48,6 +49,8 @@ def build_app(settings: GatewaySettings, login: Callable[[], Awaitable[Credentia
             status.start()
         yield
         await proxy.drain()
+        if meter is not None:
+            await meter.close()
         await proxy.session.close()
         if ledger is not None and status is not None:
             await status.stop()

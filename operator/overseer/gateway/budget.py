@@ -13,7 +13,9 @@ goal with reason BudgetExhausted. When the answer is in, the hold is released an
 
 With Redis (counters.py) the spend and the holds of every budget are shared by all replicas and
 checked in one atomic step, so spend passes a budget by at most what calls in flight use beyond
-their holds (nothing, as a call cannot use more than its hold). Without it, or while it is down,
+their holds (nothing, as a call cannot use more than its hold). Far from its limits a hold is a
+lease of several calls' worst cases (leases.py), from which the next calls of the same budgets on
+this replica are held without a round trip. Without it, or while it is down,
 each replica counts alone: totals come from the ledger and are read again every
 `refresh_seconds`, so a budget may also be passed by what the other replicas spend within that
 time. A budget this replica has not counted yet, with neither Redis nor the ledger answering,
@@ -34,9 +36,10 @@ from overseer.api.gateway import BUDGET_HEADER
 from overseer.prices import PriceTable
 
 from . import metrics
-from .counters import CountersUnavailable, RedisCounters, Refused
+from .counters import CountersUnavailable, RedisCounters, Refused, nano
 from .errors import GatewayError
 from .identity import Caller
+from .leases import Lease, Leases, lease_key
 from .ledger import Ledger, LedgerUnavailable, Spend
 from .scopes import NamespaceBudgets, Scope, scopes, utc_day
 from .upstream import Target
@@ -68,7 +71,7 @@ class Reservation:
     usd: Decimal
     scopes: list[Scope]
     accounts: list[Account] = field(default_factory=list)  # held in this replica's own accounts
-    shared: bool = False  # held in the Redis counters
+    lease: Lease | None = None  # held in the Redis counters, in this lease
 
 
 def _usd(amount: Decimal) -> str:
@@ -80,11 +83,12 @@ class Meter:
 
     def __init__(self, ledger: Ledger, prices: PriceTable, refresh_seconds: float = 5.0,
                  on_spend: Any = None, counters: RedisCounters | None = None,
-                 namespaces: NamespaceBudgets | None = None) -> None:
+                 namespaces: NamespaceBudgets | None = None, lease_calls: int = 1, lease_seconds: float = 5.0) -> None:
         self._ledger = ledger
         self._prices = prices
         self._refresh = refresh_seconds
         self._counters = counters
+        self._leases = Leases(counters, lease_calls, lease_seconds, on_lost=self._lost) if counters else None
         self._namespaces = namespaces or NamespaceBudgets()
         self._missed: set[str] = set()  # budgets whose spend did not reach Redis (it was down)
         self._accounts: dict[str, Account] = {}
@@ -125,11 +129,11 @@ class Meter:
             return reservation
         if self._counters is not None:
             try:
-                reservation.shared = await self._hold_shared(caller, reservation)
+                reservation.lease = await self._hold_shared(caller, reservation)
             except CountersUnavailable as e:
                 log.warning("budget counters (Redis) unavailable, this replica counts alone: %s", e)
                 self._missed.update(self._key(caller, scope) for scope in budgets)
-        if not reservation.shared:
+        if reservation.lease is None:
             accounts = [await self._account(self._key(caller, scope), scope) for scope in budgets]
             # Check and hold with no await in between: concurrent calls on this replica see each other.
             for scope, account in zip(budgets, accounts):
@@ -144,16 +148,19 @@ class Meter:
     def _key(caller: Caller, scope: Scope) -> str:
         return f"{caller.namespace}:{scope.key}"
 
-    async def _hold_shared(self, caller: Caller, r: Reservation) -> bool:
-        assert self._counters is not None
+    async def _hold_shared(self, caller: Caller, r: Reservation) -> Lease | None:
+        assert self._counters is not None and self._leases is not None
+        key, nanos = lease_key(caller.namespace, r.scopes), nano(r.usd)
+        if (lease := self._leases.draw(key, r.tokens, nanos)) is not None:
+            return lease
         for scope in r.scopes:  # spent while Redis was down: the ledger knows, Redis does not
             if self._key(caller, scope) in self._missed:
                 await self._counters.forget(caller.namespace, scope)
                 self._missed.discard(self._key(caller, scope))
         for _ in range(len(r.scopes) + 1):
-            answer = await self._counters.hold(caller.namespace, r.scopes, r.request_id, r.tokens, r.usd)
-            if answer is None:
-                return True
+            answer = await self._leases.take(key, r.scopes, r.request_id, r.tokens, nanos)
+            if isinstance(answer, Lease):
+                return answer
             scope = r.scopes[answer.scope]
             if isinstance(answer, Refused):
                 _check(caller, scope, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
@@ -164,7 +171,16 @@ class Meter:
             except LedgerUnavailable as e:
                 raise _ledger_unavailable(scope, e) from e
             await self._counters.load(caller.namespace, scope, total.tokens, total.cost_usd)
-        return False
+        return None
+
+    def _lost(self, lease: Lease) -> None:
+        """Redis did not take what a lease's calls spent: those budgets are read from the ledger again."""
+        self._missed.update(f"{lease.namespace}:{scope.key}" for scope in lease.scopes)
+
+    async def close(self) -> None:
+        """Give back what leases hold beyond their calls and count what they spent (on shutdown)."""
+        if self._leases is not None:
+            await self._leases.close()
 
     async def settle(self, reservation: Reservation, usage: dict[str, Any], model: str) -> None:
         caller, model = reservation.caller, model or reservation.model
@@ -178,13 +194,10 @@ class Meter:
             int(usage.get("cache_creation_input_tokens") or 0) - hour, hour,
             price.cost(usage) if price else Decimal(0), tuple(a.goal_uid for a in caller.ancestors),
             tuple(a.goal for a in caller.ancestors))
-        if reservation.shared and self._counters is not None:
-            try:
-                await self._counters.settle(caller.namespace, reservation.scopes, reservation.request_id,
-                                            reservation.tokens, reservation.usd, spend.tokens, spend.cost_usd)
-            except CountersUnavailable as e:  # the holds lapse by themselves; the ledger has the spend
-                log.warning("budget counters (Redis) unavailable when settling %s: %s", reservation.request_id, e)
-                self._missed.update(self._key(caller, scope) for scope in reservation.scopes)
+        if reservation.lease is not None and self._leases is not None:
+            # Redis unavailable: the holds lapse by themselves and the budgets are read from the ledger again.
+            await self._leases.settle(reservation.lease, reservation.tokens, nano(reservation.usd), spend.tokens,
+                                      nano(spend.cost_usd))
         for account in reservation.accounts:
             account.held_tokens -= reservation.tokens
             account.held_usd -= reservation.usd

@@ -9,6 +9,12 @@ so two replicas never both take the last of a budget, and its cost does not grow
 flight. A budget whose spend is not in Redis yet is loaded from the ledger first (the script
 answers "unknown" and the caller loads it with HSETNX).
 
+A hold may be a lease (leases.py): the script holds up to `units` times the call's worst case,
+as many as fit in a `share`-th of what is free in every budget (at least one: the call itself), so
+that a replica can pass the next calls of those budgets without a round trip; near a limit a
+lease is just the call's own hold. A lease is resized later (what its calls in flight may still
+use stays held; what they spent moves into the spend) in one step by the settle script.
+
 Keys (every key of a namespace carries its hash tag, so one script's keys share a Redis Cluster slot):
 
     overseer:gw:{<namespace>}:<scope>          hash t, u, ht, hu
@@ -29,11 +35,13 @@ from .scopes import Scope
 
 NANO = Decimal(1_000_000_000)
 
-# KEYS: per scope its hash and its holds. ARGV: now, lapse time, member, tokens, nano-dollars,
-# then per scope: token limit, nano-dollar limit (-1: none), seconds to keep.
+# KEYS: per scope its hash and its holds. ARGV: now, lapse time, request id, tokens, nano-dollars (one
+# call's worst case), most units, share, lapse time of a lease (more than one unit), then per scope:
+# token limit, nano-dollar limit (-1: none), seconds to keep. Answers {1, units} when held (member <request id>:<units * tokens>:<units * nano>).
 _RESERVE = """
-local now, lapse, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now, lapse, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local want_t, want_u = tonumber(ARGV[4]), tonumber(ARGV[5])
+local units, share = tonumber(ARGV[6]), tonumber(ARGV[7])
 local n = #KEYS / 2
 for i = 1, n do
   local spent, holds = KEYS[2 * i - 1], KEYS[2 * i]
@@ -51,32 +59,48 @@ for i = 1, n do
   end
   local v = redis.call('HMGET', spent, 't', 'u', 'ht', 'hu')
   local st, su, ht, hu = tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or '0'), tonumber(v[4] or '0')
-  local limit_t, limit_u = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  local limit_t, limit_u = tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
   if limit_u >= 0 and su + hu + want_u > limit_u then
     return {0, i, 'u', st, v[2], ht, v[4] or '0'}
   end
   if limit_t >= 0 and st + ht + want_t > limit_t then
     return {0, i, 't', st, v[2], ht, v[4] or '0'}
   end
+  if limit_u >= 0 and want_u > 0 then
+    units = math.min(units, math.floor((limit_u - su - hu) / want_u / share))
+  end
+  if limit_t >= 0 and want_t > 0 then
+    units = math.min(units, math.floor((limit_t - st - ht) / want_t / share))
+  end
 end
+units = math.max(units, 1)
+if units > 1 then lapse = tonumber(ARGV[8]) end
+local hold_t, hold_u = units * want_t, units * want_u
+local member = string.format('%s:%d:%d', id, hold_t, hold_u)
 for i = 1, n do
-  local spent, holds, keep = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[5 + 3 * i])
+  local spent, holds, keep = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[8 + 3 * i])
   redis.call('ZADD', holds, lapse, member)
-  redis.call('HINCRBY', spent, 'ht', want_t)
-  redis.call('HINCRBY', spent, 'hu', want_u)
+  redis.call('HINCRBY', spent, 'ht', hold_t)
+  redis.call('HINCRBY', spent, 'hu', hold_u)
   redis.call('EXPIRE', holds, keep)
   redis.call('EXPIRE', spent, keep)
 end
-return {1}
+return {1, units}
 """
-# ARGV: member, hold tokens, hold nano-dollars, spent tokens, spent nano-dollars. A hold that
-# lapsed already left the running totals; it is not taken off twice.
+# ARGV: member, hold tokens, hold nano-dollars, spent tokens, spent nano-dollars, and for a lease
+# that keeps part of its hold: new member, its tokens, nano-dollars, lapse time. A hold that lapsed
+# already left the running totals; it is not taken off twice.
 _SETTLE = """
 for i = 1, #KEYS / 2 do
   local spent, holds = KEYS[2 * i - 1], KEYS[2 * i]
   if redis.call('ZREM', holds, ARGV[1]) == 1 then
     redis.call('HINCRBY', spent, 'ht', 0 - tonumber(ARGV[2]))
     redis.call('HINCRBY', spent, 'hu', 0 - tonumber(ARGV[3]))
+  end
+  if ARGV[6] then
+    redis.call('ZADD', holds, tonumber(ARGV[9]), ARGV[6])
+    redis.call('HINCRBY', spent, 'ht', ARGV[7])
+    redis.call('HINCRBY', spent, 'hu', ARGV[8])
   end
   if redis.call('HEXISTS', spent, 't') == 1 then
     redis.call('HINCRBY', spent, 't', ARGV[4])
@@ -148,9 +172,18 @@ class RedisCounters:
     async def hold(self, namespace: str, scopes: Sequence[Scope], request_id: str, tokens: int,
                    usd: Decimal) -> Refused | Unknown | None:
         """None when held in every scope; Refused when one does not fit; Unknown when one is not loaded."""
+        answer = await self.lease(namespace, scopes, request_id, tokens, nano(usd), 1, 1, 0)
+        return None if isinstance(answer, int) else answer
+
+    async def lease(self, namespace: str, scopes: Sequence[Scope], request_id: str, tokens: int, nanos: int,
+                    units: int, share: int, lease_seconds: float) -> int | Refused | Unknown:
+        """Hold up to `units` times one call's worst case, as many as fit in a `share`-th of what is free
+        (at least one: the call's own hold, which lapses as any call's); a lease of more lapses after
+        `lease_seconds` unless resized. The units held (member `request_id:<tokens>:<nano-dollars>` of
+        their sum), or Refused / Unknown as hold()."""
         now = time.time()
-        args: list[int | float | str] = [now, now + self._hold_seconds, f"{request_id}:{tokens}:{nano(usd)}",
-                                         tokens, nano(usd)]
+        args: list[int | float | str] = [now, now + self._hold_seconds, request_id, tokens, nanos, units, share,
+                                         now + lease_seconds]
         for scope in scopes:
             args += [_limit(scope.limits.tokens, False), _limit(scope.limits.usd, True), scope.keep_seconds]
         try:
@@ -160,7 +193,7 @@ class RedisCounters:
         if answer[0] == -1:
             return Unknown(int(answer[1]) - 1)
         if answer[0] == 1:
-            return None
+            return int(answer[1])
         return Refused(int(answer[1]) - 1, answer[2] == b"u", int(answer[3]), Decimal(int(answer[4])) / NANO,
                        int(answer[5]), Decimal(int(answer[6])) / NANO)
 
@@ -181,9 +214,17 @@ class RedisCounters:
     async def settle(self, namespace: str, scopes: Sequence[Scope], request_id: str, hold_tokens: int,
                      hold_usd: Decimal, tokens: int, usd: Decimal) -> None:
         """Release a call's hold in every scope and add what it really spent."""
-        member = f"{request_id}:{hold_tokens}:{nano(hold_usd)}"
+        await self.resize(namespace, scopes, f"{request_id}:{hold_tokens}:{nano(hold_usd)}", hold_tokens,
+                          nano(hold_usd), tokens, nano(usd))
+
+    async def resize(self, namespace: str, scopes: Sequence[Scope], member: str, hold_tokens: int, hold_nanos: int,
+                     tokens: int, nanos: int, keep: tuple[str, int, int] | None = None) -> None:
+        """Release the hold `member`, add what was spent, and hold `keep` (member, tokens, nano-dollars)
+        instead, in one step: a lease's calls in flight stay held while what they spent is counted."""
+        args: list[int | float | str] = [member, hold_tokens, hold_nanos, tokens, nanos]
+        if keep is not None:
+            args += [*keep, time.time() + self._hold_seconds]
         try:
-            await self._settle(keys=self._keys(namespace, scopes),
-                               args=[member, hold_tokens, nano(hold_usd), tokens, nano(usd)])
+            await self._settle(keys=self._keys(namespace, scopes), args=args)
         except (RedisError, OSError) as e:
             raise CountersUnavailable(str(e)) from e

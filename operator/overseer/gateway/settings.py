@@ -40,6 +40,12 @@ class GatewaySettings(BaseSettings):
     changes. Without it the built-in list prices apply."""
     budget_refresh_seconds: float = Field(default=5.0, gt=0)
     """How often a goal's spend is read again from the ledger (what other replicas spent shows up)."""
+    budget_lease_calls: int = Field(default=128, ge=1)
+    """Most calls' worst cases one replica holds ahead in Redis for a set of budgets (a lease; never more
+    than a 16th of what is free in them), so those calls need no Redis round trip; 1: every call holds
+    its own."""
+    budget_lease_seconds: float = Field(default=5.0, gt=0)
+    """How long a lease takes new calls; its unused part is given back then."""
     status_interval_seconds: float = Field(default=2.0, gt=0)
     """How often Goal.status.cost and Agent.status.cost are written for goals that spent."""
     redis_url: str | None = None
