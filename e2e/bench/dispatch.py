@@ -363,12 +363,12 @@ def node_room(node: dict[str, Any]) -> int:
     """How many benchmark pods (AGENT_CPU_REQUEST each) a node can take."""
     allocatable = node["status"].get("allocatable", {})
     cpu = allocatable.get("cpu", "0")
-    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else _count(cpu)
     return min(_count(allocatable.get("pods", "0")), int(cores / AGENT_CPU_REQUEST))
 
 
 def _count(quantity: str) -> int:
-    """A count quantity as the API server writes it back ('1k' for 1000)."""
+    """A count (or whole cores) as the API server writes it back ('1k' for 1000)."""
     factor = {"k": 10**3, "M": 10**6}.get(quantity[-1:], 1)
     return int(float(quantity.rstrip("kM")) * factor)
 
