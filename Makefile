@@ -28,7 +28,8 @@ help:
 	@echo "make tools-build   build the Go test tools (Argo CD health in gopher-lua, kstatus, cyclonus; Prometheus and"
 	@echo "                   promtool, first time ~10 min) into .cache/tools"
 	@echo "make bench         every benchmark into docs/performance.md: dispatch (N = $(BENCH_GOALS), and"
-	@echo "                   $(BENCH_STEADY) goals/s:seconds), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
+	@echo "                   $(BENCH_STEADY) goals/s:seconds; against the floor and a Go controller-runtime controller,"
+	@echo "                   built on demand, first time ~3 min), scale ($(BENCH_SCALE_GOALS) goals, $(BENCH_SOAK) s soak), agent loop"
 	@echo "make bench-smoke   all of them small (N = 100, 40 s soak), printed only; CI runs them too"
 	@echo "make bench-loop    agent loop benchmark into docs/performance.md (Agent loop, Prompt cache)"
 	@echo "make bench-start   start benchmark into docs/performance.md: apply -> first model request ($(BENCH_START_GOALS) goals, fresh and warm pods)"
@@ -142,6 +143,7 @@ demo: prerequisites venv cluster helm-build
 	$(BIN)/python -m e2e.demo
 
 BENCH_GOALS ?= 100,1000,5000
+BENCH_CONTENDERS ?= direct,baseline,controller-runtime,overseer
 BENCH_REPEAT ?= 3
 BENCH_STEADY ?= 20:60
 BENCH_ARGS ?=  # e.g. --profile (needs py-spy), --wait-quiet 600
@@ -151,7 +153,7 @@ BENCH_START_GOALS ?= 50
 .PHONY: bench bench-smoke bench-loop bench-scale bench-knowledge bench-gateway bench-start
 BENCH_LOOP_ARGS ?=  # e.g. --wait-quiet 300, --no-cluster
 bench: venv cluster-build
-	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --repeat $(BENCH_REPEAT) --steady $(BENCH_STEADY) --docs docs/performance.md $(BENCH_ARGS)
+	$(BIN)/python -m e2e.bench.dispatch --goals $(BENCH_GOALS) --contenders $(BENCH_CONTENDERS) --repeat $(BENCH_REPEAT) --steady $(BENCH_STEADY) --docs docs/performance.md $(BENCH_ARGS)
 	$(BIN)/python -m e2e.bench.scale --goals $(BENCH_SCALE_GOALS) --soak $(BENCH_SOAK) --docs docs/performance.md
 	$(BIN)/python -m e2e.bench.loop --docs docs/performance.md $(BENCH_LOOP_ARGS)
 	$(BIN)/python -m e2e.bench.knowledge --docs docs/performance.md

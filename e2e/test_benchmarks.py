@@ -47,6 +47,22 @@ def test_dispatch_benchmark_reports_every_contender_and_the_steady_rate(cluster:
     assert "overseer / baseline" in table and "steady rate" in table
 
 
+def test_the_controller_runtime_contender_makes_exactly_the_baselines_writes(cluster: Cluster, tmp_path: Path) -> None:
+    """The Go contender (e2e/tools/crbench, built on demand) is a fair floor only if it does what
+    the baseline does: one pod create and one status patch per goal, as the API server counts them."""
+    out = tmp_path / "dispatch.json"
+    table = run_bench(cluster, "e2e.bench.dispatch", "--goals", "50", "--contenders", "baseline,controller-runtime",
+                      "--json", str(out))
+    burst = {r["contender"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(burst) == {"baseline", "controller-runtime"}
+    for r in burst.values():
+        assert r["pods"] == 50 and r["running"] == 50, r["contender"]
+        assert r["controller_writes"] == 100, (r["contender"], r["writes"])
+        assert r["controller_own_count"] == {"POST pods": 50, "PATCH goals/status": 50}, r["contender"]
+        assert r["cpu_s"] > 0 and r["rss_peak_kb"] > 0
+    assert "controller-runtime (Go)" in table
+
+
 def test_scale_benchmark_reports_memory_at_rest_and_through_a_short_soak(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     table = run_bench(cluster, "e2e.bench.scale", "--goals", "300", "--agents", "10", "--slots", "5",

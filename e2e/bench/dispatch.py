@@ -1,6 +1,7 @@
 """The dispatch benchmark: how fast N Goals become N pods, against the API server's own limit.
 
-    python -m e2e.bench.dispatch --goals 100,1000 [--agents 4] [--contenders direct,baseline,overseer]
+    python -m e2e.bench.dispatch --goals 100,1000 [--agents 4]
+                                 [--contenders direct,baseline,controller-runtime,overseer]
                                  [--repeat 3] [--steady 20:60] [--wait-quiet 300] [--profile]
                                  [--variant NOTE:NAME=VALUE[,NAME=VALUE...]]
                                  [--docs docs/performance.md]
@@ -13,6 +14,8 @@ Secret) and a 16-thread client creating the objects:
 
 - direct:   the client creates N pods itself (no Goals, no controller): the API server's limit;
 - baseline: e2e/bench/baseline_controller.py, a framework-free controller, as a subprocess;
+- controller-runtime: e2e/tools/crbench, the baseline's writes from a Go controller-runtime
+  cache (built on demand into .cache/tools/bin; only when named in --contenders);
 - overseer: `overseer-operator --namespace NS`, as a subprocess;
 - overseer (NOTE): the same with more environment (--variant), e.g. an older checkout on
   PYTHONPATH, so that a change is measured against what came before on the same machine at the
@@ -50,7 +53,9 @@ from e2e import harness
 from e2e.bench.docs import write_section
 from e2e.bench.baseline_controller import AGENTS, GOALS, PODS, Api, ApiError
 
-CONTENDERS = ("direct", "baseline", "overseer")
+CONTENDERS = ("direct", "baseline", "overseer")  # the default; CONTROLLER_RUNTIME needs a Go build
+CONTROLLER_RUNTIME = "controller-runtime"
+CRBENCH_DIR = harness.REPO / "e2e" / "tools" / "crbench"
 CLIENT_THREADS = 16
 NODE_PODS = 1000  # pods per fake node (e2e/cluster/manifests/node.yaml)
 MAX_AGENT_SLOTS = 1000  # the Agent schema's maximum maxConcurrentGoals
@@ -100,6 +105,31 @@ def direct_pod(ns: str, name: str, agent: dict[str, Any]) -> dict[str, Any]:
                                                                           "uid": "0"}}), 1, Settings())
     del pod["metadata"]["ownerReferences"]
     return pod
+
+
+def pod_templates(ns: str, agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per Agent, the pod Overseer renders for a goal with crbench's placeholder name and uid
+    (e2e/tools/crbench/main.go puts each Goal's own in their place)."""
+    from overseer.api import Agent, Goal
+    from overseer.operator.pods import render_pod
+    from overseer.operator.settings import Settings
+
+    out = {}
+    for name, body in agents.items():
+        goal = Goal.model_validate({**goal_body("crbench-goal-placeholder", name), "metadata": {
+            "name": "crbench-goal-placeholder", "namespace": ns, "uid": "crbench-uid-placeholder"}})
+        agent = Agent.model_validate({**body, "metadata": {**body["metadata"], "namespace": ns, "uid": "0"}})
+        out[name] = render_pod(goal, agent, 1, Settings())
+    return out
+
+
+def build_crbench() -> Path:
+    """The controller-runtime contender's binary, built first if its sources changed."""
+    log("building the controller-runtime contender (e2e/tools/crbench/build.sh)")
+    build = subprocess.run([str(CRBENCH_DIR / "build.sh")], capture_output=True, text=True)
+    if build.returncode != 0:
+        raise RuntimeError(f"e2e/tools/crbench/build.sh failed:\n{build.stdout}{build.stderr}")
+    return harness.cache_dir() / "tools" / "bin" / "overseer-crbench"
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -333,12 +363,12 @@ def node_room(node: dict[str, Any]) -> int:
     """How many benchmark pods (AGENT_CPU_REQUEST each) a node can take."""
     allocatable = node["status"].get("allocatable", {})
     cpu = allocatable.get("cpu", "0")
-    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else _count(cpu)
     return min(_count(allocatable.get("pods", "0")), int(cores / AGENT_CPU_REQUEST))
 
 
 def _count(quantity: str) -> int:
-    """A count quantity as the API server writes it back ('1k' for 1000)."""
+    """A count (or whole cores) as the API server writes it back ('1k' for 1000)."""
     factor = {"k": 10**3, "M": 10**6}.get(quantity[-1:], 1)
     return int(float(quantity.rstrip("kM")) * factor)
 
@@ -347,8 +377,9 @@ def _count(quantity: str) -> int:
 
 class Bench:
     def __init__(self, cluster: harness.Cluster, agents: int, out_dir: Path, py_spy: str | None = None,
-                 quiet_wait: float = 0.0) -> None:
+                 quiet_wait: float = 0.0, crbench: Path | None = None) -> None:
         self.quiet_wait = quiet_wait
+        self.crbench = crbench
         self.cluster = cluster
         self.kubectl = harness.Kubectl(cluster)
         self.api = Api.from_kubeconfig(cluster.kubeconfig)
@@ -408,6 +439,15 @@ class Bench:
 
     def delete_namespace(self, ns: str, timeout: float = 600) -> None:
         try:
+            # The pods first, in one request and at once: the namespace controller would delete
+            # them one by one at its client's rate (minutes for 5,000), time between runs only.
+            # On a loaded machine 5,000 can outlast the API server's request timeout (504): the
+            # namespace's deletion below finishes the job.
+            self.api.request("DELETE", f"{PODS.format(ns=ns)}?gracePeriodSeconds=0")
+        except ApiError as e:
+            if e.status not in (404, 504):
+                raise
+        try:
             self.api.request("DELETE", f"/api/v1/namespaces/{ns}")
         except ApiError as e:
             if e.status != 404:
@@ -434,9 +474,9 @@ class Bench:
         proc: subprocess.Popen[bytes] | None = None
         operator: harness.OperatorProcess | None = None
         profiler: subprocess.Popen[bytes] | None = None
-        stats = self.out_dir / f"baseline-{ns}.json"
+        stats = self.out_dir / f"{contender}-{ns}.json"
         try:
-            if contender in ("direct", "baseline"):
+            if contender in ("direct", "baseline", CONTROLLER_RUNTIME):
                 # Overseer's Agent reconcile would create these; pods need their ServiceAccount.
                 for a in agent_names:
                     self.api.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
@@ -452,6 +492,21 @@ class Bench:
                 line = proc.stdout.readline()
                 if line.strip() != b"ready":
                     raise RuntimeError(f"baseline controller did not start: {line!r}; see {self.out_dir}")
+                pid = proc.pid
+            elif contender == CONTROLLER_RUNTIME:
+                assert self.crbench is not None
+                templates = self.out_dir / f"crbench-{ns}-pods.json"
+                templates.write_text(json.dumps(pod_templates(ns, agent_bodies)))
+                proc = subprocess.Popen(
+                    [str(self.crbench), "--namespace", ns, "--templates", str(templates),
+                     "--workers", str(CLIENT_THREADS), "--kubeconfig", str(self.cluster.kubeconfig),
+                     "--stats", str(stats)],
+                    env=self.cluster.env(), stdout=subprocess.PIPE,
+                    stderr=open(self.out_dir / f"crbench-{ns}.log", "wb"))
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if line.strip() != b"ready":
+                    raise RuntimeError(f"controller-runtime contender did not start: {line!r}; see {self.out_dir}")
                 pid = proc.pid
             elif contender == "overseer":
                 operator = harness.OperatorProcess(self.cluster, ns, self.out_dir / f"operator-{ns}.log",
@@ -626,23 +681,34 @@ def render_steady(results: list[Result]) -> list[str]:
 
 
 def render_summary(picked: list[tuple[Result, list[Result]]]) -> list[str]:
-    """Overseer (and each variant) against the floor, one row each: the figures to compare."""
-    lines = ["| N | direct | baseline (floor) | overseer | overseer / floor | CPU per goal: overseer (floor) "
-             "| writes per goal: overseer (floor) | peak RSS: overseer (floor) |", "|---|---|---|---|---|---|---|---|"]
+    """Overseer (and each variant) against the floor and the Go controller, one row each: the
+    figures to compare."""
+    lines = ["| N | direct | baseline (floor) | controller-runtime (Go) | overseer | overseer / floor "
+             "| overseer CPU per goal (floor, Go) | CPU / floor | peak RSS: overseer (floor, Go) "
+             "| writes per goal: overseer (floor, Go) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pods(r: Result | None) -> str:
+        return "—" if r is None or r.all_pods_s is None else f"{r.all_pods_s:.1f} s"
+
+    def cpu(r: Result | None) -> str:
+        return "—" if r is None or r.cpu_s is None else f"{1000 * r.cpu_s / r.goals:.1f}"
+
+    def rss(r: Result | None) -> str:
+        return "—" if r is None or r.rss_peak_kb is None else f"{r.rss_peak_kb / 1024:.0f}"
+
+    def writes(r: Result | None) -> str:
+        return "—" if r is None or r.writes_per_goal is None else f"{r.writes_per_goal:.2f}"
+
     for n in sorted({r.goals for r, _ in picked}):
         by = {r.contender: r for r, _ in picked if r.goals == n and not r.note}
-        b, d = by.get("baseline"), by.get("direct")
+        b, d, go = by.get("baseline"), by.get("direct"), by.get(CONTROLLER_RUNTIME)
         for o in [r for r, _ in picked if r.goals == n and r.contender == "overseer"
                   and not r.note.startswith("profiled")]:
-            cpu = "—" if o.cpu_s is None else f"{1000 * o.cpu_s / n:.1f} ms"
-            cpu += "" if not (b and b.cpu_s) else f" ({1000 * b.cpu_s / n:.1f})"
-            writes = "—" if o.writes_per_goal is None else f"{o.writes_per_goal:.2f}"
-            writes += "" if not (b and b.writes_per_goal) else f" ({b.writes_per_goal:.2f})"
-            rss = "—" if o.rss_peak_kb is None else f"{o.rss_peak_kb / 1024:.0f} MB"
-            rss += "" if not (b and b.rss_peak_kb) else f" ({b.rss_peak_kb / 1024:.0f})"
-            pods = lambda r: "—" if r is None or r.all_pods_s is None else f"{r.all_pods_s:.1f} s"  # noqa: E731
-            lines.append(f"| {n} | {pods(d)} | {pods(b)} | {pods(o)}{f' ({o.note})' if o.note else ''} | "
-                         f"{_ratio(o.all_pods_s, b.all_pods_s) if b else '—'} | {cpu} | {writes} | {rss} |")
+            lines.append(
+                f"| {n:,} | {pods(d)} | {pods(b)} | {pods(go)} | {pods(o)}{f' ({o.note})' if o.note else ''} | "
+                f"{_ratio(o.all_pods_s, b.all_pods_s) if b else '—'} | {cpu(o)} ms ({cpu(b)}, {cpu(go)}) | "
+                f"{_ratio(o.cpu_s, b.cpu_s) if b else '—'} | {rss(o)} MB ({rss(b)}, {rss(go)}) | "
+                f"{writes(o)} ({writes(b)}, {writes(go)}) |")
     return lines + [""]
 
 
@@ -793,7 +859,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--goals", default="100", help="N, or several separated by commas (default 100)")
     p.add_argument("--agents", type=int, default=4, help="Agents the Goals are spread over (default 4; "
                    "more when N exceeds 1000 per agent)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="default: direct,baseline,overseer")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"default: {','.join(CONTENDERS)}; also {CONTROLLER_RUNTIME} (a Go build, first time ~3 min)")
     p.add_argument("--repeat", type=int, default=1, help="runs per N and contender, interleaved; the table "
                    "shows the fastest, with the range (default 1)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -818,9 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--steady {args.steady!r}: expected RATE:SECONDS, e.g. 20:60")
     contenders = [c for c in args.contenders.split(",") if c]
-    unknown = set(contenders) - set(CONTENDERS)
+    unknown = set(contenders) - {*CONTENDERS, CONTROLLER_RUNTIME}
     if unknown:
-        p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+        p.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}, {CONTROLLER_RUNTIME}")
     try:
         variants = [parse_variant(text) for text in args.variant]
     except ValueError as e:
@@ -842,30 +909,38 @@ def main(argv: list[str] | None = None) -> int:
             write_docs(args.docs, table)
         return 0
 
+    crbench = build_crbench() if CONTROLLER_RUNTIME in contenders else None
     info = machine()
     out_dir = harness.cache_dir() / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"starting the control plane ({harness.control_plane_dir()}); logs and raw results in {out_dir}")
     cluster = harness.start_cluster()
-    bench = Bench(cluster, args.agents, out_dir, py_spy, args.wait_quiet)
+    bench = Bench(cluster, args.agents, out_dir, py_spy, args.wait_quiet, crbench)
     results: list[Result] = []
     profile_text = ""
+
+    def save(result: Result) -> None:
+        """Keep every run as it ends, so a run cut short can still be rendered (--render)."""
+        results.append(result)
+        (out_dir / "results.json").write_text(json.dumps({"machine": info, "command": command,
+                                                           "results": [asdict(r) for r in results]}, indent=1))
     try:
         harness.install_crds(bench.kubectl)
         bench.ensure_capacity(max(sizes + [steady_goals]) + 100)
         for n in sizes:
             for _ in range(args.repeat):
                 for contender in contenders:
-                    results.append(bench.run(contender, n))
+                    save(bench.run(contender, n))
                     if contender == "overseer":
-                        results += [bench.run(contender, n, variant=v) for v in variants]
+                        for v in variants:
+                            save(bench.run(contender, n, variant=v))
         if args.steady:
             rate, seconds = (float(x) for x in args.steady.split(":"))
             for contender in [c for c in contenders if c != "direct"]:
-                results.append(bench.run(contender, int(rate * seconds), rate=rate))
+                save(bench.run(contender, int(rate * seconds), rate=rate))
         if py_spy:
             n = max(sizes)
-            results.append(bench.run("overseer", n, profile=True))
+            save(bench.run("overseer", n, profile=True))
             profile_text = summarize_profile(out_dir / f"profile-overseer-{n}.txt")
             (out_dir / f"profile-overseer-{n}-summary.txt").write_text(profile_text)
     finally:
@@ -877,8 +952,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if profile_text:
         print(f"Profile of overseer at N={max(sizes)} (py-spy; raw stacks in {out_dir}):\n{profile_text}")
-    (out_dir / "results.json").write_text(json.dumps({"machine": info, "command": command,
-                                                       "results": [asdict(r) for r in results]}, indent=1))
     if args.json:
         args.json.write_text((out_dir / "results.json").read_text())
     if args.docs:
