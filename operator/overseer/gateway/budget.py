@@ -149,29 +149,33 @@ class Meter:
         return f"{caller.namespace}:{scope.key}"
 
     async def _hold_shared(self, caller: Caller, r: Reservation) -> Lease | None:
-        assert self._counters is not None and self._leases is not None
+        counters, leases = self._counters, self._leases
+        assert counters is not None and leases is not None
         key, nanos = lease_key(caller.namespace, r.scopes), nano(r.usd)
-        if (lease := self._leases.draw(key, r.tokens, nanos)) is not None:
+        if (lease := leases.draw(key, r.tokens, nanos)) is not None:
             return lease
         for scope in r.scopes:  # spent while Redis was down: the ledger knows, Redis does not
             if self._key(caller, scope) in self._missed:
-                await self._counters.forget(caller.namespace, scope)
+                await counters.forget(caller.namespace, scope)
                 self._missed.discard(self._key(caller, scope))
-        for _ in range(len(r.scopes) + 1):
-            answer = await self._leases.take(key, r.scopes, r.request_id, r.tokens, nanos)
-            if isinstance(answer, Lease):
-                return answer
-            scope = r.scopes[answer.scope]
-            if isinstance(answer, Refused):
-                _check(caller, scope, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
-                                              answer.held_usd), r.tokens, r.usd)
-                raise AssertionError("Redis refused a hold that fits")  # _check raised: unreachable
+
+        async def load(i: int) -> None:  # the budget's spend from the ledger, which Redis does not have yet
+            scope = r.scopes[i]
             try:
                 total = await scope.spent(self._ledger)
             except LedgerUnavailable as e:
                 raise _ledger_unavailable(scope, e) from e
-            await self._counters.load(caller.namespace, scope, total.tokens, total.cost_usd)
-        return None
+            await counters.load(caller.namespace, scope, total.tokens, total.cost_usd)
+
+        answer = await leases.take(key, r.scopes, r.request_id, r.tokens, nanos, load)
+        if isinstance(answer, Lease):
+            return answer
+        if isinstance(answer, Refused):
+            scope = r.scopes[answer.scope]
+            _check(caller, scope, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
+                                          answer.held_usd), r.tokens, r.usd)
+            raise AssertionError("Redis refused a hold that fits")  # _check raised: unreachable
+        return None  # still not loaded after loading each budget: count locally
 
     def _lost(self, lease: Lease) -> None:
         """Redis did not take what a lease's calls spent: those budgets are read from the ledger again."""

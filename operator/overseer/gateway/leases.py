@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,7 +90,7 @@ class Leases:
         self._lapse = max(lapse_seconds, seconds * 2)
         self._on_lost = on_lost  # Redis did not take a lease's spend: the meter reloads those budgets
         self._active: dict[LeaseKey, Lease] = {}
-        self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: worth waiting for
+        self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: a lease came
         self._retiring: set[Lease] = set()
 
     def draw(self, key: LeaseKey, tokens: int, nanos: int) -> Lease | None:
@@ -104,27 +104,33 @@ class Leases:
             self._renew(key, lease)
         return lease
 
-    async def take(self, key: LeaseKey, scopes: list[Scope], request_id: str, tokens: int,
-                   nanos: int) -> Lease | Refused | Unknown:
-        """A call with no room in a lease: hold it in Redis, as a new lease when the budgets have room."""
-        while (pending := self._taking.get(key)) is not None:  # a lease is on its way: wait, one lease for all
-            await asyncio.wait([pending])
-            if (lease := self.draw(key, tokens, nanos)) is not None:
-                return lease
+    async def take(self, key: LeaseKey, scopes: list[Scope], request_id: str, tokens: int, nanos: int,
+                   load: Callable[[int], Awaitable[None]]) -> Lease | Refused | Unknown:
+        """A call with no room in a lease: hold it in Redis, as a new lease when the budgets have room.
+        `load(i)` puts budget i's spend from the ledger into Redis when Redis does not have it yet."""
+        while (lease := self.draw(key, tokens, nanos)) is None:  # another call's lease may have come meanwhile
+            if (pending := self._taking.get(key)) is None:
+                break
+            await asyncio.wait([pending])  # a lease is on its way: wait, one lease for all
             if not _worth_waiting(pending):  # near a limit: each call holds its own, side by side
                 break
+        if lease is not None:
+            return lease
         mine = None
-        if key not in self._taking:  # calls meanwhile wait for this one
+        if key not in self._taking:  # calls meanwhile wait for this one, while it loads budgets too
             mine = self._taking[key] = asyncio.get_running_loop().create_future()
         units: int | Refused | Unknown = 0
         try:
-            units = await self._counters.lease(key[0], scopes, request_id, tokens, nanos, self.units, self._share,
-                                               self._lapse)
+            for _ in range(len(scopes) + 1):
+                units = await self._counters.lease(key[0], scopes, request_id, tokens, nanos, self.units,
+                                                   self._share, self._lapse)
+                if not isinstance(units, Unknown):
+                    break
+                await load(units.scope)
         finally:
             if mine is not None:
                 del self._taking[key]
-                # worth waiting for: a lease came, or the budgets were loaded and the next one may
-                mine.set_result(isinstance(units, Unknown) or isinstance(units, int) and units > 1)
+                mine.set_result(isinstance(units, int) and units > 1)
         if not isinstance(units, int):
             return units
         lease = Lease(key[0], scopes, request_id, units * tokens, units * nanos, (tokens, nanos))
