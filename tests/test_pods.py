@@ -216,12 +216,14 @@ def test_agent_image_overrides_the_operators_default(make_goal, make_agent, sett
 
 
 def test_pod_gets_the_agents_resources(make_goal, make_agent, settings):
-    agent = make_agent(resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}})
+    # numbers are quantities too (the schema is int-or-string): the pod gets them as quantity strings
+    agent = make_agent(resources={"requests": {"cpu": "250m", "memory": "256Mi"},
+                                  "limits": {"cpu": 1, "memory": 1000000000000}})
 
     container, _tools = render_pod(make_goal(), agent, 1, settings)["spec"]["containers"]
 
     assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
-                                      "limits": {"cpu": 1, "memory": "1Gi"}}
+                                      "limits": {"cpu": "1", "memory": "1000000000000"}}
 
 
 def test_pod_is_never_restarted_in_place(make_goal, make_agent, settings):

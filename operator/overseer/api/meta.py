@@ -97,6 +97,9 @@ QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE
 
 Quantity = Annotated[
     int | str,
+    # kept as a string: a number written in YAML (memory: 1000000000000) renders as a quantity string,
+    # which is what the pod, quota and client models take
+    AfterValidator(str),
     WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": 64}),
 ]
 """A Kubernetes resource quantity: `250m`, `1Gi`, `4`."""
