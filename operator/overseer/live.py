@@ -421,5 +421,7 @@ class SteeringPoller:
 
     async def _poll(self) -> None:
         while True:
-            self._taken.extend(m.text for m in await self.queue.drain())
+            # Drain first, then look up the list: take() may swap it while the drain waits.
+            messages = await self.queue.drain()
+            self._taken.extend(m.text for m in messages)
             await asyncio.sleep(self.interval)
