@@ -197,11 +197,12 @@ def agents(world: World, cluster: Cluster, k8s: K8s, tmp_path: Path, agent_execu
     """start(scenario_turns, **agent) -> (model server, runner): a scripted model for this
     namespace's goals, an Agent pointing at it, and the kubelet's part for goal pods.
     workspace: the Agent's spec.workspace (flow style, e.g. "{size: 1Gi}"); none gives emptyDirs.
-    warm_pool: the Agent's spec.warmPool (idle pods kept started)."""
+    warm_pool: the Agent's spec.warmPool (idle pods kept started); max_goals: its maxConcurrentGoals."""
     started: list[Any] = []
 
     def start(conversations: dict[str, list[Any]], capabilities: str = "[]", budget: str = "",
-              faults: Any = None, workspace: str | None = None, warm_pool: int = 0) -> tuple[ModelServer, AgentRunner]:
+              faults: Any = None, workspace: str | None = None, warm_pool: int = 0,
+              max_goals: int = 2) -> tuple[ModelServer, AgentRunner]:
         scenario: dict[str, Any] = {"follow_history": True,
                                     "conversations": {f"{world.ns}/{k}": v for k, v in conversations.items()}}
         if faults:
@@ -218,7 +219,7 @@ spec:
   model: {{name: claude-sonnet-5-5, maxTokens: 4096, baseURL: "{model.url}",
            apiKeySecretRef: {{name: anthropic, key: api-key}}}}
   capabilities: {capabilities}
-  maxConcurrentGoals: 2
+  maxConcurrentGoals: {max_goals}
 {budget}
 {f"  workspace: {workspace}" if workspace else ""}
 {f"  warmPool: {warm_pool}" if warm_pool else ""}

@@ -55,6 +55,28 @@ def test_a_parent_waits_for_its_sub_goal_and_reads_its_result(world: World, agen
     assert [g["metadata"]["name"] for g in world.items("goals", "-l", "overseer.dev/parent=release")] == [child]
 
 
+def test_an_agent_with_one_slot_runs_the_sub_goal_its_waiting_parent_spawned(world: World, agents: Any) -> None:
+    """The parent holds the agent's only slot while it waits: the sub-goal runs in that slot, and a
+    goal queued behind the parent still waits for it."""
+    child = child_name("release", CHANGELOG, "coder")
+    model, runner = agents({
+        "release": [
+            tool("spawn_subgoal", description=CHANGELOG, max_tokens=40000),
+            {**text("Released; the changelog is written."), "expect": {"last_user_contains": "Changelog updated"}},
+        ],
+        child: [text("Changelog updated with the parser fix.")],
+        "later": [text("Done later.")],
+    }, budget="  budget: {maxTokensPerGoal: 100000}", max_goals=1)
+    world.goal("release", description="Release the parser fix.")
+    world.wait_phase("release", "Running", timeout=60)
+    world.goal("later", description="Something else.")
+
+    world.wait_phase("release", "Succeeded", timeout=120)
+    assert world.get("goal", child)["status"]["phase"] == "Succeeded"
+    later = world.wait_phase("later", "Succeeded", timeout=120)
+    assert later["status"]["startedAt"] >= world.get("goal", "release")["status"]["completedAt"]
+
+
 def test_a_resumed_parent_finds_the_sub_goal_it_spawned_before(world: World, agents: Any) -> None:
     child = child_name("release", CHANGELOG, "coder")
     model, runner = agents({

@@ -498,6 +498,41 @@ def test_a_slot_goes_to_the_first_goal_in_the_agents_queue(slots: int, live: int
     assert lifecycle.free_slots(me, plan_for(me, world), world, NOW) == free
 
 
+def lead_running(agent_name: str = "coder", phase: str = "Running") -> Raw:
+    return goal("lead", phase=phase, attempt=1, pod="lead-a1", agent=agent_name)
+
+
+def sibling(name: str, created: float, **status: Any) -> Raw:
+    return {**spawned(), "metadata": {**spawned()["metadata"], "name": name, "creationTimestamp": at(created)},
+            "status": {"agent": "coder", **status}}
+
+
+@pytest.mark.parametrize("parent, others, free", [
+    (lead_running(), [], 1),                                              # the parent's slot is lent to it
+    (lead_running(phase="AwaitingApproval"), [], 1),                      # a parent waiting for approval holds its pod too
+    (lead_running(), [queued("older", 900)], 1),                          # the agent's queue does not stand before it
+    (lead_running(), [sibling("first", 900, phase="Running")], 0),        # a sibling runs in the lent slot
+    (lead_running(), [sibling("first", 900, phase="Queued")], 0),         # an older sibling goes first
+    (lead_running(), [sibling("second", 1, phase="Queued")], 1),          # this sub-goal is older
+    (lead_running(), [sibling("done", 900, phase="Succeeded")], 1),       # an ended sibling gave the slot back
+    (lead_running(agent_name="admin"), [], 0),                            # the parent runs on another agent's slots
+    (goal("lead", phase="Succeeded", agent="coder"), [], 0),              # an ended parent holds no slot to lend
+])
+def test_a_sub_goal_runs_in_its_running_parents_slot_when_the_agent_is_full(parent: Raw, others: list[Raw],
+                                                                             free: int) -> None:
+    """maxConcurrentGoals 1: the parent holds the agent's only slot while it waits for its sub-goal."""
+    world = World(goals=[parent, *others], live={"coder": 1}, pods_={"lead": [lead_pod()]})
+    me = spawned()
+    plan = plan_for(me, World(goals=[lead_running()], pods_={"lead": [lead_pod()]}))
+    assert lifecycle.free_slots(me, plan, world, NOW) == free
+
+
+def test_a_goal_without_a_parent_gets_no_lent_slot() -> None:
+    world = World(goals=[lead_running()], live={"coder": 1})
+    me = goal(created=600)
+    assert lifecycle.free_slots(me, plan_for(me, world), world, NOW) == 0
+
+
 def test_a_goal_without_a_slot_is_queued_until_a_slot_frees() -> None:
     me = goal(spec={"timeout": "1h", "dependsOn": ["build"]}, startedAt=at(600))
     world = World(goals=[goal("build", phase="Succeeded")])

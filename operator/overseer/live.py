@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -326,12 +327,36 @@ class SteeringMessage:
     ts: str
 
 
+# Move the queue onto the reader's own claim list and answer the claim list, first dropping from
+# its head what the reader says it has received. The reader acknowledges by position since the
+# claim list began (KEYS[3] holds the position of its head), so an acknowledgement sent twice,
+# after an answer that never arrived, drops nothing more.
+_DRAIN = """
+local base = tonumber(redis.call('GET', KEYS[3]) or '0')
+local received = tonumber(ARGV[1])
+if received > base then
+  redis.call('LTRIM', KEYS[2], received - base, -1)
+  base = received
+end
+local new = redis.call('LRANGE', KEYS[1], 0, -1)
+if #new > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #new, 1000 do redis.call('RPUSH', KEYS[2], unpack(new, i, math.min(i + 999, #new))) end
+end
+redis.call('SET', KEYS[3], base, 'EX', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {base, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+
 class SteeringQueue:
     """Messages for a running goal, delivered oldest first and to exactly one reader.
 
-    Drain is one MULTI/EXEC (read everything, delete the list), so two readers never
-    receive the same message. While Redis is unavailable, drain returns no messages
-    (retrying Redis at most every `retry_seconds`) and push raises SteeringUnavailable.
+    A drain moves what is queued onto a claim list of this reader's own, in one script, and
+    answers that list; the messages leave it only when the next drain says they arrived. So two
+    readers never receive the same message, and an answer lost on the way (a timeout after Redis
+    ran the script) is answered again, not lost. While Redis is unavailable, drain returns no
+    messages (retrying Redis at most every `retry_seconds`) and push raises SteeringUnavailable.
     """
 
     def __init__(
@@ -349,6 +374,10 @@ class SteeringQueue:
         self.retention_seconds = retention_seconds
         self._redis = redis
         self._outage = Outage(retry_seconds)
+        claim = f"{self.key}:claim:{uuid.uuid4().hex[:12]}"
+        self._claim_keys = [self.key, claim, f"{claim}:head"]
+        self._received = 0  # messages received since this reader's claim list began
+        self._drain = redis.register_script(_DRAIN) if redis is not None else None
 
     async def push(self, text: str, author: str) -> SteeringMessage:
         """Queue a message for the goal's agent."""
@@ -368,19 +397,17 @@ class SteeringQueue:
 
     async def drain(self) -> list[SteeringMessage]:
         """Take every queued message, oldest first; [] when none or Redis is unavailable."""
-        if self._redis is None or not self._outage.may_try():
+        if self._drain is None or not self._outage.may_try():
             return []
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(self.key, 0, -1)
-                pipe.delete(self.key)
-                raw, _ = await pipe.execute()
+            head, raw = await self._drain(keys=self._claim_keys, args=[self._received, self.retention_seconds])
         except unavailable() as exc:
             if self._outage.failed():
                 logger.warning("Goal %s/%s: steering queue unavailable (%s)", self.namespace, self.goal,
                                reason(exc))
             return []
         self._outage.recovered()
+        self._received = int(head) + len(raw)
         messages = []
         for item in raw:
             try:

@@ -460,6 +460,36 @@ async def test_steering_is_fifo_and_each_message_is_delivered_once(redis_server:
             await client.aclose()
 
 
+async def test_a_drain_whose_answer_was_lost_on_the_way_is_answered_again(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis ran the drain but its answer never reached the reader (a client timeout on a busy node):
+    the messages it moved are answered by the next drain, once."""
+    from redis.asyncio.connection import Connection
+
+    redis = connect(redis_server.url)
+    goal = unique("fix-ci")
+    sender, reader = SteeringQueue(redis, "team-a", goal), SteeringQueue(redis, "team-a", goal, retry_seconds=0)
+    try:
+        assert await reader.drain() == []
+        await sender.push("run the tests first", "alice")
+        read_response = Connection.read_response
+
+        async def answer_lost(self: Connection, *args: Any, **kwargs: Any) -> Any:
+            await read_response(self, *args, **kwargs)
+            raise TimeoutError("Timeout reading from 127.0.0.1")
+
+        monkeypatch.setattr(Connection, "read_response", answer_lost)
+        assert await reader.drain() == []  # the script ran; the answer was lost
+        monkeypatch.setattr(Connection, "read_response", read_response)
+        await sender.push("then fix the linter", "bob")
+        assert [m.text for m in await reader.drain()] == ["run the tests first", "then fix the linter"]
+        assert await reader.drain() == []
+        await sender.push("stop", "alice")
+        assert [m.text for m in await reader.drain()] == ["stop"]
+    finally:
+        await redis.aclose()
+
+
 async def test_steering_while_redis_is_down(redis_server: RedisServer) -> None:
     redis = connect(redis_server.url)
     queue = SteeringQueue(redis, "team-a", unique("fix-ci"), retry_seconds=0.2)

@@ -163,6 +163,10 @@ class Operator:
         if phase in STOPS_SUBGOALS:
             for child in self.rt.stores["goals"].names("parent", key):
                 self.rt.goals.add((ns, child))
+        parent = (raw.get("spec") or {}).get("parent")
+        if finished and parent:  # the parent's slot it ran in is free for a queued sibling
+            for sibling in self.rt.stores["goals"].names("parent", (ns, parent)):
+                self.rt.goals.add((ns, sibling))
         calls = (raw.get("status") or {}).get("capabilityCalls") or []
         if event == "DELETED" or calls != ((old or {}).get("status") or {}).get("capabilityCalls"):
             for entry in calls:  # their call statistics; coalesced to one write a second

@@ -424,20 +424,46 @@ def dispatch_step(goal: Goal, raw: Raw, attempt: int, cluster: Cluster, now: dat
 
 def free_slots(raw: Raw, plan: Dispatch, cluster: Cluster, now: datetime) -> int:
     """The agent's free slots when the goal's turn has come (no queued goal ahead of it, by
-    priority then age, would take them all), else 0. Goals waiting out a backoff are not ahead."""
+    priority then age, would take them all), else 0. Goals waiting out a backoff are not ahead.
+    A sub-goal may also run in its parent's slot (parents_slot)."""
     free = plan.limit - cluster.live_pods(plan.agent.name)
-    if free <= 0:
-        return 0
     me, ahead = queue_key(raw), 0
-    for other in cluster.queued(plan.agent.name):
-        ost = other.get("status") or {}
-        if (other["metadata"]["name"] != plan.goal.name and ost.get("phase") == Phase.QUEUED.value
-                and not (ost.get("retryAt") and parse_time(ost["retryAt"]) > now)
-                and queue_key(other) < me):
-            ahead += 1
-            if ahead >= free:
-                return 0
-    return free
+    if free > 0:
+        for other in cluster.queued(plan.agent.name):
+            if other["metadata"]["name"] != plan.goal.name and _waits(other, now) and queue_key(other) < me:
+                ahead += 1
+                if ahead >= free:
+                    break
+        else:
+            return free
+    return 1 if parents_slot(raw, plan, cluster, now) else 0
+
+
+def _waits(goal: Raw, now: datetime) -> bool:
+    """Queued and not waiting out a retry backoff."""
+    st = goal.get("status") or {}
+    return st.get("phase") == Phase.QUEUED.value and not (st.get("retryAt") and parse_time(st["retryAt"]) > now)
+
+
+def parents_slot(raw: Raw, plan: Dispatch, cluster: Cluster, now: datetime) -> bool:
+    """Whether the sub-goal may run in the slot of its parent, which runs on the same agent: a
+    parent that waits for its sub-goal would otherwise hold the slot the sub-goal waits for, and with
+    every slot held so (maxConcurrentGoals 1 is enough) neither would ever go on. One sub-goal of a
+    parent at a time, first in the queue's order, so the agent's pods exceed maxConcurrentGoals by at
+    most one per running parent."""
+    parent_name = plan.goal.spec.parent
+    parent = cluster.goal(parent_name) if parent_name else None
+    pst = (parent or {}).get("status") or {}
+    if not parent_name or pst.get("phase") not in LIVE or pst.get("agent") != plan.agent.name:
+        return False
+    me = queue_key(raw)
+    for sibling in cluster.subgoals(parent_name):
+        sst = sibling.get("status") or {}
+        if sibling["metadata"]["name"] == plan.goal.name or sst.get("agent") != plan.agent.name:
+            continue
+        if sst.get("phase") in LIVE or (_waits(sibling, now) and queue_key(sibling) < me):
+            return False
+    return True
 
 
 def waiting_for_slot(plan: Dispatch) -> Decision:
