@@ -34,9 +34,9 @@ def test_status_times_with_fractions_and_offsets_do_not_stop_a_goal(world: World
 
 def test_a_quota_that_leaves_no_room_for_an_agents_objects_is_reported_with_the_fix(world: World) -> None:
     """A ResourceQuota the user set refuses the NetworkPolicy the operator makes for a new Agent:
-    every reconcile of that Agent fails the same way. After three, a Warning Event ReconcileFailed
-    on the Agent names it, the object refused and the quota to change; goals of the other Agent go on,
-    and once the quota is gone the Agent becomes Ready."""
+    the Agent is not Ready (ResourcesRefused), and its condition and a Warning Event name the object
+    refused and the quota to change; goals of the other Agent go on, and once the quota is gone the
+    Agent becomes Ready."""
     world.agent("coder")
     world.wait_condition("agent", "coder", "Ready", "True")
     world.apply("""
@@ -51,15 +51,14 @@ spec: {hard: {count/networkpolicies.networking.k8s.io: "1"}}
     world.agent("reviewer")
     world.goal("blocked", agent="reviewer")
 
-    def reported() -> dict | None:
-        return next((e for e in world.events("reviewer") if e["reason"] == "ReconcileFailed"), None)
-    event = wait_for(reported, timeout=60, description="a ReconcileFailed Event on Agent reviewer")
-    assert event["type"] == "Warning"
-    message = event["message"]
-    assert message.startswith(f"Agent {world.ns}/reviewer: reconcile failed 3 times in a row"), message
+    ready = world.wait_condition("agent", "reviewer", "Ready", "False", "ResourcesRefused", timeout=60)
+    message = ready["message"]
+    assert message.startswith(f"Agent {world.ns}/reviewer: goal pods cannot start until"), message
     assert "networkpolicies/overseer-agent-reviewer" in message and "exceeded quota: team-limits" in message
     assert f"to fix it, raise or remove ResourceQuota team-limits in namespace {world.ns}" in message
-    assert not [e for e in world.events("coder") if e["reason"] == "ReconcileFailed"]
+    [event] = [e for e in world.events("reviewer") if e["reason"] == "ResourcesRefused"]
+    assert event["type"] == "Warning" and event["message"] == message
+    assert not [e for e in world.events("coder") if e["reason"] in ("ResourcesRefused", "ReconcileFailed")]
 
     world.goal("canary")
     world.finish("canary", 0)

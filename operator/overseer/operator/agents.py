@@ -18,7 +18,7 @@ from overseer import modifications
 from overseer.api import Agent, Capability
 from overseer.prices import PriceTableError
 
-from . import agent_resources as render
+from . import agent_resources as render, failures
 from .api_server import SLICES_SOURCE, APIServerEgress
 from .capabilities import needed, not_ready_reason
 from .conditions import condition, same_conditions, set_condition, summarize
@@ -245,7 +245,16 @@ class AgentReconciler:
             conds = [c for c in conds if c.get("type") != "KnowledgeBase"]
 
         caps = [Capability.model_validate(c) for _, c in caps_raw.values() if c is not None]
-        await self.apply_children(agent, caps)
+        refused = None
+        try:
+            await self.apply_children(agent, caps)
+        except ApiError as e:
+            if e.status in (409, 429) or e.status >= 500:
+                raise  # clears itself: the work queue retries with backoff
+            # A quota, an admission policy or a missing permission: only someone's change helps,
+            # and the ResourceQuotas and policies are not watched, so look again later.
+            refused = failures.describe(e, raw)
+            requeue = self.rt.settings.secret_recheck_seconds
 
         conds = set_condition(conds, "APIServerEgress", *api_server_condition(agent, self.rt.api_server), gen)
         conds = set_condition(conds, "ModelEgress", *render.model_egress_condition(agent, self.rt.settings), gen)
@@ -275,6 +284,9 @@ class AgentReconciler:
             ready, reason, message = False, caps_reason, caps_msg
         elif not secret_ok:
             ready, reason, message = False, secret_reason, secret_msg
+        elif refused:
+            ready, reason, message = False, "ResourcesRefused", (
+                f"Agent {ns}/{name}: goal pods cannot start until the objects they run with are in place: {refused}")
         else:
             ready, reason, message = True, "Ready", f"goal pods run as ServiceAccount {render.child_name(name)}"
         conds = summarize(conds, ready, reason, message, gen)  # not Ready: waiting for a Secret or Capability
