@@ -109,6 +109,8 @@ def test_a_dependent_goal_starts_from_a_copy_of_its_dependencys_files(world: Wor
     assert mounts["workspace-from"] == {"name": "workspace-from", "mountPath": "/workspace-from/setup-repo",
                                         "readOnly": True}
     assert any("were copied into your workspace" in t for t in user_texts(model, "fix-ci"))
+    # the bash call's record (kept for a resumed pod) went with the goal's end
+    assert not (runner.claim_folder("fix-ci-workspace") / ".overseer" / "calls" / done["metadata"]["uid"]).exists()
 
     # the claim is owned by its goal: deleting the goal lets the garbage collector take it
     world.kubectl("delete", "goal", "fix-ci", "-n", world.ns)

@@ -73,3 +73,14 @@ async def test_the_tools_container_writes_records_only_where_records_live(sandbo
     assert journal.record_path(sandbox.workspace, "uid-1", "../../etc/passwd") is None
     assert dataclasses.replace(sandbox, call_id="toolu_01").record == \
         sandbox.workspace / ".overseer" / "calls" / "uid-1" / "toolu_01.json"
+
+
+async def test_a_goals_records_are_dropped_once_it_has_ended_and_only_its_own(tmp_path: Path) -> None:
+    for uid in ("uid-done", "uid-other"):
+        record = journal.record_path(tmp_path, uid, "toolu_1")
+        assert record is not None
+        await run_command("echo hi", cwd=tmp_path, env={}, timeout=10, output_limit=1000, record=record)
+        assert record.exists()
+    journal.forget(tmp_path, "uid-done")
+    journal.forget(tmp_path, "..")  # not a uid: nothing outside the goal's folder goes
+    assert sorted(p.name for p in (tmp_path / journal.FOLDER).iterdir()) == ["uid-other"]

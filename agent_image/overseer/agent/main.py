@@ -32,6 +32,7 @@ from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from overseer.ratelimit import RateLimiter
 from .tools import default_registry
 from .tools.base import ToolContext, ToolError, ToolRegistry
+from .tools.shell import journal
 from .tools.selfmod import ProposeLesson, ProposeScriptTool, confirmer, load_approved, register_approved
 from .tools.knowledge_search import SearchKnowledge
 from .tools.subgoal import ParentGoal, SpawnSubgoal, TokenLedger
@@ -258,7 +259,10 @@ async def run(settings: AgentSettings) -> int:
         if not await delivered:
             logger.error("goal %s/%s: %d live events, its end among them, were not delivered: Redis stayed away",
                          ns, goal.name, events.buffered)
-        return exit_code(outcome)
+        code = exit_code(outcome)
+        if code != ExitCode.RETRY:
+            journal.forget(settings.workspace, uid)
+        return code
     finally:
         for server in servers:
             await server.close()

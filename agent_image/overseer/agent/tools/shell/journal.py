@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def record_path(workspace: Path, goal_uid: str, call_id: str) -> Path | None:
     if not (_SAFE_ID.match(goal_uid) and _SAFE_ID.match(call_id)):
         return None
     return workspace / FOLDER / goal_uid / f"{call_id}.json"
+
+
+def forget(workspace: Path, goal_uid: str) -> None:
+    """Drop the goal's records once it has ended for good: no pod will resume it, and on a claim
+    that outlives the goal (or is copied into a dependent's) they would only fill the disk."""
+    if _SAFE_ID.match(goal_uid):
+        shutil.rmtree(workspace / FOLDER / goal_uid, ignore_errors=True)
 
 
 def within(record: Path, workspace: Path) -> bool:
