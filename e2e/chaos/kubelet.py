@@ -18,9 +18,8 @@ from typing import Any
 
 from e2e.harness import EXIT_CODE_ANNOTATION, Cluster, K8s
 
-LABEL_GOAL = "overseer.dev/goal"
-LABEL_ATTEMPT = "overseer.dev/attempt"
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
+from .ledger import LABEL_ATTEMPT, LABEL_GOAL, TERMINAL, follow_goal_pods
+
 SUBGOAL_LOOK = 1.0  # seconds between reads of a waiting parent's sub-goal
 
 
@@ -85,28 +84,11 @@ class StandInKubelet:
                 self.pods[uid] = pod
 
     def _watch(self) -> None:
-        from kubernetes import watch
+        def relisted(present: set[str]) -> None:
+            with self._lock:  # deleted while the watch was down
+                self.pods = {u: p for u, p in self.pods.items() if u in present}
 
-        core = self.k8s.core
-        while not self._stop.is_set():
-            try:
-                listed = core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL)
-                present = {p.metadata.uid for p in listed.items}
-                with self._lock:  # deleted while the watch was down
-                    self.pods = {u: p for u, p in self.pods.items() if u in present}
-                for pod in listed.items:
-                    self._see(pod)
-                w = watch.Watch()
-                for event in w.stream(core.list_namespaced_pod, self.namespace, label_selector=LABEL_GOAL,
-                                      resource_version=listed.metadata.resource_version, timeout_seconds=30,
-                                      _request_timeout=40):
-                    self._see(event["object"], deleted=event["type"] == "DELETED")
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-            except Exception as e:  # noqa: BLE001 - the API server may be restarting; list again
-                self._error(e)
-                self._stop.wait(0.5)
+        follow_goal_pods(self.k8s, self.namespace, self._stop, self._see, relisted, self._error)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

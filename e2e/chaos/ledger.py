@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,36 +67,48 @@ class PodLedger:
                 self.live[goal].pop(uid, None)
 
     def _run(self) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+        def relisted(present: set[str]) -> None:
+            with self._lock:  # pods deleted while the watch was down are no longer live
+                for goal in self.live:
+                    self.live[goal] = {u: n for u, n in self.live[goal].items() if u in present}
 
-        core = self.k8s.core
-        while not self._stop.is_set():
-            try:
-                listed = core.list_namespaced_pod(self.namespace, label_selector=LABEL_GOAL)
-                present = {p.metadata.uid for p in listed.items}
-                with self._lock:  # pods deleted while the watch was down are no longer live
-                    for goal in self.live:
-                        self.live[goal] = {u: n for u, n in self.live[goal].items() if u in present}
-                for pod in listed.items:
-                    self._see(pod)
-                w = watch.Watch()
-                for event in w.stream(core.list_namespaced_pod, self.namespace, label_selector=LABEL_GOAL,
-                                      resource_version=listed.metadata.resource_version, timeout_seconds=30,
-                                      _request_timeout=40):
-                    self._see(event["object"], deleted=event["type"] == "DELETED")
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-            except (ApiException, OSError, ValueError, Exception):  # noqa: BLE001 - the API server may be down
-                self.restarts += 1
-                self._stop.wait(0.5)
+        def failed(_: Exception) -> None:
+            self.restarts += 1
+
+        follow_goal_pods(self.k8s, self.namespace, self._stop, self._see, relisted, failed)
 
     def duplicates(self) -> set[str]:
         """Goals that had two live pods at once, or two pods for one attempt."""
         with self._lock:
             twice = {goal for (goal, _), uids in self.uids.items() if len(uids) > 1}
             return self.overlaps | twice
+
+
+def follow_goal_pods(k8s: K8s, namespace: str, stop: threading.Event, see: Callable[[Any, bool], None],
+                     relisted: Callable[[set[str]], None], failed: Callable[[Exception], None]) -> None:
+    """Until stop: list the namespace's goal pods, say which uids are present (relisted), pass each
+    pod and then each watch event to see(pod, deleted); list again after any error (the API server
+    may be restarting), half a second later."""
+    from kubernetes import watch
+
+    core = k8s.core
+    while not stop.is_set():
+        try:
+            listed = core.list_namespaced_pod(namespace, label_selector=LABEL_GOAL)
+            relisted({p.metadata.uid for p in listed.items})
+            for pod in listed.items:
+                see(pod, False)
+            w = watch.Watch()
+            for event in w.stream(core.list_namespaced_pod, namespace, label_selector=LABEL_GOAL,
+                                  resource_version=listed.metadata.resource_version, timeout_seconds=30,
+                                  _request_timeout=40):
+                see(event["object"], event["type"] == "DELETED")
+                if stop.is_set():
+                    w.stop()
+                    break
+        except Exception as e:  # noqa: BLE001 - the API server may be down; list again
+            failed(e)
+            stop.wait(0.5)
 
 
 @dataclass
