@@ -28,15 +28,25 @@ def tool_results(model: Any, conversation: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def test_a_parent_waits_for_its_sub_goal_and_reads_its_result(world: World, agents: Any) -> None:
-    child = child_name("release", CHANGELOG, "coder")
-    model, runner = agents({
+CHILD = child_name("release", CHANGELOG, "coder")
+
+
+def release_spawning_a_changelog(agents: Any, **more: Any) -> tuple[Any, Any]:
+    """Goal "release" spawns a sub-goal on its own agent, waits for it and reads its result."""
+    others = more.pop("conversations", {})
+    return agents({
         "release": [
             tool("spawn_subgoal", description=CHANGELOG, max_tokens=40000),
             {**text("Released; the changelog is written."), "expect": {"last_user_contains": "Changelog updated"}},
         ],
-        child: [text("Changelog updated with the parser fix.")],
-    }, budget="  budget: {maxTokensPerGoal: 100000}")
+        CHILD: [text("Changelog updated with the parser fix.")],
+        **others,
+    }, budget="  budget: {maxTokensPerGoal: 100000}", **more)
+
+
+def test_a_parent_waits_for_its_sub_goal_and_reads_its_result(world: World, agents: Any) -> None:
+    child = CHILD
+    model, runner = release_spawning_a_changelog(agents)
     world.goal("release", description="Release the parser fix.")
 
     done = world.wait_phase("release", "Succeeded", timeout=120)
@@ -58,27 +68,19 @@ def test_a_parent_waits_for_its_sub_goal_and_reads_its_result(world: World, agen
 def test_an_agent_with_one_slot_runs_the_sub_goal_its_waiting_parent_spawned(world: World, agents: Any) -> None:
     """The parent holds the agent's only slot while it waits: the sub-goal runs in that slot, and a
     goal queued behind the parent still waits for it."""
-    child = child_name("release", CHANGELOG, "coder")
-    model, runner = agents({
-        "release": [
-            tool("spawn_subgoal", description=CHANGELOG, max_tokens=40000),
-            {**text("Released; the changelog is written."), "expect": {"last_user_contains": "Changelog updated"}},
-        ],
-        child: [text("Changelog updated with the parser fix.")],
-        "later": [text("Done later.")],
-    }, budget="  budget: {maxTokensPerGoal: 100000}", max_goals=1)
+    release_spawning_a_changelog(agents, conversations={"later": [text("Done later.")]}, max_goals=1)
     world.goal("release", description="Release the parser fix.")
     world.wait_phase("release", "Running", timeout=60)
     world.goal("later", description="Something else.")
 
     world.wait_phase("release", "Succeeded", timeout=120)
-    assert world.get("goal", child)["status"]["phase"] == "Succeeded"
+    assert world.get("goal", CHILD)["status"]["phase"] == "Succeeded"
     later = world.wait_phase("later", "Succeeded", timeout=120)
     assert later["status"]["startedAt"] >= world.get("goal", "release")["status"]["completedAt"]
 
 
 def test_a_resumed_parent_finds_the_sub_goal_it_spawned_before(world: World, agents: Any) -> None:
-    child = child_name("release", CHANGELOG, "coder")
+    child = CHILD
     model, runner = agents({
         "release": [tool("spawn_subgoal", description=CHANGELOG), text("Released.")],
         child: [{**text("Changelog updated."), "delay": 4}],
