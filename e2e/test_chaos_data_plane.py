@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e.chaos.context import Context
-from e2e.chaos.data_plane import SCENARIOS
+from e2e.chaos.data_plane import GOAL_BUDGET, SCENARIOS
 from e2e.chaos.table import markdown
 from e2e.harness import Cluster
 
@@ -80,7 +80,7 @@ def test_goals_finish_when_a_gateway_replica_is_killed_and_every_answered_call_h
     cut = re.search(r"calls cut by the kills (\d+)", row.notes)
     assert cut and int(cut[1]) >= 2, row.notes  # the kill caught calls in flight...
     # ...asked again on the other replica, and each call an agent got is in the ledger once
-    assert "(missing 0, doubled 0)" in row.notes and "over their $0.5 budget 0" in row.notes, row.notes
+    assert "(missing 0, doubled 0)" in row.notes and f"over their ${GOAL_BUDGET} budget 0" in row.notes, row.notes
     assert "tracebacks in the surviving gateway 0" in row.notes, row.notes
 
 

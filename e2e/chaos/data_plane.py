@@ -285,11 +285,11 @@ def model_faults(ctx: Context, full: bool) -> Row:
 
 # ---- the model gateway killed -------------------------------------------------------------------
 
-GOAL_BUDGET = 0.5
-"""Dollars a goal of gateway-kill may spend (spec.budget.maxCostPerGoal): room for several calls'
-worst case (4,096 output tokens, about $0.06 each) held at once. A budget that holds only one
-fails the goal BudgetExhausted when a replica dies holding its call: the dead replica's hold
-stays until it lapses (the upstream timeout and a minute), see docs/reliability.md."""
+GOAL_BUDGET = 0.1
+"""Dollars a goal of gateway-kill may spend (spec.budget.maxCostPerGoal): room for one call's worst
+case (4,096 output tokens, about $0.06) held at a time, so a goal whose call was cut by a kill finds
+its own dead hold when it asks again: it must be told to wait (429) until that hold lapses, not
+fail BudgetExhausted."""
 
 
 def spend(ctx: Context, uids: dict[str, str]) -> dict[str, tuple[int, float]]:
