@@ -527,7 +527,7 @@ def postgres_disk_full(ctx: Context, full: bool) -> Row:
             filled = _fill_tablespace(ctx.postgres.dsn, disk)
             calls_before = len(model.requests())
             full_at = time.monotonic()
-            shown = _watch_disk_full(world, goals, until=full_at + held)
+            shown = _watch_disk_full(world, goals, until=full_at + held, record=ctx.workdir / "disk-full-shown.txt")
             spent_during = len(model.requests()) - calls_before
             refused = _log_lines(ctx, "No space left on device")
             with psycopg.connect(ctx.postgres.dsn, autocommit=True) as db:
@@ -576,9 +576,10 @@ def _reasons(world: World) -> dict[str, set[str]]:
     return found
 
 
-def _watch_disk_full(world: World, goals: list[str], until: float) -> str:
+def _watch_disk_full(world: World, goals: list[str], until: float, record: Path) -> str:
     """Until `until`, watch for what a person sees of the full disk: the Agent's KnowledgeBase condition
-    (DiskFull), the goals' status.knowledgeBacklog and the Events of agents, gateway and operator."""
+    (DiskFull), the goals' status.knowledgeBacklog and the Events of agents, gateway and operator (their
+    messages go to `record`)."""
     started, condition_at, backlog_at = time.monotonic(), None, None
     message = ""
     while time.monotonic() < until:
@@ -590,6 +591,10 @@ def _watch_disk_full(world: World, goals: list[str], until: float) -> str:
             backlog_at = time.monotonic() - started
         time.sleep(max(0.0, min(2.0, until - time.monotonic())))
     events = _reasons(world)
+    record.write_text(f"Agent KnowledgeBase: {message}\n" + "".join(
+        f"{e['involvedObject']['kind']}/{e['involvedObject']['name']} {e['type']} {e['reason']}: {e['message']}\n"
+        for e in world.items("events") if "KnowledgeBase" in e["reason"] or "SpendLedger" in e["reason"]
+        or e["reason"] == "DiskFull"))
     named = "free space" in message.lower() and "writes" in message
     return (f"Agent KnowledgeBase=False DiskFull {'after %.0f s' % condition_at if condition_at is not None else 'never'}"
             f"{' (names the writes and the fix)' if named else ''}, goal status.knowledgeBacklog DiskFull "
