@@ -47,14 +47,14 @@ class LedgerEvents:
             if refused.reason == "DiskFull":
                 reason = "SpendLedgerDiskFull"
                 message = (f"the spend ledger's PostgreSQL refuses rows: its disk is full ({refused.error}). {rows} "
-                           f"row{'s' * (rows != 1)} of this goal's model calls wait in the memory of gateway "
+                           f"row{'s' * (rows != 1)} of this goal's model calls {'wait' if rows != 1 else 'waits'} in the memory of gateway "
                            f"{self._instance} (budgets count them meanwhile; a restart of that replica loses them) "
                            f"and are written once it has space; free space on the ledger's PostgreSQL volume or "
                            f"give it a larger one")
             else:
                 reason = "SpendLedgerUnavailable"
                 message = (f"the spend ledger's PostgreSQL does not take rows ({refused.error}). {rows} "
-                           f"row{'s' * (rows != 1)} of this goal's model calls wait in the memory of gateway "
+                           f"row{'s' * (rows != 1)} of this goal's model calls {'wait' if rows != 1 else 'waits'} in the memory of gateway "
                            f"{self._instance} (budgets count them meanwhile) and are written once it answers")
             if await self._post(goal, "Warning", reason, message):
                 self._told[goal] = refused

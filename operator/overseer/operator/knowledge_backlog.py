@@ -33,9 +33,9 @@ def knowledge_condition(access: Access, goals: Sequence[dict[str, Any]]) -> Acce
     if full:
         return Access(False, DISK_FULL,
                       f"PostgreSQL's disk is full: it refuses the knowledge-base writes of goal{'s' * (len(shown) > 1)} "
-                      f"{names} since {since}; {writes} writes (checkpoints, experiences, approval decisions) wait in "
-                      f"their pods and are stored once it has space. Free space on the knowledge base's PostgreSQL "
+                      f"{names} since {since}; {writes} write{'s' * (writes != 1)} wait{'s' * (writes == 1)} in their "
+                      f"pods, stored once it has space. Free space on the knowledge base's PostgreSQL "
                       f"volume or give it a larger one. A goal reports: {first}")
     return Access(False, WRITES_QUEUED,
                   f"goal{'s' * (len(shown) > 1)} {names} cannot store knowledge-base writes since {since}; {writes} "
-                  f"wait in their pods and are stored once PostgreSQL takes them. A goal reports: {first}")
+                  f"wait{'s' * (writes == 1)} in their pods, stored once PostgreSQL takes them. A goal reports: {first}")

@@ -39,14 +39,15 @@ class Backlog:
 
     @property
     def message(self) -> str:
+        wait = "wait" if self.queued > 1 else "waits"
         if self.reason == DISK_FULL:
             head = (f"PostgreSQL refused this goal's knowledge-base writes: its disk is full ({self.error}). "
-                    f"{self.waiting} wait in the agent's memory and spool file and are stored in order once it has "
+                    f"{self.waiting} {wait} in the agent's memory and spool file, stored in order once it has "
                     f"space; free space on the knowledge base's PostgreSQL volume or give it a larger one. Reads "
                     f"(checkpoints, lessons) still work")
         else:
             head = (f"the knowledge base's PostgreSQL does not take this goal's writes ({self.error}). {self.waiting} "
-                    f"wait in the agent's memory and spool file and are stored in order once it answers")
+                    f"{wait} in the agent's memory and spool file, stored in order once it answers")
         return head if len(head) <= MESSAGE_MAX else head[:MESSAGE_MAX - 3] + "..."
 
     def to_status(self) -> dict[str, Any]:
