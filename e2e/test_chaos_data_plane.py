@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from e2e.chaos.context import Context
-from e2e.chaos.data_plane import SCENARIOS
+from e2e.chaos.data_plane import GOAL_BUDGET, SCENARIOS
 from e2e.chaos.table import markdown
 from e2e.harness import Cluster
 
@@ -80,7 +80,7 @@ def test_goals_finish_when_a_gateway_replica_is_killed_and_every_answered_call_h
     cut = re.search(r"calls cut by the kills (\d+)", row.notes)
     assert cut and int(cut[1]) >= 2, row.notes  # the kill caught calls in flight...
     # ...asked again on the other replica, and each call an agent got is in the ledger once
-    assert "(missing 0, doubled 0)" in row.notes and "over their $0.5 budget 0" in row.notes, row.notes
+    assert "(missing 0, doubled 0)" in row.notes and f"over their ${GOAL_BUDGET} budget 0" in row.notes, row.notes
     assert "tracebacks in the surviving gateway 0" in row.notes, row.notes
 
 
@@ -91,3 +91,12 @@ def test_postgresql_out_of_disk_refuses_writes_and_once_space_is_freed_every_que
     assert row.ok and row.finished == row.goals_in, row
     during = re.search(r"(\d+) model calls answered while the disk was full", row.notes)
     assert during and int(during[1]) > 0 and "amcheck: indexes whole" in row.notes, row.notes
+    # shown where a person looks, not only in logs: the Agent's condition, each goal's status, Events from
+    # the agents (their writes) and the gateway (its spend rows); all cleared once space is freed
+    assert "Agent KnowledgeBase=False DiskFull after" in row.notes, row.notes
+    assert "(names the writes and the fix)" in row.notes and "knowledgeBacklog DiskFull after" in row.notes, row.notes
+    assert re.search(r"Events KnowledgeBaseDiskFull on [1-9]", row.notes), row.notes
+    assert re.search(r"SpendLedgerDiskFull on [1-9]", row.notes) and "DiskFull on the Agent 1" in row.notes, row.notes
+    assert "Agent KnowledgeBase=True and no goal's knowledgeBacklog after" in row.notes, row.notes
+    assert re.search(r"KnowledgeBaseWritesStored on [1-9]", row.notes), row.notes
+    assert re.search(r"SpendLedgerWritten on [1-9]", row.notes) and "KnowledgeBaseReady on the Agent 1" in row.notes, row.notes

@@ -17,7 +17,7 @@ from overseer.operator import admission
 ROOT = Path(__file__).resolve().parents[1]
 ADMISSION = ROOT / "charts" / "overseer" / "files" / "admission"
 AGENT_FIELDS = {"iteration", "tokens", "progress", "heartbeat", "result", "failureReason", "lastTool",
-                "pendingApprovals", "capabilityCalls"}
+                "pendingApprovals", "capabilityCalls", "knowledgeBacklog"}
 
 
 def shipped() -> list[dict[str, Any]]:

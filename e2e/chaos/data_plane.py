@@ -285,11 +285,11 @@ def model_faults(ctx: Context, full: bool) -> Row:
 
 # ---- the model gateway killed -------------------------------------------------------------------
 
-GOAL_BUDGET = 0.5
-"""Dollars a goal of gateway-kill may spend (spec.budget.maxCostPerGoal): room for several calls'
-worst case (4,096 output tokens, about $0.06 each) held at once. A budget that holds only one
-fails the goal BudgetExhausted when a replica dies holding its call: the dead replica's hold
-stays until it lapses (the upstream timeout and a minute), see docs/reliability.md."""
+GOAL_BUDGET = 0.1
+"""Dollars a goal of gateway-kill may spend (spec.budget.maxCostPerGoal): room for one call's worst
+case (4,096 output tokens, about $0.06) held at a time, so a goal whose call was cut by a kill finds
+its own dead hold when it asks again: it must be told to wait (429) until that hold lapses, not
+fail BudgetExhausted."""
 
 
 def spend(ctx: Context, uids: dict[str, str]) -> dict[str, tuple[int, float]]:
@@ -526,12 +526,14 @@ def postgres_disk_full(ctx: Context, full: bool) -> Row:
             disk.chmod(0o700)
             filled = _fill_tablespace(ctx.postgres.dsn, disk)
             calls_before = len(model.requests())
-            time.sleep(held)
+            full_at = time.monotonic()
+            shown = _watch_disk_full(world, goals, until=full_at + held, record=ctx.workdir / "disk-full-shown.txt")
             spent_during = len(model.requests()) - calls_before
             refused = _log_lines(ctx, "No space left on device")
             with psycopg.connect(ctx.postgres.dsn, autocommit=True) as db:
                 db.execute("DROP TABLE filler")
                 db.execute("DELETE FROM gateway_spend WHERE namespace = 'filler'")
+            cleared = _watch_cleared(world, goals, freed_at=time.monotonic())
             wait_ended(world, goals, timeout=240)
             uids = {g: world.get("goal", g)["metadata"]["uid"] for g in goals}
             calls = {g: len(conversations[g]) for g in goals if world.phase(g) == "Succeeded"}
@@ -561,8 +563,64 @@ def postgres_disk_full(ctx: Context, full: bool) -> Row:
                  f"log lines naming the full disk: {refused}; experiences {len(ended) - len(lost_experiences)}/"
                  f"{len(ended)}, checkpoint messages {sum(stored.values())}/{sum(conversation[g] for g in ended)}, "
                  f"spend rows {sum(rows[g][0] for g in calls)}/{sum(calls.values())} (doubled {doubled_spend}); "
-                 f"amcheck: {'; '.join(broken) if broken else 'indexes whole'}")
+                 f"amcheck: {'; '.join(broken) if broken else 'indexes whole'}; shown while full: {shown}; "
+                 f"once space was freed: {cleared}")
     return row
+
+
+def _reasons(world: World) -> dict[str, set[str]]:
+    """Event reason -> the objects (kind/name) of the namespace that have one."""
+    found: dict[str, set[str]] = {}
+    for e in world.items("events"):
+        found.setdefault(e["reason"], set()).add(f"{e['involvedObject']['kind']}/{e['involvedObject']['name']}")
+    return found
+
+
+def _watch_disk_full(world: World, goals: list[str], until: float, record: Path) -> str:
+    """Until `until`, watch for what a person sees of the full disk: the Agent's KnowledgeBase condition
+    (DiskFull), the goals' status.knowledgeBacklog and the Events of agents, gateway and operator (their
+    messages go to `record`)."""
+    started, condition_at, backlog_at = time.monotonic(), None, None
+    message = ""
+    while time.monotonic() < until:
+        kb = world.condition("agent", "coder", "KnowledgeBase") or {}
+        if condition_at is None and kb.get("status") == "False" and kb.get("reason") == "DiskFull":
+            condition_at, message = time.monotonic() - started, kb.get("message", "")
+        if backlog_at is None and any(((world.get("goal", g) or {}).get("status") or {}).get(
+                "knowledgeBacklog", {}).get("reason") == "DiskFull" for g in goals):
+            backlog_at = time.monotonic() - started
+        time.sleep(max(0.0, min(2.0, until - time.monotonic())))
+    events = _reasons(world)
+    record.write_text(f"Agent KnowledgeBase: {message}\n" + "".join(
+        f"{e['involvedObject']['kind']}/{e['involvedObject']['name']} {e['type']} {e['reason']}: {e['message']}\n"
+        for e in world.items("events") if "KnowledgeBase" in e["reason"] or "SpendLedger" in e["reason"]
+        or e["reason"] == "DiskFull"))
+    named = "free space" in message.lower() and "writes" in message
+    return (f"Agent KnowledgeBase=False DiskFull {'after %.0f s' % condition_at if condition_at is not None else 'never'}"
+            f"{' (names the writes and the fix)' if named else ''}, goal status.knowledgeBacklog DiskFull "
+            f"{'after %.0f s' % backlog_at if backlog_at is not None else 'never'}, Events KnowledgeBaseDiskFull on "
+            f"{len(events.get('KnowledgeBaseDiskFull', ()))} goals, SpendLedgerDiskFull on "
+            f"{len(events.get('SpendLedgerDiskFull', ()))} goals, DiskFull on the Agent "
+            f"{len(events.get('DiskFull', ()))}")
+
+
+def _watch_cleared(world: World, goals: list[str], freed_at: float, timeout: float = 90) -> str:
+    """After space was freed: how long until the Agent's KnowledgeBase condition is True again and no goal
+    reports waiting writes, and the Events saying the writes went through."""
+    def clear() -> bool:
+        kb = world.condition("agent", "coder", "KnowledgeBase") or {}
+        return kb.get("status") == "True" and not any(
+            ((world.get("goal", g) or {}).get("status") or {}).get("knowledgeBacklog") for g in goals)
+    try:
+        wait_for(clear, timeout=timeout, interval=1, description="the KnowledgeBase condition clear again")
+        after = f"after {time.monotonic() - freed_at:.0f} s"
+    except AssertionError:
+        after = f"not within {timeout} s"
+    events = _reasons(world)
+    return (f"Agent KnowledgeBase=True and no goal's knowledgeBacklog {after}, Events KnowledgeBaseWritesStored on "
+            f"{len(events.get('KnowledgeBaseWritesStored', ()))} goals, SpendLedgerWritten on "
+            f"{len(events.get('SpendLedgerWritten', ()))} goals, KnowledgeBaseReady on the Agent "
+            f"{len(events.get('KnowledgeBaseReady', ()))}")
 
 
 def _log_lines(ctx: Context, needle: str) -> str:

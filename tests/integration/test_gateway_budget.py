@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import orjson
 import psycopg
 import pytest
 import redis
@@ -26,6 +27,7 @@ from overseer.api.gateway import BUDGET_HEADER
 from overseer.gateway.app import add_routes
 from overseer.gateway.budget import Meter
 from overseer.gateway.counters import RedisCounters, Refused, Unknown
+from overseer.gateway.errors import GatewayError
 from overseer.gateway.status import CostStatus
 from overseer.gateway.identity import Ancestor, Caller
 from overseer.gateway.ledger import Ledger, Spend
@@ -206,7 +208,8 @@ async def test_concurrent_calls_never_spend_past_the_budget(start_gateway: Any, 
         assert await gateway.ledger.flush()
     spent = sum(r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, gateway.caller.goal_uid))
 
-    assert set(outcomes) == {"ok", "402"}
+    # refused while the others' holds stand in the way: 429, ask again; once spend leaves no room: 402
+    assert "ok" in outcomes and set(outcomes) - {"ok"} and set(outcomes) <= {"ok", "429", "402"}
     assert outcomes.count("ok") == len(model.requests)
     assert spent <= budget
 
@@ -279,7 +282,7 @@ async def test_two_replicas_sharing_redis_never_spend_past_one_budget(start_gate
     spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, one.caller.goal_uid)]
     shared = redis.Redis.from_url(redis_server.url)
 
-    assert set(outcomes) == {"ok", "402"}
+    assert "ok" in outcomes and set(outcomes) - {"ok"} and set(outcomes) <= {"ok", "429", "402"}
     assert sum(spent) <= budget, spent
     assert len(spent) >= 5 and sum(spent) > budget / 2  # most of the budget was usable
     assert int(shared.hget(f"overseer:gw:{{team-a}}:goal:{one.caller.goal_uid}", "t")) == sum(spent)  # type: ignore[arg-type]
@@ -349,7 +352,7 @@ async def test_two_replicas_leasing_one_budget_never_spend_past_it(
         await settled(postgres, gateways, outcomes.count("ok"), goal_uid=gateways[0].caller.goal_uid)  # type: ignore[attr-defined]
     spent = [r["input_tokens"] + r["output_tokens"] for r in await rows(postgres, gateways[0].caller.goal_uid)]  # type: ignore[attr-defined]
 
-    assert set(outcomes) == {"ok", "402"}
+    assert set(outcomes) <= {"ok", "429", "402"}
     assert budget / 2 < sum(spent) <= budget, sum(spent)
 
 
@@ -470,7 +473,8 @@ async def test_two_replicas_and_twenty_goals_never_spend_past_one_agents_daily_b
         await settled(postgres, [one, two], outcomes.count("ok"), namespace=ns)
     tokens, _ = await day_total(postgres, ns)
 
-    assert set(outcomes) == {"ok", "402"} and outcomes.count("ok") == len(model.requests)
+    assert "ok" in outcomes and set(outcomes) - {"ok"} and set(outcomes) <= {"ok", "429", "402"}
+    assert outcomes.count("ok") == len(model.requests)
     assert budget / 2 < tokens <= budget
 
 
@@ -515,7 +519,8 @@ async def test_a_lease_is_at_most_a_sixteenth_of_what_is_free_and_a_dead_replica
 
     assert (units, held) == (6, 600)  # 10,000 free / 100 per call / 16
     assert near == 1 and int(state[b"ht"]) == 1_000  # the lapsed lease left; the call holds only its own
-    assert lapse is not None and lapse > time.time() + 50  # a call's own hold lapses as any call's
+    # a call's own hold lapses as any call's: soon, unless its replica keeps it alive
+    assert lapse is not None and time.time() + 25 < lapse <= time.time() + 30
 
 
 async def test_over_an_agents_rate_limit_a_call_gets_429_with_retry_after_and_goes_through_later(
@@ -629,3 +634,83 @@ async def test_a_parents_cost_in_status_includes_its_sub_goals_and_says_its_own(
     assert kube.patches["parent"] == {"usd": 0.006, "tokens": 330, "requests": 3, "ownUsd": 0.001}
     assert kube.patches["child"] == {"usd": 0.005, "tokens": 220, "requests": 2, "ownUsd": 0.002}
     assert kube.patches["grandchild"] == {"usd": 0.003, "tokens": 110, "requests": 1, "ownUsd": 0.003}
+
+
+async def _replica(postgres: PostgresServer, client: aioredis.Redis, live_seconds: float) -> tuple[Meter, Ledger]:
+    ledger = Ledger(postgres.dsn)
+    await ledger.open()
+    counters = RedisCounters(client, hold_seconds=660, live_seconds=live_seconds)  # 660: the default's upstream timeout + 60
+    return Meter(ledger, PriceTable(), counters=counters, lease_calls=16), ledger
+
+
+def die(meter: Meter) -> None:
+    """What a SIGKILL leaves of a replica's budget work: its holds in Redis, nobody renewing them."""
+    assert meter._leases is not None and meter._leases._keeper is not None
+    meter._leases._keeper.cancel()
+
+
+LAST_CALL = orjson.dumps({"model": MODEL, "max_tokens": 4096, "messages": HI})
+
+
+async def test_a_goals_call_retried_after_its_replica_died_holding_it_waits_for_the_dead_hold_instead_of_failing(
+        postgres: PostgresServer, redis_server: RedisServer) -> None:
+    """A goal whose budget fits one call's worst case (about $0.04 here) has its call cut by the death of
+    the replica holding it; the call retried on another replica must not end the goal BudgetExhausted
+    while the dead replica's hold is all that stands in the way."""
+    client = aioredis.from_url(redis_server.url)
+    worst = PriceTable().price(MODEL).most(len(LAST_CALL) // 4, 4096)  # type: ignore[union-attr]
+    caller = Caller(namespace(), "g-a1", "g", "uid-" + secrets.token_hex(4), "coder")
+    target = Target("http://model", "k", MODEL, {"maxCostPerGoal": float(worst * Decimal("1.5"))})
+    dying, dying_ledger = await _replica(postgres, client, live_seconds=1.0)
+    other, other_ledger = await _replica(postgres, client, live_seconds=1.0)
+    try:
+        await dying.reserve(caller, target, LAST_CALL, "req-cut")  # held; the replica dies before it answers
+        die(dying)
+        with pytest.raises(GatewayError) as first:
+            await other.reserve(caller, target, LAST_CALL, "req-retried")
+        assert first.value.status == 429 and first.value.retry_after == 1.0, first.value.message
+        assert "calls in flight hold" in first.value.message and "$0.0" in first.value.message
+
+        retried = None
+        async with asyncio.timeout(10):  # the agent waits the retry-after and asks again
+            while retried is None:
+                await asyncio.sleep(first.value.retry_after or 1)
+                try:
+                    retried = await other.reserve(caller, target, LAST_CALL, "req-retried")
+                except GatewayError as e:
+                    assert e.status == 429, e.message
+        await other.settle(retried, {"input_tokens": 10, "output_tokens": 100}, MODEL)
+    finally:
+        await other.close()
+        for ledger in (dying_ledger, other_ledger):
+            await ledger.close()
+        await client.aclose()
+
+
+async def test_a_live_replica_keeps_its_holds_while_its_call_outlasts_their_lapse(
+        postgres: PostgresServer, redis_server: RedisServer) -> None:
+    client = aioredis.from_url(redis_server.url)
+    worst = PriceTable().price(MODEL).most(len(LAST_CALL) // 4, 4096)  # type: ignore[union-attr]
+    caller = Caller(namespace(), "g-a1", "g", "uid-" + secrets.token_hex(4), "coder")
+    target = Target("http://model", "k", MODEL, {"maxCostPerGoal": float(worst * Decimal("1.5"))})
+    slow, slow_ledger = await _replica(postgres, client, live_seconds=1.0)
+    other, other_ledger = await _replica(postgres, client, live_seconds=1.0)
+    try:
+        held = await slow.reserve(caller, target, LAST_CALL, "req-slow")  # a long answer, its replica alive
+        await asyncio.sleep(3.5)  # three and a half lapses
+        with pytest.raises(GatewayError) as waiting:
+            await other.reserve(caller, target, LAST_CALL, "req-second")
+        assert waiting.value.status == 429, waiting.value.message
+
+        await slow.settle(held, {"input_tokens": 10, "output_tokens": 100}, MODEL)  # cheap in the end
+        second = await other.reserve(caller, target, LAST_CALL, "req-second")
+        await other.settle(second, {"input_tokens": 10, "output_tokens": 4000}, MODEL)
+        with pytest.raises(GatewayError) as spent:  # now spend, not holds, leaves no room: the goal's end
+            await other.reserve(caller, target, LAST_CALL, "req-third")
+        assert spent.value.status == 402 and spent.value.headers == {BUDGET_HEADER: "maxCostPerGoal"}
+    finally:
+        for meter in (slow, other):
+            await meter.close()
+        for ledger in (slow_ledger, other_ledger):
+            await ledger.close()
+        await client.aclose()

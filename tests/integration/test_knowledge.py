@@ -402,3 +402,52 @@ async def test_the_first_read_after_a_restart_finds_the_data(kb: KnowledgeBase, 
     checkpoint = await kb.load_checkpoint("g11")
     assert checkpoint is not None and checkpoint.messages == [turn(0)]
     assert kb.healthy
+
+
+# ---- PostgreSQL's disk full --------------------------------------------------------------------
+
+
+REFUSE_FOR_DISK = """CREATE FUNCTION refuse_for_disk() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'could not extend file "base/1/2": No space left on device' USING ERRCODE = 'disk_full'; END $$;
+CREATE TRIGGER full_disk BEFORE INSERT OR UPDATE ON checkpoint_messages FOR EACH ROW EXECUTE FUNCTION refuse_for_disk();
+CREATE TRIGGER full_disk BEFORE INSERT ON experiences FOR EACH ROW EXECUTE FUNCTION refuse_for_disk()"""
+
+
+async def test_writes_refused_for_a_full_disk_are_reported_until_they_are_stored(kb: KnowledgeBase, dsn: str) -> None:
+    told: list[Any] = []
+    kb.on_backlog = told.append
+    await kb.save_checkpoint("g12", 1, [turn(0)], {}, {"iteration": 1})
+    assert told == []  # stored at once: nothing to say
+    with psycopg.connect(dsn, autocommit=True) as owner:  # PostgreSQL answers disk_full (SQLSTATE 53100)
+        owner.execute(REFUSE_FOR_DISK)
+
+    await kb.save_checkpoint("g12", 2, [turn(1), turn(2)], {}, {"iteration": 2})
+    await kb.record_experience(experience("Fix the parser tests", True, PYTEST_FIRST))
+    backlog = told[-1]
+    assert (backlog.reason, backlog.queued, backlog.waiting) == ("DiskFull", 2, "1 checkpoint, 1 experience")
+    status = backlog.to_status()
+    assert status["reason"] == "DiskFull" and status["queuedWrites"] == 2 and status["since"]
+    assert "disk is full" in status["message"] and "No space left on device" in status["message"]
+    assert "free space" in status["message"] and len(status["message"]) <= 1024
+    assert await kb.load_checkpoint("g12") is None  # reads wait behind the queued writes, so they say nothing
+    assert [b.reason for b in told] == ["DiskFull", "DiskFull"]  # the count changed, not the reason
+
+    with psycopg.connect(dsn, autocommit=True) as owner:  # space freed
+        owner.execute("DROP FUNCTION refuse_for_disk() CASCADE")
+    assert await kb.flush(timeout=20)
+    assert told[-1] is None and kb.backlog is None
+    checkpoint = await kb.load_checkpoint("g12")
+    assert checkpoint is not None and checkpoint.messages == [turn(0), turn(1), turn(2)]
+    assert rows(dsn, "SELECT count(*) FROM experiences") == [(1,)]
+
+
+async def test_writes_queued_in_an_outage_are_reported_as_unavailable(kb: KnowledgeBase, outage: PostgresServer) -> None:
+    told: list[Any] = []
+    kb.on_backlog = told.append
+    outage.stop()
+    await kb.save_checkpoint("g13", 1, [turn(0)], {}, {"iteration": 1})
+    assert told[-1].reason == "Unavailable" and told[-1].queued == 1
+    assert "disk" not in told[-1].message
+    outage.start()
+    assert await kb.flush(timeout=20)
+    assert told[-1] is None

@@ -172,9 +172,11 @@ async def run(settings: AgentSettings) -> int:
         checkpoints: Any = FileCheckpoints(settings.workspace, uid)
         if settings.database_url:
             from .knowledge import KnowledgeBase
+            from .knowledge_report import BacklogReporter
 
+            backlog = BacklogReporter(kube, link, link.goal)
             kb = KnowledgeBase(settings.database_url, namespace=ns,
-                               spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl")
+                               spool=settings.workspace / ".overseer" / f"kb-spool-{uid}.jsonl", on_backlog=backlog)
             await kb.open()  # down for now: writes queue and replay when it returns
             checkpoints = kb.for_goal(uid)
             lessons = await kb.lessons(goal.spec.description, agent.name)
@@ -256,6 +258,7 @@ async def run(settings: AgentSettings) -> int:
                     logger.error("goal %s/%s: %d knowledge-base writes (experience, decisions, checkpoint) were "
                                  "not stored: PostgreSQL stayed away", ns, goal.name, kb.pending_writes)
             await kb.close()
+            await backlog.stop()
         if not await delivered:
             logger.error("goal %s/%s: %d live events, its end among them, were not delivered: Redis stayed away",
                          ns, goal.name, events.buffered)

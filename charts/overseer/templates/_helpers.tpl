@@ -195,4 +195,7 @@ look; the ports still narrow it).
 - apiGroups: [overseer.dev]
   resources: [goals/status, agents/status]
   verbs: [patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
 {{- end -}}

@@ -203,6 +203,21 @@ class GoalWorkspace(ApiModel):
     """The dependency's claim this goal starts from (spec.workspaceFrom)."""
 
 
+class KnowledgeBacklog(ApiModel):
+    """Knowledge-base writes the goal's agent holds because PostgreSQL refused them."""
+
+    reason: Literal["DiskFull", "Unavailable"]
+    """DiskFull: PostgreSQL answered disk_full (SQLSTATE 53100); Unavailable: it did not answer or
+    refused for another passing reason (an outage, a restart, too many connections)."""
+    message: str = Field(default="", max_length=1024)
+    """What PostgreSQL said, what waits and what puts it right."""
+    queued_writes: int = 0
+    """Writes (checkpoints, experiences, approval decisions, lesson uses) waiting in the pod's
+    memory and spool file; they are stored in order once PostgreSQL takes them."""
+    since: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the first of them was refused."""
+
+
 class GoalStatus(ApiModel):
     """Observed state of a Goal."""
 
@@ -253,6 +268,9 @@ class GoalStatus(ApiModel):
     """Why the agent gave up, when it did (e.g. BudgetExhausted, Refusal); such a failure is not retried."""
     last_tool: str | None = None
     """The agent's latest tool call, in one line."""
+    knowledge_backlog: KnowledgeBacklog | None = None
+    """Set by the agent while its knowledge-base writes wait for PostgreSQL (cleared once they are
+    stored); the operator shows it in the Agent's KnowledgeBase condition."""
     capability_calls: list[CapabilityCalls] = Field(default_factory=list, max_length=256)
     """Calls of each Capability in this goal so far, reported by the agent; the operator sums them up
     in each Capability's status."""

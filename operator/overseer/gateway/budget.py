@@ -8,7 +8,10 @@ for the UTC day (the platform's budget file). Before a call goes out, its worst 
 request's size plus max_tokens of output, priced as if all input were written to the 1-hour cache.
 A call whose worst case does not fit next to what was spent and what calls in flight hold is
 refused with HTTP 402 (the header in overseer.api.gateway names the budget) and the agent ends the
-goal with reason BudgetExhausted. When the answer is in, the hold is released and the real cost
+goal with reason BudgetExhausted, but only when what was spent leaves no room for it: when the holds
+of calls in flight alone stand in the way (a goal's own call cut by a replica's death, whose hold
+lapses soon after; a lease's unused part), it is answered 429 with a retry-after, which the agent
+waits out and asks again. When the answer is in, the hold is released and the real cost
 (cache-aware, overseer.prices) is added and written to the ledger.
 
 With Redis (counters.py) the spend and the holds of every budget are shared by all replicas and
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_TOKEN = 4  # a request's size over-estimates its input tokens: JSON keys and quoting count too
 MAX_IDLE_ACCOUNTS = 20_000
+LOCAL_HOLDS_RETRY_SECONDS = 5.0  # without Redis the holds are this replica's own calls in flight
 FILE_CHECK_SECONDS = 1.0
 
 
@@ -94,6 +98,9 @@ class Meter:
         self._accounts: dict[str, Account] = {}
         self._on_spend = on_spend  # called with each Spend (cost in status)
         self._files_checked = 0.0
+        # How long a call that only holds stand in the way is asked to wait: in Redis, the time a dead
+        # replica's hold takes to lapse.
+        self._holds_retry = counters.live_seconds if counters else LOCAL_HOLDS_RETRY_SECONDS
 
     def _check_files(self) -> None:
         """Pick up a changed price table or budget file (mounted ConfigMaps change in place)."""
@@ -137,7 +144,7 @@ class Meter:
             accounts = [await self._account(self._key(caller, scope), scope) for scope in budgets]
             # Check and hold with no await in between: concurrent calls on this replica see each other.
             for scope, account in zip(budgets, accounts):
-                _check(caller, scope, account, hold_tokens, hold_usd)
+                _check(caller, scope, account, hold_tokens, hold_usd, LOCAL_HOLDS_RETRY_SECONDS)
             for account in accounts:
                 account.held_tokens += hold_tokens
                 account.held_usd += hold_usd
@@ -173,7 +180,7 @@ class Meter:
         if isinstance(answer, Refused):
             scope = r.scopes[answer.scope]
             _check(caller, scope, Account(answer.spent_tokens, answer.spent_usd, 0.0, answer.held_tokens,
-                                          answer.held_usd), r.tokens, r.usd)
+                                          answer.held_usd), r.tokens, r.usd, self._holds_retry)
             raise AssertionError("Redis refused a hold that fits")  # _check raised: unreachable
         return None  # still not loaded after loading each budget: count locally
 
@@ -243,20 +250,38 @@ def _ledger_unavailable(scope: Scope, e: Exception) -> GatewayError:
                              f"(PostgreSQL) is unavailable ({e}); try again shortly")
 
 
-def _check(caller: Caller, scope: Scope, account: Account, tokens: int, usd: Decimal) -> None:
+def _check(caller: Caller, scope: Scope, account: Account, tokens: int, usd: Decimal, holds_retry: float) -> None:
     limits = scope.limits
     if limits.usd is not None and account.spent_usd + account.held_usd + usd > limits.usd:
+        if account.spent_usd + usd <= limits.usd:
+            raise held_up(caller, holds_retry,
+                          f"budget {scope.usd_budget} {_usd(limits.usd)} of {scope.owner} has "
+                          f"{_usd(limits.usd - account.spent_usd)} left, but calls in flight hold "
+                          f"{_usd(account.held_usd)} of it and this call may cost up to {_usd(usd)}")
         raise budget_exhausted(
             caller, scope.kind + scope.usd_budget,
             f"budget {scope.usd_budget} {_usd(limits.usd)} of {scope.owner} is exhausted: "
             f"{_usd(account.spent_usd)} spent, {_usd(account.held_usd)} held by calls in flight, and this call "
             f"may cost up to {_usd(usd)}")
     if limits.tokens is not None and account.spent_tokens + account.held_tokens + tokens > limits.tokens:
+        if account.spent_tokens + tokens <= limits.tokens:
+            raise held_up(caller, holds_retry,
+                          f"budget {scope.tokens_budget} {limits.tokens} of {scope.owner} has "
+                          f"{limits.tokens - account.spent_tokens} tokens left, but calls in flight hold "
+                          f"{account.held_tokens} of them and this call may use up to {tokens}")
         raise budget_exhausted(
             caller, scope.kind + scope.tokens_budget,
             f"budget {scope.tokens_budget} {limits.tokens} of {scope.owner} is exhausted: "
             f"{account.spent_tokens} tokens spent, {account.held_tokens} held by calls in flight, and this call "
             f"may use up to {tokens} (input estimate + max_tokens)")
+
+
+def held_up(caller: Caller, retry_after: float, message: str) -> GatewayError:
+    """429 with retry-after: the budget has room once calls in flight settle or their holds lapse (a
+    replica that died holding them); the agent waits and asks again rather than end its goal."""
+    metrics.BUDGET_WAITS.labels(caller.namespace, caller.agent).inc()
+    return GatewayError(429, f"{message}: try again in {retry_after:.0f} s, once they are settled or have "
+                             f"lapsed", retry_after=retry_after)
 
 
 def budget_exhausted(caller: Caller, budget: str, message: str) -> GatewayError:

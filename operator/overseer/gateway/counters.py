@@ -4,7 +4,9 @@ Per budget (a Goal's, an Agent's day, a namespace's day; scopes.py) a hash holds
 (t tokens, u nano-dollars, loaded from the ledger) and the running total of what calls in flight
 hold (ht, hu). Each hold is also a member of a sorted set scored by when it lapses, so a replica
 that dies mid-call cannot hold budget forever: lapsed holds leave the running totals when the
-next call looks. Checking every budget of a call and holding it in all of them is one Lua script,
+next call looks. A hold lapses `live_seconds` (30 s) after it was taken unless its replica keeps it
+alive (`keep_alive`, every third of that while the call is in flight: leases.py), so a dead
+replica's holds are gone within half a minute however long its calls could have taken. Checking every budget of a call and holding it in all of them is one Lua script,
 so two replicas never both take the last of a budget, and its cost does not grow with the calls in
 flight. A budget whose spend is not in Redis yet is loaded from the ledger first (the script
 answers "unknown" and the caller loads it with HSETNX).
@@ -151,10 +153,15 @@ def _limit(value: int | Decimal | None, money: bool) -> int:
     return nano(value) if money else int(value)  # type: ignore[arg-type]
 
 
+LIVE_SECONDS = 30.0
+
+
 class RedisCounters:
-    def __init__(self, client: aioredis.Redis, hold_seconds: float) -> None:
+    def __init__(self, client: aioredis.Redis, hold_seconds: float, live_seconds: float = LIVE_SECONDS) -> None:
+        """`hold_seconds`: the longest a call may take; a hold lapses after the shorter of that and
+        `live_seconds` unless kept alive."""
         self._redis = client
-        self._hold_seconds = hold_seconds
+        self._hold_seconds = min(hold_seconds, live_seconds)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._load = self._redis.register_script(_LOAD)
@@ -196,6 +203,27 @@ class RedisCounters:
             return int(answer[1])
         return Refused(int(answer[1]) - 1, answer[2] == b"u", int(answer[3]), Decimal(int(answer[4])) / NANO,
                        int(answer[5]), Decimal(int(answer[6])) / NANO)
+
+    @property
+    def live_seconds(self) -> float:
+        """How long a hold lasts after it was taken or last kept alive."""
+        return self._hold_seconds
+
+    async def keep_alive(self, holds: Sequence[tuple[str, Sequence[Scope], str]]) -> None:
+        """Push the lapse of these holds (namespace, scopes, member) to `live_seconds` from now, in one
+        round trip; a hold that lapsed or was released meanwhile stays gone (ZADD XX), and none is
+        brought closer (GT)."""
+        if not holds:
+            return
+        lapse = time.time() + self._hold_seconds
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for namespace, scopes, member in holds:
+                    for scope in scopes:
+                        pipe.zadd(self.key(namespace, scope) + ":holds", {member: lapse}, xx=True, gt=True)
+                await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise CountersUnavailable(str(e)) from e
 
     async def load(self, namespace: str, scope: Scope, tokens: int, usd: Decimal) -> None:
         """Put a budget's spend from the ledger, unless another replica did first."""

@@ -14,7 +14,9 @@ half drawn or expires in use); then it retires: in one Redis step its hold shrin
 cases of its calls still in flight (with the lapse of a call's hold) and what its settled calls
 spent moves into the spend, and when its last call is settled the rest is released the same way.
 An active lease lapses after `lapse_seconds` in Redis, so the unused part of a dead replica's
-lease comes back soon. What a lease costs: other replicas see a lease's unused part as held until
+lease comes back soon. While a replica holds anything in Redis it keeps its holds alive every third
+of the counters' `live_seconds`: a call's hold outlives its replica by that much at most, not by
+the longest a call may take. What a lease costs: other replicas see a lease's unused part as held until
 it retires, so near a limit a call may be refused while up to a `share`-th of the free budget sits
 in another replica's lease for up to `seconds`.
 """
@@ -92,6 +94,7 @@ class Leases:
         self._active: dict[LeaseKey, Lease] = {}
         self._taking: dict[LeaseKey, asyncio.Future[bool]] = {}  # on its way from Redis; True: a lease came
         self._retiring: set[Lease] = set()
+        self._keeper: asyncio.Task[None] | None = None
 
     def draw(self, key: LeaseKey, tokens: int, nanos: int) -> Lease | None:
         """The active lease with room for this call, the call drawn from it; None: ask Redis."""
@@ -135,6 +138,8 @@ class Leases:
             return units
         lease = Lease(key[0], scopes, request_id, units * tokens, units * nanos, (tokens, nanos))
         lease.draw(tokens, nanos)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_alive(), name="budget-holds-alive")
         if units > 1:
             self._start(key, lease)
         else:  # a call's own hold: retired at once, released when the call is settled
@@ -165,6 +170,22 @@ class Leases:
             self._retire(key, lease)
         while flushing := [lease.flushing for lease in self._retiring if lease.flushing is not None]:
             await asyncio.gather(*flushing, return_exceptions=True)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+
+    async def _keep_alive(self) -> None:
+        """Renew the lapse of every hold this replica has in Redis until it has none (the next take
+        starts this again). A replica that dies stops renewing, and its holds lapse soon after."""
+        while True:
+            await asyncio.sleep(self._counters.live_seconds / 3)
+            held = [*self._active.values(), *self._retiring]
+            if not held:
+                return
+            try:
+                await self._counters.keep_alive([(lease.namespace, lease.scopes, lease.member) for lease in held])
+            except CountersUnavailable as e:  # tried again next time; meanwhile the holds may lapse, as any
+                log.warning("budget holds not kept alive, Redis unavailable: %s", e)
 
     def _start(self, key: LeaseKey, lease: Lease) -> None:
         old = self._active.get(key)

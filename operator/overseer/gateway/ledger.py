@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,15 @@ class LedgerUnavailable(Exception):
     """PostgreSQL cannot be reached."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why rows wait: DiskFull (PostgreSQL answered disk_full, SQLSTATE 53100) or Unavailable."""
+
+    reason: str
+    error: str
+    since: float  # time.time() of the first refusal
+
+
 class Ledger:
     def __init__(self, dsn: str, pool_size: int = 4) -> None:
         self._pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False, timeout=5,
@@ -107,6 +117,7 @@ class Ledger:
         self._waiting: deque[Spend] = deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self.refused: Refusal | None = None  # while rows wait because PostgreSQL refused them
 
     async def open(self) -> None:
         """Start the pool and the writer; a PostgreSQL that is down now is tried again later."""
@@ -123,6 +134,14 @@ class Ledger:
     def waiting(self) -> int:
         """Rows not yet in PostgreSQL."""
         return len(self._waiting)
+
+    def waiting_by_goal(self) -> dict[tuple[str, str, str], int]:
+        """(namespace, goal, goal uid) -> rows of its calls not yet in PostgreSQL."""
+        found: dict[tuple[str, str, str], int] = {}
+        for s in self._waiting:
+            key = (s.namespace, s.goal, s.goal_uid)
+            found[key] = found.get(key, 0) + 1
+        return found
 
     def record(self, spend: Spend) -> None:
         """Queue a row; the writer puts it in PostgreSQL as soon as it can."""
@@ -152,6 +171,11 @@ class Ledger:
                             migrated = True
                         await conn.execute(_INSERT, [list(column) for column in zip(*(s.row() for s in batch))])
                 except _TRANSIENT as e:
+                    reason = "DiskFull" if getattr(e, "sqlstate", None) == "53100" else "Unavailable"
+                    if self.refused is None or self.refused.reason != reason:
+                        first = str(e).strip().splitlines()
+                        self.refused = Refusal(reason, (first[0] if first else type(e).__name__)[:300],
+                                               self.refused.since if self.refused else time.time())
                     log.warning("spend ledger: PostgreSQL unavailable (%s); %d rows wait", e, len(self._waiting))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -163,6 +187,8 @@ class Ledger:
                 delay = 0.2
                 for _ in batch:
                     self._waiting.popleft()
+                if not self._waiting:
+                    self.refused = None
 
     async def _sum(self, where: str, args: tuple[Any, ...], queued: Callable[[Spend], bool]) -> Total:
         try:

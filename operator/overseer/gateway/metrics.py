@@ -19,6 +19,9 @@ REFUSALS = Counter("overseer_gateway_refusals_total", "Calls refused by the gate
 BUDGET_REFUSALS = Counter("overseer_gateway_budget_refusals_total",
                           "Calls refused because a budget is exhausted, by namespace, agent and budget",
                           ["namespace", "agent", "budget"])
+BUDGET_WAITS = Counter("overseer_gateway_budget_waits_total",
+                      "Calls answered 429 because only the holds of calls in flight stood in a budget's way, by "
+                      "namespace and agent", ["namespace", "agent"])
 RATE_LIMITED = Counter("overseer_gateway_rate_limited_total",
                        "Calls answered 429 because a rate limit was reached, by namespace and agent",
                        ["namespace", "agent"])

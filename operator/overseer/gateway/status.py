@@ -3,7 +3,8 @@
 Each call marks its Goal, the goals above it and its Agent; every `interval` seconds the marked
 ones get their totals
 from the ledger (not from this replica's counters, so two replicas write the same numbers) and
-a merge patch of status.cost alone, under the field manager overseer-gateway. A Goal's usd,
+a merge patch of status.cost alone, under the field manager overseer-gateway (and, while the
+ledger refuses rows, an Event on each Goal whose rows wait: ledger_events). A Goal's usd,
 tokens and requests include its sub-goals' (what its per-goal budget counts); ownUsd is what its
 own attempts spent.
 """
@@ -18,6 +19,7 @@ from overseer.api import API_VERSION
 from overseer.kube import ApiError, Kube, path
 
 from .ledger import Ledger, LedgerUnavailable, Spend
+from .ledger_events import LedgerEvents
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class CostStatus:
         self._goals: dict[str, tuple[str, str]] = {}  # goal uid -> (namespace, name)
         self._agents: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
+        self.ledger_events = LedgerEvents(kube, ledger)
 
     def spent(self, spend: Spend) -> None:
         self._goals[spend.goal_uid] = (spend.namespace, spend.goal)
@@ -50,6 +53,7 @@ class CostStatus:
         while True:
             await asyncio.sleep(self._interval)
             await self.write()
+            await self.ledger_events.check()
 
     async def write(self) -> None:
         """Write the cost of every Goal and Agent that spent since the last write."""

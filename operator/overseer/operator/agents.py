@@ -22,6 +22,7 @@ from . import agent_resources as render, failures
 from .api_server import SLICES_SOURCE, APIServerEgress
 from .capabilities import needed, not_ready_reason
 from .conditions import condition, same_conditions, set_condition, summarize
+from .knowledge_backlog import knowledge_condition
 from .modification_store import ModificationStore, describe
 from .pricing import price_condition
 from overseer.kube import ApiError, path
@@ -237,6 +238,7 @@ class AgentReconciler:
             access = await self.rt.knowledge.ensure(ns)
             if access.ready:
                 access = await self.rt.knowledge.share(ns, name, agent.spec.knowledge.share_with) or access
+            access = knowledge_condition(access, self.rt.knowledge_backlogs(ns, name))
             conds = set_condition(conds, "KnowledgeBase", access.ready, access.reason, access.message, gen)
             if not access.ready:
                 # Goal pods still run, without the knowledge base, until this is put right.
@@ -315,6 +317,9 @@ class AgentReconciler:
                         self.rt.events.record(raw, "Warning", c["reason"], c["message"])
                     elif c["type"] == "Ready":
                         self.rt.events.record(raw, "Normal", "Ready", c["message"])
+                    elif c["type"] == "KnowledgeBase" and before is not None:  # a full disk given space, say
+                        self.rt.events.record(raw, "Normal", "KnowledgeBaseReady",
+                                              f"KnowledgeBase is True again (was {before.get('reason')}): {c['message']}")
         if await self.rt.patch_status(agent_path(ns, name, "status"), raw, changes):
             self._status_written[key] = time.monotonic()
         return requeue

@@ -26,6 +26,9 @@ RUNNING_PHASES = {Phase.RUNNING.value: "runningGoals", Phase.AWAITING_APPROVAL.v
                   Phase.QUEUED.value: "queuedGoals", Phase.SUCCEEDED.value: "succeededGoals",
                   Phase.FAILED.value: "failedGoals"}
 GOAL_COUNTS = ("runningGoals", "queuedGoals", "succeededGoals", "failedGoals", "tokensUsed")
+BACKLOG_GOALS, DISK_FULL_GOALS = "knowledgeBacklogGoals", "knowledgeDiskFullGoals"
+"""Running goals whose agent reports knowledge-base writes waiting (status.knowledgeBacklog), and of
+those, waiting because PostgreSQL's disk is full: tallies, not written to the Agent's status."""
 
 
 def goal_agent(raw: Raw) -> str | None:
@@ -58,6 +61,11 @@ def _goal_counts(raw: Raw) -> tuple[Hashable, dict[str, int]] | None:
     category = RUNNING_PHASES.get(str(status.get("phase")))
     if category:
         amounts[category] = 1
+    backlog = status.get("knowledgeBacklog")
+    if backlog and category == "runningGoals":  # a goal that ended has no agent left to report it cleared
+        amounts[BACKLOG_GOALS] = 1
+        if backlog.get("reason") == "DiskFull":
+            amounts[DISK_FULL_GOALS] = 1
     return (_ns(raw), agent), amounts
 
 
@@ -196,6 +204,16 @@ class Runtime:
     def goal_counts(self, ns: str, agent: str) -> dict[str, int]:
         tally = self.stores["goals"].tally("agent", (ns, agent))
         return {name: tally.get(name, 0) for name in GOAL_COUNTS}
+
+    def knowledge_backlogs(self, ns: str, agent: str) -> list[Raw]:
+        """The agent's running goals that report knowledge-base writes waiting (rarely any: the tally
+        answers first, so an Agent of thousands of goals is not scanned on every change)."""
+        if not self.stores["goals"].tally("agent", (ns, agent)).get(BACKLOG_GOALS):
+            return []
+        return sorted((g for g in self.stores["goals"].by("agent", (ns, agent))
+                       if (g.get("status") or {}).get("knowledgeBacklog")
+                       and RUNNING_PHASES.get(str(g["status"].get("phase"))) == "runningGoals"),
+                      key=lambda g: g["metadata"]["name"])
 
     async def patch_status(self, url: str, raw: Raw, changes: dict[str, Any]) -> bool:
         """Merge-patch only the status fields that differ from the freshest known copy.

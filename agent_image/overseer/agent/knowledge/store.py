@@ -28,7 +28,10 @@ from psycopg.rows import dict_row
 
 from overseer.knowledge_schema import migrate
 
+from overseer.kube import now_iso
+
 from ..checkpoint import Checkpoint
+from .backlog import Backlog, one_line, refusal_reason, waiting
 from .checkpoints import DIVERGED, LOAD_CHECKPOINT, GoalCheckpoints, apply_checkpoint, apply_drop
 from .decisions import DECISIONS, apply_decision
 from .lessons import (FREQUENCY_TTL, apply_experience, apply_lesson_use, find_lessons, lexeme_frequencies,
@@ -69,11 +72,14 @@ class KnowledgeBase:
     `spool`, a local file); queued writes are replayed in order by a background task, and a
     new instance given the same spool replays what an earlier process left behind. Writes do
     not raise: a write PostgreSQL rejects as invalid is logged and dropped.
+
+    `on_backlog` is told of the queued writes and why they wait (a `Backlog`) whenever their number or
+    the reason changes, and None once they are all stored: a full disk must not show only in logs.
     """
 
     def __init__(self, dsn: str, *, namespace: str, spool: Path | str | None = None, connect_timeout: float = 2.0,
                  query_timeout: float = 5.0, retry_delay: float = 0.5, max_retry_delay: float = 15.0,
-                 lesson_candidates: int = 50) -> None:
+                 lesson_candidates: int = 50, on_backlog: Callable[[Backlog | None], None] | None = None) -> None:
         self.dsn = dsn
         self.namespace = namespace
         self.spool = Spool(spool)
@@ -95,6 +101,9 @@ class KnowledgeBase:
         self._wake = asyncio.Event()           # cuts a replay backoff short
         self._closed = False
         self._frequency_cache: tuple[float, dict[str, float]] = (0.0, {})
+        self.on_backlog = on_backlog
+        self._refusal = ("", "")               # (reason, error) of PostgreSQL's last refusal
+        self._backlog: Backlog | None = None   # as last told to on_backlog
         for write in self.spool.load(namespace, _APPLY):
             self._enqueue(write)
 
@@ -291,6 +300,7 @@ class KnowledgeBase:
                     return
             self._enqueue(write)
             self.spool.append(write)
+            self._tell()
         self._kick()
 
     def _enqueue(self, write: Write) -> None:
@@ -322,6 +332,7 @@ class KnowledgeBase:
                 delay = min(delay * 2, self.max_retry_delay)
         if not self._queue:
             self._drained.set()
+            self._tell()
 
     async def _replay_once(self) -> None:
         """Apply queued writes in order until the queue is empty or PostgreSQL goes away."""
@@ -423,6 +434,35 @@ class KnowledgeBase:
             logger.warning("knowledge base unreachable, queueing writes: %s", str(exc).strip() or type(exc).__name__)
         self._healthy = False
         self._retry_at = time.monotonic() + self.retry_delay
+        self._refusal = (refusal_reason(exc), one_line(exc))
+        if self._queue:
+            self._tell()
+
+    def _tell(self) -> None:
+        """Tell on_backlog what waits now, if that changed (how many writes, or why)."""
+        if not self._queue:
+            backlog = None
+        else:
+            reason, error = self._refusal
+            since = self._backlog.since if self._backlog is not None else now_iso()
+            backlog = Backlog(reason or "Unavailable", error or "not reached yet", len(self._queue),
+                              waiting(self._queue), since)
+            if self._backlog is not None and (self._backlog.reason, self._backlog.queued, self._backlog.waiting) == (
+                    backlog.reason, backlog.queued, backlog.waiting):
+                return
+        if backlog is None and self._backlog is None:
+            return
+        self._backlog = backlog
+        if self.on_backlog is not None:
+            try:
+                self.on_backlog(backlog)
+            except Exception:  # a report that failed must not stop the writes
+                logger.exception("knowledge base: reporting queued writes failed")
+
+    @property
+    def backlog(self) -> Backlog | None:
+        """The writes waiting for PostgreSQL and why, or None."""
+        return self._backlog
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
