@@ -26,7 +26,7 @@ model_client().messages
 AGENT_MODULE_BUDGET = 1050
 SDK_MODULE_BUDGET = 380
 # What a goal pod needs only with a knowledge base, Redis, an HTTP Capability called, or never.
-NOT_AT_AGENT_START = ("kubernetes", "kopf", "psycopg", "redis", "aiohttp")
+NOT_AT_AGENT_START = ("kubernetes", "kopf", "psycopg", "redis", "aiohttp", "jsonschema")
 
 
 def modules_after(code: str) -> list[str]:
