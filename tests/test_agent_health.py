@@ -32,3 +32,12 @@ async def test_healthz_follows_progress_and_metrics_show_the_iteration() -> None
                 assert resp.status == 503 and "no progress" in await resp.text()
     finally:
         await server.stop()
+
+
+def test_a_pod_without_progress_reports_it_and_refuses_other_paths() -> None:
+    server = HealthServer(0, stale_after=60)
+    assert server.answer("GET", "/healthz")[0] == 200
+    assert server.answer("GET", "/nothing")[0] == 404
+    assert server.answer("POST", "/healthz")[0] == 405
+    server._last = (0, server._last[1] - 61)
+    assert server.answer("GET", "/healthz?verbose")[:1] == (503,)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from overseer.kube import _ssl_context
+from overseer.kube import ssl_context
 
 
 def credentials(**fields: object) -> SimpleNamespace:
@@ -32,7 +32,7 @@ def test_the_cluster_ca_alone_is_trusted(ca: Path, given: str) -> None:
     pem = ca.read_text()
     fields = {"path": {"ca_path": ca}, "pem": {"ca_data": pem},
               "base64": {"ca_data": base64.b64encode(pem.encode()).decode()}}[given]
-    ctx = _ssl_context(credentials(**fields))  # type: ignore[arg-type]
+    ctx = ssl_context(credentials(**fields))  # type: ignore[arg-type]
     assert not isinstance(ctx, bool)
     subjects = [dict(x[0] for x in cert["subject"]) for cert in ctx.get_ca_certs()]
     assert subjects == [{"commonName": "cluster-ca"}], "a public CA's certificate would pass for the API server"
@@ -40,6 +40,6 @@ def test_the_cluster_ca_alone_is_trusted(ca: Path, given: str) -> None:
 
 
 def test_without_a_ca_the_systems_store_is_used_and_insecure_means_no_verification() -> None:
-    ctx = _ssl_context(credentials())  # type: ignore[arg-type]
+    ctx = ssl_context(credentials())  # type: ignore[arg-type]
     assert not isinstance(ctx, bool) and ctx.check_hostname
-    assert _ssl_context(credentials(insecure=True)) is False  # type: ignore[arg-type]
+    assert ssl_context(credentials(insecure=True)) is False  # type: ignore[arg-type]

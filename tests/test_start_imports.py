@@ -25,8 +25,8 @@ model_client().messages
 # `import anthropic` alone loads 3,606, 3,162 of them the SDK's).
 AGENT_MODULE_BUDGET = 1050
 SDK_MODULE_BUDGET = 380
-# What a goal pod needs only with a knowledge base, Redis, or never.
-NOT_AT_AGENT_START = ("kubernetes", "kopf", "psycopg", "redis")
+# What a goal pod needs only with a knowledge base, Redis, an HTTP Capability called, or never.
+NOT_AT_AGENT_START = ("kubernetes", "kopf", "psycopg", "redis", "aiohttp", "jsonschema")
 
 
 def modules_after(code: str) -> list[str]:
@@ -151,3 +151,26 @@ def test_imports_stay_where_module_level_code_needs_them(names: set[str], source
     tree = ast.parse(source)
     assert move_imports(tree, names) == {}
     assert ast.unparse(tree) == ast.unparse(ast.parse(source))
+
+
+def test_a_plain_http_model_url_costs_no_ca_bundle_and_refuses_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway reached over plain HTTP needs no CA bundle (loading it was tens of ms of every
+    start); the context the client holds instead trusts nothing, so TLS (a redirect to https)
+    fails rather than going unverified. Over https, or through a proxy, the CAs are loaded."""
+    import ssl
+
+    from overseer.agent.backoff import PROXY_VARIABLES, model_client
+
+    def trusted(url: str, **env: str) -> tuple[int, ssl.VerifyMode]:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        for name in PROXY_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        ctx = model_client()._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        return ctx.cert_store_stats()["x509_ca"], ctx.verify_mode
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "x")
+    assert trusted("http://overseer-gateway.overseer:8080") == (0, ssl.CERT_REQUIRED)
+    assert trusted("https://api.anthropic.com")[0] > 0
+    assert trusted("http://overseer-gateway.overseer:8080", HTTPS_PROXY="https://proxy:3128")[0] > 0

@@ -1,6 +1,7 @@
 """A small async Kubernetes client, shared by the operator and the agent runtime.
 
-One pooled aiohttp session carries every request, and bodies stay plain dicts: the official
+One pooled aiohttp session carries every request (a goal pod's client carries them with httpx2:
+overseer.agent.kube_client), and bodies stay plain dicts: the official
 client's model objects cost CPU and memory on the hot path for nothing Overseer needs. JSON
 goes through orjson: decoding watch events and answers was a quarter of the operator's CPU
 with the standard library's json. The official client is used only to find credentials
@@ -17,10 +18,12 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
+
+if TYPE_CHECKING:  # imported when a session is made: a goal pod's client (overseer.agent.kube_client) has none
+    import aiohttp
 
 
 class Credentials(Protocol):
@@ -104,6 +107,18 @@ class ApiError(Exception):
         self.retry_after = retry_after  # seconds the server asked to wait (429, 503), if it said
 
 
+def api_error(status: int, reason: str, raw: bytes, method: str, url_path: str,
+              headers: Mapping[str, str]) -> ApiError:
+    """The ApiError of a non-2xx answer: the reason and message of its Status body when it has one."""
+    text = raw.decode(errors="replace")
+    try:
+        body = orjson.loads(raw)
+        reason, message = body.get("reason", ""), body.get("message", text)
+    except (ValueError, AttributeError):
+        message = text
+    return ApiError(status, reason, message, method, url_path, retry_after(headers))
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """A Retry-After header in seconds (the API server sends whole seconds with 429 and 503)."""
     try:
@@ -148,7 +163,7 @@ def parse_time(text: str) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _ssl_context(info: Credentials) -> ssl.SSLContext | bool:
+def ssl_context(info: Credentials) -> ssl.SSLContext | bool:
     """The API server's CA alone when the credentials name one, as client-go trusts it (loading the
     system's store as well cost every process's start some 30 ms of CPU); else the system's store."""
     if info.insecure:
@@ -209,6 +224,8 @@ class Kube:
         self._server = ""
 
     async def _connect(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         info = await self._login()
         headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
         if info.token:
@@ -216,7 +233,7 @@ class Kube:
         elif info.username and info.password:
             headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password).encode()
         self._server = info.server.rstrip("/")
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=_ssl_context(info))
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=ssl_context(info))
         self._session = aiohttp.ClientSession(
             connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=60),
         )
@@ -242,13 +259,7 @@ class Kube:
                     continue
                 raw = await resp.read()
                 if resp.status >= 300:
-                    text = raw.decode(errors="replace")
-                    try:
-                        status = orjson.loads(raw)
-                        reason, message = status.get("reason", ""), status.get("message", text)
-                    except (ValueError, AttributeError):
-                        reason, message = resp.reason or "", text
-                    raise ApiError(resp.status, reason, message, method, url_path, retry_after(resp.headers))
+                    raise api_error(resp.status, resp.reason or "", raw, method, url_path, resp.headers)
                 return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")
 
@@ -299,6 +310,8 @@ class Kube:
 
     async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events ({type, object}) of a collection until the server ends the stream."""
+        import aiohttp
+
         session = self._session or await self._connect()
         query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}
         async with session.get(self._server + url_path, params=query,

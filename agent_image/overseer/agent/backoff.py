@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from typing import Any
 
 from .sdk import anthropic
@@ -22,8 +23,21 @@ def model_client() -> anthropic.AsyncAnthropic:
     tracer provider named by the environment, OpenTelemetry's spans would neither record nor
     propagate: the client has none, and the SDK's tracing modules stay unloaded (sdk.DEFERRED)."""
     traced = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
-    return anthropic.AsyncAnthropic(max_retries=0, open_telemetry=None if traced else {"traces": False},
-                                    **gateway_token.client_options())
+    options = gateway_token.client_options()
+    if plain_http(os.environ):
+        # No TLS on the way: the HTTP client's default context would load a CA bundle (tens of ms of
+        # every start) for nothing. This one trusts no certificate, so a redirect to https fails.
+        options["http_client"] = anthropic.DefaultAsyncHttpxClient(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    return anthropic.AsyncAnthropic(max_retries=0, open_telemetry=None if traced else {"traces": False}, **options)
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def plain_http(env: Any) -> bool:
+    """Whether the model is reached over plain HTTP (a gateway in the cluster, ANTHROPIC_BASE_URL
+    http://...) without a proxy, which could itself be reached over TLS."""
+    return env.get("ANTHROPIC_BASE_URL", "").startswith("http://") and not any(env.get(v) for v in PROXY_VARIABLES)
 
 
 def retry_after(error: Any) -> float | None:

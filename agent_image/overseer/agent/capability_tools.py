@@ -10,8 +10,6 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from overseer.api import Capability, parse_duration
 from overseer.api.capability import Header
 from overseer.contract import capability_env, secret_env
@@ -77,6 +75,8 @@ class HttpCapability(CapabilityTool):
     otherwise, with the headers the spec names (Secret values from the pod's environment)."""
 
     async def call(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        import aiohttp  # here: a goal pod that calls no HTTP Capability never loads it (kube_client)
+
         assert self.cap.spec.http is not None
         http = self.cap.spec.http
         headers = resolve_headers(self.cap, http.headers)

@@ -1,21 +1,29 @@
 """What a goal pod is told by the operator: one typed settings object from its environment,
-read under the names the goal pod contract (overseer.contract) gives."""
+read under the names the goal pod contract (overseer.contract) gives.
+
+A plain pydantic model reading exactly those variables: pydantic-settings, whose import brings
+its every source (dotenv, cloud secret stores, CLI), cost each goal's start some 30 ms of CPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from overseer.contract import WORKSPACE, Env
 
 
-class AgentSettings(BaseSettings):
-    """Identity of the goal and where the shared services are. ANTHROPIC_API_KEY and
-    ANTHROPIC_BASE_URL are read by the anthropic SDK itself."""
+class AgentSettings(BaseModel):
+    """Identity of the goal and where the shared services are, from the environment. ANTHROPIC_API_KEY
+    and ANTHROPIC_BASE_URL are read by the anthropic SDK itself."""
 
-    model_config = SettingsConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
+
+    def __init__(self, **values: Any) -> None:
+        names = (str(f.validation_alias) for f in type(self).model_fields.values())
+        super().__init__(**{**{name: os.environ[name] for name in names if name in os.environ}, **values})
 
     goal_name: str | None = Field(default=None, validation_alias=Env.GOAL_NAME.value)
     """Unset in a warm pod, which learns it from the Goal that claims it (pod_name)."""

@@ -28,6 +28,7 @@ from .checkpoint_file import FileCheckpoints
 from .config import AgentSettings
 from .goal_link import GoalLink
 from .health import HealthServer
+from .kube_client import PodKube
 from .loop import AgentLoop, Budget, LoopConfig, Outcome
 from overseer.ratelimit import RateLimiter
 from .tools import default_registry
@@ -122,7 +123,7 @@ async def run(settings: AgentSettings) -> int:
     async def login() -> Any:
         return pod_credentials()
 
-    kube = Kube(login, "overseer-agent", pool_size=4)
+    kube = PodKube(login, "overseer-agent", pool_size=4)
     # Made first: in a warm pod, the model client is ready before a goal claims the pod.
     client = backoff.model_client()
     if not settings.goal_name:

@@ -13,8 +13,12 @@ wants, wraps it in an `apiextensions.k8s.io/v1` CustomResourceDefinition, and is
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import functools
+import inspect
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +283,52 @@ def _default_fits(node: dict[str, Any]) -> bool:
     return Draft4Validator(to_json_schema(schema)).is_valid(value)
 
 
+@functools.cache
+def attribute_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each field of a class's own body (`name: T` then a string), cleaned."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def field_description(cls: type[BaseModel], name: str) -> str | None:
+    """A field's description: given with Field(description=...), else its docstring in the class
+    that declares it last (what pydantic's use_attribute_docstrings gives)."""
+    if cls.model_fields[name].description is not None:
+        return cls.model_fields[name].description
+    owner = next((c for c in cls.__mro__ if name in getattr(c, "__annotations__", {})), cls)
+    return attribute_docstrings(owner).get(name)
+
+
+def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every pydantic model class a schema of `root` may name in its `$defs`, by class name."""
+    found: dict[str, type[BaseModel]] = {}
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__name__, cls)
+        todo.extend(cls.__subclasses__())
+    found[root.__name__] = root
+    return found
+
+
+def _describe(node: dict[str, Any], cls: type[BaseModel]) -> None:
+    """Give each property of a model's schema without a description its field's docstring."""
+    properties = node.get("properties") or {}
+    for name, info in cls.model_fields.items():
+        prop = properties.get(info.alias or name)
+        if prop is not None and "description" not in prop and (doc := field_description(cls, name)):
+            prop["description"] = doc
+
+
 def structural_schema(model_cls: type[BaseModel], *, status: bool = False) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model, with every `$ref` inlined.
 
@@ -286,6 +336,11 @@ def structural_schema(model_cls: type[BaseModel], *, status: bool = False) -> di
     """
     raw = model_cls.model_json_schema(by_alias=True)
     defs = raw.pop("$defs", {})
+    models = _models(model_cls)
+    _describe(raw, model_cls)
+    for name, definition in defs.items():
+        if name in models:
+            _describe(definition, models[name])
     return _convert(raw, defs, frozenset({model_cls.__name__}), status)
 
 
@@ -356,11 +411,10 @@ def _model_of(kind_cls: type[CustomResource], name: str) -> type[BaseModel]:
 
 def openapi_schema(kind_cls: type[CustomResource]) -> dict[str, Any]:
     """The `openAPIV3Schema` of one kind."""
-    fields = kind_cls.model_fields
     spec_schema = structural_schema(_model_of(kind_cls, "spec"))
     status_schema = structural_schema(_model_of(kind_cls, "status"), status=True)
-    spec_schema["description"] = fields["spec"].description or spec_schema.get("description", "")
-    status_schema["description"] = fields["status"].description or status_schema.get("description", "")
+    spec_schema["description"] = field_description(kind_cls, "spec") or spec_schema.get("description", "")
+    status_schema["description"] = field_description(kind_cls, "status") or status_schema.get("description", "")
     root: dict[str, Any] = {
         "description": (kind_cls.__doc__ or kind_cls.kind_name).strip(),
         "type": "object",

@@ -18,13 +18,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import jsonschema
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, Literal
 
 from overseer.api.meta import RISK_ORDER as RISK_ORDER  # the one risk table, shared with the operator
 from overseer.api.meta import Risk as Risk
+
+if TYPE_CHECKING:  # jsonschema (with the metaschemas it loads) is imported at a tool's first call
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 Level = Literal["read-only", "writes-workspace", "runs-code", "dangerous"]
 CodeExecution = Literal["RequiresApproval", "Allowed"]
@@ -155,16 +156,17 @@ class ToolRegistry:
             self.register(tool)
 
     def register(self, tool: Tool) -> None:
-        """Add a tool; a duplicate name or an invalid schema is a programming error and raises."""
+        """Add a tool; a duplicate name or an invalid schema is a programming error and raises.
+
+        A schema set per instance comes from data (a Capability, an MCP server, a script tool) and
+        is checked here. One set on the tool's class is code, checked by the tests
+        (tests/test_tool_registry.py): its validator is made at the tool's first call, so a goal
+        pod's start does not import jsonschema, whose metaschemas cost it tens of ms of CPU."""
         if tool.name in self._tools:
             raise ValueError(f"a tool named {tool.name!r} is already registered")
-        cls = jsonschema.validators.validator_for(tool.input_schema, default=jsonschema.Draft202012Validator)
-        try:
-            cls.check_schema(tool.input_schema)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"tool {tool.name}: input_schema is not a valid JSON Schema: {exc.message}") from None
+        if "input_schema" in vars(tool):
+            self._validators[tool.name] = _validator(tool)
         self._tools[tool.name] = tool
-        self._validators[tool.name] = cls(tool.input_schema)
 
     def unregister(self, name: str) -> None:
         """Stop offering a tool (an MCP server's tool it no longer lists); unknown names are ignored."""
@@ -194,7 +196,11 @@ class ToolRegistry:
         """None if the input fits the tool's schema, else a message naming the field."""
         if name not in self._tools:
             return self._unknown(name)
-        errors = sorted(self._validators[name].iter_errors(input), key=jsonschema.exceptions.relevance)
+        from jsonschema.exceptions import relevance
+
+        if name not in self._validators:
+            self._validators[name] = _validator(self._tools[name])
+        errors = sorted(self._validators[name].iter_errors(input), key=relevance)
         if not errors:
             return None
         problems = [_describe(error) for error in errors[:3]]
@@ -249,6 +255,18 @@ class ToolRegistry:
 
     def _unknown(self, name: str) -> str:
         return f"Unknown tool {name!r}. Available tools: {', '.join(self._tools) or 'none'}."
+
+
+def _validator(tool: Tool) -> jsonschema.protocols.Validator:
+    """The validator of a tool's input; ValueError if its schema is not a valid JSON Schema."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(tool.input_schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(tool.input_schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"tool {tool.name}: input_schema is not a valid JSON Schema: {exc.message}") from None
+    return cls(tool.input_schema)
 
 
 def _describe(error: ValidationError) -> str:

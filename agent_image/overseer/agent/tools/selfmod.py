@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 
 from overseer import modifications
 from overseer.kube import ApiError, Kube, path
@@ -138,6 +137,8 @@ def check_script_tool(name: Any, description: Any, input_schema: Any, script: An
     if not isinstance(input_schema, dict) or input_schema.get("type") != "object":
         problems.append('input_schema must be a JSON Schema object with "type": "object"')
     else:
+        import jsonschema  # a proposal's check only: a goal pod's start does without it
+
         cls = jsonschema.validators.validator_for(input_schema, default=jsonschema.Draft202012Validator)
         try:
             cls.check_schema(input_schema)
