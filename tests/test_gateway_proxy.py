@@ -8,18 +8,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import anthropic
 import pytest
 from aiohttp import web
 
 from overseer.testing.scripted_model import ScriptedModelServer, count_tokens
-from overseer.gateway.app import add_routes
+from overseer.gateway.app import serve as serve_gateway, upstream_pool
 from overseer.gateway.errors import GatewayError
+from overseer.gateway.http import Server
 from overseer.gateway.identity import Caller
 from overseer.gateway.proxy import Proxy
+from overseer.gateway.pool import UpstreamPool
 from overseer.gateway.settings import GatewaySettings
-from overseer.gateway.upstream import Target, client_session
+from overseer.gateway.upstream import Target
 
 MODEL = "claude-sonnet-5-5"
 UPSTREAM_KEY = "sk-ant-upstream-only-the-gateway-knows"
@@ -58,23 +59,21 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 @pytest.fixture
 async def gateway_to() -> AsyncIterator[Any]:
     """gateway_to(upstream_url) -> the gateway's URL, in front of that model endpoint."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
+    servers: list[Server] = []
+    pools: list[UpstreamPool] = []
 
     async def start(upstream: str) -> str:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        sessions.append(session)
-        add_routes(app, Proxy(TokenTable(), OneTarget(upstream), session))  # type: ignore[arg-type]
-        runner, url = await serve(app)
-        runners.append(runner)
-        return url
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        pools.append(pool)
+        server = await serve_gateway(Proxy(TokenTable(), OneTarget(upstream), pool), "127.0.0.1", 0)  # type: ignore[arg-type]
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
-    for session in sessions:
-        await session.close()
+    for server in servers:
+        await server.close()
+    for pool in pools:
+        await pool.close()
 
 
 def sdk(url: str, token: str = POD_TOKEN) -> anthropic.AsyncAnthropic:
@@ -269,10 +268,10 @@ class HeldSettling:
 async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
     meter = HeldSettling()
     async with ScriptedModelServer({"conversations": {"default": ["Hello."]}}) as model:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        add_routes(app, Proxy(TokenTable(), OneTarget(model.url), session, meter=meter))  # type: ignore[arg-type]
-        runner, url = await serve(app)
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        server = await serve_gateway(Proxy(TokenTable(), OneTarget(model.url), pool, meter=meter),  # type: ignore[arg-type]
+                                     "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
         try:
             answer = await asyncio.wait_for(sdk(url).messages.create(
                 model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]), timeout=10)
@@ -285,18 +284,17 @@ async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
                 await asyncio.sleep(0.02)
             assert meter.settled and meter.settled[0]["output_tokens"] > 0
         finally:
-            await runner.cleanup()
-            await session.close()
+            await server.close()
+            await pool.close()
 
 
 async def test_the_next_call_on_a_connection_does_not_wait_for_the_last_one_to_be_settled() -> None:
     meter = HeldSettling()
     async with ScriptedModelServer({"conversations": {"default": ["Hello."]}, "repeat_last": True}) as model:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        proxy = Proxy(TokenTable(), OneTarget(model.url), session, meter=meter)  # type: ignore[arg-type]
-        add_routes(app, proxy)
-        runner, url = await serve(app)
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        proxy = Proxy(TokenTable(), OneTarget(model.url), pool, meter=meter)  # type: ignore[arg-type]
+        server = await serve_gateway(proxy, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
         try:
             client = sdk(url)  # one keep-alive connection, reused by the second call
             for _ in range(2):
@@ -308,5 +306,5 @@ async def test_the_next_call_on_a_connection_does_not_wait_for_the_last_one_to_b
             await asyncio.wait_for(proxy.drain(), timeout=10)
             assert len(meter.settled) == 2 and meter.settled[1]["output_tokens"] > 0
         finally:
-            await runner.cleanup()
-            await session.close()
+            await server.close()
+            await pool.close()
