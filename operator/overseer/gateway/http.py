@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -108,13 +108,12 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
-        self._paused = False
+        self._chunked = False  # the answer in progress went out as chunks
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -132,12 +131,10 @@ class Connection(asyncio.Protocol):
             self.feeder.client_gone()
 
     def pause_writing(self) -> None:
-        self._paused = True
         if self.feeder is not None:
             self.feeder.pause_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
         if self.feeder is not None:
             self.feeder.resume_reading()
 
@@ -183,10 +180,14 @@ class Connection(asyncio.Protocol):
             if request is None:
                 self.send(self._server.error(413, f"request body over {self._server.max_body} bytes"), keep_alive=False)
                 break
+            self._chunked = False
             try:
                 answer = await self._server.handler(request)
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
+                if self._chunked:
+                    self.abort()  # its answer had begun: break it off rather than end it cleanly
+                    break
                 answer = self._server.error(500, "the gateway failed on this request; see its log")
                 keep_alive = False
             if answer is not None:
@@ -212,6 +213,7 @@ class Connection(asyncio.Protocol):
         """The head of an answer whose body follows in chunks (write_chunk, then end_chunks or abort)."""
         if self.transport is None or self.closed:
             return
+        self._chunked = True
         head = _head(status, headers)
         head.append("transfer-encoding: chunked")
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import cast
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -258,8 +259,7 @@ class Upstream(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
 
     def data_received(self, data: bytes) -> None:
         self.received = True
