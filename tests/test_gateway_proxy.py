@@ -5,6 +5,7 @@ token table here; e2e/test_gateway.py does the same through the API server's Tok
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import anthropic
 import orjson
 import pytest
+import uvloop
 from aiohttp import web
 
 from overseer.testing.scripted_model import ScriptedModelServer, count_tokens
@@ -399,3 +401,21 @@ async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_used_and_the_m
         await server.close()
         await pool.close()
         await runner.cleanup()
+
+
+def test_the_gateway_serves_a_stream_on_uvloop_as_it_runs_in_production() -> None:
+    async def one_streamed_call() -> list[str]:
+        async with ScriptedModelServer({"conversations": {"default": ["Hello on uvloop."]}}) as model:
+            pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+            server = await serve_gateway(Proxy(TokenTable(), OneTarget(model.url), pool), "127.0.0.1", 0)  # type: ignore[arg-type]
+            try:
+                async with sdk(f"http://127.0.0.1:{server.port}").messages.stream(
+                        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as stream:
+                    return [event.type async for event in stream]
+            finally:
+                await server.close()
+                await pool.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        kinds = thread.submit(uvloop.run, asyncio.wait_for(one_streamed_call(), timeout=30)).result()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
