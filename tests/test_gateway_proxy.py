@@ -419,3 +419,14 @@ def test_the_gateway_serves_a_stream_on_uvloop_as_it_runs_in_production() -> Non
     with concurrent.futures.ThreadPoolExecutor(1) as thread:
         kinds = thread.submit(uvloop.run, asyncio.wait_for(one_streamed_call(), timeout=30)).result()
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+
+
+async def test_a_request_with_headers_over_64_kib_is_refused_and_never_forwarded(gateway_to: Any) -> None:
+    async with ScriptedModelServer({"conversations": {"default": ["never sent"]}}) as model:
+        client = sdk(await gateway_to(model.url))
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                         extra_headers={"x-padding": "a" * (65 * 1024)})
+    assert refused.value.status_code == 431
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    assert model.requests == []

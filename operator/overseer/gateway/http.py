@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 _REASONS = {s.value: s.phrase for s in HTTPStatus} | {529: "Overloaded"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+MAX_HEAD_BYTES = 64 * 1024  # the request line and headers: llhttp itself sets no limit
+
+
+class _HeadTooLarge(Exception):
+    pass
 
 
 @dataclass(slots=True)
@@ -108,6 +113,7 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0
         self._chunked = False  # the answer in progress went out as chunks
 
     # asyncio.Protocol
@@ -122,7 +128,10 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served")
         except httptools.HttpParserError as e:
-            self._refuse(400, f"malformed HTTP request: {e}")
+            if isinstance(e.__context__, _HeadTooLarge):
+                self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, f"malformed HTTP request: {e}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -141,13 +150,19 @@ class Connection(asyncio.Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._url, self._headers, self._body, self._size, self._head_size = b"", {}, [], 0, 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         if self._headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
