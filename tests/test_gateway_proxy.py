@@ -5,21 +5,26 @@ token table here; e2e/test_gateway.py does the same through the API server's Tok
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import anthropic
+import orjson
 import pytest
+import uvloop
 from aiohttp import web
 
 from overseer.testing.scripted_model import ScriptedModelServer, count_tokens
-from overseer.gateway.app import add_routes
+from overseer.gateway.app import serve as serve_gateway, upstream_pool
 from overseer.gateway.errors import GatewayError
+from overseer.gateway.http import Server
 from overseer.gateway.identity import Caller
 from overseer.gateway.proxy import Proxy
+from overseer.gateway.pool import UpstreamPool
 from overseer.gateway.settings import GatewaySettings
-from overseer.gateway.upstream import Target, client_session
+from overseer.gateway.upstream import Target
 
 MODEL = "claude-sonnet-5-5"
 UPSTREAM_KEY = "sk-ant-upstream-only-the-gateway-knows"
@@ -58,23 +63,21 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 @pytest.fixture
 async def gateway_to() -> AsyncIterator[Any]:
     """gateway_to(upstream_url) -> the gateway's URL, in front of that model endpoint."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
+    servers: list[Server] = []
+    pools: list[UpstreamPool] = []
 
     async def start(upstream: str) -> str:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        sessions.append(session)
-        add_routes(app, Proxy(TokenTable(), OneTarget(upstream), session))  # type: ignore[arg-type]
-        runner, url = await serve(app)
-        runners.append(runner)
-        return url
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        pools.append(pool)
+        server = await serve_gateway(Proxy(TokenTable(), OneTarget(upstream), pool), "127.0.0.1", 0)  # type: ignore[arg-type]
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
-    for session in sessions:
-        await session.close()
+    for server in servers:
+        await server.close()
+    for pool in pools:
+        await pool.close()
 
 
 def sdk(url: str, token: str = POD_TOKEN) -> anthropic.AsyncAnthropic:
@@ -269,10 +272,10 @@ class HeldSettling:
 async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
     meter = HeldSettling()
     async with ScriptedModelServer({"conversations": {"default": ["Hello."]}}) as model:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        add_routes(app, Proxy(TokenTable(), OneTarget(model.url), session, meter=meter))  # type: ignore[arg-type]
-        runner, url = await serve(app)
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        server = await serve_gateway(Proxy(TokenTable(), OneTarget(model.url), pool, meter=meter),  # type: ignore[arg-type]
+                                     "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
         try:
             answer = await asyncio.wait_for(sdk(url).messages.create(
                 model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]), timeout=10)
@@ -285,18 +288,17 @@ async def test_a_plain_answer_is_sent_before_the_call_is_settled() -> None:
                 await asyncio.sleep(0.02)
             assert meter.settled and meter.settled[0]["output_tokens"] > 0
         finally:
-            await runner.cleanup()
-            await session.close()
+            await server.close()
+            await pool.close()
 
 
 async def test_the_next_call_on_a_connection_does_not_wait_for_the_last_one_to_be_settled() -> None:
     meter = HeldSettling()
     async with ScriptedModelServer({"conversations": {"default": ["Hello."]}, "repeat_last": True}) as model:
-        app = web.Application()
-        session = client_session(GatewaySettings(upstream_timeout_seconds=30))
-        proxy = Proxy(TokenTable(), OneTarget(model.url), session, meter=meter)  # type: ignore[arg-type]
-        add_routes(app, proxy)
-        runner, url = await serve(app)
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        proxy = Proxy(TokenTable(), OneTarget(model.url), pool, meter=meter)  # type: ignore[arg-type]
+        server = await serve_gateway(proxy, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
         try:
             client = sdk(url)  # one keep-alive connection, reused by the second call
             for _ in range(2):
@@ -308,5 +310,123 @@ async def test_the_next_call_on_a_connection_does_not_wait_for_the_last_one_to_b
             await asyncio.wait_for(proxy.drain(), timeout=10)
             assert len(meter.settled) == 2 and meter.settled[1]["output_tokens"] > 0
         finally:
-            await runner.cleanup()
-            await session.close()
+            await server.close()
+            await pool.close()
+
+
+async def test_a_request_over_the_size_limit_is_refused_in_the_apis_shape_and_never_forwarded(gateway_to: Any) -> None:
+    async with ScriptedModelServer({"conversations": {"default": ["never sent"]}}) as model:
+        client = sdk(await gateway_to(model.url))
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await client.messages.create(model=MODEL, max_tokens=10,
+                                         messages=[{"role": "user", "content": "x" * (33 * 1024 * 1024)}])
+    assert refused.value.status_code == 413
+    assert refused.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert model.requests == []
+
+
+def _message(text: str) -> bytes:
+    return orjson.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                         "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                         "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 2}})
+
+
+async def test_a_kept_alive_model_connection_that_breaks_before_answering_is_replaced_not_an_error(
+        gateway_to: Any) -> None:
+    # A model endpoint that answers the first call on a connection and drops the connection on the
+    # second without a byte, as a server does that closed an idle connection while the call was sent.
+    answered = []
+
+    async def model(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls = 0
+        while (head := await reader.readuntil(b"\r\n\r\n")):
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            calls += 1
+            if calls == 2:
+                writer.transport.abort()
+                return
+            body = _message(f"answer {len(answered) + 1}")
+            answered.append(body)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                         % (len(body), body))
+
+    server = await asyncio.start_server(model, "127.0.0.1", 0)
+    try:
+        client = sdk(await gateway_to(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+        texts = [(await client.messages.create(model=MODEL, max_tokens=10, messages=[
+            {"role": "user", "content": "hi"}])).content[0].text for _ in range(2)]  # type: ignore[union-attr]
+    finally:
+        server.close()
+    assert texts == ["answer 1", "answer 2"]
+
+
+async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_used_and_the_model_call_is_cut() -> None:
+    meter = HeldSettling()
+    meter.go_on.set()
+    model_saw_hangup = asyncio.Event()
+
+    async def slow_model(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start = ('{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+                 f'"model":"{MODEL}","content":[],"stop_reason":null,"stop_sequence":null,'
+                 '"usage":{"input_tokens":5,"output_tokens":1}}}')
+        await response.write(f"event: message_start\ndata: {start}\n\n".encode())
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                await response.write(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            model_saw_hangup.set()
+            raise
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", slow_model)
+    runner, model_url = await serve(app)
+    pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+    proxy = Proxy(TokenTable(), OneTarget(model_url), pool, meter=meter)  # type: ignore[arg-type]
+    server = await serve_gateway(proxy, "127.0.0.1", 0)
+    try:
+        client = sdk(f"http://127.0.0.1:{server.port}")
+        async with client.messages.stream(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+            first = await asyncio.wait_for(anext(aiter(s)), timeout=5)
+            assert first.type == "message_start"
+        # the stream is closed here, long before the model's end
+        await asyncio.wait_for(model_saw_hangup.wait(), timeout=10)
+        await asyncio.wait_for(proxy.drain(), timeout=10)
+        assert meter.settled == [{"input_tokens": 5, "output_tokens": 1}]
+    finally:
+        await server.close()
+        await pool.close()
+        await runner.cleanup()
+
+
+def test_the_gateway_serves_a_stream_on_uvloop_as_it_runs_in_production() -> None:
+    async def one_streamed_call() -> list[str]:
+        async with ScriptedModelServer({"conversations": {"default": ["Hello on uvloop."]}}) as model:
+            pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+            server = await serve_gateway(Proxy(TokenTable(), OneTarget(model.url), pool), "127.0.0.1", 0)  # type: ignore[arg-type]
+            try:
+                async with sdk(f"http://127.0.0.1:{server.port}").messages.stream(
+                        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as stream:
+                    return [event.type async for event in stream]
+            finally:
+                await server.close()
+                await pool.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        kinds = thread.submit(uvloop.run, asyncio.wait_for(one_streamed_call(), timeout=30)).result()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+
+
+async def test_a_request_with_headers_over_64_kib_is_refused_and_never_forwarded(gateway_to: Any) -> None:
+    async with ScriptedModelServer({"conversations": {"default": ["never sent"]}}) as model:
+        client = sdk(await gateway_to(model.url))
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            await client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                         extra_headers={"x-padding": "a" * (65 * 1024)})
+    assert refused.value.status_code == 431
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    assert model.requests == []

@@ -32,7 +32,7 @@ async def test_an_agent_over_its_limit_gets_429_with_retry_after_and_other_agent
     assert 55 < (limited.value.retry_after or 0) <= 60
     assert limited.value.message.startswith("rate limit of Agent team-a/coder reached (2 requests per minute, set "
                                             "by OVERSEER_GATEWAY_AGENT_REQUESTS_PER_MINUTE")
-    assert limited.value.response().headers["retry-after"] == "60"
+    assert dict(limited.value.answer().headers)["retry-after"] == "60"
 
 
 async def test_the_global_limit_counts_every_agent() -> None:

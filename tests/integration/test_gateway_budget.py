@@ -19,12 +19,11 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from overseer.agent.gateway_token import exhausted_budget
 from overseer.testing.scripted_model import ScriptedModelServer
 from overseer.api.gateway import BUDGET_HEADER
-from overseer.gateway.app import add_routes
+from overseer.gateway.app import serve, upstream_pool
 from overseer.gateway.budget import Meter
 from overseer.gateway.counters import RedisCounters, Refused, Unknown
 from overseer.gateway.errors import GatewayError
@@ -36,7 +35,7 @@ from overseer.gateway.proxy import Proxy
 from overseer.gateway.ratelimits import RateLimits
 from overseer.gateway.scopes import NamespaceBudgets, scopes
 from overseer.gateway.settings import GatewaySettings
-from overseer.gateway.upstream import Target, client_session
+from overseer.gateway.upstream import Target
 from tests.support.servers import PostgresServer, RedisServer
 
 MODEL = "claude-sonnet-5-5"  # $2 / $10 per million tokens
@@ -83,17 +82,11 @@ async def start_gateway(postgres: PostgresServer) -> AsyncIterator[Any]:
             async def target(self, namespace: str, agent: str) -> Target:
                 return Target(upstream, "sk-upstream", MODEL, agent_budget or {})
 
-        session = client_session(GatewaySettings())
-        app = web.Application()
-        add_routes(app, Proxy(Who(), Where(), session, meter,  # type: ignore[arg-type]
-                              RateLimits(client, limits) if limits else None))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        cleanup.extend([runner.cleanup, session.close, ledger.close])
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        gateway = Gateway(f"http://127.0.0.1:{port}", meter, ledger)
+        pool = upstream_pool(GatewaySettings())
+        server = await serve(Proxy(Who(), Where(), pool, meter,  # type: ignore[arg-type]
+                                   RateLimits(client, limits) if limits else None), "127.0.0.1", 0)
+        cleanup.extend([server.close, pool.close, ledger.close])
+        gateway = Gateway(f"http://127.0.0.1:{server.port}", meter, ledger)
         gateway.caller = caller  # type: ignore[attr-defined]
         return gateway
 

@@ -8,7 +8,8 @@ import math
 import secrets
 
 import orjson
-from aiohttp import web
+
+from .http import Response
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -28,16 +29,16 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.headers = headers
 
-    def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.error_type, self.retry_after, self.headers)
+    def answer(self) -> Response:
+        return error_answer(self.status, self.message, self.error_type, self.retry_after, self.headers)
 
 
 def request_id() -> str:
     return "req_gw_" + secrets.token_hex(12)
 
 
-def error_response(status: int, message: str, error_type: str | None = None,
-                   retry_after: float | None = None, extra_headers: dict[str, str] | None = None) -> web.Response:
+def error_answer(status: int, message: str, error_type: str | None = None,
+                 retry_after: float | None = None, extra_headers: dict[str, str] | None = None) -> Response:
     """{"type": "error", "error": {"type": ..., "message": ...}} with a request-id header."""
     rid = request_id()
     headers = {"request-id": rid, "content-type": "application/json", **(extra_headers or {})}
@@ -46,4 +47,4 @@ def error_response(status: int, message: str, error_type: str | None = None,
         headers["retry-after-ms"] = str(max(1, round(retry_after * 1000)))
     body = {"type": "error", "request_id": rid,
             "error": {"type": error_type or ERROR_TYPES.get(status, "api_error"), "message": message}}
-    return web.Response(body=orjson.dumps(body), status=status, headers=headers)
+    return Response(status, list(headers.items()), orjson.dumps(body))

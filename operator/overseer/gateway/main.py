@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
+import signal
 import sys
 
 import uvloop
-from aiohttp import web
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from overseer.kube import StaticCredentials, load_credentials
 
-from .app import build_app
+from .app import Gateway
 from .settings import GatewaySettings
 
 
 async def _login() -> StaticCredentials:
     return load_credentials()
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    gateway = Gateway(settings, _login)
+    server = await gateway.start()
+    # What startup made (modules, the gateway) is never scanned by the collector again: its passes
+    # over the young objects of calls in flight stay short, so no stream waits on one.
+    gc.freeze()
+    print(f"overseer-gateway listening on http://{settings.host}:{server.port}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await gateway.stop(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,14 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
-    app = build_app(settings, _login)
-    # What startup made (modules, the app) is never scanned by the collector again: its passes over
-    # the young objects of calls in flight stay short, so no stream waits on one.
-    gc.freeze()
     # uvloop: less CPU per event passed on than asyncio's own loop, so less time queued for a core.
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, shutdown_timeout=30,
-                loop=uvloop.new_event_loop(),
-                print=lambda line: print(line.replace("Running on", "overseer-gateway listening on"), flush=True))
+    uvloop.run(_serve(settings))
     return 0
 
 

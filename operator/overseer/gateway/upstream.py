@@ -11,7 +11,6 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from async_lru import alru_cache
 
 from overseer.api import API_VERSION
@@ -67,14 +66,3 @@ class Targets:
         return Target((model.get("baseURL") or self._default).rstrip("/"), key, model.get("name", ""),
                       agent.get("spec", {}).get("budget"))
 
-
-def client_session(settings: GatewaySettings) -> aiohttp.ClientSession:
-    """The one pooled upstream client: keep-alive connections shared by every Agent and request."""
-    connector = aiohttp.TCPConnector(limit=settings.upstream_connections, limit_per_host=0,
-                                     ttl_dns_cache=60, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds,
-                                    sock_connect=settings.upstream_connect_seconds)
-    # Proxies from the environment are ignored (trust_env=False): the gateway's egress is the
-    # model endpoint and nothing else.
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True,
-                                 skip_auto_headers=("User-Agent",), trust_env=False)
