@@ -13,7 +13,7 @@ class SlowKube:
         self.posted, self.fail_first = [], fail_first
         self.release = asyncio.Event()
 
-    async def request(self, method, url, body=None):
+    async def request(self, method, url, body=None, **_):
         await self.release.wait()
         if self.fail_first and not self.posted:
             self.posted.append(None)
@@ -96,7 +96,7 @@ class Recording:
     def __init__(self):
         self.requests = []
 
-    async def request(self, method, url, body=None, content_type="application/json"):
+    async def request(self, method, url, body=None, content_type="application/json", answer=True):
         self.requests.append((method, url, body))
 
 

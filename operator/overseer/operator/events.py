@@ -246,14 +246,14 @@ class EventRecorder:
                     await self.kube.request(
                         "PATCH", path("v1", "events", ns, body["metadata"]["name"]),
                         body={k: body[k] for k in ("count", "lastTimestamp", "message")},
-                        content_type="application/merge-patch+json")
+                        content_type="application/merge-patch+json", answer=False)
                     return
                 except ApiError as e:
                     if e.status != 404:
                         raise
                     # Expired (the API server keeps Events an hour): the series goes on in a new one.
                     body["metadata"]["name"] = event_name(body["involvedObject"]["name"])
-            await self.kube.request("POST", path("v1", "events", ns), body=body)
+            await self.kube.request("POST", path("v1", "events", ns), body=body, answer=False)
             series.created = True
         except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as e:
             obj = body["involvedObject"]
