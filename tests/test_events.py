@@ -80,7 +80,7 @@ async def test_events_wait_while_reconciles_are_queued_then_go():
 async def test_an_event_waits_a_bounded_time_however_busy():
     kube = SlowKube()
     kube.release.set()
-    recorder = EventRecorder(kube, workers=1, busy=lambda: True, yield_seconds=0.001)
+    recorder = EventRecorder(kube, workers=1, busy=lambda: True, yield_seconds=0.001, hold_seconds=0.1)
     recorder.start()
     recorder.record(GOAL, "Normal", "Dispatched", "one")
     await asyncio.sleep(0.5)
