@@ -13,7 +13,7 @@ class SlowKube:
         self.posted, self.fail_first = [], fail_first
         self.release = asyncio.Event()
 
-    async def request(self, method, url, body=None):
+    async def request(self, method, url, body=None, **_):
         await self.release.wait()
         if self.fail_first and not self.posted:
             self.posted.append(None)
@@ -80,7 +80,7 @@ async def test_events_wait_while_reconciles_are_queued_then_go():
 async def test_an_event_waits_a_bounded_time_however_busy():
     kube = SlowKube()
     kube.release.set()
-    recorder = EventRecorder(kube, workers=1, busy=lambda: True, yield_seconds=0.001)
+    recorder = EventRecorder(kube, workers=1, busy=lambda: True, yield_seconds=0.001, hold_seconds=0.1)
     recorder.start()
     recorder.record(GOAL, "Normal", "Dispatched", "one")
     await asyncio.sleep(0.5)
@@ -96,7 +96,7 @@ class Recording:
     def __init__(self):
         self.requests = []
 
-    async def request(self, method, url, body=None, content_type="application/json"):
+    async def request(self, method, url, body=None, content_type="application/json", answer=True):
         self.requests.append((method, url, body))
 
 

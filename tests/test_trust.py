@@ -39,7 +39,7 @@ class FakeKube:
         self.deleted.append(url)
         return True
 
-    async def create(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, url: str, body: dict[str, Any], answer: bool = True) -> dict[str, Any]:
         self.created.append(body)
         return body
 

@@ -1,7 +1,7 @@
 """A small async Kubernetes client, shared by the operator and the agent runtime.
 
-One pooled aiohttp session carries every request (a goal pod's client carries them with httpx2:
-overseer.agent.kube_client), and bodies stay plain dicts: the official
+Requests go over a lean keep-alive pool (http1.py), watches over an aiohttp session (a goal pod's
+client carries both with httpx2: overseer.agent.kube_client); bodies stay plain dicts: the official
 client's model objects cost CPU and memory on the hot path for nothing Overseer needs. JSON
 goes through orjson: decoding watch events and answers was a quarter of the operator's CPU
 with the standard library's json. The official client is used only to find credentials
@@ -24,6 +24,8 @@ import orjson
 
 if TYPE_CHECKING:  # imported when a session is made: a goal pod's client (overseer.agent.kube_client) has none
     import aiohttp
+
+    from .http1 import Pool
 
 
 class Credentials(Protocol):
@@ -122,7 +124,7 @@ def api_error(status: int, reason: str, raw: bytes, method: str, url_path: str,
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """A Retry-After header in seconds (the API server sends whole seconds with 429 and 503)."""
     try:
-        return float(headers["Retry-After"])
+        return float(headers.get("Retry-After") or headers["retry-after"])
     except (KeyError, ValueError):
         return None
 
@@ -220,47 +222,57 @@ class Kube:
         self._login = login
         self.field_manager = field_manager
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # watches
+        self._pool: Pool | None = None  # every other request
         self._server = ""
 
     async def _connect(self) -> aiohttp.ClientSession:
         import aiohttp
 
+        from .http1 import Pool
+
         info = await self._login()
+        if self._session is not None:  # another request logged in meanwhile
+            return self._session
         headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         elif info.username and info.password:
             headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password).encode()
         self._server = info.server.rstrip("/")
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=ssl_context(info))
+        tls = ssl_context(info)
+        self._pool = Pool(self._server, tls, headers, self._pool_size)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=60),
+            connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=tls), headers=headers,
+            timeout=aiohttp.ClientTimeout(total=60),
         )
         return self._session
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def request(self, method: str, url_path: str, *, body: Any = None,
-                      content_type: str = "application/json", params: dict[str, str] | None = None) -> Any:
-        """Send one request; return the decoded JSON answer or raise ApiError."""
+                      content_type: str = "application/json", params: dict[str, str] | None = None,
+                      answer: bool = True) -> Any:
+        """Send one request; return the decoded JSON answer (None with answer=False) or raise ApiError."""
         for attempt in (1, 2):
-            session = self._session or await self._connect()
+            if self._pool is None:
+                await self._connect()
+            assert self._pool is not None
             data = None if body is None else orjson.dumps(body)
-            headers = {"Content-Type": content_type} if body is not None else None
-            async with session.request(method, self._server + url_path, data=data, headers=headers,
-                                       params=params) as resp:
-                if resp.status == 401 and attempt == 1:
-                    # Credentials rotated (projected tokens expire): log in again once.
-                    await self.close()
-                    continue
-                raw = await resp.read()
-                if resp.status >= 300:
-                    raise api_error(resp.status, resp.reason or "", raw, method, url_path, resp.headers)
-                return orjson.loads(raw) if raw else None
+            resp = await self._pool.request(method, url_path, data, content_type, params)
+            if resp.status == 401 and attempt == 1:
+                # Credentials rotated (projected tokens expire): log in again once.
+                await self.close()
+                continue
+            if resp.status >= 300:
+                raise api_error(resp.status, resp.reason, resp.body, method, url_path, resp.headers)
+            return orjson.loads(resp.body) if resp.body and answer else None
         raise AssertionError("unreachable")
 
     async def get(self, url_path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
@@ -272,10 +284,11 @@ class Kube:
                 return None
             raise
 
-    async def create(self, url_path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Create; None if an object of that name already exists (creation is idempotent)."""
+    async def create(self, url_path: str, body: dict[str, Any], answer: bool = True) -> dict[str, Any] | None:
+        """Create; None if an object of that name already exists (creation is idempotent), or
+        with answer=False (the created object is not decoded)."""
         try:
-            return await self.request("POST", url_path, body=body)
+            return await self.request("POST", url_path, body=body, answer=answer)
         except ApiError as e:
             if e.status == 409 and e.reason == "AlreadyExists":
                 return None

@@ -42,7 +42,8 @@ class PodKube(Kube):
             self._client = None
 
     async def request(self, method: str, url_path: str, *, body: Any = None,
-                      content_type: str = "application/json", params: dict[str, str] | None = None) -> Any:
+                      content_type: str = "application/json", params: dict[str, str] | None = None,
+                      answer: bool = True) -> Any:
         for attempt in (1, 2):
             client = self._client or await self._open()
             resp = await client.request(method, self._server + url_path, params=params,
@@ -54,7 +55,7 @@ class PodKube(Kube):
                 continue
             if resp.status_code >= 300:
                 raise api_error(resp.status_code, resp.reason_phrase, resp.content, method, url_path, resp.headers)
-            return orjson.loads(resp.content) if resp.content else None
+            return orjson.loads(resp.content) if resp.content and answer else None
         raise AssertionError("unreachable")
 
     async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:

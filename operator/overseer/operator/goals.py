@@ -234,7 +234,7 @@ class GoalReconciler:
         try:
             claimed = await self.pool.claim(goal, agent, caps, plan.attempt, reserved=pod_name)
             if claimed is None:
-                await self.rt.kube.create(path("v1", "pods", ns), pod)
+                await self.rt.kube.create(path("v1", "pods", ns), pod, answer=False)
             pod_name = claimed or pod_name
         except ApiError as e:
             self.rt.inflight[(ns, agent.name)].discard(pod_name)

@@ -1,0 +1,166 @@
+"""A lean HTTP/1.1 client for the API server's short requests: keep-alive connections over
+asyncio streams, one request at a time on each.
+
+aiohttp spent about three times the CPU of this on each request (its request and response
+objects, URL handling, cookie jar, tracing hooks and timers), and the operator makes two requests
+per goal it dispatches. Everything the API server's JSON answers need is here: Content-Length and
+chunked bodies, keep-alive and `Connection: close`, TLS with the cluster's CA and client
+certificates. Watches stay on aiohttp (one long stream each, where per-request cost does not count).
+
+Errors are aiohttp's connection errors and TimeoutError, so callers handle them as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+
+HEAD_LIMIT = 1 << 20  # a response's status line and headers; the API server's are a few hundred bytes
+NO_BODY = {204, 304}
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    reason: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Pool:
+    """Up to `size` requests at once to one server, over connections kept open between them."""
+
+    def __init__(self, server: str, ssl_context: ssl.SSLContext | bool, headers: dict[str, str], size: int,
+                 timeout: float = 60.0) -> None:
+        url = urlsplit(server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"API server {server!r}: expected http(s)://host[:port][/prefix]")
+        self.host, self.port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        self.prefix = url.path.rstrip("/")
+        self.ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            if isinstance(ssl_context, ssl.SSLContext):
+                self.ssl = ssl_context
+            elif ssl_context is False:  # insecure: no verification, as aiohttp's ssl=False
+                self.ssl = ssl.create_default_context()
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+            else:
+                self.ssl = ssl.create_default_context()
+        netloc = url.netloc.rsplit("@", 1)[-1]
+        # Sent with every request: formatted once.
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": netloc, **headers}.items())
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    async def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+                      params: dict[str, str] | None = None) -> Response:
+        target = self.prefix + path + ("?" + urlencode(params) if params else "")
+        head = f"{method} {target} HTTP/1.1\r\n{self._head}"
+        if body is not None:
+            head += f"Content-Type: {content_type or 'application/json'}\r\nContent-Length: {len(body)}\r\n"
+        elif method in ("POST", "PUT", "PATCH"):
+            head += "Content-Length: 0\r\n"
+        data = (head + "\r\n").encode("latin-1") + (body or b"")
+        async with self._slots:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    conn, reused = (self._idle.pop(), True) if self._idle else (await self._open(), False)
+                    try:
+                        response, keep = await self._exchange(conn, data, method)
+                    except _Stale:
+                        conn.close()
+                        if reused:
+                            continue  # the server closed it while idle: once more on a new connection
+                        raise aiohttp.ServerDisconnectedError() from None
+                    except BaseException:
+                        conn.close()
+                        raise
+                    if keep and not self._closed:
+                        self._idle.append(conn)
+                    else:
+                        conn.close()
+                    return response
+
+    async def _open(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None,
+                limit=HEAD_LIMIT)
+        except OSError as e:  # refused, unreachable, or TLS refused (ssl.SSLError)
+            raise aiohttp.ClientOSError(e.errno, f"cannot connect to {self.host}:{self.port}: {e}") from e
+        return _Connection(reader, writer)
+
+    async def _exchange(self, conn: _Connection, data: bytes, method: str) -> tuple[Response, bool]:
+        """Send one request and read its answer; whether the connection may carry another."""
+        reader = conn.reader
+        try:
+            conn.writer.write(data)
+            await conn.writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as e:
+            if not e.partial:
+                raise _Stale() from None  # closed before a byte of the answer: nothing was done twice
+            raise aiohttp.ServerDisconnectedError() from None
+        except (ConnectionResetError, BrokenPipeError):
+            raise _Stale() from None
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        try:
+            status = int(code)
+        except ValueError:
+            raise aiohttp.ClientResponseError(None, (), message=f"not an HTTP answer: {lines[0][:80]!r}") from None  # type: ignore[arg-type]
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        try:
+            if method == "HEAD" or status in NO_BODY or 100 <= status < 200:
+                body = b""
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                body = await self._chunked(reader)
+            elif "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body, keep = await reader.read(), False  # the body ends with the connection
+        except asyncio.IncompleteReadError:
+            raise aiohttp.ServerDisconnectedError() from None
+        return Response(status, reason, headers, body), keep
+
+    @staticmethod
+    async def _chunked(reader: asyncio.StreamReader) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+                    pass
+                return b"".join(parts)
+            parts.append((await reader.readexactly(size + 2))[:-2])
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed."""
