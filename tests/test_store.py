@@ -151,8 +151,9 @@ def test_cached_pods_answer_every_question_the_operator_asks_as_the_whole_pod_do
                           "annotations": {CREATED_BY: "system:serviceaccount:team:overseer-agent-coder"}}}
 
     def answers(p):
+        warm = "overseer.dev/warm-template" in p["metadata"].get("annotations", {})
         return (dispatch.pod_outcome(p), dispatch.attempt_of(p, "overseer.dev/attempt"),
-                lifecycle.agent_started(goal_raw, p), warm_pool._ready(p),
+                lifecycle.agent_started(goal_raw, p), warm and warm_pool._ready(p),
                 parent_pod_unrecorded(child, parent, [p], lambda g: (g.get("status") or {}).get("phase")),
                 p["metadata"].get("annotations", {}).get("overseer.dev/warm-template"),
                 p["metadata"].get("creationTimestamp"), p["metadata"]["labels"], p["metadata"]["resourceVersion"],

@@ -98,11 +98,23 @@ def _intern(value: Any) -> Any:
     return sys.intern(value) if isinstance(value, str) and len(value) <= 80 else value
 
 
+def _intern_tree(value: Any) -> None:
+    """Intern, in place, the short strings of a decoded JSON tree: a goal's condition types,
+    reasons, messages and timestamps repeat within it and across thousands of goals."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        if isinstance(v, str):
+            if len(v) <= 80:
+                value[k] = sys.intern(v)
+        elif isinstance(v, (dict, list)):
+            _intern_tree(v)
+
+
 def slim_pod(raw: Raw) -> Raw:
     """What the operator reads of a goal or warm pod: its names, labels, owners and deletion, the
-    warm pool's template, and the phase, the Ready condition and the containers' states. A cache
+    phase and the containers' states, and of a warm pod its template and Ready condition. A cache
     holds every goal pod, finished ones too: with the rest of each pod's status (conditions,
-    images, IPs) and metadata it cost some 14 KB a pod."""
+    images, IPs) and metadata it cost some 9-14 KB a pod."""
     meta = raw["metadata"]
     kept: dict[str, Any] = {k: _intern(meta[k]) for k in ("name", "namespace", "uid", "resourceVersion",
                                                            "creationTimestamp", "deletionTimestamp") if k in meta}
@@ -115,10 +127,11 @@ def slim_pod(raw: Raw) -> Raw:
         kept["ownerReferences"] = [{"uid": ref.get("uid")} for ref in owners]
     status = raw.get("status") or {}
     slim: dict[str, Any] = {k: _intern(status[k]) for k in ("phase", "reason") if k in status}
-    ready = [{"type": "Ready", "status": _intern(c.get("status"))} for c in status.get("conditions") or []
-             if c.get("type") == "Ready"]
-    if ready:
-        slim["conditions"] = ready
+    if template is not None:  # only the warm pool asks whether a pod is Ready
+        ready = [{"type": "Ready", "status": _intern(c.get("status"))} for c in status.get("conditions") or []
+                 if c.get("type") == "Ready"]
+        if ready:
+            slim["conditions"] = ready
     containers = status.get("containerStatuses")
     if containers:
         slim["containerStatuses"] = [{"name": _intern(cs.get("name")), "state": _state(cs.get("state") or {})}
@@ -135,24 +148,33 @@ def _kept(entry: dict[str, Any]) -> dict[str, Any] | None:
     status: dict[str, Any] = {k: {} for k in ("f:phase", "f:decisions") if k in (fields.get("f:status") or {})}
     if annotations is None and not status:
         return None
-    kept: dict[str, Any] = {}
-    if annotations is not None:
-        kept["f:metadata"] = {"f:annotations": {k: {} for k in annotations}}
-    if status:
-        kept["f:status"] = status
-    return {"manager": _intern(entry.get("manager", "")), "time": entry.get("time"), "fieldsV1": kept}
+    shape = (tuple(annotations) if annotations is not None else None, tuple(status))
+    kept = _SHAPES.get(shape)
+    if kept is None:
+        kept = {}
+        if annotations is not None:
+            kept["f:metadata"] = {"f:annotations": {k: {} for k in annotations}}
+        if status:
+            kept["f:status"] = status
+        if len(_SHAPES) < 1024:  # few shapes recur: every goal's operator entry is the same one
+            _SHAPES[shape] = kept
+    return {"manager": _intern(entry.get("manager", "")), "time": _intern(entry.get("time")), "fieldsV1": kept}
+
+
+# The trimmed field trees of managedFields entries, shared by every goal that has one (read only).
+_SHAPES: dict[tuple[tuple[str, ...] | None, tuple[str, ...]], dict[str, Any]] = {}
 
 
 def slim_goal(raw: Raw) -> Raw:
     """A goal with only the managedFields entries that say when an annotation was set
     (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py), each
-    without the rest of its field tree (the operator's own names every status field it writes)."""
+    without the rest of its field tree (the operator's own names every status field it writes),
+    and its short strings interned."""
     meta = raw["metadata"]
-    fields = meta.get("managedFields")
+    fields = meta.pop("managedFields", None)
+    _intern_tree(raw)
     if fields:
         meta["managedFields"] = [e for e in map(_kept, fields) if e is not None]
-    if "namespace" in meta:
-        meta["namespace"] = _intern(meta["namespace"])
     return raw
 
 
