@@ -291,7 +291,10 @@ class Runtime:
         result = await self.kube.merge_patch(url, {"status": delta})
         uid = raw["metadata"].get("uid")
         if result is not None and uid:
-            self.written[uid] = (raw["metadata"].get("resourceVersion"), result)
+            # Kept as the goal cache keeps goals: after a restart thousands of writes can wait here
+            # for a lagging watch.
+            kept = slim_goal(result) if result.get("kind") == "Goal" else result
+            self.written[uid] = (raw["metadata"].get("resourceVersion"), kept)
         return True
 
 
