@@ -184,3 +184,25 @@ async def test_a_watch_refused_by_a_busy_api_server_is_tried_again_when_it_asks_
     assert [a[2]["resourceVersion"] for a in kube.asked if a[0] == "WATCH"][:3] == ["10", "10", "10"]
     assert slept[0] >= 1.0  # the Retry-After of the 429
     assert 0 < slept[1] <= 1.0  # the backoff's own delay when the server names none
+
+
+@pytest.mark.asyncio
+async def test_each_listed_page_is_in_the_store_before_the_next_is_asked_for():
+    # Ten thousand objects parsed at once, before the transform slims them, would be the
+    # operator's peak memory after every restart.
+    store = Store()
+    kube = FakeKube(lists=[page([obj("a", 5), obj("b", 6)], 9, token="next"), page([obj("c", 7)], 10)], watches=[])
+    in_store_when_asked = []
+    request = kube.request
+
+    async def counting(method, url, params=None):
+        in_store_when_asked.append(len(store))
+        return await request(method, url, params)
+
+    kube.request = counting
+    informer = Informer(kube, "v1", "pods", store, lambda *a: None,
+                        transform=lambda raw: {"metadata": raw["metadata"], "slim": True})
+    await run_until(informer, kube, lambda: informer.synced.is_set())
+    assert in_store_when_asked == [0, 2]
+    assert sorted(store.keys()) == [("team", "a"), ("team", "b"), ("team", "c")]
+    assert all(raw["slim"] for raw in store.values())

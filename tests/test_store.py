@@ -99,19 +99,77 @@ def test_namespace_filter_watches_names_alone_and_globs_cluster_wide():
     assert accept("team-x") and accept("ops") and not accept("other")
 
 
-def test_cached_pods_keep_metadata_and_status_only():
+def kwok_pod(phase, state, *, warm=False, deleting=False):
+    """A goal pod as the API server lists it, with the parts the operator does not read."""
+    meta = {"namespace": "team", "name": "g1-1", "uid": "uid-p", "resourceVersion": "7",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "generateName": "g1-",
+            "labels": {"overseer.dev/goal": "g1", "overseer.dev/agent": "coder", "overseer.dev/attempt": "2"},
+            "annotations": {"overseer.dev/exit-code": "0", "kubectl.kubernetes.io/default-container": "agent"},
+            "ownerReferences": [{"apiVersion": "overseer.dev/v1alpha1", "kind": "Goal", "name": "g1",
+                                 "uid": "uid-g1", "controller": True, "blockOwnerDeletion": True}],
+            "managedFields": [{"manager": "kwok", "fieldsV1": {"f:status": {"f:phase": {}}}}]}
+    if warm:
+        meta["annotations"]["overseer.dev/warm-template"] = "abc123"
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    status = {"phase": phase, "hostIP": "10.0.0.1", "podIP": "10.0.0.9", "qosClass": "Burstable",
+              "startTime": "2026-01-01T00:00:01Z",
+              "conditions": [{"type": t, "status": "True", "lastTransitionTime": "2026-01-01T00:00:02Z"}
+                             for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
+              "containerStatuses": [{"name": "agent", "image": "overseer/agent:1", "imageID": "sha256:ab",
+                                     "containerID": "kwok://1", "ready": True, "restartCount": 0,
+                                     "state": state, "lastState": {}}]}
+    if phase == "Failed":
+        status["reason"] = "Evicted"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "agent", "env": [{"name": "X", "value": "y" * 1000}]}]},
+            "status": status}
+
+
+POD_STATES = [
+    ("Pending", {"waiting": {"reason": "ContainerCreating"}}, {}),
+    ("Pending", {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"x\" not found"}}, {}),
+    ("Running", {"running": {"startedAt": "2026-01-01T00:00:03Z"}}, {}),
+    ("Running", {"running": {"startedAt": "2026-01-01T00:00:03Z"}}, {"deleting": True}),
+    ("Running", {"running": {"startedAt": "2026-01-01T00:00:03Z"}}, {"warm": True}),
+    ("Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "x", "finishedAt": "y"}}, {}),
+    ("Failed", {"terminated": {"exitCode": 3, "reason": "Error", "message": "boom"}}, {}),
+]
+
+
+def test_cached_pods_answer_every_question_the_operator_asks_as_the_whole_pod_does():
+    from overseer.approvals import CREATED_BY
+    from overseer.operator import dispatch, lifecycle, warm_pool
     from overseer.operator.runtime import slim_pod
-    raw = pod("g1-1", "g1", "coder")
-    raw["metadata"]["managedFields"] = [{"manager": "kwok"}]
-    raw["spec"] = {"containers": [{"name": "agent", "env": [{"name": "X", "value": "y" * 1000}]}]}
-    slim = slim_pod(raw)
-    assert "spec" not in slim and "managedFields" not in slim["metadata"]
-    assert slim["metadata"]["labels"] == raw["metadata"]["labels"] and slim["status"] == {"phase": "Running"}
+    from overseer.operator.subgoals import parent_pod_unrecorded
+
+    goal_raw = {"metadata": {"name": "g1", "uid": "uid-g1"},
+                "status": {"conditions": [{"type": "Dispatched", "status": "True",
+                                           "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
+    parent = {"metadata": {"name": "g1", "uid": "uid-g1"}, "status": {"phase": "Pending"}}
+    child = {"metadata": {"name": "c", "namespace": "team",
+                          "annotations": {CREATED_BY: "system:serviceaccount:team:overseer-agent-coder"}}}
+
+    def answers(p):
+        warm = "overseer.dev/warm-template" in p["metadata"].get("annotations", {})
+        return (dispatch.pod_outcome(p), dispatch.attempt_of(p, "overseer.dev/attempt"),
+                lifecycle.agent_started(goal_raw, p), warm and warm_pool._ready(p),
+                parent_pod_unrecorded(child, parent, [p], lambda g: (g.get("status") or {}).get("phase")),
+                p["metadata"].get("annotations", {}).get("overseer.dev/warm-template"),
+                p["metadata"].get("creationTimestamp"), p["metadata"]["labels"], p["metadata"]["resourceVersion"],
+                (p["apiVersion"], p["kind"], p["metadata"]["name"], p["metadata"]["namespace"], p["metadata"]["uid"]))
+
+    for phase, state, extra in POD_STATES:
+        raw = kwok_pod(phase, state, **extra)
+        assert answers(slim_pod(raw)) == answers(raw), (phase, state, extra)
+    slim = slim_pod(kwok_pod(*POD_STATES[2][:2]))
+    assert "spec" not in slim and "managedFields" not in slim["metadata"] and "podIP" not in slim["status"]
 
 
 def test_cached_goals_keep_only_the_managed_fields_that_say_who_annotated_and_who_wrote_phase_or_decisions():
     from overseer.approvals import set_by
     from overseer.operator.runtime import slim_goal
+    from overseer.operator.trust import status_writers
     raw = goal("a", "coder")
     raw["metadata"]["annotations"] = {"overseer.dev/approve": "req-1"}
     raw["metadata"]["managedFields"] = [
@@ -125,6 +183,25 @@ def test_cached_goals_keep_only_the_managed_fields_that_say_who_annotated_and_wh
     assert [e["manager"] for e in slim["metadata"]["managedFields"]] == [
         "overseer-operator", "kubectl-patch", "kubectl-annotate"]
     assert set_by(slim, "overseer.dev/approve") == ("kubectl-annotate", "2026-12-01T10:00:00Z")
+    assert status_writers(slim, "phase") == {"overseer-operator"} and status_writers(slim, "decisions") == {"kubectl-patch"}
+    assert status_writers(slim, "heartbeat") == set()
+
+
+def test_cached_goals_keep_of_each_managed_fields_entry_only_the_fields_trust_reads():
+    from overseer.operator.runtime import slim_goal
+    from overseer.operator.trust import status_writers
+    raw = goal("a", "coder")
+    operator_fields = {"f:phase": {}, "f:message": {}, "f:attempt": {},
+                       "f:conditions": {f'k:{{"type":"{t}"}}': {".": {}, "f:status": {}, "f:reason": {}}
+                                        for t in ("Ready", "Dispatched", "Succeeded")}}
+    raw["metadata"]["managedFields"] = [{"manager": "overseer-operator", "operation": "Update",
+                                         "apiVersion": "overseer.dev/v1alpha1", "subresource": "status",
+                                         "time": "2026-12-01T10:00:00Z", "fieldsType": "FieldsV1",
+                                         "fieldsV1": {"f:status": operator_fields}}]
+    slim = slim_goal(raw)
+    assert slim["metadata"]["managedFields"] == [{"manager": "overseer-operator", "time": "2026-12-01T10:00:00Z",
+                                                  "fieldsV1": {"f:status": {"f:phase": {}}}}]
+    assert status_writers(slim, "phase") == {"overseer-operator"}
 
 
 def test_the_watch_showing_a_newer_version_drops_the_copy_of_our_write():

@@ -80,8 +80,10 @@ class Context:
             full_env["OVERSEER_AGENT_REDIS_URL"] = self.redis.url
         full_env.update(env or {})
         count = sum(1 for p in self.workdir.glob(f"operator-*-{namespace}.log")) + 1
+        # A process start is seconds of imports: on a shared machine at a load of 15-20 it outlasted
+        # the default 30 s, and a restart after a kill failed the scenario.
         op = OperatorProcess(self.cluster, namespace, self.workdir / f"operator-{count}-{namespace}.log", args,
-                             full_env)
+                             full_env, startup_timeout=120)
         self._stoppers.append(op.stop)
         return op.start()
 

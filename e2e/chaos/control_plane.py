@@ -106,7 +106,11 @@ def row_from(ctx: Context, ns: str, scenario: str, done: str, names: list[str], 
 def keep(ctx: Context, ns: str) -> None:
     """The namespace's goals, pods and events as they ended, next to the operator's logs."""
     for kind in ("goals", "pods", "events"):
-        out = ctx.kubectl("get", kind, "-n", ns, "-o", "yaml", check=False, timeout=120).stdout
+        try:
+            out = ctx.kubectl("get", kind, "-n", ns, "-o", "yaml", check=False, timeout=120).stdout
+        except subprocess.TimeoutExpired:
+            # 10,000 goals as YAML on a loaded machine: the row is counted already, the copy is a log
+            out = f"kubectl get {kind} -o yaml did not answer within 120 s\n"
         (ctx.workdir / f"{ns}-{kind}.yaml").write_text(out)
 
 

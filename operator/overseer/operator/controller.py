@@ -23,7 +23,7 @@ from .failures import reported
 from .goals import QUEUE_SWEEP_SECONDS, GoalReconciler
 from .informer import Handler, Informer
 from .lifecycle import STOPS_SUBGOALS
-from .runtime import Runtime, goal_agent, slim_goal, slim_pod
+from .runtime import Runtime, goal_agent, slim_goal, slim_object, slim_pod
 from .store import Raw, key_of
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Operator:
             ("v1", "pods", self.pod_changed, LABEL_GOAL, slim_pod, "pods"),
             # Idle warm pods: a claim takes the warm label off, moving the pod to the watch above.
             ("v1", "pods", self.goals.pool.pod_changed, LABEL_WARM, slim_pod, "warmpods"),
-            ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_pod, "persistentvolumeclaims"),
+            ("v1", "persistentvolumeclaims", self.claim_changed, LABEL_GOAL, slim_object, "persistentvolumeclaims"),
             # Agents' modifications ConfigMaps: read from here, not fetched on every Agent reconcile.
             ("v1", "configmaps", self.configmap_changed, f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_AGENT}", None,
              "configmaps"),

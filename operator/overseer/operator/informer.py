@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -111,34 +112,36 @@ class Informer:
                 await asyncio.sleep(delay)
 
     async def relist(self) -> None:
-        """Read the whole collection into the store and report what changed."""
+        """Read the whole collection into the store and report what changed. Each page goes into
+        the store before the next is asked for: ten thousand goal pods parsed at once, before any
+        transform slimmed them, made the operator's peak memory after each restart."""
         self._relists.inc()
         params: dict[str, str] = {"limit": str(PAGE_SIZE)}
         if self.label_selector:
             params["labelSelector"] = self.label_selector
-        items: list[Raw] = []
+        seen: set[Key] = set()
         while True:
             page = await self.kube.request("GET", self.url, params=params)
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
+            kind = (page.get("kind") or "").removesuffix("List")
+            items: list[Any] = page.pop("items", None) or []
+            for i, raw in enumerate(items):
+                items[i] = None  # the page lets go of each object as it goes into the store
+                if not self._wanted(raw):
+                    continue
+                # List items lack these; Events and owner references need them.
+                raw.setdefault("apiVersion", self.api_version)
+                raw.setdefault("kind", kind)
+                seen.add(key_of(raw))
+                self._apply("ADDED", raw)
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
                 break
-            params["continue"] = token
-        kind = (page.get("kind") or "").removesuffix("List")
-        seen: set[Key] = set()
-        for raw in items:
-            if not self._wanted(raw):
-                continue
-            # List items lack these; Events and owner references need them.
-            raw.setdefault("apiVersion", self.api_version)
-            raw.setdefault("kind", kind)
-            seen.add(key_of(raw))
-            self._apply("ADDED", raw)
+            params["continue"] = meta["continue"]
         for key in [k for k in self.store.keys() if self._mine(k) and k not in seen]:
             old = self.store.delete(key)
             if old is not None:
                 self.handler("DELETED", old, old)
-        self.version = page["metadata"]["resourceVersion"]
+        self.version = meta["resourceVersion"]
         self._progress()
         self.synced.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .admission import PolicyState
 from .dispatch import pod_outcome
 from .events import EventRecorder
 from .knowledge_tenants import KnowledgeTenants
+from .pods import WARM_TEMPLATE
 from .redis_secret import RedisSecrets
 from .settings import Settings
 from .store import Indexer, Key as Key, Raw as Raw, Store  # Key and Raw re-exported for the reconcilers
@@ -78,27 +80,109 @@ def _pod_label(label: str, live_only: bool = False) -> Indexer:
     return indexer
 
 
-def slim_pod(raw: Raw) -> Raw:
-    """What the operator reads of a goal pod: its metadata and status. The spec and the
-    managedFields are most of a pod's size, and a cache holds every goal pod."""
+def slim_object(raw: Raw) -> Raw:
+    """An object's metadata (without managedFields) and status: what the operator reads of a
+    workspace claim."""
     meta = {k: v for k, v in raw["metadata"].items() if k != "managedFields"}
     return {"apiVersion": raw.get("apiVersion"), "kind": raw.get("kind"), "metadata": meta,
             "status": raw.get("status") or {}}
 
 
-def _kept(entry: dict[str, Any]) -> bool:
+def _state(state: dict[str, Any]) -> dict[str, Any]:
+    """Of a container's state, what pod_outcome and agent_started read."""
+    kept: dict[str, Any] = {}
+    if (waiting := state.get("waiting")) is not None:
+        kept["waiting"] = {k: _intern(waiting[k]) for k in ("reason", "message") if k in waiting}
+    if (terminated := state.get("terminated")) is not None:
+        kept["terminated"] = {k: _intern(terminated[k]) for k in ("exitCode", "reason") if k in terminated}
+    if (running := state.get("running")) is not None:
+        kept["running"] = {k: running[k] for k in ("startedAt",) if k in running}
+    return kept
+
+
+def _intern(value: Any) -> Any:
+    # Namespaces, agent names, label keys, phases and reasons repeat across thousands of pods;
+    # each decoded copy would cost its own string.
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 80 else value
+
+
+def _intern_tree(value: Any) -> None:
+    """Intern, in place, the short strings of a decoded JSON tree: a goal's condition types,
+    reasons, messages and timestamps repeat within it and across thousands of goals."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        if isinstance(v, str):
+            if len(v) <= 80:
+                value[k] = sys.intern(v)
+        elif isinstance(v, (dict, list)):
+            _intern_tree(v)
+
+
+def slim_pod(raw: Raw) -> Raw:
+    """What the operator reads of a goal or warm pod: its names, labels, owners and deletion, the
+    phase and the containers' states, and of a warm pod its template and Ready condition. A cache
+    holds every goal pod, finished ones too: with the rest of each pod's status (conditions,
+    images, IPs) and metadata it cost some 9-14 KB a pod."""
+    meta = raw["metadata"]
+    kept: dict[str, Any] = {k: _intern(meta[k]) for k in ("name", "namespace", "uid", "resourceVersion",
+                                                           "creationTimestamp", "deletionTimestamp") if k in meta}
+    kept["labels"] = {_intern(k): _intern(v) for k, v in (meta.get("labels") or {}).items()}
+    template = (meta.get("annotations") or {}).get(WARM_TEMPLATE)
+    if template is not None:
+        kept["annotations"] = {WARM_TEMPLATE: _intern(template)}
+    owners = meta.get("ownerReferences")
+    if owners:
+        kept["ownerReferences"] = [{"uid": ref.get("uid")} for ref in owners]
+    status = raw.get("status") or {}
+    slim: dict[str, Any] = {k: _intern(status[k]) for k in ("phase", "reason") if k in status}
+    if template is not None:  # only the warm pool asks whether a pod is Ready
+        ready = [{"type": "Ready", "status": _intern(c.get("status"))} for c in status.get("conditions") or []
+                 if c.get("type") == "Ready"]
+        if ready:
+            slim["conditions"] = ready
+    containers = status.get("containerStatuses")
+    if containers:
+        slim["containerStatuses"] = [{"name": _intern(cs.get("name")), "state": _state(cs.get("state") or {})}
+                                     for cs in containers]
+    return {"apiVersion": _intern(raw.get("apiVersion")), "kind": _intern(raw.get("kind")), "metadata": kept,
+            "status": slim}
+
+
+def _kept(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """Of a managedFields entry, the manager, its time and whether it set annotations (which keys),
+    status.phase or status.decisions; None if none of these."""
     fields = entry.get("fieldsV1") or {}
-    status = fields.get("f:status") or {}
-    return "f:annotations" in (fields.get("f:metadata") or {}) or "f:phase" in status or "f:decisions" in status
+    annotations = (fields.get("f:metadata") or {}).get("f:annotations")
+    status: dict[str, Any] = {k: {} for k in ("f:phase", "f:decisions") if k in (fields.get("f:status") or {})}
+    if annotations is None and not status:
+        return None
+    shape = (tuple(annotations) if annotations is not None else None, tuple(status))
+    kept = _SHAPES.get(shape)
+    if kept is None:
+        kept = {}
+        if annotations is not None:
+            kept["f:metadata"] = {"f:annotations": {k: {} for k in annotations}}
+        if status:
+            kept["f:status"] = status
+        if len(_SHAPES) < 1024:  # few shapes recur: every goal's operator entry is the same one
+            _SHAPES[shape] = kept
+    return {"manager": _intern(entry.get("manager", "")), "time": _intern(entry.get("time")), "fieldsV1": kept}
+
+
+# The trimmed field trees of managedFields entries, shared by every goal that has one (read only).
+_SHAPES: dict[tuple[tuple[str, ...] | None, tuple[str, ...]], dict[str, Any]] = {}
 
 
 def slim_goal(raw: Raw) -> Raw:
     """A goal with only the managedFields entries that say when an annotation was set
-    (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py)."""
+    (overseer.approvals.set_by) and who wrote status.phase and status.decisions (trust.py), each
+    without the rest of its field tree (the operator's own names every status field it writes),
+    and its short strings interned."""
     meta = raw["metadata"]
-    fields = meta.get("managedFields")
+    fields = meta.pop("managedFields", None)
+    _intern_tree(raw)
     if fields:
-        meta["managedFields"] = [e for e in fields if _kept(e)]
+        meta["managedFields"] = [e for e in map(_kept, fields) if e is not None]
     return raw
 
 
@@ -225,7 +309,10 @@ class Runtime:
         result = await self.kube.merge_patch(url, {"status": delta})
         uid = raw["metadata"].get("uid")
         if result is not None and uid:
-            self.written[uid] = (raw["metadata"].get("resourceVersion"), result)
+            # Kept as the goal cache keeps goals: after a restart thousands of writes can wait here
+            # for a lagging watch.
+            kept = slim_goal(result) if result.get("kind") == "Goal" else result
+            self.written[uid] = (raw["metadata"].get("resourceVersion"), kept)
         return True
 
 
