@@ -260,20 +260,26 @@ class Kube:
                       content_type: str = "application/json", params: dict[str, str] | None = None,
                       answer: bool = True) -> Any:
         """Send one request; return the decoded JSON answer (None with answer=False) or raise ApiError."""
+        data = None if body is None else orjson.dumps(body)
         for attempt in (1, 2):
-            if self._pool is None:
-                await self._connect()
-            assert self._pool is not None
-            data = None if body is None else orjson.dumps(body)
-            resp = await self._pool.request(method, url_path, data, content_type, params)
-            if resp.status == 401 and attempt == 1:
+            status, reason, headers, raw = await self._send(method, url_path, data, content_type, params)
+            if status == 401 and attempt == 1:
                 # Credentials rotated (projected tokens expire): log in again once.
                 await self.close()
                 continue
-            if resp.status >= 300:
-                raise api_error(resp.status, resp.reason, resp.body, method, url_path, resp.headers)
-            return orjson.loads(resp.body) if resp.body and answer else None
+            if status >= 300:
+                raise api_error(status, reason, raw, method, url_path, headers)
+            return orjson.loads(raw) if raw and answer else None
         raise AssertionError("unreachable")
+
+    async def _send(self, method: str, url_path: str, data: bytes | None, content_type: str,
+                    params: dict[str, str] | None) -> tuple[int, str, Mapping[str, str], bytes]:
+        """One request as it went: status, reason, headers, body."""
+        if self._pool is None:
+            await self._connect()
+        assert self._pool is not None
+        resp = await self._pool.request(method, url_path, data, content_type, params)
+        return resp.status, resp.reason, resp.headers, resp.body
 
     async def get(self, url_path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""

@@ -6,13 +6,13 @@ of CPU. Same calls, same answers and errors (ApiError) as the operator's client.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx2
 import orjson
 
-from overseer.kube import WATCH_READ_SECONDS, ApiError, Credentials, Kube, ssl_context, api_error, retry_after
+from overseer.kube import WATCH_READ_SECONDS, ApiError, Credentials, Kube, ssl_context, retry_after
 
 
 class PodKube(Kube):
@@ -41,22 +41,12 @@ class PodKube(Kube):
             await self._client.aclose()
             self._client = None
 
-    async def request(self, method: str, url_path: str, *, body: Any = None,
-                      content_type: str = "application/json", params: dict[str, str] | None = None,
-                      answer: bool = True) -> Any:
-        for attempt in (1, 2):
-            client = self._client or await self._open()
-            resp = await client.request(method, self._server + url_path, params=params,
-                                        content=None if body is None else orjson.dumps(body),
-                                        headers={"Content-Type": content_type} if body is not None else None)
-            if resp.status_code == 401 and attempt == 1:
-                # Credentials rotated (projected tokens expire): log in again once.
-                await self.close()
-                continue
-            if resp.status_code >= 300:
-                raise api_error(resp.status_code, resp.reason_phrase, resp.content, method, url_path, resp.headers)
-            return orjson.loads(resp.content) if resp.content and answer else None
-        raise AssertionError("unreachable")
+    async def _send(self, method: str, url_path: str, data: bytes | None, content_type: str,
+                    params: dict[str, str] | None) -> tuple[int, str, Mapping[str, str], bytes]:
+        client = self._client or await self._open()
+        resp = await client.request(method, self._server + url_path, params=params, content=data,
+                                    headers={"Content-Type": content_type} if data is not None else None)
+        return resp.status_code, resp.reason_phrase, resp.headers, resp.content
 
     async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         client = self._client or await self._open()
