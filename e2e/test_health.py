@@ -37,10 +37,12 @@ def test_readyz_waits_for_every_cache_and_names_the_one_it_cannot_fill(cluster: 
     # (The API server's addresses given, it needs no EndpointSlices from namespace default.)
     op = operator.start(namespace, env={"KUBECONFIG": str(config), "OVERSEER_API_SERVER_CIDRS": '["192.0.2.1/32"]'})
 
-    status, reason = wait_for(lambda: r if "Forbidden" in (r := op.probe("/readyz"))[1] else None,
-                              description="/readyz naming the cache it cannot fill")
+    # The other caches fill meanwhile (on a busy machine some only after the refusal is first named),
+    # until the pods' is the one left.
+    pods = f"caches not filled: Informer(pods in {namespace}, overseer.dev/goal): "
+    status, reason = wait_for(lambda: r if (r := op.probe("/readyz"))[1].startswith(pods) else None,
+                              description="/readyz naming only the cache it cannot fill")
     assert status == 503
-    assert reason.startswith(f"caches not filled: Informer(pods in {namespace}, overseer.dev/goal): ")
     assert "403 Forbidden" in reason and "Informer(goals" not in reason
     assert op.probe("/healthz") == (200, "ok"), "refused by the API server is not wedged: a restart would not help"
 

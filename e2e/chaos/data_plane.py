@@ -609,8 +609,12 @@ def _watch_cleared(world: World, goals: list[str], freed_at: float, timeout: flo
     reports waiting writes, and the Events saying the writes went through."""
     def clear() -> bool:
         kb = world.condition("agent", "coder", "KnowledgeBase") or {}
-        return kb.get("status") == "True" and not any(
-            ((world.get("goal", g) or {}).get("status") or {}).get("knowledgeBacklog") for g in goals)
+        if kb.get("status") != "True" or any(
+                ((world.get("goal", g) or {}).get("status") or {}).get("knowledgeBacklog") for g in goals):
+            return False
+        # the gateway says its rows are in on its own timer, after the agents have said theirs are
+        events = _reasons(world)
+        return set(events.get("SpendLedgerWritten", ())) >= set(events.get("SpendLedgerDiskFull", ()))
     try:
         wait_for(clear, timeout=timeout, interval=1, description="the KnowledgeBase condition clear again")
         after = f"after {time.monotonic() - freed_at:.0f} s"
