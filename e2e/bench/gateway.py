@@ -262,6 +262,10 @@ def main() -> None:
     gateways: dict[str, GatewayProcess] = {}
     try:
         harness.install_crds(kubectl)
+        # A kept cluster holds the admission policies; after a restart the API server refuses Goals
+        # until it has resolved their paramKind again (up to two minutes).
+        harness.wait_for(lambda: harness.policies_configured(kubectl), timeout=240,
+                         description="the API server to resolve the policies' paramKind (Agent)")
         postgres, redis = PostgresServer(workdir).init(), RedisServer(workdir).start()
         model = Model(workdir, args.first_token, args.event_interval)
         token = goal_pod(kubectl, k8s, model.url)
