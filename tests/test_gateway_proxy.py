@@ -118,6 +118,12 @@ async def test_a_streamed_call_arrives_event_by_event_with_tool_use(gateway_to: 
     assert model.requests[1].body["messages"][-1]["content"][0]["tool_use_id"] == call.id
 
 
+# The first event of a streamed answer: 5 input tokens, 1 output token.
+MESSAGE_START = ('event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+                 f'"role":"assistant","model":"{MODEL}","content":[],"stop_reason":null,"stop_sequence":null,'
+                 '"usage":{"input_tokens":5,"output_tokens":1}}}\n\n').encode()
+
+
 async def test_events_are_passed_on_as_they_arrive_not_when_the_answer_ends(gateway_to: Any) -> None:
     # A model that sends message_start, then holds the rest back until told to go on.
     go_on = asyncio.Event()
@@ -125,10 +131,7 @@ async def test_events_are_passed_on_as_they_arrive_not_when_the_answer_ends(gate
     async def slow_model(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        start = ('{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
-                 f'"model":"{MODEL}","content":[],"stop_reason":null,"stop_sequence":null,'
-                 '"usage":{"input_tokens":5,"output_tokens":1}}}')
-        await response.write(f"event: message_start\ndata: {start}\n\n".encode())
+        await response.write(MESSAGE_START)
         await go_on.wait()
         await response.write(b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
                              b'"end_turn","stop_sequence":null},"usage":{"output_tokens":1}}\n\n'
@@ -369,10 +372,7 @@ async def test_a_client_that_hangs_up_mid_stream_pays_for_what_it_used_and_the_m
     async def slow_model(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        start = ('{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
-                 f'"model":"{MODEL}","content":[],"stop_reason":null,"stop_sequence":null,'
-                 '"usage":{"input_tokens":5,"output_tokens":1}}}')
-        await response.write(f"event: message_start\ndata: {start}\n\n".encode())
+        await response.write(MESSAGE_START)
         try:
             for _ in range(200):
                 await asyncio.sleep(0.05)

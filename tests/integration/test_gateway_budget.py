@@ -645,15 +645,20 @@ def die(meter: Meter) -> None:
 LAST_CALL = orjson.dumps({"model": MODEL, "max_tokens": 4096, "messages": HI})
 
 
+def one_call_budget() -> tuple[Caller, Target]:
+    """A fresh goal whose money budget fits LAST_CALL's worst case once and a half."""
+    worst = PriceTable().price(MODEL).most(len(LAST_CALL) // 4, 4096)  # type: ignore[union-attr]
+    caller = Caller(namespace(), "g-a1", "g", "uid-" + secrets.token_hex(4), "coder")
+    return caller, Target("http://model", "k", MODEL, {"maxCostPerGoal": float(worst * Decimal("1.5"))})
+
+
 async def test_a_goals_call_retried_after_its_replica_died_holding_it_waits_for_the_dead_hold_instead_of_failing(
         postgres: PostgresServer, redis_server: RedisServer) -> None:
     """A goal whose budget fits one call's worst case (about $0.04 here) has its call cut by the death of
     the replica holding it; the call retried on another replica must not end the goal BudgetExhausted
     while the dead replica's hold is all that stands in the way."""
     client = aioredis.from_url(redis_server.url)
-    worst = PriceTable().price(MODEL).most(len(LAST_CALL) // 4, 4096)  # type: ignore[union-attr]
-    caller = Caller(namespace(), "g-a1", "g", "uid-" + secrets.token_hex(4), "coder")
-    target = Target("http://model", "k", MODEL, {"maxCostPerGoal": float(worst * Decimal("1.5"))})
+    caller, target = one_call_budget()
     dying, dying_ledger = await _replica(postgres, client, live_seconds=1.0)
     other, other_ledger = await _replica(postgres, client, live_seconds=1.0)
     try:
@@ -683,9 +688,7 @@ async def test_a_goals_call_retried_after_its_replica_died_holding_it_waits_for_
 async def test_a_live_replica_keeps_its_holds_while_its_call_outlasts_their_lapse(
         postgres: PostgresServer, redis_server: RedisServer) -> None:
     client = aioredis.from_url(redis_server.url)
-    worst = PriceTable().price(MODEL).most(len(LAST_CALL) // 4, 4096)  # type: ignore[union-attr]
-    caller = Caller(namespace(), "g-a1", "g", "uid-" + secrets.token_hex(4), "coder")
-    target = Target("http://model", "k", MODEL, {"maxCostPerGoal": float(worst * Decimal("1.5"))})
+    caller, target = one_call_budget()
     slow, slow_ledger = await _replica(postgres, client, live_seconds=1.0)
     other, other_ledger = await _replica(postgres, client, live_seconds=1.0)
     try:
