@@ -192,3 +192,91 @@ async def test_tls_trusts_the_clusters_ca_and_refuses_any_other(kube_for: Callab
         with pytest.raises(aiohttp.ClientConnectionError):
             await kube_for(port, "https", ca_path=str(certs["other"])).request("GET", "/version")
         assert await kube_for(port, "https", insecure=True).request("GET", "/version") == {"ok": True}
+
+
+def watch_answer(events: list[dict[str, object]], chunk: int, end: bool = True) -> bytes:
+    """A watch's answer as the API server streams it: chunked, one JSON line per event, cut into
+    chunks of `chunk` bytes wherever that falls (mid-line too)."""
+    data = b"".join(orjson.dumps(e) + b"\n" for e in events)
+    pieces = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + (b"0\r\n\r\n" if end else b""))
+
+
+def pod_events(n: int) -> list[dict[str, object]]:
+    return [{"type": "MODIFIED", "object": {"metadata": {"name": f"p-{i}", "resourceVersion": str(i)},
+                                            "status": {"phase": "Running", "note": "x" * (i % 700)}}}
+            for i in range(n)]
+
+
+async def collect(kube: Kube, params: dict[str, str] | None = None) -> list[dict[str, object]]:
+    return [event async for event in kube.watch("/api/v1/namespaces/team/pods", params)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+async def test_a_watch_yields_every_event_in_order_however_the_stream_is_cut(kube_for: Callable[..., Kube],
+                                                                             chunk: int) -> None:
+    events = pod_events(300)
+    server = Server(lambda req, n: watch_answer(events, chunk), close_after=True)
+    srv, port = await serve(server)
+    async with srv:
+        got = await collect(kube_for(port), {"resourceVersion": "7", "labelSelector": "overseer.dev/goal"})
+    assert got == events
+    line = server.requests[0].split(b"\r\n")[0].decode()
+    assert line.startswith("GET /api/v1/namespaces/team/pods?watch=true&allowWatchBookmarks=true&resourceVersion=7&"
+                           "labelSelector=overseer.dev%2Fgoal ")
+    assert b"Authorization: Bearer t0k3n" in server.requests[0]
+
+
+async def test_a_watch_the_server_cuts_off_is_a_connection_error_after_the_events_that_came(
+        kube_for: Callable[..., Kube]) -> None:
+    events = pod_events(5)
+    srv, port = await serve(Server(lambda req, n: watch_answer(events, 50, end=False), close_after=True))
+    got: list[dict[str, object]] = []
+    async with srv:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async for event in kube_for(port).watch("/api/v1/pods"):
+                got.append(event)
+    assert got == events  # what arrived before the cut is not lost: the informer resumes after it
+
+
+async def test_a_refused_watch_raises_the_api_servers_reason_message_and_retry_after(
+        kube_for: Callable[..., Kube]) -> None:
+    status = orjson.dumps({"kind": "Status", "reason": "Expired", "message": "too old resource version: 7 (90)"})
+    answer = (b"HTTP/1.1 410 Gone\r\nContent-Type: application/json\r\nRetry-After: 3\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(status), status))
+    srv, port = await serve(Server(lambda req, n: answer))
+    async with srv:
+        with pytest.raises(ApiError) as refused:
+            await collect(kube_for(port))
+    assert (refused.value.status, refused.value.reason, refused.value.retry_after) == (410, "Expired", 3.0)
+    assert "too old resource version" in str(refused.value) and refused.value.method == "WATCH"
+
+
+async def test_a_silent_watch_is_given_up_after_the_read_timeout(kube_for: Callable[..., Kube],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import overseer.kube
+    monkeypatch.setattr(overseer.kube, "WATCH_READ_SECONDS", 0.3)
+    # One event, then nothing, with the connection left open.
+    srv, port = await serve(Server(lambda req, n: watch_answer(pod_events(1), 100, end=False)))
+    got: list[dict[str, object]] = []
+    async with srv:
+        with pytest.raises(TimeoutError):
+            async for event in kube_for(port).watch("/api/v1/pods"):
+                got.append(event)
+    assert len(got) == 1
+
+
+async def test_a_reader_behind_the_stream_pauses_it_and_loses_nothing(kube_for: Callable[..., Kube],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import overseer.http1
+    monkeypatch.setattr(overseer.http1, "WATCH_BACKLOG", 10)
+    events = pod_events(2000)
+    srv, port = await serve(Server(lambda req, n: watch_answer(events, 3000), close_after=True))
+    got: list[dict[str, object]] = []
+    async with srv:
+        async for event in kube_for(port).watch("/api/v1/pods"):
+            got.append(event)
+            if len(got) % 100 == 0:
+                await asyncio.sleep(0.001)  # a slow reader
+    assert got == events

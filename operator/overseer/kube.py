@@ -1,7 +1,8 @@
 """A small async Kubernetes client, shared by the operator and the agent runtime.
 
-Requests go over a lean keep-alive pool (http1.py), watches over an aiohttp session (a goal pod's
-client carries both with httpx2: overseer.agent.kube_client); bodies stay plain dicts: the official
+Requests go over a lean keep-alive pool, watches over connections of their own read event by event
+in the loop's read callback (http1.py; a goal pod's client carries both with httpx2:
+overseer.agent.kube_client); bodies stay plain dicts: the official
 client's model objects cost CPU and memory on the hot path for nothing Overseer needs. JSON
 goes through orjson: decoding watch events and answers was a quarter of the operator's CPU
 with the standard library's json. The official client is used only to find credentials
@@ -22,9 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-if TYPE_CHECKING:  # imported when a session is made: a goal pod's client (overseer.agent.kube_client) has none
-    import aiohttp
-
+if TYPE_CHECKING:  # imported when a pool is made: a goal pod's client (overseer.agent.kube_client) has none
     from .http1 import Pool
 
 
@@ -222,39 +221,28 @@ class Kube:
         self._login = login
         self.field_manager = field_manager
         self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None  # watches
-        self._pool: Pool | None = None  # every other request
+        self._pool: Pool | None = None
         self._server = ""
 
-    async def _connect(self) -> aiohttp.ClientSession:
-        import aiohttp
-
+    async def _connect(self) -> Pool:
         from .http1 import Pool
 
         info = await self._login()
-        if self._session is not None:  # another request logged in meanwhile
-            return self._session
+        if self._pool is not None:  # another request logged in meanwhile
+            return self._pool
         headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
         if info.token:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         elif info.username and info.password:
-            headers["Authorization"] = aiohttp.BasicAuth(info.username, info.password).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
         self._server = info.server.rstrip("/")
-        tls = ssl_context(info)
-        self._pool = Pool(self._server, tls, headers, self._pool_size)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=tls), headers=headers,
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
-        return self._session
+        self._pool = Pool(self._server, ssl_context(info), headers, self._pool_size)
+        return self._pool
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def request(self, method: str, url_path: str, *, body: Any = None,
                       content_type: str = "application/json", params: dict[str, str] | None = None,
@@ -329,15 +317,14 @@ class Kube:
 
     async def watch(self, url_path: str, params: dict[str, str] | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events ({type, object}) of a collection until the server ends the stream."""
-        import aiohttp
-
-        session = self._session or await self._connect()
+        pool = self._pool or await self._connect()
         query = {"watch": "true", "allowWatchBookmarks": "true", **(params or {})}
-        async with session.get(self._server + url_path, params=query,
-                               timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_READ_SECONDS)) as resp:
-            if resp.status >= 300:
-                raise ApiError(resp.status, resp.reason or "", await resp.text(), "WATCH", url_path,
-                               retry_after(resp.headers))
-            async for line in resp.content:
-                if line.strip():
-                    yield orjson.loads(line)
+        stream = await pool.watch(url_path, query, WATCH_READ_SECONDS)
+        try:
+            if stream.status >= 300:
+                raise api_error(stream.status, stream.reason, await stream.body(), "WATCH", url_path, stream.headers)
+            while (events := await stream.events()) is not None:
+                for event in events:
+                    yield event
+        finally:
+            stream.close()
