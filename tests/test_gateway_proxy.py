@@ -430,3 +430,33 @@ async def test_a_request_with_headers_over_64_kib_is_refused_and_never_forwarded
     assert refused.value.status_code == 431
     assert refused.value.body["type"] == "error"  # type: ignore[index]
     assert model.requests == []
+
+
+async def test_idle_and_trickling_clients_are_cut_off_while_a_slow_stream_is_not() -> None:
+    """A client that opens a connection and sends nothing, or sends a request a little at a time,
+    loses its connection (the trickler with an API-shaped 408); a streamed answer that takes longer
+    than either limit is not cut."""
+    # Nine events 0.15 s apart: the answer takes 1.2 s, over twice each limit.
+    scenario = {"conversations": {"default": [{"reply": "slow but steady " * 3, "event_interval": 0.15}]}}
+    async with ScriptedModelServer(scenario) as model:
+        pool = upstream_pool(GatewaySettings(upstream_timeout_seconds=30))
+        server = await serve_gateway(Proxy(TokenTable(), OneTarget(model.url), pool), "127.0.0.1", 0,  # type: ignore[arg-type]
+                                     idle_seconds=0.5, request_seconds=0.5)
+        try:
+            idle_reader, _idle = await asyncio.open_connection("127.0.0.1", server.port)
+            slow_reader, slow = await asyncio.open_connection("127.0.0.1", server.port)
+            slow.write(b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\n")  # and never the rest
+            started = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed, nothing said
+            answer = await asyncio.wait_for(slow_reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"type":"error"' in answer.replace(b" ", b"")
+            assert asyncio.get_running_loop().time() - started < 3
+
+            stream = await sdk(f"http://127.0.0.1:{server.port}").messages.create(
+                model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "go"}], stream=True)
+            text = "".join([e.delta.text async for e in stream
+                            if e.type == "content_block_delta" and e.delta.type == "text_delta"])
+            assert text == "slow but steady " * 3
+        finally:
+            await server.close()
+            await pool.close()

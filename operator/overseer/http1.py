@@ -1,5 +1,5 @@
-"""A lean HTTP/1.1 client for the API server's short requests: keep-alive connections over
-asyncio streams, one request at a time on each.
+"""A lean HTTP/1.1 client for the API server: short requests over keep-alive connections (asyncio
+streams, one request at a time on each), and each watch on a connection of its own.
 
 aiohttp spent about three times the CPU of this on each request (its request and response
 objects, URL handling, cookie jar, tracing hooks and timers), and the operator makes two requests
@@ -9,8 +9,8 @@ certificates.
 
 Watches get a connection of their own, read by a Protocol: llhttp (httptools) takes the chunks
 apart and each event is decoded in the read callback, so a read that brings many events wakes the
-informer once. Reading events through aiohttp's stream (a coroutine step, a line search and a timer
-moved per event) was a tenth of the operator's CPU in a dispatch burst.
+informer once, where aiohttp's stream took a coroutine step, a line search and a timer move per
+event. A reader that falls behind pauses the socket instead of buffering without end.
 
 Errors are aiohttp's connection errors and TimeoutError, so callers handle them as before.
 """

@@ -12,7 +12,7 @@ from overseer.prices import PriceTable
 from .budget import Meter
 from .counters import RedisCounters
 from .errors import error_answer
-from .http import Handler, Request, Response, Server
+from .http import IDLE_SECONDS, REQUEST_SECONDS, Handler, Request, Response, Server
 from .identity import Identity
 from .ledger import Ledger
 from .pool import UpstreamPool
@@ -51,7 +51,8 @@ class Gateway:
         if self._ledger is not None and self._status is not None:
             await self._ledger.open()
             self._status.start()
-        self.server = await serve(self.proxy, self._settings.host, self._settings.port)
+        self.server = await serve(self.proxy, self._settings.host, self._settings.port,
+                                  self._settings.client_idle_seconds, self._settings.client_request_seconds)
         return self.server
 
     async def stop(self, timeout: float = 30) -> None:
@@ -77,10 +78,11 @@ def upstream_pool(settings: GatewaySettings) -> UpstreamPool:
                         settings.upstream_connect_seconds)
 
 
-async def serve(proxy: Proxy, host: str, port: int) -> Server:
+async def serve(proxy: Proxy, host: str, port: int, idle_seconds: float = IDLE_SECONDS,
+                request_seconds: float = REQUEST_SECONDS) -> Server:
     """The Messages API endpoints, /healthz, and API-shaped 404s for everything else, on host:port
     (0: a free port, then `server.port`)."""
-    return await Server(routes(proxy), MAX_REQUEST_BYTES, error_answer).start(host, port)
+    return await Server(routes(proxy), MAX_REQUEST_BYTES, error_answer, idle_seconds, request_seconds).start(host, port)
 
 
 def routes(proxy: Proxy) -> Handler:

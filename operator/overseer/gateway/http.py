@@ -25,6 +25,8 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus} | {529: "Overloaded"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 1024  # the request line and headers: llhttp itself sets no limit
+IDLE_SECONDS = 60.0  # a kept-alive connection with no request in it is closed after this
+REQUEST_SECONDS = 60.0  # from a request's first byte to its last: a client trickling it in is cut off
 
 
 class _HeadTooLarge(Exception):
@@ -64,10 +66,14 @@ class Feeder(Protocol):
 class Server:
     """Serves `handler` on host:port until `close`."""
 
-    def __init__(self, handler: Handler, max_body: int, error: Callable[[int, str], Response]) -> None:
+    def __init__(self, handler: Handler, max_body: int, error: Callable[[int, str], Response],
+                 idle_seconds: float = IDLE_SECONDS, request_seconds: float = REQUEST_SECONDS) -> None:
         self.handler = handler
         self.error = error  # the answer to a request the handler never sees (malformed, too large)
         self.max_body = max_body
+        # Neither bounds an answer in progress: a streamed answer lasts as long as the model takes.
+        self.idle_seconds = idle_seconds
+        self.request_seconds = request_seconds
         self.connections: set[Connection] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
@@ -99,7 +105,9 @@ class Server:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: requests one at a time (keep-alive, pipelined ones queued)."""
+    """One client connection: requests one at a time (keep-alive, pipelined ones queued). A
+    connection left idle, or a request that does not arrive whole in time, is closed: clients that
+    open connections and send nothing, or trickle a request in, do not hold the gateway's sockets."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -115,12 +123,14 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._head_size = 0
         self._chunked = False  # the answer in progress went out as chunks
+        self._timer: asyncio.TimerHandle | None = None  # the idle or the request deadline, when one runs
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         self._server.connections.add(self)
+        self._deadline(self._server.idle_seconds, self._idle_over)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -135,6 +145,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._deadline(None)
         self._server.connections.discard(self)
         if self.feeder is not None:
             self.feeder.client_gone()
@@ -151,6 +162,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size, self._head_size = b"", {}, [], 0, 0
+        if not self.busy:
+            self._deadline(self._server.request_seconds, self._request_over)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -182,6 +195,7 @@ class Connection(asyncio.Protocol):
             path = self._url.split(b"?", 1)[0].decode("latin-1")
             request = Request(self._parser.get_method().decode("latin-1"), path, self._headers, body, self)
         self._queue.append((request, keep_alive))
+        self._deadline(None)
         if not self.busy:
             self.busy = True
             asyncio.get_running_loop().create_task(self._serve())
@@ -213,6 +227,8 @@ class Connection(asyncio.Protocol):
         self.busy = False
         if self._server.closing:
             self.close()
+        elif not self.closed:
+            self._deadline(self._server.idle_seconds, self._idle_over)
 
     def send(self, response: Response, keep_alive: bool = True) -> None:
         """A whole answer in one write."""
@@ -250,6 +266,24 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _deadline(self, seconds: float | None, then: Callable[[], None] | None = None) -> None:
+        """Run `then` in `seconds` unless called again first (None: no deadline)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if seconds is not None and then is not None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, then)
+
+    def _idle_over(self) -> None:
+        self._timer = None
+        if not self.busy:
+            self.close()
+
+    def _request_over(self) -> None:
+        self._timer = None
+        if not self.busy:  # a request that began while another was answered waits its turn
+            self._refuse(408, f"the request did not arrive whole within {self._server.request_seconds:g} s")
 
     def _refuse(self, status: int, message: str) -> None:
         self.send(self._server.error(status, message), keep_alive=False)

@@ -32,6 +32,10 @@ class GatewaySettings(BaseSettings):
     """Longest a single upstream call may take (a long streamed answer included)."""
     upstream_connect_seconds: float = Field(default=10.0, gt=0)
     """Longest a new upstream connection may take."""
+    client_idle_seconds: float = Field(default=60.0, gt=0)
+    """How long a kept-alive client connection may sit with no request before it is closed."""
+    client_request_seconds: float = Field(default=60.0, gt=0)
+    """Longest a request may take to arrive whole (head and body), else 408 and the connection closed."""
     database_url: str | None = None
     """PostgreSQL of the spend ledger; without it the gateway forwards calls but prices, budgets and
     records nothing."""
