@@ -227,7 +227,7 @@ class Watch(asyncio.Protocol):
         except (httptools.HttpParserError, ValueError) as e:  # ValueError: an event orjson cannot read
             self._fail(aiohttp.ClientPayloadError(f"watch answer unreadable: {e}"))
             self.close()
-        if self._events and self._transport is not None and len(self._events) >= WATCH_BACKLOG and not self._paused:
+        if len(self._events) >= WATCH_BACKLOG and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
         self._wake()
@@ -283,12 +283,8 @@ class Watch(asyncio.Protocol):
                 raise self._failure
             if self._ended:
                 return None
-            self._waiter = self._loop.create_future()
-            try:
-                async with asyncio.timeout(self._read_seconds):  # silent this long: a dead connection
-                    await self._waiter
-            finally:
-                self._waiter = None
+            async with asyncio.timeout(self._read_seconds):  # silent this long: a dead connection
+                await self._next_read()
         events, self._events = self._events, []
         if self._paused and self._transport is not None:
             self._paused = False
@@ -299,12 +295,16 @@ class Watch(asyncio.Protocol):
         """The whole body of an answer that is not a watch (an error's Status)."""
         async with asyncio.timeout(self._read_seconds):
             while not self._ended and self._failure is None:
-                self._waiter = self._loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+                await self._next_read()
         return b"".join(self._error_body)
+
+    async def _next_read(self) -> None:
+        """Until the connection next brings data, ends or fails."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def close(self) -> None:
         if self._transport is not None:

@@ -195,6 +195,16 @@ def _to_file(data: str | bytes) -> str:
     return f.name
 
 
+def request_headers(info: Credentials, user_agent: str) -> dict[str, str]:
+    """The headers every request to the API server carries: who asks, and its credentials."""
+    headers = {"User-Agent": user_agent, "Accept": "application/json"}
+    if info.token:
+        headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+    elif info.username and info.password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+    return headers
+
+
 class Backoff:
     """Delays between tries to reach the API server again: doubling up to `cap`, each drawn at random
     from its upper half. When an API server restarts, every informer and every goal pod loses its watch
@@ -230,13 +240,8 @@ class Kube:
         info = await self._login()
         if self._pool is not None:  # another request logged in meanwhile
             return self._pool
-        headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
         self._server = info.server.rstrip("/")
-        self._pool = Pool(self._server, ssl_context(info), headers, self._pool_size)
+        self._pool = Pool(self._server, ssl_context(info), request_headers(info, self.field_manager), self._pool_size)
         return self._pool
 
     async def close(self) -> None:

@@ -5,14 +5,13 @@ of CPU. Same calls, same answers and errors (ApiError) as the operator's client.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx2
 import orjson
 
-from overseer.kube import WATCH_READ_SECONDS, ApiError, Credentials, Kube, ssl_context, retry_after
+from overseer.kube import WATCH_READ_SECONDS, ApiError, Credentials, Kube, request_headers, retry_after, ssl_context
 
 
 class PodKube(Kube):
@@ -22,11 +21,7 @@ class PodKube(Kube):
 
     async def _open(self) -> httpx2.AsyncClient:
         info = await self._login()
-        headers = {"User-Agent": self.field_manager, "Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+        headers = request_headers(info, self.field_manager)
         self._server = info.server.rstrip("/")
         plain = self._server.startswith("http://")
         self._client = httpx2.AsyncClient(
